@@ -1,0 +1,37 @@
+# `make test`: set up .venv if needed, then lint, type-check and run the tests.
+# `make run`:  the main job on the embedded default (no keys, no internet).
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test run lint typecheck pytest bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check oms adapters tests
+	$(BIN)/ruff format --check oms adapters tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy --strict oms adapters
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+run: $(STAMP)
+	$(BIN)/python -m oms.run
+
+bench: $(STAMP)
+	$(BIN)/python -m oms.bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

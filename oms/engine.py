@@ -1,0 +1,90 @@
+"""The engine: the single writer that logs each event, then applies it.
+
+Log order is apply order, so `replay(log)` gives exactly the live state. Every producer
+(WebSocket reader, reconciler, the embedding program's commands) hands its events to the one
+`Engine`; under trio, send them into a memory channel that one task drains with `run`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import trio
+
+from oms.events import Event
+from oms.log import EventLog, Fsync, TornTail
+from oms.reducer import Fold, apply
+from oms.state import DEFAULT_RETAIN_FINISHED, State
+
+__all__ = ["Engine"]
+
+Listener = Callable[[Event, State], None]
+
+
+class Engine:
+    """Holds the state and (optionally) the log it is recorded in."""
+
+    def __init__(self, log: EventLog | None = None, state: State | None = None) -> None:
+        self.log = log
+        self.state = state if state is not None else State()
+        if log is not None and log.last_seq != self.state.last_seq:
+            raise ValueError(
+                f"log {log.path} ends at seq {log.last_seq} but the state is at "
+                f"seq {self.state.last_seq}"
+            )
+        self._listeners: list[Listener] = []
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        fsync: Fsync | None = None,
+        retain_finished: int = DEFAULT_RETAIN_FINISHED,
+    ) -> Engine:
+        """Open or create a recorded session: replay what is in it, then append to it."""
+        draft = Fold(State(retain_finished=retain_finished))
+        log = EventLog.open(path, fsync=fsync, on_event=draft.step)
+        return cls(log, draft.freeze())
+
+    @property
+    def torn(self) -> TornTail | None:
+        """A torn last line dropped when the log was opened, if any."""
+        return None if self.log is None else self.log.torn
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(event, new_state)` after every event; returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def record(self, event: Event) -> State:
+        """Append `event` to the log (durable per the fsync policy), then apply it."""
+        if self.log is not None:
+            self.log.append(event)
+        self.state = apply(self.state, event)
+        for listener in list(self._listeners):
+            listener(event, self.state)
+        return self.state
+
+    async def run(self, events: trio.MemoryReceiveChannel[Event], poll: float = 0.05) -> None:
+        """Drain `events` into the log and state until every sender is closed.
+
+        Also drives the group-commit timer, so a quiet stream is still synced on time.
+        """
+        async with events:
+            while True:
+                with trio.move_on_after(poll):
+                    try:
+                        event = await events.receive()
+                    except trio.EndOfChannel:
+                        break
+                    self.record(event)
+                if self.log is not None:
+                    self.log.poll()
+        if self.log is not None:
+            self.log.sync()
+
+    def close(self) -> None:
+        if self.log is not None:
+            self.log.close()

@@ -1,0 +1,248 @@
+"""The event log file: append with an fsync policy, read as a stream in constant memory.
+
+Crash safety: each event is written as one line ending in a newline. A crash mid-write leaves
+a last line without its newline (a torn line); on reading, a torn line that does not decode
+is dropped and reported (`LogReader.torn`), every complete event before it kept. A torn line
+that does decode (only its newline was lost) is kept. Anything wrong anywhere else is a
+`LogReadError` naming file and line: the log is corrupt, and nothing guesses.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import attrs
+
+from oms.events import Event
+from oms.serialization import LogFormatError, decode_header, decode_line, encode_header, encode_line
+
+__all__ = ["EventLog", "Fsync", "LogReadError", "LogReader", "TornTail"]
+
+
+class LogReadError(Exception):
+    """A log that cannot be read: `path:line: what is wrong`."""
+
+    def __init__(self, path: str | os.PathLike[str], line: int, message: str) -> None:
+        super().__init__(f"{os.fspath(path)}:{line}: {message}")
+        self.path = os.fspath(path)
+        self.line = line
+        self.message = message
+
+
+@attrs.frozen(kw_only=True)
+class TornTail:
+    """An incomplete last line, dropped: where it started and how many bytes it had."""
+
+    line: int
+    offset: int
+    length: int
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class Fsync:
+    """When appended events are forced to disk.
+
+    `max_events=1` fsyncs every event. A group commit fsyncs once `max_events` are waiting
+    or the oldest waiting event is `max_delay` seconds old (checked on append and by `poll`).
+    `max_events=0` never fsyncs (the OS writes when it likes); for tests and scratch files.
+    """
+
+    max_events: int = 1
+    max_delay: float = 0.0
+
+    @classmethod
+    def every_event(cls) -> Fsync:
+        return cls(max_events=1)
+
+    @classmethod
+    def group(cls, max_events: int = 512, max_delay: float = 0.05) -> Fsync:
+        return cls(max_events=max_events, max_delay=max_delay)
+
+    @classmethod
+    def never(cls) -> Fsync:
+        return cls(max_events=0)
+
+
+class LogReader:
+    """Iterate `(seq, event)` over a log file, streaming; checks seqs run 1, 2, 3, ...
+
+    After iterating: `last_seq`, `end_offset` (bytes of valid content), `torn` (a dropped
+    torn last line, or None), `has_header`. A missing or empty file reads as empty.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.last_seq = 0
+        self.end_offset = 0
+        self.torn: TornTail | None = None
+        self.has_header = False
+        self.missing_newline = False
+
+    def __iter__(self) -> Iterator[tuple[int, Event]]:
+        try:
+            handle = self.path.open("rb")
+        except FileNotFoundError:
+            return
+        with handle:
+            yield from self._read(handle)
+
+    def events(self) -> Iterator[Event]:
+        for _seq, event in self:
+            yield event
+
+    def _read(self, handle: BinaryIO) -> Iterator[tuple[int, Event]]:
+        offset = 0
+        expected = 1
+        path = self.path
+        for number, line in enumerate(handle, start=1):
+            complete = line.endswith(b"\n")
+            try:
+                if number == 1:
+                    decode_header(line)
+                    self.has_header = True
+                else:
+                    seq, event = decode_line(line)
+            except LogFormatError as exc:
+                if not complete:
+                    self.torn = TornTail(
+                        line=number, offset=offset, length=len(line), reason=str(exc)
+                    )
+                    return
+                raise LogReadError(path, number, str(exc)) from None
+            except UnicodeDecodeError:
+                if not complete:
+                    self.torn = TornTail(
+                        line=number, offset=offset, length=len(line), reason="bad UTF-8"
+                    )
+                    return
+                raise LogReadError(path, number, "not valid UTF-8") from None
+            offset += len(line)
+            if number == 1:
+                self.end_offset = offset
+                self.missing_newline = not complete
+                continue
+            if seq != expected:
+                raise LogReadError(path, number, f"expected seq {expected}, found {seq}")
+            expected += 1
+            self.last_seq = seq
+            self.end_offset = offset
+            self.missing_newline = not complete
+            yield seq, event
+
+
+class EventLog:
+    """Appends events to a log file. One writer per file (the engine's single task).
+
+    Open with `EventLog.open`, which reads what is there first: the caller gets the events
+    through `replay_into` so that the state and the log agree before anything is appended.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        handle: BinaryIO,
+        last_seq: int,
+        fsync: Fsync,
+        clock: Callable[[], float],
+        torn: TornTail | None,
+    ) -> None:
+        self.path = path
+        self._handle = handle
+        self.last_seq = last_seq
+        self.fsync = fsync
+        self._clock = clock
+        self.torn = torn
+        self._pending = 0
+        self._pending_since = 0.0
+        self.syncs = 0
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        fsync: Fsync | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[Event], object] | None = None,
+    ) -> EventLog:
+        """Open (or create) a log for appending. Existing events are read and passed to
+        `on_event` in order; a torn last line is cut off the file and reported in `.torn`.
+        """
+        path = Path(path)
+        reader = LogReader(path)
+        for _seq, event in reader:
+            if on_event is not None:
+                on_event(event)
+        handle = path.open("r+b") if path.exists() else path.open("w+b")
+        try:
+            if reader.torn is not None or handle.seek(0, os.SEEK_END) != reader.end_offset:
+                handle.truncate(reader.end_offset)
+            handle.seek(reader.end_offset)
+            if not reader.has_header:
+                handle.truncate(0)
+                handle.write(encode_header())
+            elif reader.missing_newline:
+                handle.write(b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            handle.close()
+            raise
+        return cls(
+            path=path,
+            handle=handle,
+            last_seq=reader.last_seq,
+            fsync=fsync or Fsync.every_event(),
+            clock=clock,
+            torn=reader.torn,
+        )
+
+    def append(self, event: Event) -> int:
+        """Write `event` as the next seq and return that seq (durable per the policy)."""
+        seq = self.last_seq + 1
+        self._handle.write(encode_line(seq, event))
+        self.last_seq = seq
+        policy = self.fsync
+        if policy.max_events == 0:
+            return seq
+        if self._pending == 0:
+            self._pending_since = self._clock()
+        self._pending += 1
+        if self._pending >= policy.max_events or (
+            self._clock() - self._pending_since >= policy.max_delay
+        ):
+            self.sync()
+        return seq
+
+    def poll(self) -> None:
+        """Group commit: sync if the oldest waiting event has waited `max_delay`."""
+        if self._pending and self._clock() - self._pending_since >= self.fsync.max_delay:
+            self.sync()
+
+    def sync(self) -> None:
+        """Write everything appended so far to disk now."""
+        self._handle.flush()
+        if self._pending or self.fsync.max_events == 0:
+            os.fsync(self._handle.fileno())
+            self.syncs += 1
+        self._pending = 0
+
+    def close(self) -> None:
+        if self._handle.closed:
+            return
+        try:
+            self.sync()
+        finally:
+            self._handle.close()
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

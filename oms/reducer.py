@@ -1,0 +1,691 @@
+"""The pure reducer: `apply(state, event) -> state` and `replay(events) -> state`.
+
+Guarantees (tested in tests/test_reducer*.py):
+
+- pure and total: no clock, no I/O, never raises on venue input. Input that contradicts the
+  state is recorded as an `Anomaly` with the seq of the event that caused it;
+- idempotent: a fill is keyed by (symbol, venue order id, trade id) and counted once;
+  a funding payment by (symbol, interval end); a repeated snapshot changes nothing;
+- order-insensitive across one order's venue reports (see `oms.lifecycle`);
+- exact: Decimal arithmetic in the fixed context `oms.values.CTX`.
+
+The n-th event applied gets seq n: `apply` numbers events itself, so a log with contiguous
+seqs from 1 replays to exactly the live state.
+
+`replay` folds with one mutable draft and freezes once at the end; `apply` thaws, steps and
+freezes. Both run the same step code, so they agree bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import Any, assert_never
+
+import attrs
+
+from oms.events import (
+    BalanceObserved,
+    CancelRejected,
+    CancelRequested,
+    Event,
+    FundingPaid,
+    MarketInfo,
+    MessageNotUnderstood,
+    OrderAccepted,
+    OrderCancelled,
+    OrderEvent,
+    OrderExpired,
+    OrderFilled,
+    OrderModified,
+    OrderObserved,
+    OrderSubmitted,
+    PositionObserved,
+    SubmitRejected,
+    SubmitUnknown,
+    TriggerFailed,
+    TriggerPlaced,
+)
+from oms.lifecycle import Kind, kind_of_venue_status, transition
+from oms.state import (
+    ANOMALIES_KEPT,
+    Anomaly,
+    AnomalyKind,
+    Balance,
+    Market,
+    ObservedBalance,
+    ObservedPosition,
+    Order,
+    Position,
+    State,
+)
+from oms.values import CTX, ZERO, OrderStatus, Side, VenueStatus
+
+__all__ = ["Fold", "apply", "replay"]
+
+_add = CTX.add
+_sub = CTX.subtract
+_mul = CTX.multiply
+
+
+def apply(state: State, event: Event) -> State:
+    """The state after `event`, which gets seq `state.last_seq + 1`."""
+    draft = Fold(state)
+    draft.step(event)
+    return draft.freeze()
+
+
+def replay(events: Iterable[Event], state: State | None = None) -> State:
+    """Apply `events` in order, from `state` (default: the empty state)."""
+    draft = Fold(State() if state is None else state)
+    step = draft.step
+    for event in events:
+        step(event)
+    return draft.freeze()
+
+
+def _fees_plus(
+    fees: tuple[tuple[str, Decimal], ...], asset: str, amount: Decimal
+) -> tuple[tuple[str, Decimal], ...]:
+    out = dict(fees)
+    out[asset] = _add(out.get(asset, ZERO), amount)
+    return tuple(sorted(out.items()))
+
+
+class Fold:
+    """An incremental `replay`: `step(event)` for each event, `freeze()` for the state.
+
+    A mutable holder of one state's (immutable) parts; freezing is cheap and the fold can go
+    on after it. `apply` and `replay` are both made of it.
+    """
+
+    def __init__(self, state: State) -> None:
+        self.seq = state.last_seq
+        self.orders = state.orders
+        self.by_client = state.by_client
+        self.by_venue = state.by_venue
+        self.balances = state.balances
+        self.positions = state.positions
+        self.markets = state.markets
+        self.anomalies = state.anomalies
+        self.anomaly_counts = state.anomaly_counts
+        self.finished = state.finished
+        self.finished_head = state.finished_head
+        self.finished_tail = state.finished_tail
+        self.retain_finished = state.retain_finished
+        self.last_client_id = state.last_client_id
+
+    def freeze(self) -> State:
+        return State(
+            last_seq=self.seq,
+            orders=self.orders,
+            by_client=self.by_client,
+            by_venue=self.by_venue,
+            balances=self.balances,
+            positions=self.positions,
+            markets=self.markets,
+            anomalies=self.anomalies,
+            anomaly_counts=self.anomaly_counts,
+            finished=self.finished,
+            finished_head=self.finished_head,
+            finished_tail=self.finished_tail,
+            retain_finished=self.retain_finished,
+            last_client_id=self.last_client_id,
+        )
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    def step(self, event: Event) -> None:
+        self.seq += 1
+        match event:
+            case (
+                OrderSubmitted()
+                | CancelRequested()
+                | SubmitRejected()
+                | SubmitUnknown()
+                | CancelRejected()
+                | OrderAccepted()
+                | OrderFilled()
+                | OrderCancelled()
+                | OrderExpired()
+                | OrderModified()
+                | TriggerPlaced()
+                | TriggerFailed()
+                | OrderObserved()
+            ):
+                self._order_event(event)
+            case BalanceObserved():
+                self._balances_observed(event)
+            case PositionObserved():
+                self._position_observed(event)
+            case FundingPaid():
+                self._funding(event)
+            case MarketInfo():
+                self.markets = self.markets.set(
+                    event.symbol,
+                    Market(
+                        symbol=event.symbol,
+                        base_asset=event.base_asset,
+                        quote_asset=event.quote_asset,
+                        market_type=event.market_type,
+                        tick_size=event.tick_size,
+                        step_size=event.step_size,
+                        min_quantity=event.min_quantity,
+                    ),
+                )
+            case MessageNotUnderstood():
+                self._anomaly(AnomalyKind.NOT_UNDERSTOOD, event.reason)
+            case _:
+                assert_never(event)
+
+    def _anomaly(self, kind: AnomalyKind, detail: str, order_key: str | None = None) -> None:
+        record = Anomaly(seq=self.seq, kind=kind, detail=detail, order_key=order_key)
+        kept = self.anomalies
+        if len(kept) >= ANOMALIES_KEPT:
+            kept = kept[len(kept) - ANOMALIES_KEPT + 1 :]
+        self.anomalies = (*kept, record)
+        self.anomaly_counts = self.anomaly_counts.set(kind, self.anomaly_counts.get(kind, 0) + 1)
+
+    # --- orders -----------------------------------------------------------------------------
+
+    def _find(self, client_id: int | None, venue_id: str | None) -> str | None:
+        key: str | None = None
+        if client_id is not None:
+            key = self.by_client.get(client_id)
+        if key is None and venue_id is not None:
+            key = self.by_venue.get(venue_id)
+        return key
+
+    def _order_event(self, event: OrderEvent) -> None:
+        venue_id = getattr(event, "venue_id", None)
+        client_id = event.client_id
+        key = self._find(client_id, venue_id)
+        if isinstance(event, OrderSubmitted):
+            if self.last_client_id is None or event.client_id > self.last_client_id:
+                self.last_client_id = event.client_id
+            if key is None:
+                self._submit(event)
+                return
+        if key is None:
+            if isinstance(event, CancelRequested | CancelRejected | SubmitRejected | SubmitUnknown):
+                # Nothing to attach a command outcome to; there is no order to create.
+                self._anomaly(
+                    AnomalyKind.UNKNOWN_ORDER,
+                    f"{type(event).__name__} for unknown order "
+                    f"(client id {client_id}, venue id {venue_id}) on {event.symbol}",
+                )
+                return
+            created = self._create_from_report(event, client_id, venue_id)
+            if created is None:
+                return
+            key = created
+        order = self.orders[key]
+        # Index ids the order did not have yet (the venue id arrives with the first report).
+        if venue_id is not None and order.venue_id is None:
+            order = attrs.evolve(order, venue_id=venue_id)
+            self.by_venue = self.by_venue.set(venue_id, key)
+        if client_id is not None and order.client_id is None:
+            order = attrs.evolve(order, client_id=client_id)
+            self.by_client = self.by_client.set(client_id, key)
+        self._advance(order, event)
+
+    def _submit(self, event: OrderSubmitted) -> None:
+        key = f"c{event.client_id}"
+        order = Order(
+            key=key,
+            symbol=event.symbol,
+            status=OrderStatus.PENDING_NEW,
+            client_id=event.client_id,
+            side=event.side,
+            order_type=event.order_type,
+            quantity=event.quantity,
+            quote_quantity=event.quote_quantity,
+            price=event.price,
+            time_in_force=event.time_in_force,
+            post_only=event.post_only,
+            reduce_only=event.reduce_only,
+            created_seq=self.seq,
+            updated_seq=self.seq,
+        )
+        self.orders = self.orders.set(key, order)
+        self.by_client = self.by_client.set(event.client_id, key)
+
+    def _create_from_report(
+        self, event: OrderEvent, client_id: int | None, venue_id: str | None
+    ) -> str | None:
+        """A venue report on an order we have no record of: create the record from it."""
+        if client_id is not None:
+            key = f"c{client_id}"
+        elif venue_id is not None:
+            key = f"v{venue_id}"
+        else:
+            self._anomaly(
+                AnomalyKind.UNKNOWN_ORDER,
+                f"{type(event).__name__} on {event.symbol} names no order (no client or venue id)",
+            )
+            return None
+        origin = getattr(event, "origin", "USER")
+        if origin == "USER":
+            # Venue-originated orders (liquidation, ADL) are expected to be new to us.
+            self._anomaly(
+                AnomalyKind.UNKNOWN_ORDER,
+                f"{type(event).__name__} for an order we did not submit "
+                f"(client id {client_id}, venue id {venue_id}) on {event.symbol}",
+                key,
+            )
+        if isinstance(event, OrderFilled):
+            quantity, price = event.order_quantity, event.order_price
+        else:
+            quantity, price = getattr(event, "quantity", None), getattr(event, "price", None)
+        order = Order(
+            key=key,
+            symbol=event.symbol,
+            status=OrderStatus.PENDING_NEW,
+            client_id=client_id,
+            venue_id=venue_id,
+            side=getattr(event, "side", None),
+            order_type=getattr(event, "order_type", None),
+            quantity=quantity,
+            quote_quantity=getattr(event, "quote_quantity", None),
+            price=price,
+            origin=origin,
+            created_seq=self.seq,
+            updated_seq=self.seq,
+        )
+        self.orders = self.orders.set(key, order)
+        if client_id is not None:
+            self.by_client = self.by_client.set(client_id, key)
+        if venue_id is not None:
+            self.by_venue = self.by_venue.set(venue_id, key)
+        return key
+
+    def _advance(self, order: Order, event: OrderEvent) -> None:
+        before = order
+        reported: VenueStatus | None = None
+        match event:
+            case OrderSubmitted():
+                kind = Kind.SUBMITTED
+            case SubmitRejected():
+                kind = Kind.SUBMIT_REJECTED
+                order = attrs.evolve(order, reject_code=event.code, reject_message=event.message)
+            case SubmitUnknown():
+                kind = Kind.SUBMIT_UNKNOWN
+            case CancelRequested():
+                kind = Kind.CANCEL_REQUESTED
+                if not order.cancel_requested:
+                    order = attrs.evolve(order, cancel_requested=True)
+            case CancelRejected():
+                kind = Kind.CANCEL_REJECTED
+                if order.cancel_requested:
+                    order = attrs.evolve(order, cancel_requested=False)
+            case OrderAccepted():
+                kind = Kind.ACCEPTED
+                order = _fill_in(
+                    order,
+                    side=event.side,
+                    order_type=event.order_type,
+                    quantity=event.quantity,
+                    quote_quantity=event.quote_quantity,
+                    price=event.price,
+                )
+            case OrderFilled():
+                kind = Kind.FILL
+                reported = event.status
+                if event.trade_id in order.trade_ids:
+                    self._anomaly(
+                        AnomalyKind.DUPLICATE_FILL,
+                        f"trade {event.trade_id} of order {order.key} on {order.symbol} "
+                        "already counted",
+                        order.key,
+                    )
+                    return
+                order = self._fill(order, event)
+            case OrderCancelled():
+                kind = Kind.CANCELLED
+                order = self._cumulative(order, event.cum_quantity)
+            case OrderExpired():
+                kind = Kind.EXPIRED
+                if event.reason is not None:
+                    order = attrs.evolve(order, expiry_reason=event.reason)
+                order = self._cumulative(order, event.cum_quantity)
+            case OrderModified():
+                kind = Kind.MODIFIED
+                if order.quantity is None or event.quantity < order.quantity:
+                    # Only ever a decrease; the smallest quantity reported wins in any order.
+                    order = attrs.evolve(order, quantity=event.quantity)
+            case TriggerPlaced():
+                kind = Kind.TRIGGER_PLACED
+                order = _fill_in(
+                    order, side=event.side, order_type=event.order_type, price=event.price
+                )
+            case TriggerFailed():
+                kind = Kind.TRIGGER_FAILED
+            case OrderObserved():
+                kind = kind_of_venue_status(event.status)
+                reported = event.status
+                order = _fill_in(
+                    order,
+                    side=event.side,
+                    order_type=event.order_type,
+                    quantity=event.quantity,
+                    quote_quantity=event.quote_quantity,
+                    price=event.price,
+                )
+                if event.expiry_reason is not None and order.expiry_reason is None:
+                    order = attrs.evolve(order, expiry_reason=event.expiry_reason)
+                order = self._cumulative(order, event.executed_quantity)
+            case _:
+                assert_never(event)
+
+        rule = transition(order.status, kind)
+        status = order.status
+        if rule.to is not None:
+            status = rule.to
+        elif rule.follow_fills:
+            status = _fill_status(order, reported)
+        if rule.anomaly:
+            self._anomaly(
+                AnomalyKind.FORBIDDEN_TRANSITION,
+                f"can't apply {type(event).__name__} to order {order.key} in state "
+                f"{order.status.value}",
+                order.key,
+            )
+        if status is not order.status:
+            order = attrs.evolve(order, status=status)
+        if order is before:
+            return
+        order = self._relock(order)
+        if event.venue_time_us is not None:
+            order = attrs.evolve(order, updated_seq=self.seq, venue_time_us=event.venue_time_us)
+        else:
+            order = attrs.evolve(order, updated_seq=self.seq)
+        self.orders = self.orders.set(order.key, order)
+        if order.status.is_terminal and not before.status.is_terminal:
+            self._finished(order.key)
+
+    def _cumulative(self, order: Order, cumulative: Decimal | None) -> Order:
+        """Compare a venue cumulative executed quantity with the fills counted."""
+        if cumulative is None:
+            return order
+        if cumulative > order.filled_quantity:
+            self._anomaly(
+                AnomalyKind.FILL_GAP,
+                f"venue reports {cumulative} executed on order {order.key}, fills counted "
+                f"{order.filled_quantity}",
+                order.key,
+            )
+        if order.venue_executed is None or cumulative > order.venue_executed:
+            order = attrs.evolve(order, venue_executed=cumulative)
+        return order
+
+    def _fill(self, order: Order, event: OrderFilled) -> Order:
+        notional = _mul(event.quantity, event.price)
+        filled = _add(order.filled_quantity, event.quantity)
+        order = attrs.evolve(
+            order,
+            trade_ids=order.trade_ids | {event.trade_id},
+            filled_quantity=filled,
+            filled_quote=_add(order.filled_quote, notional),
+            fees=_fees_plus(order.fees, event.fee_asset, event.fee) if event.fee else order.fees,
+            side=order.side or event.side,
+            order_type=order.order_type or event.order_type,
+            quantity=order.quantity if order.quantity is not None else event.order_quantity,
+            price=order.price if order.price is not None else event.order_price,
+        )
+        if event.cum_quantity is not None:
+            if event.cum_quantity > filled:
+                self._anomaly(
+                    AnomalyKind.FILL_GAP,
+                    f"trade {event.trade_id}: venue reports {event.cum_quantity} executed on "
+                    f"order {order.key}, fills counted {filled}",
+                    order.key,
+                )
+            elif event.cum_quantity < filled:
+                self._anomaly(
+                    AnomalyKind.CUM_MISMATCH,
+                    f"trade {event.trade_id}: venue reports {event.cum_quantity} executed on "
+                    f"order {order.key}, below the {filled} counted",
+                    order.key,
+                )
+            if order.venue_executed is None or event.cum_quantity > order.venue_executed:
+                order = attrs.evolve(order, venue_executed=event.cum_quantity)
+        if order.quantity is not None and order.quantity and filled > order.quantity:
+            self._anomaly(
+                AnomalyKind.OVERFILL,
+                f"order {order.key} filled {filled} of {order.quantity}",
+                order.key,
+            )
+        self._money(order, event, notional)
+        return order
+
+    def _money(self, order: Order, event: OrderFilled, notional: Decimal) -> None:
+        """Move balances (spot) or the position (perps) for one fill."""
+        market = self.markets.get(event.symbol)
+        if market is None:
+            self._anomaly(
+                AnomalyKind.UNKNOWN_MARKET,
+                f"fill {event.trade_id} on {event.symbol}, a market with no MarketInfo: "
+                "balances and positions not moved",
+                order.key,
+            )
+            return
+        if market.market_type.has_positions:
+            self._position_fill(event)
+            return
+        if event.side is Side.BID:
+            self._move(market.base_asset, event.quantity, ZERO)
+            self._move(market.quote_asset, notional.copy_negate(), ZERO)
+        else:
+            self._move(market.base_asset, event.quantity.copy_negate(), ZERO)
+            self._move(market.quote_asset, notional, ZERO)
+        if event.fee:
+            self._move(event.fee_asset, event.fee.copy_negate(), ZERO)
+
+    def _relock(self, order: Order) -> Order:
+        """Hold exactly what a resting spot order can still spend; release the rest."""
+        asset: str | None = None
+        amount = ZERO
+        market = self.markets.get(order.symbol)
+        if (
+            market is not None
+            and not market.market_type.has_positions
+            and order.status.is_open
+            and order.quantity is not None
+        ):
+            remaining = _sub(order.quantity, order.filled_quantity)
+            if remaining > 0:
+                if order.side is Side.ASK:
+                    asset, amount = market.base_asset, remaining
+                elif order.side is Side.BID and order.price is not None:
+                    asset, amount = market.quote_asset, _mul(remaining, order.price)
+        if asset == order.lock_asset and amount == order.locked:
+            return order
+        if order.lock_asset is not None and order.locked:
+            self._move(order.lock_asset, order.locked, order.locked.copy_negate())
+        if asset is not None and amount:
+            self._move(asset, amount.copy_negate(), amount)
+        return attrs.evolve(order, locked=amount, lock_asset=asset if amount else None)
+
+    def _move(self, asset: str, d_available: Decimal, d_locked: Decimal) -> None:
+        balance = self.balances.get(asset)
+        if balance is None:
+            balance = Balance(asset=asset)
+        self.balances = self.balances.set(
+            asset,
+            attrs.evolve(
+                balance,
+                available=_add(balance.available, d_available),
+                locked=_add(balance.locked, d_locked),
+            ),
+        )
+
+    def _finished(self, key: str) -> None:
+        self.finished = self.finished.set(self.finished_tail, key)
+        self.finished_tail += 1
+        while self.finished_tail - self.finished_head > self.retain_finished:
+            old_key = self.finished[self.finished_head]
+            self.finished = self.finished.delete(self.finished_head)
+            self.finished_head += 1
+            old = self.orders.get(old_key)
+            if old is None:
+                continue
+            self.orders = self.orders.delete(old_key)
+            if old.client_id is not None and self.by_client.get(old.client_id) == old_key:
+                self.by_client = self.by_client.delete(old.client_id)
+            if old.venue_id is not None and self.by_venue.get(old.venue_id) == old_key:
+                self.by_venue = self.by_venue.delete(old.venue_id)
+
+    # --- positions --------------------------------------------------------------------------
+
+    def _position_fill(self, event: OrderFilled) -> None:
+        position = self.positions.get(event.symbol) or Position(symbol=event.symbol)
+        qty = position.net_quantity
+        entry = position.entry_price
+        realized = position.realized_pnl
+        delta = event.quantity if event.side is Side.BID else event.quantity.copy_negate()
+        new_qty = _add(qty, delta)
+        if not qty or (qty > 0) == (delta > 0):
+            # Opening or increasing: the entry is the quantity-weighted average.
+            cost = _add(_mul(qty.copy_abs(), entry), _mul(event.quantity, event.price))
+            entry = CTX.divide(cost, new_qty.copy_abs())
+        else:
+            closed = min(event.quantity, qty.copy_abs())
+            pnl = _mul(closed, _sub(event.price, entry))
+            realized = _add(realized, pnl if qty > 0 else pnl.copy_negate())
+            if not new_qty:
+                entry = ZERO
+            elif (new_qty > 0) != (qty > 0):
+                # Through zero: the remainder opens the other side at the fill price.
+                entry = event.price
+        fees = position.fees
+        if event.fee:
+            fees = _fees_plus(fees, event.fee_asset, event.fee)
+        self.positions = self.positions.set(
+            event.symbol,
+            attrs.evolve(
+                position,
+                net_quantity=new_qty,
+                entry_price=entry,
+                realized_pnl=realized,
+                fees=fees,
+            ),
+        )
+
+    def _funding(self, event: FundingPaid) -> None:
+        position = self.positions.get(event.symbol) or Position(symbol=event.symbol)
+        if event.interval_end_us in position.funding_intervals:
+            self._anomaly(
+                AnomalyKind.DUPLICATE_FUNDING,
+                f"funding for {event.symbol} interval ending {event.interval_end_us} "
+                "already counted",
+            )
+            return
+        self.positions = self.positions.set(
+            event.symbol,
+            attrs.evolve(
+                position,
+                funding=_add(position.funding, event.amount),
+                funding_intervals=position.funding_intervals | {event.interval_end_us},
+            ),
+        )
+
+    def _position_observed(self, event: PositionObserved) -> None:
+        position = self.positions.get(event.symbol) or Position(symbol=event.symbol)
+        observed = ObservedPosition(
+            net_quantity=event.net_quantity,
+            entry_price=event.entry_price,
+            break_even_price=event.break_even_price,
+            mark_price=event.mark_price,
+            realized_pnl=event.realized_pnl,
+            unrealized_pnl=event.unrealized_pnl,
+        )
+        entry = position.entry_price if event.entry_price is None else event.entry_price
+        if not event.net_quantity:
+            entry = ZERO
+        if (
+            position.observed == observed
+            and position.net_quantity == event.net_quantity
+            and position.entry_price == entry
+        ):
+            return  # the same report again: nothing new
+        # The first report is the baseline: what came before it is unknown, not drift.
+        drift = (
+            ZERO if position.observed is None else _sub(event.net_quantity, position.net_quantity)
+        )
+        if drift:
+            self._anomaly(
+                AnomalyKind.POSITION_DRIFT,
+                f"{event.symbol}: venue position {event.net_quantity}, derived "
+                f"{position.net_quantity}",
+            )
+        self.positions = self.positions.set(
+            event.symbol,
+            attrs.evolve(
+                position,
+                net_quantity=event.net_quantity,
+                entry_price=entry,
+                observed=observed,
+                drift_quantity=drift,
+            ),
+        )
+
+    # --- balances ---------------------------------------------------------------------------
+
+    def _balances_observed(self, event: BalanceObserved) -> None:
+        seen = {b.asset: b for b in event.balances}
+        for asset in sorted(set(seen) | set(self.balances.keys())):
+            balance = self.balances.get(asset) or Balance(asset=asset)
+            reported = seen.get(asset)
+            observed = ObservedBalance(
+                available=reported.available if reported else ZERO,
+                locked=reported.locked if reported else ZERO,
+                staked=reported.staked if reported else ZERO,
+            )
+            if (
+                balance.observed == observed
+                and balance.available == observed.available
+                and balance.locked == observed.locked
+            ):
+                continue  # the same snapshot again
+            # The first snapshot is the baseline: what came before it is unknown, not drift.
+            drift_available = drift_locked = ZERO
+            if balance.observed is not None:
+                drift_available = _sub(observed.available, balance.available)
+                drift_locked = _sub(observed.locked, balance.locked)
+            if drift_available or drift_locked:
+                self._anomaly(
+                    AnomalyKind.BALANCE_DRIFT,
+                    f"{asset}: venue available {observed.available} locked {observed.locked}, "
+                    f"derived available {balance.available} locked {balance.locked}",
+                )
+            self.balances = self.balances.set(
+                asset,
+                Balance(
+                    asset=asset,
+                    available=observed.available,
+                    locked=observed.locked,
+                    observed=observed,
+                    drift_available=drift_available,
+                    drift_locked=drift_locked,
+                ),
+            )
+
+
+def _fill_in(order: Order, **reported: Any) -> Order:
+    """Take the venue's description for fields the order does not have yet."""
+    changes = {
+        name: value
+        for name, value in reported.items()
+        if value is not None and getattr(order, name) is None
+    }
+    return attrs.evolve(order, **changes) if changes else order
+
+
+def _fill_status(order: Order, reported: VenueStatus | None) -> OrderStatus:
+    if reported is VenueStatus.FILLED:
+        return OrderStatus.FILLED
+    if order.quantity and order.filled_quantity >= order.quantity:
+        return OrderStatus.FILLED
+    if reported is VenueStatus.PARTIALLY_FILLED or order.filled_quantity:
+        return OrderStatus.PARTIALLY_FILLED
+    return order.status if order.status.is_open else OrderStatus.NEW

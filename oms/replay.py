@@ -1,0 +1,280 @@
+"""`python -m oms.replay PATH [--json] [--until SEQ]`: the state a recorded session implies.
+
+Exit codes: 0 ok; 1 bad input (one line `PATH:LINE: what is wrong` on stderr, no
+traceback); 2 usage. The input is only ever read. A torn last line (a crash mid-write) is
+dropped, reported on stderr, and is not an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
+
+from oms.events import Event
+from oms.log import LogReader, LogReadError
+from oms.reducer import Fold
+from oms.serialization import state_document, state_hash
+from oms.state import DEFAULT_RETAIN_FINISHED, State
+
+__all__ = ["main", "replay_file", "summary_document"]
+
+RECENT_FINISHED = 20
+RECENT_ANOMALIES = 20
+_PROGRESS_EVERY = 65536
+
+
+class _Progress:
+    """A one-line progress indicator on a terminal; silent otherwise."""
+
+    def __init__(self, stream: IO[str], total_bytes: int) -> None:
+        self.stream = stream
+        self.total = max(total_bytes, 1)
+        self.enabled = stream.isatty() and total_bytes > 8 * 1024 * 1024
+        self.started = time.monotonic()
+        self.shown = False
+
+    def update(self, events: int, offset: int) -> None:
+        if not self.enabled:
+            return
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        self.stream.write(
+            f"\rreplaying: {100 * offset // self.total:3d}%  {events:,} events  "
+            f"{events / elapsed:,.0f}/s"
+        )
+        self.stream.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def replay_file(
+    path: str,
+    *,
+    until: int | None = None,
+    retain_finished: int = DEFAULT_RETAIN_FINISHED,
+    progress: IO[str] | None = None,
+) -> tuple[State, LogReader]:
+    """Replay the log at `path` (up to and including seq `until`). Raises LogReadError."""
+    reader = LogReader(path)
+    fold = Fold(State(retain_finished=retain_finished))
+    step = fold.step
+    meter = _Progress(progress, _size(path)) if progress is not None else None
+
+    def events() -> Iterator[Event]:
+        for seq, event in reader:
+            if until is not None and seq > until:
+                return
+            yield event
+            if meter is not None and seq % _PROGRESS_EVERY == 0:
+                meter.update(seq, reader.end_offset)
+
+    try:
+        for event in events():
+            step(event)
+    finally:
+        if meter is not None:
+            meter.done()
+    return fold.freeze(), reader
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def summary_document(state: State, reader: LogReader | None = None) -> dict[str, Any]:
+    """What `--json` prints (schema: docs/replay.md)."""
+    torn = None if reader is None or reader.torn is None else reader.torn
+    document: dict[str, Any] = {
+        "format": "oms-replay",
+        "version": 1,
+        "events": state.last_seq,
+        "last_seq": state.last_seq,
+        "state_hash": state_hash(state),
+        "torn_tail": None
+        if torn is None
+        else {"line": torn.line, "offset": torn.offset, "length": torn.length},
+    }
+    body = state_document(state, finished_limit=RECENT_FINISHED)
+    body["anomalies"]["recent"] = body["anomalies"]["recent"][-RECENT_ANOMALIES:]
+    document.update(body)
+    return document
+
+
+def _table(rows: Sequence[Sequence[str]], out: IO[str], indent: str = "  ") -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        out.write(indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        out.write("\n")
+
+
+def _s(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _orders(title: str, orders: list[dict[str, Any]], out: IO[str]) -> None:
+    out.write(f"\n{title}\n")
+    if not orders:
+        out.write("  (none)\n")
+        return
+    header = ["key", "symbol", "side", "type", "status", "price", "quantity", "filled", "fees"]
+    rows = [header]
+    for o in orders:
+        fees = ", ".join(f"{amount} {asset}" for asset, amount in o["fees"].items())
+        rows.append(
+            [
+                o["key"],
+                o["symbol"],
+                _s(o["side"]),
+                _s(o["order_type"]),
+                o["status"],
+                _s(o["price"]),
+                _s(o["quantity"] if o["quantity"] is not None else o["quote_quantity"]),
+                o["filled_quantity"],
+                fees or "-",
+            ]
+        )
+    _table(rows, out)
+
+
+def write_text(document: dict[str, Any], path: str, out: IO[str]) -> None:
+    out.write(f"{path}: {document['events']} events, last seq {document['last_seq']}\n")
+    out.write(f"state hash: {document['state_hash']}\n")
+    _orders(f"Open orders ({len(document['orders']['open'])})", document["orders"]["open"], out)
+    _orders(
+        f"Recently finished orders (newest first, up to {RECENT_FINISHED})",
+        document["orders"]["finished"],
+        out,
+    )
+    out.write("\nBalances (derived | venue at last snapshot, drift = venue - derived then)\n")
+    if document["balances"]:
+        rows = [["asset", "available", "locked", "total", "venue avail", "venue locked", "drift"]]
+        for b in document["balances"]:
+            observed = b["observed"] or {}
+            rows.append(
+                [
+                    b["asset"],
+                    b["available"],
+                    b["locked"],
+                    b["total"],
+                    _s(observed.get("available")),
+                    _s(observed.get("locked")),
+                    f"{b['drift_available']}/{b['drift_locked']}",
+                ]
+            )
+        _table(rows, out)
+    else:
+        out.write("  (none)\n")
+    out.write("\nPositions (derived | venue at last report)\n")
+    if document["positions"]:
+        rows = [
+            ["symbol", "net", "entry", "realized", "funding", "fees", "venue net", "venue entry"]
+        ]
+        for p in document["positions"]:
+            observed = p["observed"] or {}
+            fees = ", ".join(f"{amount} {asset}" for asset, amount in p["fees"].items())
+            rows.append(
+                [
+                    p["symbol"],
+                    p["net_quantity"],
+                    p["entry_price"],
+                    p["realized_pnl"],
+                    p["funding"],
+                    fees or "-",
+                    _s(observed.get("net_quantity")),
+                    _s(observed.get("entry_price")),
+                ]
+            )
+        _table(rows, out)
+    else:
+        out.write("  (none)\n")
+    anomalies = document["anomalies"]
+    out.write(f"\nAnomalies: {anomalies['total']}\n")
+    for kind, count in anomalies["by_kind"].items():
+        out.write(f"  {kind}: {count}\n")
+    for a in anomalies["recent"]:
+        out.write(f"  seq {a['seq']} {a['kind']}: {a['detail']}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m oms.replay",
+        description="Replay a recorded oms session and print the state it implies.",
+        epilog="Exit status: 0 ok, 1 bad input, 2 usage.",
+    )
+    parser.add_argument("path", help="session log (JSON Lines)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--until", type=int, metavar="SEQ", help="stop after the event with this seq"
+    )
+    parser.add_argument(
+        "--retain-finished",
+        type=int,
+        default=DEFAULT_RETAIN_FINISHED,
+        metavar="N",
+        help=f"finished orders kept in state (default {DEFAULT_RETAIN_FINISHED})",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.until is not None and args.until < 0:
+        parser.error("--until must be >= 0")
+    if args.retain_finished < 0:
+        parser.error("--retain-finished must be >= 0")
+    path: str = args.path
+    if os.path.isdir(path):
+        print(f"{path}: is a directory", file=sys.stderr)
+        return 1
+    if not os.path.exists(path):
+        print(f"{path}: no such file", file=sys.stderr)
+        return 1
+    try:
+        state, reader = replay_file(
+            path, until=args.until, retain_finished=args.retain_finished, progress=sys.stderr
+        )
+    except LogReadError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"{path}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if reader.torn is not None:
+        print(
+            f"{path}:{reader.torn.line}: torn last line dropped ({reader.torn.length} bytes): "
+            f"{reader.torn.reason}",
+            file=sys.stderr,
+        )
+    document = summary_document(state, reader)
+    try:
+        if args.json:
+            json.dump(document, sys.stdout, indent=2, sort_keys=False)
+            sys.stdout.write("\n")
+        else:
+            write_text(document, path, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`); nothing more to say.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

@@ -1,0 +1,257 @@
+"""The event-log line format and the canonical form of the state. Pure: no files here.
+
+A log is JSON Lines, UTF-8. The first line is the header `{"format":"oms-event-log",
+"version":1}`; each further line is one event:
+
+    {"seq":7,"type":"OrderFilled","v":1,"event":{"source":"ws","recv_time_us":...,
+     "venue_time_us":...,"raw":"<venue message text>", ...the event's own fields...}}
+
+Decimals are strings, enums their values, times integers in microseconds. `docs/log-format.md`
+describes it in full. Decoding is strict: a missing or mistyped field, an unknown field, an
+unknown type or schema version, a non-finite decimal: each is a `LogFormatError` saying
+what is wrong. Old schema versions are upgraded through `UPGRADES` (none exist yet).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import typing
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, Final
+
+import attrs
+import msgspec
+
+from oms.events import EVENT_TYPES, BalanceObserved, Event
+from oms.state import Balance, Order, Position, State
+from oms.values import canonical_decimal
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "SCHEMA_VERSION",
+    "LogFormatError",
+    "decode_header",
+    "decode_line",
+    "encode_header",
+    "encode_line",
+    "state_document",
+    "state_hash",
+]
+
+FORMAT: Final = "oms-event-log"
+FORMAT_VERSION: Final = 1
+# Schema version of every event type's payload; bump a type's entry when its fields change
+# and add an upgrade from the old version.
+SCHEMA_VERSION: Final[dict[str, int]] = {name: 1 for name in EVENT_TYPES}
+# (type, version) -> function turning an old payload (a dict) into the next version's.
+UPGRADES: Final[dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+
+
+class LogFormatError(ValueError):
+    """A line that is not a valid event-log line. The message says what is wrong."""
+
+
+class _Header(msgspec.Struct, forbid_unknown_fields=True):
+    format: str
+    version: int
+
+
+class _Envelope(msgspec.Struct, forbid_unknown_fields=True):
+    seq: int
+    type: str
+    v: int
+    event: msgspec.Raw
+
+
+_encoder = msgspec.json.Encoder()
+_header_decoder = msgspec.json.Decoder(_Header)
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_keys_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def _event_fields(cls: type) -> frozenset[str]:
+    return frozenset(a.name for a in attrs.fields(cls))
+
+
+def _decimal_fields(cls: type) -> tuple[str, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(name for name, hint in hints.items() if hint in (Decimal, Decimal | None))
+
+
+_DECODERS: Final = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()}
+_FIELDS: Final = {name: _event_fields(cls) for name, cls in EVENT_TYPES.items()}
+_DECIMALS: Final = {name: _decimal_fields(cls) for name, cls in EVENT_TYPES.items()}
+
+
+def encode_header() -> bytes:
+    return _encoder.encode({"format": FORMAT, "version": FORMAT_VERSION}) + b"\n"
+
+
+def decode_header(line: bytes) -> None:
+    try:
+        header = _header_decoder.decode(line)
+    except msgspec.DecodeError as exc:
+        raise LogFormatError(f"not an oms event log header: {exc}") from None
+    if header.format != FORMAT:
+        raise LogFormatError(f"not an oms event log: format is {header.format!r}")
+    if header.version != FORMAT_VERSION:
+        raise LogFormatError(
+            f"log format version {header.version} is not supported (this is version "
+            f"{FORMAT_VERSION})"
+        )
+
+
+def encode_line(seq: int, event: Event) -> bytes:
+    """One log line for `event` with sequence number `seq`, newline included."""
+    name = type(event).__name__
+    return (
+        _encoder.encode({"seq": seq, "type": name, "v": SCHEMA_VERSION[name], "event": event})
+        + b"\n"
+    )
+
+
+def decode_line(line: bytes | str) -> tuple[int, Event]:
+    """(seq, event) from one log line. Raises `LogFormatError` saying what is wrong."""
+    try:
+        envelope = _envelope_decoder.decode(line)
+    except msgspec.DecodeError as exc:
+        raise LogFormatError(_describe(exc)) from None
+    name = envelope.type
+    decoder = _DECODERS.get(name)
+    if decoder is None:
+        raise LogFormatError(f"unknown event type {name!r}")
+    payload = envelope.event
+    version = SCHEMA_VERSION[name]
+    if envelope.v != version:
+        payload = _upgrade(name, envelope.v, payload)
+    try:
+        event = decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise LogFormatError(f"{name}: {_describe(exc)}") from None
+    keys = _keys_decoder.decode(payload)
+    if len(keys) != len(_FIELDS[name]) or not _FIELDS[name].issuperset(keys):
+        # Missing fields with defaults are allowed; anything we don't know is not.
+        unknown = sorted(set(keys) - _FIELDS[name])
+        if unknown:
+            raise LogFormatError(f"{name}: unknown field(s) {', '.join(unknown)}")
+    for field in _DECIMALS[name]:
+        value = getattr(event, field)
+        if value is not None and not value.is_finite():
+            raise LogFormatError(f"{name}: field {field} is not a finite decimal: {value}")
+    if isinstance(event, BalanceObserved):
+        for item in event.balances:
+            for value in (item.available, item.locked, item.staked):
+                if not value.is_finite():
+                    raise LogFormatError(f"{name}: {item.asset} is not a finite decimal: {value}")
+    return envelope.seq, event
+
+
+def _upgrade(name: str, version: int, payload: msgspec.Raw) -> msgspec.Raw:
+    current = SCHEMA_VERSION[name]
+    if version > current:
+        raise LogFormatError(
+            f"{name} schema version {version} is newer than this program knows ({current}); "
+            "upgrade oms to read this log"
+        )
+    if version < 1 or (name, version) not in UPGRADES:
+        raise LogFormatError(f"{name} schema version {version} is not known")
+    data: dict[str, Any] = msgspec.json.decode(payload)
+    while version < current:
+        step = UPGRADES.get((name, version))
+        if step is None:
+            raise LogFormatError(f"{name} schema version {version} is not known")
+        data = step(data)
+        version += 1
+    return msgspec.Raw(msgspec.json.encode(data))
+
+
+def _describe(exc: msgspec.DecodeError) -> str:
+    text = str(exc)
+    if text.startswith("Expected `object`, got") and "$" not in text:
+        return "not a JSON object: " + text
+    return text.replace("$.", "field ").replace("`", "")
+
+
+# --- canonical state -----------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready form: Decimals canonical, enums their values, tuples as lists."""
+    if isinstance(value, Decimal):
+        return canonical_decimal(value)
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, frozenset):
+        return sorted(value)
+    if attrs.has(type(value)):
+        return {a.name: _plain(getattr(value, a.name)) for a in attrs.fields(type(value))}
+    if isinstance(value, str):  # StrEnum included
+        return str(value)
+    return value
+
+
+def _order_doc(order: Order) -> dict[str, Any]:
+    doc: dict[str, Any] = _plain(order)
+    doc["fees"] = {asset: canonical_decimal(amount) for asset, amount in order.fees}
+    return doc
+
+
+def _balance_doc(balance: Balance) -> dict[str, Any]:
+    doc: dict[str, Any] = _plain(balance)
+    doc["total"] = canonical_decimal(balance.total)
+    return doc
+
+
+def _position_doc(position: Position) -> dict[str, Any]:
+    doc: dict[str, Any] = _plain(position)
+    doc["fees"] = {asset: canonical_decimal(amount) for asset, amount in position.fees}
+    return doc
+
+
+def state_document(state: State, *, finished_limit: int | None = None) -> dict[str, Any]:
+    """The state as one JSON-ready document (the schema of `docs/replay.md`).
+
+    Open orders by seq of creation; finished orders newest first, at most `finished_limit`
+    of them (all retained ones when None).
+    """
+    orders = sorted(state.orders.values(), key=lambda o: o.created_seq)
+    open_orders = [_order_doc(o) for o in orders if not o.status.is_terminal]
+    finished_keys = [
+        state.finished[i] for i in range(state.finished_tail - 1, state.finished_head - 1, -1)
+    ]
+    if finished_limit is not None:
+        finished_keys = finished_keys[:finished_limit]
+    finished = [_order_doc(state.orders[k]) for k in finished_keys if k in state.orders]
+    return {
+        "last_seq": state.last_seq,
+        "last_client_id": state.last_client_id,
+        "orders": {"open": open_orders, "finished": finished},
+        "balances": [_balance_doc(state.balances[a]) for a in sorted(state.balances.keys())],
+        "positions": [_position_doc(state.positions[s]) for s in sorted(state.positions.keys())],
+        "markets": [_plain(state.markets[s]) for s in sorted(state.markets.keys())],
+        "anomalies": {
+            "total": state.anomaly_total,
+            "by_kind": {str(k): state.anomaly_counts[k] for k in sorted(state.anomaly_counts)},
+            "recent": [_plain(a) for a in state.anomalies],
+        },
+    }
+
+
+def state_hash(state: State) -> str:
+    """sha256 (hex) of the canonical JSON of the whole state: equal states, equal hashes.
+
+    Covers every retained order, balance, position, market, the kept anomalies and their
+    counts, and the sequence position. Decimals enter in canonical form, so `1.50` and `1.5`
+    hash alike.
+    """
+    document = state_document(state)
+    document["retention"] = {
+        "head": state.finished_head,
+        "tail": state.finished_tail,
+        "retain": state.retain_finished,
+    }
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()

@@ -1,0 +1,218 @@
+"""The state the reducer derives: orders, balances, one-way positions, markets, anomalies.
+
+Everything here is immutable. Collections are persistent maps (`immutables.Map`, a HAMT),
+so `apply` returns a new state in O(log n) without copying the old one.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from enum import StrEnum
+from typing import Final
+
+import attrs
+from immutables import Map
+
+from oms.values import CTX, ZERO, MarketType, OrderStatus, OrderType, Side, TimeInForce
+
+__all__ = [
+    "DEFAULT_RETAIN_FINISHED",
+    "Anomaly",
+    "AnomalyKind",
+    "Balance",
+    "Market",
+    "ObservedBalance",
+    "ObservedPosition",
+    "Order",
+    "Position",
+    "State",
+]
+
+# Finished orders kept in state (so late and duplicate reports for them are recognised)
+# before the oldest are dropped; keeps memory bounded for sessions of any length.
+DEFAULT_RETAIN_FINISHED: Final = 10_000
+# Most recent anomalies kept in full; `State.anomaly_counts` counts all of them.
+ANOMALIES_KEPT: Final = 1_000
+
+
+class AnomalyKind(StrEnum):
+    DUPLICATE_FILL = "duplicate_fill"  # a trade id already counted for the order
+    UNKNOWN_ORDER = "unknown_order"  # a report or command for an order we do not know
+    FORBIDDEN_TRANSITION = "forbidden_transition"  # the transition table says no
+    OVERFILL = "overfill"  # filled more than the order's quantity
+    CUM_MISMATCH = "cum_mismatch"  # venue cumulative quantity below the fills we counted
+    FILL_GAP = "fill_gap"  # venue cumulative quantity above the fills we counted
+    UNKNOWN_MARKET = "unknown_market"  # a fill on a symbol with no MarketInfo: balances unmoved
+    BALANCE_DRIFT = "balance_drift"  # a venue balance differs from the derived one
+    POSITION_DRIFT = "position_drift"  # a venue position differs from the derived one
+    DUPLICATE_FUNDING = "duplicate_funding"  # a funding interval already counted
+    NOT_UNDERSTOOD = "not_understood"  # a venue message the codec could not read
+
+
+@attrs.frozen(kw_only=True)
+class Anomaly:
+    """Input that contradicts state. `seq` is the event that caused it."""
+
+    seq: int
+    kind: AnomalyKind
+    detail: str
+    order_key: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Market:
+    symbol: str
+    base_asset: str
+    quote_asset: str
+    market_type: MarketType
+    tick_size: Decimal
+    step_size: Decimal
+    min_quantity: Decimal
+
+
+@attrs.frozen(kw_only=True)
+class Order:
+    """One order as the events describe it.
+
+    `key` is stable for the order's life: `c<client id>` for our orders, `v<venue id>` for
+    orders first seen without a client id. `filled_quantity` and `filled_quote` sum the fills
+    counted (each trade id once); `venue_executed` is the largest cumulative executed quantity
+    the venue reported. `locked` is what this order holds locked in `lock_asset` (spot only).
+    """
+
+    key: str
+    symbol: str
+    status: OrderStatus
+    client_id: int | None = None
+    venue_id: str | None = None
+    side: Side | None = None
+    order_type: OrderType | None = None
+    quantity: Decimal | None = None
+    quote_quantity: Decimal | None = None
+    price: Decimal | None = None
+    time_in_force: TimeInForce | None = None
+    post_only: bool = False
+    reduce_only: bool = False
+    origin: str = "USER"
+    filled_quantity: Decimal = ZERO
+    filled_quote: Decimal = ZERO
+    venue_executed: Decimal | None = None
+    fees: tuple[tuple[str, Decimal], ...] = ()
+    trade_ids: frozenset[int] = frozenset()
+    cancel_requested: bool = False
+    expiry_reason: str | None = None
+    reject_code: str | None = None
+    reject_message: str | None = None
+    locked: Decimal = ZERO
+    lock_asset: str | None = None
+    created_seq: int = 0
+    updated_seq: int = 0
+    venue_time_us: int | None = None
+
+    @property
+    def remaining(self) -> Decimal | None:
+        if self.quantity is None:
+            return None
+        return max(CTX.subtract(self.quantity, self.filled_quantity), ZERO)
+
+    @property
+    def average_price(self) -> Decimal | None:
+        if not self.filled_quantity:
+            return None
+        return CTX.divide(self.filled_quote, self.filled_quantity)
+
+
+@attrs.frozen(kw_only=True)
+class ObservedBalance:
+    available: Decimal
+    locked: Decimal
+    staked: Decimal
+
+
+@attrs.frozen(kw_only=True)
+class Balance:
+    """Derived balance of one asset: total = available + locked, always.
+
+    The derived figures start from the last venue snapshot (`observed`) and move with the
+    events since. `drift_*` is venue minus derived at that snapshot, before re-basing.
+    """
+
+    asset: str
+    available: Decimal = ZERO
+    locked: Decimal = ZERO
+    observed: ObservedBalance | None = None
+    drift_available: Decimal = ZERO
+    drift_locked: Decimal = ZERO
+
+    @property
+    def total(self) -> Decimal:
+        return CTX.add(self.available, self.locked)
+
+
+@attrs.frozen(kw_only=True)
+class ObservedPosition:
+    net_quantity: Decimal
+    entry_price: Decimal | None
+    break_even_price: Decimal | None
+    mark_price: Decimal | None
+    realized_pnl: Decimal | None
+    unrealized_pnl: Decimal | None
+
+
+@attrs.frozen(kw_only=True)
+class Position:
+    """A one-way (netted) perp position.
+
+    `net_quantity` is signed (long > 0). `entry_price` is the average entry of the open side
+    (zero when flat). `realized_pnl` accrues on every reduction; fees (per asset) and
+    funding (quote asset; > 0 received) accumulate. `drift_quantity` is venue minus derived
+    at the last venue report, before re-basing.
+    """
+
+    symbol: str
+    net_quantity: Decimal = ZERO
+    entry_price: Decimal = ZERO
+    realized_pnl: Decimal = ZERO
+    fees: tuple[tuple[str, Decimal], ...] = ()
+    funding: Decimal = ZERO
+    funding_intervals: frozenset[int] = frozenset()
+    observed: ObservedPosition | None = None
+    drift_quantity: Decimal = ZERO
+
+
+@attrs.frozen(kw_only=True)
+class State:
+    """Everything the events imply. `last_seq` is the seq of the last event applied."""
+
+    last_seq: int = 0
+    orders: Map[str, Order] = Map()
+    by_client: Map[int, str] = Map()
+    by_venue: Map[str, str] = Map()
+    balances: Map[str, Balance] = Map()
+    positions: Map[str, Position] = Map()
+    markets: Map[str, Market] = Map()
+    anomalies: tuple[Anomaly, ...] = ()
+    anomaly_counts: Map[AnomalyKind, int] = Map()
+    # Finished orders in the order they finished: index -> order key, indexes
+    # finished_head .. finished_tail-1 are live. The oldest leave beyond retain_finished.
+    finished: Map[int, str] = Map()
+    finished_head: int = 0
+    finished_tail: int = 0
+    retain_finished: int = DEFAULT_RETAIN_FINISHED
+    last_client_id: int | None = None
+
+    def order(self, *, client_id: int | None = None, venue_id: str | None = None) -> Order | None:
+        """Find an order by our client id or by the venue's order id."""
+        key: str | None = None
+        if client_id is not None:
+            key = self.by_client.get(client_id)
+        if key is None and venue_id is not None:
+            key = self.by_venue.get(venue_id)
+        return None if key is None else self.orders.get(key)
+
+    def open_orders(self) -> list[Order]:
+        return [o for o in self.orders.values() if not o.status.is_terminal]
+
+    @property
+    def anomaly_total(self) -> int:
+        return sum(self.anomaly_counts.values())

@@ -1,0 +1,145 @@
+"""Value types shared by events and state: enums, and exact Decimal arithmetic.
+
+Pure: standard library only. Every price, quantity, fee and PnL is a `Decimal`.
+
+Arithmetic in the core goes through `CTX`, a fixed context, never the thread's current
+context: an embedding program that lowers `decimal.getcontext().prec` must not change
+what the reducer computes. Sums and products of venue figures are exact at this precision;
+the only inexact operation is the average entry price of a position (a division), which is
+rounded deterministically by `CTX` (60 significant digits, half-even).
+"""
+
+from __future__ import annotations
+
+import decimal
+from decimal import Decimal
+from enum import StrEnum
+
+__all__ = [
+    "CTX",
+    "ZERO",
+    "MarketType",
+    "OrderStatus",
+    "OrderType",
+    "Side",
+    "Source",
+    "TimeInForce",
+    "VenueStatus",
+    "canonical_decimal",
+]
+
+CTX = decimal.Context(
+    prec=60,
+    rounding=decimal.ROUND_HALF_EVEN,
+    Emin=-999999,
+    Emax=999999,
+    traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
+)
+ZERO = Decimal(0)
+
+
+class Side(StrEnum):
+    """Backpack's side names: `Bid` buys, `Ask` sells."""
+
+    BID = "Bid"
+    ASK = "Ask"
+
+
+class OrderType(StrEnum):
+    """Order types the engine places. LIMIT_MAKER is a post-only limit order."""
+
+    LIMIT = "LIMIT"
+    LIMIT_MAKER = "LIMIT_MAKER"
+    MARKET = "MARKET"
+
+
+class TimeInForce(StrEnum):
+    GTC = "GTC"
+    IOC = "IOC"
+    FOK = "FOK"
+
+
+class Source(StrEnum):
+    """Where an event came from."""
+
+    LOCAL = "local"  # a command of the embedding program, logged before it is sent
+    WS = "ws"  # a WebSocket frame
+    REST = "rest"  # the response to a request we made (execute, cancel, ...)
+    RECONCILE = "reconcile"  # found by a reconciliation pass over REST
+
+
+class VenueStatus(StrEnum):
+    """Order status as Backpack reports it (`X` on the stream, `status` over REST)."""
+
+    NEW = "New"
+    PARTIALLY_FILLED = "PartiallyFilled"
+    FILLED = "Filled"
+    CANCELLED = "Cancelled"
+    EXPIRED = "Expired"
+    TRIGGER_PENDING = "TriggerPending"
+    TRIGGER_FAILED = "TriggerFailed"
+
+
+class OrderStatus(StrEnum):
+    """The engine's order status: the venue's statuses plus the local ones."""
+
+    PENDING_NEW = "PendingNew"  # submitted, no answer yet
+    IN_DOUBT = "InDoubt"  # submit outcome unknown (timeout, 5xx): wait for a venue report
+    TRIGGER_PENDING = "TriggerPending"
+    NEW = "New"
+    PARTIALLY_FILLED = "PartiallyFilled"
+    FILLED = "Filled"
+    CANCELLED = "Cancelled"
+    EXPIRED = "Expired"
+    REJECTED = "Rejected"  # the venue refused the submit
+    TRIGGER_FAILED = "TriggerFailed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def is_open(self) -> bool:
+        """Resting on the book, so funds are locked for it."""
+        return self in _RESTING
+
+
+_TERMINAL = frozenset(
+    {
+        OrderStatus.FILLED,
+        OrderStatus.CANCELLED,
+        OrderStatus.EXPIRED,
+        OrderStatus.REJECTED,
+        OrderStatus.TRIGGER_FAILED,
+    }
+)
+_RESTING = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED})
+
+
+class MarketType(StrEnum):
+    """Backpack `marketType`. SPOT moves balances; the others carry positions."""
+
+    SPOT = "SPOT"
+    PERP = "PERP"
+    IPERP = "IPERP"
+    DATED = "DATED"
+    PREDICTION = "PREDICTION"
+    RFQ = "RFQ"
+
+    @property
+    def has_positions(self) -> bool:
+        return self in (MarketType.PERP, MarketType.IPERP, MarketType.DATED)
+
+
+def canonical_decimal(value: Decimal) -> str:
+    """A Decimal as a plain string with no exponent and no trailing fractional zeros.
+
+    Numerically equal values get the same text (`1.50` and `1.5000` both give `1.5`), so
+    canonical hashes depend on values, not on how a figure happened to be written.
+    """
+    if not value:
+        return "0"
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
