@@ -1,0 +1,592 @@
+"""Backpack wire messages -> domain events. Pure: no I/O, no clock (times come in).
+
+Tolerant where the venue is inconsistent (fact sheet §2.1, §3.3, §7): integers quoted or
+not, microsecond / millisecond / naive-ISO times, explicit nulls, absent optional keys,
+decimals as strings or bare numbers. A message it cannot understand becomes a
+`MessageNotUnderstood` event that keeps the raw text: the codec never raises on venue input,
+so a stream never stops on a surprise.
+
+Parse venue JSON with `parse_json`: JSON numbers become `Decimal` (never float), so a bare
+number such as `"b": 123.45` in a docs example keeps its exact value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+import msgspec
+
+from oms.events import (
+    AssetBalance,
+    BalanceObserved,
+    Event,
+    FundingPaid,
+    MarketInfo,
+    MessageNotUnderstood,
+    OrderAccepted,
+    OrderCancelled,
+    OrderExpired,
+    OrderFilled,
+    OrderModified,
+    OrderObserved,
+    PositionObserved,
+    TriggerFailed,
+    TriggerPlaced,
+)
+from oms.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+
+__all__ = [
+    "BadMessage",
+    "balances",
+    "compact",
+    "fill_history_item",
+    "funding_item",
+    "market",
+    "order_object",
+    "order_update",
+    "parse_json",
+    "position",
+    "position_update",
+    "ws_frame",
+]
+
+JSON = Any
+
+
+class BadMessage(ValueError):
+    """A venue message that does not have the shape the codec needs (internal)."""
+
+
+def parse_json(text: str | bytes) -> JSON:
+    """Parse venue JSON with exact decimals. Raises ValueError on invalid JSON."""
+    return json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"JSON constant {name} is not allowed")
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def compact(value: JSON) -> str:
+    """Compact JSON text of an already parsed value (decimals written as strings)."""
+    return _encoder.encode(value).decode("utf-8")
+
+
+# --- tolerant field readers ----------------------------------------------------------------
+
+
+def _get(data: Mapping[str, JSON], key: str) -> JSON:
+    value = data.get(key)
+    if value is None:
+        raise BadMessage(f"missing {key!r}")
+    return value
+
+
+def _dec(value: JSON, key: str) -> Decimal:
+    if isinstance(value, bool):
+        raise BadMessage(f"{key!r} is a boolean, not a number")
+    if isinstance(value, Decimal | int):
+        result = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            result = Decimal(value.strip())
+        except InvalidOperation:
+            raise BadMessage(f"{key!r} is not a decimal: {value!r}") from None
+    else:
+        raise BadMessage(f"{key!r} is not a decimal: {value!r}")
+    if not result.is_finite():
+        raise BadMessage(f"{key!r} is not a finite decimal: {value!r}")
+    return result
+
+
+def _dec_req(data: Mapping[str, JSON], key: str) -> Decimal:
+    return _dec(_get(data, key), key)
+
+
+def _dec_opt(data: Mapping[str, JSON], key: str) -> Decimal | None:
+    value = data.get(key)
+    return None if value is None else _dec(value, key)
+
+
+def _int(value: JSON, key: str) -> int:
+    if isinstance(value, bool):
+        raise BadMessage(f"{key!r} is a boolean, not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return int(value)
+    raise BadMessage(f"{key!r} is not an integer: {value!r}")
+
+
+def _int_opt(data: Mapping[str, JSON], key: str) -> int | None:
+    value = data.get(key)
+    return None if value is None else _int(value, key)
+
+
+def _client_id(data: Mapping[str, JSON], key: str) -> int | None:
+    value = _int_opt(data, key)
+    if value is not None and not 0 <= value < 2**32:
+        raise BadMessage(f"{key!r} is not a uint32: {value}")
+    return value
+
+
+def _str(data: Mapping[str, JSON], key: str) -> str:
+    value = _get(data, key)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise BadMessage(f"{key!r} is not a string: {value!r}")
+    return str(value)
+
+
+def _str_opt(data: Mapping[str, JSON], key: str) -> str | None:
+    return None if data.get(key) is None else _str(data, key)
+
+
+def _bool(data: Mapping[str, JSON], key: str) -> bool:
+    value = data.get(key)
+    if value is None:
+        return False
+    if value is True or value is False:
+        return bool(value)
+    if value in ("true", "false"):
+        return value == "true"
+    raise BadMessage(f"{key!r} is not a boolean: {value!r}")
+
+
+def timestamp_us(value: JSON, key: str = "time") -> int:
+    """Microseconds since the epoch from any time form Backpack uses.
+
+    Integers (or digit strings) are told apart by size: microseconds (the streams), milliseconds
+    (REST `createdAt`, trades) or seconds. Strings with a date are naive ISO times in UTC
+    (`2025-09-11T20:10:40.699`, `2025-07-19 13:09:00`).
+    """
+    if isinstance(value, str) and not value.strip().isdigit():
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise BadMessage(f"{key!r} is not a time: {value!r}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        delta = parsed - datetime(1970, 1, 1, tzinfo=UTC)
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    number = _int(value, key)
+    if number >= 10**14:
+        return number
+    if number >= 10**11:
+        return number * 1_000
+    return number * 1_000_000
+
+
+def _time_opt(data: Mapping[str, JSON], *keys: str) -> int | None:
+    for key in keys:
+        value = data.get(key)
+        if value is not None:
+            return timestamp_us(value, key)
+    return None
+
+
+def _side(data: Mapping[str, JSON], key: str) -> Side:
+    value = _get(data, key)
+    try:
+        return Side(value)
+    except ValueError:
+        raise BadMessage(f"{key!r} is not a side: {value!r}") from None
+
+
+def _side_opt(data: Mapping[str, JSON], key: str) -> Side | None:
+    return None if data.get(key) is None else _side(data, key)
+
+
+def _order_type(data: Mapping[str, JSON], type_key: str, post_only_key: str) -> OrderType | None:
+    """`LIMIT`/`MARKET` on the stream, `Limit`/`Market` over REST; post-only limit is
+    LIMIT_MAKER. Other types (conditional kinds) are left as None; the raw keeps them."""
+    value = data.get(type_key)
+    if not isinstance(value, str):
+        return None
+    upper = value.upper()
+    if upper == "MARKET":
+        return OrderType.MARKET
+    if upper == "LIMIT":
+        return OrderType.LIMIT_MAKER if _bool(data, post_only_key) else OrderType.LIMIT
+    return None
+
+
+def _tif(data: Mapping[str, JSON], key: str) -> TimeInForce | None:
+    value = data.get(key)
+    try:
+        return None if value is None else TimeInForce(value)
+    except ValueError:
+        return None
+
+
+def _status(data: Mapping[str, JSON], key: str) -> VenueStatus:
+    value = _get(data, key)
+    try:
+        return VenueStatus(value)
+    except ValueError:
+        raise BadMessage(f"unknown order status {value!r}") from None
+
+
+def _status_opt(data: Mapping[str, JSON], key: str) -> VenueStatus | None:
+    value = data.get(key)
+    try:
+        return None if value is None else VenueStatus(value)
+    except ValueError:
+        return None  # an unknown status must not cost us the fill it came with
+
+
+def _guard(
+    raw: str, source: Source, recv_time_us: int, build: Callable[[], list[Event]]
+) -> list[Event]:
+    try:
+        return build()
+    except (BadMessage, KeyError, TypeError, ValueError, AttributeError, InvalidOperation) as exc:
+        reason = str(exc) if isinstance(exc, BadMessage) else f"{type(exc).__name__}: {exc}"
+        return [
+            MessageNotUnderstood(source=source, recv_time_us=recv_time_us, raw=raw, reason=reason)
+        ]
+
+
+# --- WebSocket -------------------------------------------------------------------------------
+
+
+def ws_frame(text: str, recv_time_us: int) -> list[Event]:
+    """All events of one WebSocket text frame. Never raises.
+
+    Data frames are `{"stream": ..., "data": {...}}`. Subscribe acknowledgements and public
+    streams the engine does not consume give no events; error frames and anything
+    unrecognised give a `MessageNotUnderstood` with the frame.
+    """
+
+    def build() -> list[Event]:
+        frame = parse_json(text)
+        if not isinstance(frame, dict):
+            raise BadMessage("frame is not a JSON object")
+        if "error" in frame and frame["error"] is not None:
+            error = frame["error"]
+            if isinstance(error, dict):
+                raise BadMessage(f"venue error {error.get('code')}: {error.get('message')}")
+            raise BadMessage(f"venue error {error!r}")
+        stream = frame.get("stream")
+        data = frame.get("data")
+        if stream is None and "result" in frame:
+            return []  # a subscribe acknowledgement
+        if not isinstance(stream, str) or not isinstance(data, dict):
+            raise BadMessage("not a data frame (no stream/data)")
+        if stream.startswith("account.orderUpdate"):
+            return [order_update(data, text, recv_time_us)]
+        if stream.startswith("account.positionUpdate"):
+            return [position_update(data, text, recv_time_us)]
+        if stream.startswith("account."):
+            raise BadMessage(f"private stream {stream!r} is not consumed")
+        return []
+
+    return _guard(text, Source.WS, recv_time_us, build)
+
+
+_ORDER_EVENTS: Final = frozenset(
+    {
+        "orderAccepted",
+        "orderCancelled",
+        "orderExpired",
+        "orderFill",
+        "orderModified",
+        "triggerPlaced",
+        "triggerFailed",
+    }
+)
+
+
+def order_update(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Event:
+    """One `account.orderUpdate` payload (the `data` object) as an event.
+
+    Raises BadMessage (or ValueError/KeyError) when it cannot; `ws_frame` turns that into
+    `MessageNotUnderstood`.
+    """
+    kind = data.get("e")
+    if kind not in _ORDER_EVENTS:
+        raise BadMessage(f"unknown order update event {kind!r}")
+    meta: dict[str, Any] = {
+        "source": Source.WS,
+        "recv_time_us": recv_time_us,
+        "venue_time_us": _time_opt(data, "T", "E"),
+        "raw": raw,
+    }
+    symbol = _str(data, "s")
+    venue_id = _str_opt(data, "i")
+    client_id = _client_id(data, "c")
+    order_type = _order_type(data, "o", "y")
+    origin = _str_opt(data, "O") or "USER"
+    if kind == "orderFill":
+        return OrderFilled(
+            **meta,
+            symbol=symbol,
+            venue_id=_str(data, "i"),
+            client_id=client_id,
+            trade_id=_int(_get(data, "t"), "t"),
+            side=_side(data, "S"),
+            quantity=_dec_req(data, "l"),
+            price=_dec_req(data, "L"),
+            fee=_dec_opt(data, "n") or Decimal(0),
+            fee_asset=_str_opt(data, "N") or "",
+            maker=_bool(data, "m"),
+            cum_quantity=_dec_opt(data, "z"),
+            cum_quote=_dec_opt(data, "Z"),
+            status=_status_opt(data, "X"),
+            order_type=order_type,
+            order_quantity=_dec_opt(data, "q"),
+            order_price=_dec_opt(data, "p"),
+            origin=origin,
+        )
+    if kind == "orderAccepted":
+        return OrderAccepted(
+            **meta,
+            symbol=symbol,
+            venue_id=_str(data, "i"),
+            client_id=client_id,
+            side=_side_opt(data, "S"),
+            order_type=order_type,
+            quantity=_dec_opt(data, "q"),
+            quote_quantity=_dec_opt(data, "Q") if order_type is OrderType.MARKET else None,
+            price=_dec_opt(data, "p"),
+            time_in_force=_tif(data, "f"),
+            post_only=_bool(data, "y"),
+            reduce_only=_bool(data, "r"),
+            origin=origin,
+        )
+    common: dict[str, Any] = {"symbol": symbol, "venue_id": venue_id, "client_id": client_id}
+    if kind == "orderCancelled":
+        return OrderCancelled(
+            **meta,
+            **common,
+            side=_side_opt(data, "S"),
+            order_type=order_type,
+            quantity=_dec_opt(data, "q"),
+            price=_dec_opt(data, "p"),
+            cum_quantity=_dec_opt(data, "z"),
+            origin=origin,
+        )
+    if kind == "orderExpired":
+        return OrderExpired(
+            **meta,
+            **common,
+            reason=_str_opt(data, "R"),
+            side=_side_opt(data, "S"),
+            order_type=order_type,
+            quantity=_dec_opt(data, "q"),
+            price=_dec_opt(data, "p"),
+            cum_quantity=_dec_opt(data, "z"),
+            origin=origin,
+        )
+    if kind == "orderModified":
+        return OrderModified(
+            **meta, **common, quantity=_dec_req(data, "q"), price=_dec_opt(data, "p")
+        )
+    if kind == "triggerPlaced":
+        trigger_quantity = data.get("Y")
+        return TriggerPlaced(
+            **meta,
+            **common,
+            side=_side_opt(data, "S"),
+            order_type=order_type,
+            trigger_price=_dec_opt(data, "P"),
+            trigger_quantity=None if trigger_quantity is None else str(trigger_quantity),
+            price=_dec_opt(data, "p"),
+        )
+    return TriggerFailed(**meta, **common)
+
+
+def position_update(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Event:
+    """One `account.positionUpdate` payload: an event (`e` set) or the on-subscribe snapshot
+    (no `e`). `B` is the entry price, `b` the break-even price (fact sheet §3.4)."""
+    kind = data.get("e")
+    if kind not in (None, "positionOpened", "positionAdjusted", "positionClosed"):
+        raise BadMessage(f"unknown position update event {kind!r}")
+    net = _dec_opt(data, "q")
+    if net is None:
+        if kind != "positionClosed":
+            raise BadMessage("missing 'q'")
+        net = Decimal(0)
+    return PositionObserved(
+        source=Source.WS,
+        recv_time_us=recv_time_us,
+        venue_time_us=_time_opt(data, "T", "E"),
+        raw=raw,
+        symbol=_str(data, "s"),
+        net_quantity=net,
+        entry_price=_dec_opt(data, "B"),
+        break_even_price=_dec_opt(data, "b"),
+        mark_price=_dec_opt(data, "M"),
+        realized_pnl=_dec_opt(data, "p"),
+        unrealized_pnl=_dec_opt(data, "P"),
+    )
+
+
+# --- REST --------------------------------------------------------------------------------------
+
+
+def _rest_guard(
+    item: JSON, source: Source, recv_time_us: int, build: Callable[[Mapping[str, JSON], str], Event]
+) -> Event:
+    raw = compact(item)
+    if not isinstance(item, dict):
+        return MessageNotUnderstood(
+            source=source, recv_time_us=recv_time_us, raw=raw, reason="item is not a JSON object"
+        )
+    return _guard(raw, source, recv_time_us, lambda: [build(item, raw)])[0]
+
+
+def order_object(item: JSON, source: Source, recv_time_us: int) -> Event:
+    """An order object (execute, cancel, order query, open orders, order history, batch items
+    with `operation: Ok`) as an `OrderObserved`: the venue's status and executed figures."""
+
+    def build(data: Mapping[str, JSON], raw: str) -> Event:
+        return OrderObserved(
+            source=source,
+            recv_time_us=recv_time_us,
+            venue_time_us=_time_opt(data, "createdAt"),
+            raw=raw,
+            symbol=_str(data, "symbol"),
+            status=_status(data, "status"),
+            venue_id=_str_opt(data, "id"),
+            client_id=_client_id(data, "clientId"),
+            side=_side_opt(data, "side"),
+            order_type=_order_type(data, "orderType", "postOnly"),
+            quantity=_dec_opt(data, "quantity"),
+            quote_quantity=_dec_opt(data, "quoteQuantity"),
+            price=_dec_opt(data, "price"),
+            executed_quantity=_dec_opt(data, "executedQuantity"),
+            executed_quote_quantity=_dec_opt(data, "executedQuoteQuantity"),
+            expiry_reason=_str_opt(data, "expiryReason"),
+            origin=_str_opt(data, "systemOrderType") or "USER",
+        )
+
+    return _rest_guard(item, source, recv_time_us, build)
+
+
+def fill_history_item(item: JSON, source: Source, recv_time_us: int) -> Event:
+    """One item of `GET /wapi/v1/history/fills` as an `OrderFilled` (no cumulative figures)."""
+
+    def build(data: Mapping[str, JSON], raw: str) -> Event:
+        return OrderFilled(
+            source=source,
+            recv_time_us=recv_time_us,
+            venue_time_us=_time_opt(data, "timestamp"),
+            raw=raw,
+            symbol=_str(data, "symbol"),
+            venue_id=_str(data, "orderId"),
+            client_id=_client_id(data, "clientId"),
+            trade_id=_int(_get(data, "tradeId"), "tradeId"),
+            side=_side(data, "side"),
+            quantity=_dec_req(data, "quantity"),
+            price=_dec_req(data, "price"),
+            fee=_dec_opt(data, "fee") or Decimal(0),
+            fee_asset=_str_opt(data, "feeSymbol") or "",
+            maker=_bool(data, "isMaker"),
+            origin=_str_opt(data, "systemOrderType") or "USER",
+        )
+
+    return _rest_guard(item, source, recv_time_us, build)
+
+
+def balances(body: JSON, source: Source, recv_time_us: int) -> Event:
+    """`GET /api/v1/capital` (`{"<asset>": {"available", "locked", "staked"}}`) as one snapshot."""
+    raw = compact(body)
+
+    def build() -> list[Event]:
+        if not isinstance(body, dict):
+            raise BadMessage("capital response is not a JSON object")
+        items = []
+        for asset in sorted(body):
+            entry = body[asset]
+            if not isinstance(entry, dict):
+                raise BadMessage(f"balance of {asset!r} is not an object")
+            items.append(
+                AssetBalance(
+                    asset=asset,
+                    available=_dec_req(entry, "available"),
+                    locked=_dec_opt(entry, "locked") or Decimal(0),
+                    staked=_dec_opt(entry, "staked") or Decimal(0),
+                )
+            )
+        return [
+            BalanceObserved(
+                source=source, recv_time_us=recv_time_us, raw=raw, balances=tuple(items)
+            )
+        ]
+
+    return _guard(raw, source, recv_time_us, build)[0]
+
+
+def position(item: JSON, source: Source, recv_time_us: int) -> Event:
+    """One item of `GET /api/v1/position` as a `PositionObserved`."""
+
+    def build(data: Mapping[str, JSON], raw: str) -> Event:
+        return PositionObserved(
+            source=source,
+            recv_time_us=recv_time_us,
+            raw=raw,
+            symbol=_str(data, "symbol"),
+            net_quantity=_dec_req(data, "netQuantity"),
+            entry_price=_dec_opt(data, "entryPrice"),
+            break_even_price=_dec_opt(data, "breakEvenPrice"),
+            mark_price=_dec_opt(data, "markPrice"),
+            realized_pnl=_dec_opt(data, "pnlRealized"),
+            unrealized_pnl=_dec_opt(data, "pnlUnrealized"),
+        )
+
+    return _rest_guard(item, source, recv_time_us, build)
+
+
+def funding_item(item: JSON, source: Source, recv_time_us: int) -> Event:
+    """One item of `GET /wapi/v1/history/funding` as a `FundingPaid`."""
+
+    def build(data: Mapping[str, JSON], raw: str) -> Event:
+        end = timestamp_us(_get(data, "intervalEndTimestamp"), "intervalEndTimestamp")
+        return FundingPaid(
+            source=source,
+            recv_time_us=recv_time_us,
+            venue_time_us=end,
+            raw=raw,
+            symbol=_str(data, "symbol"),
+            interval_end_us=end,
+            amount=_dec_req(data, "quantity"),
+            rate=_dec_opt(data, "fundingRate"),
+        )
+
+    return _rest_guard(item, source, recv_time_us, build)
+
+
+def market(item: JSON, source: Source, recv_time_us: int) -> Event:
+    """One item of `GET /api/v1/markets` as a `MarketInfo`."""
+
+    def build(data: Mapping[str, JSON], raw: str) -> Event:
+        filters = _get(data, "filters")
+        price = _get(filters, "price")
+        quantity = _get(filters, "quantity")
+        market_type = _str(data, "marketType")
+        try:
+            kind = MarketType(market_type)
+        except ValueError:
+            raise BadMessage(f"unknown market type {market_type!r}") from None
+        return MarketInfo(
+            source=source,
+            recv_time_us=recv_time_us,
+            raw=raw,
+            symbol=_str(data, "symbol"),
+            base_asset=_str(data, "baseSymbol"),
+            quote_asset=_str(data, "quoteSymbol"),
+            market_type=kind,
+            tick_size=_dec_req(price, "tickSize"),
+            step_size=_dec_req(quantity, "stepSize"),
+            min_quantity=_dec_opt(quantity, "minQuantity") or Decimal(0),
+        )
+
+    return _rest_guard(item, source, recv_time_us, build)

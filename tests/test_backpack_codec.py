@@ -1,0 +1,346 @@
+"""Backpack codec: golden tables from the samples and the fact sheet, and tolerance."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.backpack import codec
+from oms.events import (
+    BalanceObserved,
+    FundingPaid,
+    MarketInfo,
+    MessageNotUnderstood,
+    OrderAccepted,
+    OrderCancelled,
+    OrderExpired,
+    OrderFilled,
+    OrderModified,
+    OrderObserved,
+    PositionObserved,
+    TriggerFailed,
+    TriggerPlaced,
+)
+from oms.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "backpack" / "samples"
+RUST: list[dict[str, Any]] = json.loads(
+    (SAMPLES / "bpx_api_client_rust_tests.json").read_text(encoding="utf-8")
+)["samples"]
+CCXT: dict[str, Any] = json.loads(
+    (SAMPLES / "ccxt_source_comment_samples.json").read_text(encoding="utf-8")
+)
+RECV = 1_800_000_000_000_000
+
+
+def frame(stream: str, data: dict[str, Any]) -> str:
+    return json.dumps({"stream": stream, "data": data}, separators=(",", ":"))
+
+
+def only(events: list[Any]) -> Any:
+    assert len(events) == 1, events
+    return events[0]
+
+
+def rust(kind: str) -> dict[str, Any]:
+    return next(s["json"] for s in RUST if s["json"].get("e") == kind)
+
+
+def ccxt_ws(handler_prefix: str) -> dict[str, Any]:
+    return next(s["msg"] for s in CCXT["ws"] if s["handler"].startswith(handler_prefix))
+
+
+def test_real_order_accepted_limit() -> None:
+    text = frame("account.orderUpdate", rust("orderAccepted"))
+    event = only(codec.ws_frame(text, RECV))
+    assert event == OrderAccepted(
+        source=Source.WS,
+        recv_time_us=RECV,
+        venue_time_us=1748288615133255,  # T, the engine time, in microseconds
+        raw=text,
+        symbol="SOL_USDC",
+        venue_id="114575842681290753",
+        client_id=None,
+        side=Side.ASK,
+        order_type=OrderType.LIMIT,
+        quantity=Decimal("20.03"),
+        quote_quantity=None,  # Q on a limit order is not a quote-quantity order
+        price=Decimal("178.15"),
+        time_in_force=TimeInForce.GTC,
+        post_only=False,
+        reduce_only=False,
+        origin="USER",
+    )
+
+
+def test_real_trigger_placed_keeps_trigger_fields() -> None:
+    event = only(codec.ws_frame(frame("account.orderUpdate", rust("triggerPlaced")), RECV))
+    assert isinstance(event, TriggerPlaced)
+    assert event.trigger_price == Decimal("178.05")
+    assert event.trigger_quantity == "20.03"
+    assert event.price == Decimal("178.15")
+    assert event.venue_id == "114575813313101824"
+
+
+def test_real_cancel_of_a_percentage_trigger_order() -> None:
+    event = only(codec.ws_frame(frame("account.orderUpdate", rust("orderCancelled")), RECV))
+    assert isinstance(event, OrderCancelled)
+    assert event.order_type is OrderType.MARKET
+    assert event.cum_quantity == Decimal(0)
+    assert event.venue_id == "114575904705282048"
+
+
+def test_ccxt_order_fill_with_quoted_times() -> None:
+    data = ccxt_ws("parseWsOrder")
+    event = only(codec.ws_frame(frame("account.orderUpdate.ETH_USDC", data), RECV))
+    assert isinstance(event, OrderFilled)
+    assert (event.trade_id, event.quantity, event.price) == (
+        2888471,
+        Decimal("0.0010"),
+        Decimal("4299.16"),
+    )
+    assert (event.fee, event.fee_asset, event.maker) == (Decimal("0.000001"), "ETH", False)
+    assert (event.cum_quantity, event.cum_quote) == (Decimal("0.0010"), Decimal("4.299160"))
+    assert event.status is VenueStatus.FILLED
+    assert event.venue_time_us == 1754939110174705
+    assert event.side is Side.BID
+    assert event.order_type is OrderType.MARKET
+
+
+def test_ccxt_market_order_accepted_keeps_quote_quantity() -> None:
+    msg = ccxt_ws("handleOrder (")
+    event = only(codec.ws_frame(json.dumps(msg), RECV))
+    assert isinstance(event, OrderAccepted)
+    assert event.quote_quantity == Decimal("4.30")
+    assert event.quantity == Decimal("0.0010")
+
+
+def test_docs_all_fields_example_maps_client_id_and_post_only() -> None:
+    data = {
+        "e": "orderAccepted", "E": 1694687692980000, "s": "SOL_USD", "c": 123, "S": "Bid",
+        "o": "LIMIT", "f": "GTC", "q": "32123", "Q": "32123", "p": "20", "P": "21",
+        "B": "LastPrice", "a": "30", "b": "10", "j": "30", "k": "10", "d": "MarkPrice",
+        "g": "IndexPrice", "Y": "10", "X": "New", "R": "PRICE_BAND", "i": "1111343026172067",
+        "t": 567, "l": "1.23", "z": "321", "Z": "123", "L": "20", "m": True, "n": "23",
+        "N": "USD", "V": "RejectTaker", "T": 1694687692989999, "O": "USER",
+        "I": "1111343026156135", "H": 6023471188, "y": True,
+    }  # fmt: skip
+    event = only(codec.ws_frame(frame("account.orderUpdate", data), RECV))
+    assert isinstance(event, OrderAccepted)
+    assert event.client_id == 123
+    assert event.order_type is OrderType.LIMIT_MAKER
+    assert event.post_only is True
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "cls"),
+    [
+        ("orderExpired", {"R": "PostOnlyTaker"}, OrderExpired),
+        ("orderModified", {"q": "3.5"}, OrderModified),
+        ("triggerFailed", {}, TriggerFailed),
+    ],
+)
+def test_other_order_events(kind: str, extra: dict[str, Any], cls: type[Any]) -> None:
+    data = {"e": kind, "E": 1694687692980000, "s": "SOL_USDC_PERP", "c": "2200123", "i": "8886774",
+            "S": "Bid", "X": "Expired", "z": "0", "T": 1694687692980001, **extra}  # fmt: skip
+    event: Any = only(codec.ws_frame(frame("account.orderUpdate", data), RECV))
+    assert isinstance(event, cls)
+    assert event.client_id == 2200123  # quoted integer accepted
+    if kind == "orderExpired":
+        assert event.reason == "PostOnlyTaker"
+    if kind == "orderModified":
+        assert event.quantity == Decimal("3.5")
+
+
+def test_position_opened_entry_is_B_and_break_even_is_b() -> None:
+    msg = ccxt_ws("handlePositions")
+    event = only(codec.ws_frame(json.dumps(msg), RECV))
+    assert isinstance(event, PositionObserved)
+    assert event.entry_price == Decimal("4236.36")
+    assert event.break_even_price == Decimal("4238.479")
+    assert event.net_quantity == Decimal("0.0010")
+    assert event.unrealized_pnl == Decimal("-0.000473")
+
+
+def test_position_snapshot_without_event_type_and_short_quantity() -> None:
+    data = {"B": "126.97", "E": 1769366599828079, "M": "120.96", "P": "0.0009", "Q": "0.01",
+            "T": 1769366599828078, "b": "126.9307", "f": "0.02", "i": 28563667732, "l": "0",
+            "m": "0.0135", "n": "1.2096", "p": "0.0592", "q": "-0.01",
+            "s": "SOL_USDC_PERP"}  # fmt: skip
+    event = only(codec.ws_frame(frame("account.positionUpdate", data), RECV))
+    assert isinstance(event, PositionObserved)
+    assert event.net_quantity == Decimal("-0.01")
+    assert event.realized_pnl == Decimal("0.0592")
+
+
+def test_docs_position_with_bare_numbers_stays_exact() -> None:
+    text = ('{"stream":"account.positionUpdate","data":{"e":"positionOpened","E":1694687692980000,'
+            '"s":"SOL_USDC_PERP","b":123,"B":122,"f":0.5,"M":122,"m":0.01,"q":5,"Q":6,"n":732,'
+            '"i":"1111343026172067","p":"-1","P":"0","T":1694687692989999}}')  # fmt: skip
+    event = only(codec.ws_frame(text, RECV))
+    assert isinstance(event, PositionObserved)
+    assert (event.net_quantity, event.entry_price, event.break_even_price) == (
+        Decimal(5),
+        Decimal(122),
+        Decimal(123),
+    )
+    assert isinstance(event.net_quantity, Decimal)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"id":null,"error":{"code":4006,"message":"Invalid stream"}}', "4006"),
+        (
+            frame("account.orderUpdate", {"e": "orderTeleported", "s": "SOL_USDC"}),
+            "orderTeleported",
+        ),
+        (
+            frame("account.orderUpdate", {"e": "orderFill", "s": "SOL_USDC", "i": "1", "t": 5}),
+            "'S'",
+        ),
+        (
+            frame(
+                "account.orderUpdate",
+                {
+                    "e": "orderFill",
+                    "s": "SOL_USDC",
+                    "i": "1",
+                    "t": 5,
+                    "S": "Bid",
+                    "l": "NaN",
+                    "L": "1",
+                },
+            ),
+            "finite",
+        ),
+        ("{not json", "JSONDecodeError"),
+        ("[1, 2]", "not a JSON object"),
+        (frame("account.balanceUpdate", {"x": 1}), "not consumed"),
+    ],
+)
+def test_messages_it_cannot_understand_are_kept_not_raised(text: str, reason: str) -> None:
+    event = only(codec.ws_frame(text, RECV))
+    assert isinstance(event, MessageNotUnderstood)
+    assert event.raw == text
+    assert reason in event.reason
+
+
+def test_acks_and_public_streams_give_no_events() -> None:
+    assert codec.ws_frame('{"result":null,"id":1}', RECV) == []
+    mark = next(s["json"] for s in RUST if s["json"].get("e") == "markPrice")
+    assert codec.ws_frame(frame("markPrice.SOL_USDC_PERP", mark), RECV) == []
+
+
+def test_a_fill_with_an_unknown_status_still_counts() -> None:
+    data = dict(ccxt_ws("parseWsOrder"), X="Triggered")
+    event = only(codec.ws_frame(frame("account.orderUpdate", data), RECV))
+    assert isinstance(event, OrderFilled)
+    assert event.status is None
+
+
+# --- REST --------------------------------------------------------------------------------
+
+
+def test_rest_order_objects_become_observations() -> None:
+    filled = CCXT["rest"]["order response: market order Filled (parseOrder comment)"]
+    event = codec.order_object(filled, Source.REST, RECV)
+    assert isinstance(event, OrderObserved)
+    assert event.status is VenueStatus.FILLED
+    assert event.executed_quantity == Decimal("0.001")
+    assert event.executed_quote_quantity == Decimal("3.81428")
+    assert event.venue_time_us == 1753624283415 * 1000  # createdAt is milliseconds
+    open_post_only = CCXT["rest"][
+        "GET /api/v1/orders item: open post-only limit with clientId (parseOrder comment)"
+    ]
+    event = codec.order_object(open_post_only, Source.RECONCILE, RECV)
+    assert isinstance(event, OrderObserved)
+    assert (event.client_id, event.order_type, event.status) == (
+        123456789, OrderType.LIMIT_MAKER, VenueStatus.NEW,
+    )  # fmt: skip
+
+
+def test_order_history_item_with_naive_iso_time_and_quoted_client_id() -> None:
+    item = {"clientId": "55555", "createdAt": "2025-09-11T20:10:40.699", "executedQuantity": "0",
+            "executedQuoteQuantity": "0", "expiryReason": "PostOnlyTaker", "id": "8284661092",
+            "orderType": "Limit", "postOnly": True, "price": "4000", "quantity": "0.001",
+            "side": "Bid", "status": "Expired", "symbol": "ETH_USDC",
+            "systemOrderType": None}  # fmt: skip
+    event = codec.order_object(item, Source.RECONCILE, RECV)
+    assert isinstance(event, OrderObserved)
+    assert event.venue_time_us == 1757621440699000
+    assert event.client_id == 55555
+    assert event.expiry_reason == "PostOnlyTaker"
+
+
+def test_fill_history_item() -> None:
+    item = {"clientId": None, "fee": "0.0047325", "feeSymbol": "USDC", "isMaker": False,
+            "orderId": "5578417290", "price": "4732.5", "quantity": "0.001", "side": "Ask",
+            "symbol": "ETH_USDC", "systemOrderType": None, "timestamp": "2025-08-13T17:26:01.197",
+            "tradeId": "2959285"}  # fmt: skip
+    event = codec.fill_history_item(item, Source.RECONCILE, RECV)
+    assert isinstance(event, OrderFilled)
+    assert (event.trade_id, event.venue_id, event.side) == (2959285, "5578417290", Side.ASK)
+    assert event.venue_time_us == 1755105961197000
+    assert event.cum_quantity is None
+
+
+def test_capital_position_funding_and_market() -> None:
+    body = {"ETH": {"available": "0.0019918", "locked": "0", "staked": "0"},
+            "USDC": {"available": "112.847976936", "locked": "0", "staked": "0"}}  # fmt: skip
+    snapshot = codec.balances(body, Source.REST, RECV)
+    assert isinstance(snapshot, BalanceObserved)
+    assert [(b.asset, b.available) for b in snapshot.balances] == [
+        ("ETH", Decimal("0.0019918")),
+        ("USDC", Decimal("112.847976936")),
+    ]
+    pos = codec.position(
+        CCXT["rest"]["GET /api/v1/position (parsePosition comment)"], Source.REST, RECV
+    )
+    assert isinstance(pos, PositionObserved)
+    assert pos.entry_price == Decimal("3826.8888888888888888888888889")
+    funding = codec.funding_item(
+        {"fundingRate": "-0.0000048", "intervalEndTimestamp": "2025-09-11T20:00:00",
+         "quantity": "0.000022", "subaccountId": "0", "symbol": "ETH_USDC_PERP",
+         "userId": "1813870"},
+        Source.RECONCILE, RECV,
+    )  # fmt: skip
+    assert isinstance(funding, FundingPaid)
+    assert (funding.interval_end_us, funding.amount) == (1757620800000000, Decimal("0.000022"))
+    markets = next(v for k, v in CCXT["rest"].items() if k.startswith("GET /api/v1/markets"))
+    perp = codec.market(markets[1], Source.REST, RECV)
+    assert isinstance(perp, MarketInfo)
+    assert (perp.symbol, perp.market_type, perp.tick_size) == (
+        "SOL_USDC_PERP",
+        MarketType.PERP,
+        Decimal("0.01"),
+    )
+
+
+def test_rest_garbage_becomes_not_understood() -> None:
+    assert isinstance(codec.order_object([1], Source.REST, RECV), MessageNotUnderstood)
+    bad = codec.order_object({"symbol": "X", "status": "Teleported"}, Source.REST, RECV)
+    assert isinstance(bad, MessageNotUnderstood)
+    assert "Teleported" in bad.reason
+    assert isinstance(
+        codec.balances({"USDC": {"available": "x"}}, Source.REST, RECV), MessageNotUnderstood
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1748288615134547, 1748288615134547),
+        ("1748288615134547", 1748288615134547),
+        (1753624283415, 1753624283415000),
+        (1753624283, 1753624283000000),
+        ("2025-09-11T20:00:00", 1757620800000000),
+        ("2025-07-19 13:09:00", 1752930540000000),
+    ],
+)
+def test_timestamps_in_every_unit(value: object, expected: int) -> None:
+    assert codec.timestamp_us(value) == expected
