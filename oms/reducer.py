@@ -227,6 +227,11 @@ class Fold:
         if client_id is not None and order.client_id is None:
             order = attrs.evolve(order, client_id=client_id)
             self.by_client = self.by_client.set(client_id, key)
+        if order is not self.orders[key]:
+            # Store the ids now: `_advance` may return early (an absorbed report, a duplicate
+            # fill), and an index entry for an id the order does not carry would outlive the
+            # order when retention drops it (a later report then finds a missing key).
+            self.orders = self.orders.set(key, order)
         self._advance(order, event)
 
     def _submit(self, event: OrderSubmitted) -> None:
@@ -527,7 +532,10 @@ class Fold:
             self.finished = self.finished.delete(self.finished_head)
             self.finished_head += 1
             old = self.orders.get(old_key)
-            if old is None:
+            if old is None or not old.status.is_terminal:
+                # Gone already, or reopened by a venue report after it finished (a rejected
+                # order the venue accepts): an open order is never dropped; it joins the
+                # queue again when it finishes again.
                 continue
             self.orders = self.orders.delete(old_key)
             if old.client_id is not None and self.by_client.get(old.client_id) == old_key:
@@ -547,7 +555,8 @@ class Fold:
         if not qty or (qty > 0) == (delta > 0):
             # Opening or increasing: the entry is the quantity-weighted average.
             cost = _add(_mul(qty.copy_abs(), entry), _mul(event.quantity, event.price))
-            entry = CTX.divide(cost, new_qty.copy_abs())
+            if new_qty:  # a zero-quantity fill on a flat position opens nothing (and 0/0 traps)
+                entry = CTX.divide(cost, new_qty.copy_abs())
         else:
             closed = min(event.quantity, qty.copy_abs())
             pnl = _mul(closed, _sub(event.price, entry))
@@ -633,6 +642,10 @@ class Fold:
 
     def _balances_observed(self, event: BalanceObserved) -> None:
         seen = {b.asset: b for b in event.balances}
+        # A snapshot is complete: after the first one, an asset it lacked was observed as zero,
+        # so an asset first met since then (a fill in a new asset) is compared too, not taken
+        # as a new baseline.
+        snapshot_seen = any(b.observed is not None for b in self.balances.values())
         for asset in sorted(set(seen) | set(self.balances.keys())):
             balance = self.balances.get(asset) or Balance(asset=asset)
             reported = seen.get(asset)
@@ -649,7 +662,7 @@ class Fold:
                 continue  # the same snapshot again
             # The first snapshot is the baseline: what came before it is unknown, not drift.
             drift_available = drift_locked = ZERO
-            if balance.observed is not None:
+            if balance.observed is not None or snapshot_seen:
                 drift_available = _sub(observed.available, balance.available)
                 drift_locked = _sub(observed.locked, balance.locked)
             if drift_available or drift_locked:

@@ -156,7 +156,7 @@ def _bool(data: Mapping[str, JSON], key: str) -> bool:
     if value is True or value is False:
         return bool(value)
     if value in ("true", "false"):
-        return value == "true"
+        return bool(value == "true")
     raise BadMessage(f"{key!r} is not a boolean: {value!r}")
 
 
