@@ -1,0 +1,196 @@
+"""Reconciliation: after every (re)connect, bring the engine's state level with the venue's.
+
+The WebSocket stream can miss messages while a connection is down. A reconciliation pass
+asks REST for what the venue knows (open orders; the history of every order the engine
+believes live or in doubt; fills since the last one seen; balances; positions; funding) and
+turns every difference into events with source `reconcile`.
+
+Only *novel* events are sent: each candidate is tried against the state (with the pure
+`apply`) and kept only if it changes an order, a balance or a position, or records an
+anomaly not already recorded. So a pass over a state that already agrees adds nothing, and
+running a pass twice in a row adds nothing the second time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Protocol
+
+from oms.events import (
+    Event,
+    OrderFilled,
+    OrderObserved,
+    PositionObserved,
+    SubmitRejected,
+)
+from oms.reducer import apply
+from oms.state import AnomalyKind, State
+from oms.values import ZERO, OrderStatus, Source
+
+__all__ = ["ReconcileSource", "Reconciler", "novel_events"]
+
+# Fills are fetched from a little before the newest order activity we know of: a fill may be
+# reported with an engine time slightly before a later event of the same order.
+FILL_LOOKBACK_US = 5 * 60 * 1_000_000
+
+
+class ReconcileSource(Protocol):
+    """What a pass needs from the REST client (adapters.backpack.rest.BackpackRest)."""
+
+    async def open_orders(self, symbol: str | None = None, *, source: Source) -> list[Event]: ...
+
+    async def order_history(
+        self, *, venue_id: str | None = None, symbol: str | None = None, source: Source
+    ) -> list[Event]: ...
+
+    async def fill_history(
+        self, *, symbol: str | None = None, from_ms: int | None = None, source: Source
+    ) -> list[Event]: ...
+
+    async def capital(self, *, source: Source) -> Event: ...
+
+    async def positions(self, *, source: Source) -> list[Event]: ...
+
+    async def funding_history(
+        self, *, symbol: str | None = None, source: Source
+    ) -> list[Event]: ...
+
+
+# What a reconciliation candidate that repeats known facts records: not news.
+_REPEATS = frozenset({AnomalyKind.DUPLICATE_FILL, AnomalyKind.DUPLICATE_FUNDING})
+
+
+def _anomaly_keys(state: State) -> set[tuple[str, str | None, str]]:
+    return {(a.kind.value, a.order_key, a.detail) for a in state.anomalies}
+
+
+def novel_events(state: State, candidates: Iterable[Event]) -> list[Event]:
+    """The candidates that would change `state`, each judged after the ones kept before it.
+
+    Changing means: an order, balance, position or market differs after applying it, or it
+    records an anomaly (kind, order, detail) not already recorded.
+    """
+    kept: list[Event] = []
+    known = _anomaly_keys(state)
+    for event in candidates:
+        trial = apply(state, event)
+        changed = any(
+            after is not before and after != before
+            for after, before in (
+                (trial.orders, state.orders),
+                (trial.balances, state.balances),
+                (trial.positions, state.positions),
+                (trial.markets, state.markets),
+            )
+        )
+        added = trial.anomaly_total - state.anomaly_total
+        recent = trial.anomalies[len(trial.anomalies) - added :] if added else ()
+        fresh = {
+            (a.kind.value, a.order_key, a.detail) for a in recent if a.kind not in _REPEATS
+        } - known
+        if changed or fresh:
+            kept.append(event)
+            state = trial
+            known |= fresh
+    return kept
+
+
+class Reconciler:
+    """Runs reconciliation passes for one account.
+
+    `state` returns the engine's current state; `submit` hands events to the engine's single
+    writer (and waits until they are applied, so the next step sees them).
+    """
+
+    def __init__(
+        self,
+        rest: ReconcileSource,
+        state: Callable[[], State],
+        submit: Callable[[Sequence[Event]], Awaitable[None]],
+        *,
+        perpetual: bool,
+        now_us: Callable[[], int],
+    ) -> None:
+        self.rest = rest
+        self.state = state
+        self.submit = submit
+        self.perpetual = perpetual
+        self.now_us = now_us
+        self.passes = 0
+        self.started_us = now_us()
+
+    async def _send(self, candidates: Iterable[Event]) -> int:
+        events = novel_events(self.state(), candidates)
+        if events:
+            await self.submit(events)
+        return len(events)
+
+    async def run_pass(self) -> int:
+        """One full pass; returns how many events it added."""
+        source = Source.RECONCILE
+        added = 0
+        # 1. Fills since the last activity we know of.
+        state = self.state()
+        times = [o.venue_time_us for o in state.orders.values() if o.venue_time_us is not None]
+        since_us = (max(times) if times else self.started_us) - FILL_LOOKBACK_US
+        fills = await self.rest.fill_history(from_ms=max(since_us, 0) // 1000, source=source)
+        added += await self._send(e for e in fills if isinstance(e, OrderFilled))
+        # 2. What rests on the book now.
+        open_now = await self.rest.open_orders(source=source)
+        added += await self._send(open_now)
+        resting = {e.venue_id for e in open_now if isinstance(e, OrderObserved) and e.venue_id}
+        resting_clients = {
+            e.client_id
+            for e in open_now
+            if isinstance(e, OrderObserved) and e.client_id is not None
+        }
+        # 3. Orders we believe live or in doubt that are not resting: ask their history.
+        state = self.state()
+        for order in state.open_orders():
+            if order.venue_id in resting or order.client_id in resting_clients:
+                continue
+            if order.status is OrderStatus.PENDING_NEW:
+                continue  # its submit is still in flight; its own answer resolves it
+            if order.venue_id is not None:
+                history = await self.rest.order_history(venue_id=order.venue_id, source=source)
+            else:
+                history = [
+                    e
+                    for e in await self.rest.order_history(symbol=order.symbol, source=source)
+                    if isinstance(e, OrderObserved) and e.client_id == order.client_id
+                ]
+            found = [e for e in history if isinstance(e, OrderObserved)]
+            if found:
+                added += await self._send(found)
+            elif order.status is OrderStatus.IN_DOUBT and order.client_id is not None:
+                # Not resting and not in the venue's history: the submit never took effect.
+                added += await self._send(
+                    [
+                        SubmitRejected(
+                            source=source,
+                            recv_time_us=self.now_us(),
+                            symbol=order.symbol,
+                            client_id=order.client_id,
+                            code="NOT_FOUND",
+                            message="not open and not in the venue's order history",
+                        )
+                    ]
+                )
+        # 4. Balances.
+        added += await self._send([await self.rest.capital(source=source)])
+        if self.perpetual:
+            # 5. Positions: a symbol we hold that the venue no longer lists is flat there.
+            reported = await self.rest.positions(source=source)
+            listed = {e.symbol for e in reported if isinstance(e, PositionObserved)}
+            flat = [
+                PositionObserved(
+                    source=source, recv_time_us=self.now_us(), symbol=symbol, net_quantity=ZERO
+                )
+                for symbol, position in sorted(self.state().positions.items())
+                if symbol not in listed and position.net_quantity
+            ]
+            added += await self._send([*reported, *flat])
+            # 6. Funding payments not yet recorded.
+            added += await self._send(await self.rest.funding_history(source=source))
+        self.passes += 1
+        return added

@@ -1,0 +1,222 @@
+"""Reconciliation: differences become events; a second pass adds nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+from adapters.backpack.reconcile import Reconciler, novel_events
+from oms.engine import Engine
+from oms.events import (
+    AssetBalance,
+    BalanceObserved,
+    Event,
+    FundingPaid,
+    MarketInfo,
+    OrderAccepted,
+    OrderFilled,
+    OrderObserved,
+    OrderSubmitted,
+    PositionObserved,
+    SubmitUnknown,
+)
+from oms.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
+
+R = Source.RECONCILE
+T0 = 1_750_000_000_000_000
+
+
+class FakeVenue:
+    """Canned REST answers, as events (what BackpackRest's helpers return)."""
+
+    def __init__(self) -> None:
+        self.open: list[Event] = []
+        self.history: list[Event] = []
+        self.fills: list[Event] = []
+        self.balance: Event = BalanceObserved(source=R, recv_time_us=T0, balances=())
+        self.positions_now: list[Event] = []
+        self.funding: list[Event] = []
+        self.fill_queries: list[int | None] = []
+
+    async def open_orders(self, symbol: str | None = None, *, source: Source) -> list[Event]:
+        return list(self.open)
+
+    async def order_history(
+        self, *, venue_id: str | None = None, symbol: str | None = None, source: Source
+    ) -> list[Event]:
+        return [
+            e
+            for e in self.history
+            if isinstance(e, OrderObserved)
+            and (venue_id is None or e.venue_id == venue_id)
+            and (symbol is None or e.symbol == symbol)
+        ]
+
+    async def fill_history(
+        self, *, symbol: str | None = None, from_ms: int | None = None, source: Source
+    ) -> list[Event]:
+        self.fill_queries.append(from_ms)
+        return list(self.fills)
+
+    async def capital(self, *, source: Source) -> Event:
+        return self.balance
+
+    async def positions(self, *, source: Source) -> list[Event]:
+        return list(self.positions_now)
+
+    async def funding_history(self, *, symbol: str | None = None, source: Source) -> list[Event]:
+        return list(self.funding)
+
+
+def market(symbol: str, kind: MarketType) -> MarketInfo:
+    base, quote = symbol.split("_")[:2]
+    return MarketInfo(
+        source=Source.REST, recv_time_us=T0, symbol=symbol, base_asset=base, quote_asset=quote,
+        market_type=kind, tick_size=Decimal("0.01"), step_size=Decimal("0.01"),
+        min_quantity=Decimal("0.01"),
+    )  # fmt: skip
+
+
+def fill(trade: int, qty: str, price: str, *, venue_id: str = "900", side: Side = Side.BID,
+         symbol: str = "SOL_USDC", fee_asset: str = "SOL") -> OrderFilled:  # fmt: skip
+    return OrderFilled(
+        source=R, recv_time_us=T0 + trade, venue_time_us=T0 + trade, symbol=symbol,
+        venue_id=venue_id, client_id=None, trade_id=trade, side=side, quantity=Decimal(qty),
+        price=Decimal(price), fee=Decimal("0.001"), fee_asset=fee_asset, maker=True,
+    )  # fmt: skip
+
+
+def engine_with_live_order() -> Engine:
+    engine = Engine()
+    engine.record(market("SOL_USDC", MarketType.SPOT))
+    engine.record(
+        BalanceObserved(source=R, recv_time_us=T0, balances=(
+            AssetBalance(asset="USDC", available=Decimal("1000"), locked=Decimal(0)),))
+    )  # fmt: skip
+    engine.record(
+        OrderSubmitted(source=Source.LOCAL, recv_time_us=T0, client_id=1, symbol="SOL_USDC",
+                       side=Side.BID, order_type=OrderType.LIMIT, quantity=Decimal("2"),
+                       price=Decimal("100"))
+    )  # fmt: skip
+    engine.record(
+        OrderAccepted(source=Source.WS, recv_time_us=T0, venue_time_us=T0, symbol="SOL_USDC",
+                      venue_id="900", client_id=1, side=Side.BID, quantity=Decimal("2"),
+                      price=Decimal("100"))
+    )  # fmt: skip
+    return engine
+
+
+def reconciler(engine: Engine, venue: FakeVenue, *, perpetual: bool = False) -> Reconciler:
+    async def submit(events: Sequence[Event]) -> None:
+        for event in events:
+            engine.record(event)
+
+    return Reconciler(venue, lambda: engine.state, submit, perpetual=perpetual, now_us=lambda: T0)
+
+
+async def test_fills_missed_while_disconnected_are_recovered_once() -> None:
+    engine = engine_with_live_order()
+    venue = FakeVenue()
+    venue.fills = [fill(1, "1.5", "100"), fill(2, "0.5", "99.5")]
+    venue.history = [
+        OrderObserved(source=R, recv_time_us=T0, symbol="SOL_USDC", status=VenueStatus.FILLED,
+                      venue_id="900", client_id=1, executed_quantity=Decimal("2"))
+    ]  # fmt: skip
+    venue.balance = BalanceObserved(source=R, recv_time_us=T0, balances=(
+        AssetBalance(asset="SOL", available=Decimal("1.998"), locked=Decimal(0)),
+        AssetBalance(asset="USDC", available=Decimal("800.25"), locked=Decimal(0)),
+    ))  # fmt: skip
+    rec = reconciler(engine, venue)
+    added = await rec.run_pass()
+    order = engine.state.order(client_id=1)
+    assert order is not None
+    assert order.status is OrderStatus.FILLED
+    assert order.filled_quantity == Decimal("2")
+    assert order.trade_ids == frozenset({1, 2})
+    usdc, sol = engine.state.balances["USDC"], engine.state.balances["SOL"]
+    # 1000 - 150 - 49.75 = 800.25 spent; 2 SOL bought minus 0.002 SOL fees: matches the venue.
+    assert (usdc.available, usdc.locked, usdc.drift_available) == (
+        Decimal("800.25"),
+        Decimal(0),
+        Decimal(0),
+    )
+    assert (sol.available, sol.drift_available) == (Decimal("1.998"), Decimal(0))
+    assert engine.state.anomaly_total == 0
+    # Two fills and the balance snapshot; the history report (Filled) adds nothing once the
+    # fills are in, and the fills come first so no transient fill gap is recorded.
+    assert added == 3
+    seq = engine.state.last_seq
+    assert await rec.run_pass() == 0
+    assert engine.state.last_seq == seq
+
+
+async def test_an_in_doubt_order_the_venue_never_saw_is_rejected() -> None:
+    engine = Engine()
+    engine.record(market("SOL_USDC", MarketType.SPOT))
+    engine.record(
+        OrderSubmitted(source=Source.LOCAL, recv_time_us=T0, client_id=5, symbol="SOL_USDC",
+                       side=Side.ASK, order_type=OrderType.LIMIT, quantity=Decimal("1"),
+                       price=Decimal("120"))
+    )  # fmt: skip
+    engine.record(SubmitUnknown(source=Source.REST, recv_time_us=T0, symbol="SOL_USDC",
+                                client_id=5, reason="timeout"))  # fmt: skip
+    venue = FakeVenue()
+    await reconciler(engine, venue).run_pass()
+    order = engine.state.order(client_id=5)
+    assert order is not None and order.status is OrderStatus.REJECTED
+    assert order.reject_code == "NOT_FOUND"
+
+
+async def test_an_in_doubt_order_found_resting_is_resolved_as_new() -> None:
+    engine = Engine()
+    engine.record(market("SOL_USDC", MarketType.SPOT))
+    engine.record(
+        OrderSubmitted(source=Source.LOCAL, recv_time_us=T0, client_id=6, symbol="SOL_USDC",
+                       side=Side.ASK, order_type=OrderType.LIMIT, quantity=Decimal("1"),
+                       price=Decimal("120"))
+    )  # fmt: skip
+    engine.record(SubmitUnknown(source=Source.REST, recv_time_us=T0, symbol="SOL_USDC",
+                                client_id=6, reason="503"))  # fmt: skip
+    venue = FakeVenue()
+    venue.open = [
+        OrderObserved(source=R, recv_time_us=T0, symbol="SOL_USDC", status=VenueStatus.NEW,
+                      venue_id="77", client_id=6, executed_quantity=Decimal(0))
+    ]  # fmt: skip
+    venue.balance = BalanceObserved(source=R, recv_time_us=T0, balances=(
+        AssetBalance(asset="SOL", available=Decimal("4"), locked=Decimal("1")),))  # fmt: skip
+    rec = reconciler(engine, venue)
+    await rec.run_pass()
+    order = engine.state.order(venue_id="77")
+    assert order is not None and order.status is OrderStatus.NEW and order.client_id == 6
+    sol = engine.state.balances["SOL"]
+    # The venue's snapshot is the first one (a baseline) and agrees with the lock we derived.
+    assert (sol.available, sol.locked, sol.drift_locked) == (Decimal("4"), Decimal("1"), Decimal(0))
+    assert await rec.run_pass() == 0
+
+
+async def test_perp_positions_flat_symbols_and_funding() -> None:
+    engine = Engine()
+    engine.record(market("SOL_USDC_PERP", MarketType.PERP))
+    engine.record(fill(1, "3", "150", venue_id="1", symbol="SOL_USDC_PERP", fee_asset="USDC"))
+    venue = FakeVenue()
+    venue.funding = [
+        FundingPaid(source=R, recv_time_us=T0, symbol="SOL_USDC_PERP", interval_end_us=T0,
+                    amount=Decimal("-0.12"), rate=Decimal("0.0001"))
+    ]  # fmt: skip
+    rec = reconciler(engine, venue, perpetual=True)
+    await rec.run_pass()
+    position = engine.state.positions["SOL_USDC_PERP"]
+    assert position.observed is not None and position.observed.net_quantity == 0
+    assert position.net_quantity == 0  # the venue says flat: the report re-bases the position
+    assert position.funding == Decimal("-0.12")
+    assert await rec.run_pass() == 0
+
+
+def test_novel_events_drop_what_the_state_already_has() -> None:
+    engine = engine_with_live_order()
+    first = fill(1, "1", "100")
+    assert novel_events(engine.state, [first, first]) == [first]
+    engine.record(first)
+    assert novel_events(engine.state, [first]) == []
+    observed = PositionObserved(source=R, recv_time_us=T0, symbol="X_PERP", net_quantity=Decimal(0))
+    assert novel_events(engine.state, [observed, observed]) == [observed]
