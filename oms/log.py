@@ -99,8 +99,12 @@ class LogReader:
         offset = 0
         expected = 1
         path = self.path
+        header = encode_header()
         for number, line in enumerate(handle, start=1):
             complete = line.endswith(b"\n")
+            # A torn first line is a header cut short by a crash while creating the log; any
+            # other unfinished first line means this is not our file, and must not be cut.
+            tearable = not complete and (number > 1 or header.startswith(line))
             try:
                 if number == 1:
                     decode_header(line)
@@ -108,14 +112,14 @@ class LogReader:
                 else:
                     seq, event = decode_line(line)
             except LogFormatError as exc:
-                if not complete:
+                if tearable:
                     self.torn = TornTail(
                         line=number, offset=offset, length=len(line), reason=str(exc)
                     )
                     return
                 raise LogReadError(path, number, str(exc)) from None
             except UnicodeDecodeError:
-                if not complete:
+                if tearable:
                     self.torn = TornTail(
                         line=number, offset=offset, length=len(line), reason="bad UTF-8"
                     )
@@ -237,7 +241,10 @@ class EventLog:
         if self._handle.closed:
             return
         try:
-            self.sync()
+            if self.fsync.max_events == 0:
+                self._handle.flush()  # the `never` policy: the OS writes it when it likes
+            else:
+                self.sync()
         finally:
             self._handle.close()
 

@@ -1,0 +1,158 @@
+"""The engine, the single writer: log each event, then apply it; reopen; drain a channel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from oms.engine import Engine
+from oms.events import Event, MessageNotUnderstood
+from oms.log import EventLog, Fsync, LogReader
+from oms.reducer import replay
+from oms.serialization import state_hash
+from oms.state import State
+from oms.values import OrderStatus, Source
+
+REPLAY_DIR = Path(__file__).resolve().parent.parent / "replay"
+
+
+def session(name: str) -> list[Event]:
+    return list(LogReader(REPLAY_DIR / f"{name}.jsonl").events())
+
+
+def replay_file(path: Path) -> State:
+    return replay(LogReader(path).events())
+
+
+def note(n: int) -> MessageNotUnderstood:
+    return MessageNotUnderstood(source=Source.WS, recv_time_us=n, raw=f"frame {n}", reason="test")
+
+
+def test_record_close_reopen_continues(tmp_path: Path) -> None:
+    events = session("spot_limit_partial_cancel")
+    path = tmp_path / "s.jsonl"
+    engine = Engine.open(path, fsync=Fsync.never())
+    assert engine.state.last_seq == 0
+    for event in events[:5]:
+        engine.record(event)
+    after_five = engine.state
+    engine.close()
+
+    reopened = Engine.open(path, fsync=Fsync.never())
+    assert reopened.torn is None
+    assert reopened.state.last_seq == 5
+    assert state_hash(reopened.state) == state_hash(after_five)
+    order = reopened.state.order(client_id=1001)
+    assert order is not None and order.status is OrderStatus.PARTIALLY_FILLED
+    for event in events[5:]:
+        reopened.record(event)
+    reopened.close()
+
+    assert [seq for seq, _ in LogReader(path)] == list(range(1, len(events) + 1))
+    assert state_hash(reopened.state) == state_hash(replay(events))
+    assert state_hash(replay_file(path)) == state_hash(reopened.state)
+
+
+def test_reopen_after_a_torn_write(tmp_path: Path) -> None:
+    events = session("spot_market_buy_multi_fill")
+    path = tmp_path / "s.jsonl"
+    engine = Engine.open(path, fsync=Fsync.never())
+    for event in events:
+        engine.record(event)
+    engine.close()
+    data = path.read_bytes()
+    path.write_bytes(data[:-30])  # a crash in the middle of the last line
+
+    engine = Engine.open(path, fsync=Fsync.never())
+    assert engine.torn is not None
+    assert engine.state.last_seq == len(events) - 1
+    assert state_hash(engine.state) == state_hash(replay(events[:-1]))
+    engine.record(events[-1])
+    engine.close()
+    assert path.read_bytes() == data
+
+
+def test_engine_refuses_a_state_that_does_not_match_its_log(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    with EventLog.open(path, fsync=Fsync.never()) as log:
+        log.append(note(1))
+    with EventLog.open(path, fsync=Fsync.never()) as log, pytest.raises(ValueError, match="seq"):
+        Engine(log, State())
+
+
+def test_without_a_log_it_only_applies() -> None:
+    engine = Engine()
+    engine.record(note(1))
+    assert engine.log is None and engine.torn is None
+    assert engine.state.last_seq == 1
+    engine.close()
+
+
+def test_listeners_see_every_event_with_the_state_after_it(tmp_path: Path) -> None:
+    events = session("perp_position_lifecycle")
+    engine = Engine.open(tmp_path / "s.jsonl", fsync=Fsync.never())
+    seen: list[tuple[Event, int]] = []
+    also: list[Event] = []
+    engine.subscribe(lambda event, state: seen.append((event, state.last_seq)))
+    unsubscribe = engine.subscribe(lambda event, state: also.append(event))
+    for event in events[:3]:
+        engine.record(event)
+    unsubscribe()
+    for event in events[3:]:
+        engine.record(event)
+    engine.close()
+    assert seen == [(event, n) for n, event in enumerate(events, start=1)]
+    assert also == events[:3]
+
+
+async def test_run_drains_a_channel_from_several_producers(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    engine = Engine.open(path, fsync=Fsync.group(max_events=8, max_delay=0.01))
+    first = session("spot_limit_partial_cancel")
+    second = session("perp_position_lifecycle")
+    send, receive = trio.open_memory_channel[Event](0)
+
+    async def produce(channel: trio.MemorySendChannel[Event], events: list[Event]) -> None:
+        async with channel:
+            for event in events:
+                await channel.send(event)
+                await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run, receive)
+        async with send:
+            nursery.start_soon(produce, send.clone(), first)
+            nursery.start_soon(produce, send.clone(), second)
+    # run() returned: every sender closed and everything was applied and synced.
+    engine.close()
+
+    logged = [event for _, event in LogReader(path)]
+    assert sorted(map(repr, logged)) == sorted(map(repr, first + second))
+    assert [e for e in logged if e in first] == first  # each producer's order is kept
+    assert engine.state.last_seq == len(first) + len(second)
+    assert state_hash(engine.state) == state_hash(replay_file(path))
+
+
+async def test_run_syncs_a_quiet_stream_on_time(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    log = EventLog.open(
+        tmp_path / "s.jsonl",
+        fsync=Fsync.group(max_events=1000, max_delay=0.5),
+        clock=trio.current_time,
+    )
+    engine = Engine(log)
+    send, receive = trio.open_memory_channel[Event](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run, receive, 0.1)
+        await send.send(note(1))
+        await trio.sleep(0.2)
+        assert log.syncs == 0  # waiting for company
+        await trio.sleep(0.5)
+        assert log.syncs == 1  # no more events came: synced by the timer
+        await send.aclose()
+    engine.close()
+    assert engine.state.last_seq == 1

@@ -1,0 +1,368 @@
+"""The log line format (oms.serialization): round trips, strictness, and the canonical state."""
+
+from __future__ import annotations
+
+import json
+import re
+import types
+import typing
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oms.events import (
+    EVENT_TYPES,
+    AssetBalance,
+    BalanceObserved,
+    CancelRejected,
+    CancelRequested,
+    Event,
+    FundingPaid,
+    MarketInfo,
+    MessageNotUnderstood,
+    OrderAccepted,
+    OrderCancelled,
+    OrderExpired,
+    OrderFilled,
+    OrderModified,
+    OrderObserved,
+    OrderSubmitted,
+    PositionObserved,
+    SubmitRejected,
+    SubmitUnknown,
+    TriggerFailed,
+    TriggerPlaced,
+)
+from oms.reducer import replay
+from oms.serialization import (
+    FORMAT,
+    FORMAT_VERSION,
+    LogFormatError,
+    decode_header,
+    decode_line,
+    encode_header,
+    encode_line,
+    state_document,
+    state_hash,
+)
+from oms.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+
+D = Decimal
+T0 = 1_757_620_800_000_000
+
+# One example of every event type, with optional fields set where it matters.
+EXAMPLES: list[Event] = [
+    OrderSubmitted(
+        source=Source.LOCAL,
+        recv_time_us=T0,
+        client_id=4_294_967_295,
+        symbol="SOL_USDC",
+        side=Side.BID,
+        order_type=OrderType.LIMIT_MAKER,
+        quantity=D("0.010"),
+        price=D("150.25"),
+        time_in_force=TimeInForce.GTC,
+        post_only=True,
+    ),
+    CancelRequested(source=Source.LOCAL, recv_time_us=T0, symbol="SOL_USDC", venue_id="8284661101"),
+    SubmitRejected(
+        source=Source.REST,
+        recv_time_us=T0,
+        raw='{"code":"INVALID_ORDER","message":"Order would immediately match and take"}',
+        symbol="SOL_USDC",
+        client_id=7,
+        code="INVALID_ORDER",
+        message="Order would immediately match and take",
+    ),
+    SubmitUnknown(
+        source=Source.REST, recv_time_us=T0, symbol="ETH_USDC", client_id=8, reason="503"
+    ),
+    CancelRejected(
+        source=Source.REST,
+        recv_time_us=T0,
+        raw='{"code":"RESOURCE_NOT_FOUND","message":"Not Found"}',
+        symbol="ETH_USDC",
+        code="RESOURCE_NOT_FOUND",
+        message="Not Found",
+        client_id=8,
+    ),
+    OrderAccepted(
+        source=Source.WS,
+        recv_time_us=T0 + 5,
+        venue_time_us=T0,
+        raw='{"stream":"account.orderUpdate","data":{"e":"orderAccepted"}}',
+        symbol="SOL_USDC_PERP",
+        venue_id="114575842681290753",
+        quote_quantity=D("3568.3445"),
+        reduce_only=True,
+        origin="LIQUIDATION_AUTOCLOSE",
+    ),
+    OrderFilled(
+        source=Source.WS,
+        recv_time_us=T0 + 5,
+        venue_time_us=T0,
+        raw='{"stream":"account.orderUpdate","data":{"e":"orderFill","n":"0.000001"}}',
+        symbol="ETH_USDC",
+        venue_id="5406825793",
+        trade_id=2_888_471,
+        side=Side.BID,
+        quantity=D("0.0010"),
+        price=D("4299.16"),
+        fee=D("0.000001"),
+        fee_asset="ETH",
+        maker=False,
+        cum_quantity=D("0.0010"),
+        cum_quote=D("4.299160"),
+        status=VenueStatus.FILLED,
+        order_type=OrderType.MARKET,
+    ),
+    OrderCancelled(
+        source=Source.REST, recv_time_us=T0, symbol="ETH_USDC", client_id=9, cum_quantity=D(0)
+    ),
+    OrderExpired(
+        source=Source.WS, recv_time_us=T0, symbol="SOL_USDC", venue_id="1", reason="PostOnlyTaker"
+    ),
+    OrderModified(source=Source.WS, recv_time_us=T0, symbol="SOL_USDC_PERP", quantity=D("1.5")),
+    TriggerPlaced(
+        source=Source.WS,
+        recv_time_us=T0,
+        symbol="SOL_USDC",
+        trigger_price=D("178.05"),
+        trigger_quantity="80%",
+    ),
+    TriggerFailed(source=Source.WS, recv_time_us=T0, symbol="SOL_USDC", venue_id="8886774"),
+    OrderObserved(
+        source=Source.RECONCILE,
+        recv_time_us=T0,
+        symbol="ETH_USDC",
+        status=VenueStatus.EXPIRED,
+        venue_id="8284661092",
+        executed_quantity=D("0"),
+        expiry_reason="ImmediateOrCancel",
+    ),
+    BalanceObserved(
+        source=Source.RECONCILE,
+        recv_time_us=T0,
+        raw='{"USDC":{"available":"112.847976936","locked":"0","staked":"0"}}',
+        balances=(
+            AssetBalance(asset="USDC", available=D("112.847976936"), locked=D(0)),
+            AssetBalance(asset="kPEPE", available=D("1E+3"), locked=D("2"), staked=D("0.5")),
+        ),
+    ),
+    PositionObserved(
+        source=Source.WS,
+        recv_time_us=T0,
+        symbol="SOL_USDC_PERP",
+        net_quantity=D("-0.01"),
+        entry_price=D("126.97"),
+        break_even_price=D("126.9307"),
+    ),
+    FundingPaid(
+        source=Source.RECONCILE,
+        recv_time_us=T0,
+        symbol="ETH_USDC_PERP",
+        interval_end_us=T0,
+        amount=D("-0.000022"),
+        rate=D("-0.0000048"),
+    ),
+    MarketInfo(
+        source=Source.REST,
+        recv_time_us=T0,
+        symbol="SOL_USDC_PERP",
+        base_asset="SOL",
+        quote_asset="USDC",
+        market_type=MarketType.PERP,
+        tick_size=D("0.01"),
+        step_size=D("0.01"),
+        min_quantity=D("0.01"),
+    ),
+    MessageNotUnderstood(
+        source=Source.WS, recv_time_us=T0, raw='{"weird":\n"frame \u00e9\u2028"}', reason="no e"
+    ),
+]
+
+
+def test_examples_cover_every_event_type() -> None:
+    assert {type(e).__name__ for e in EXAMPLES} == set(EVENT_TYPES)
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: type(e).__name__)
+def test_round_trip_keeps_every_field_and_decimal_text(event: Event) -> None:
+    line = encode_line(42, event)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1  # one event, one line
+    seq, back = decode_line(line)
+    assert seq == 42
+    assert back == event
+    assert type(back) is type(event)
+    # Exactly equal is not enough for Decimals: 0.010 must stay 0.010 (the venue's text).
+    for field in attrs.fields(type(event)):
+        value = getattr(event, field.name)
+        if isinstance(value, Decimal):
+            assert str(getattr(back, field.name)) == str(value)
+    assert decode_line(line.decode("utf-8")) == (42, event)  # text lines too
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: type(e).__name__)
+def test_line_layout(event: Event) -> None:
+    document = json.loads(encode_line(3, event))
+    assert set(document) == {"seq", "type", "v", "event"}
+    assert document["type"] == type(event).__name__
+    assert document["v"] == 1
+    payload = document["event"]
+    assert payload["source"] == event.source.value
+    assert isinstance(payload["recv_time_us"], int)
+    for field in attrs.fields(type(event)):
+        value = getattr(event, field.name)
+        if isinstance(value, Decimal):
+            assert payload[field.name] == str(value)  # decimals are strings, never numbers
+        elif isinstance(value, Enum):
+            assert payload[field.name] == value.value
+
+
+def test_header() -> None:
+    header = encode_header()
+    assert json.loads(header) == {"format": FORMAT, "version": FORMAT_VERSION}
+    assert header.endswith(b"\n")
+    decode_header(header)
+    with pytest.raises(LogFormatError, match="not an oms event log"):
+        decode_header(b'{"format":"something-else","version":1}\n')
+    with pytest.raises(LogFormatError, match="version 2 is not supported"):
+        decode_header(b'{"format":"oms-event-log","version":2}\n')
+    with pytest.raises(LogFormatError):
+        decode_header(b"hello\n")
+    with pytest.raises(LogFormatError):
+        decode_header(b'{"format":"oms-event-log","version":1,"extra":true}\n')
+
+
+# --- strict decoding ------------------------------------------------------------------------
+
+FILL_LINE = encode_line(5, EXAMPLES[6]).decode()
+
+
+def _edit(payload_change: dict[str, Any], drop: tuple[str, ...] = (), **envelope: Any) -> str:
+    document = json.loads(FILL_LINE)
+    document["event"].update(payload_change)
+    for name in drop:
+        del document["event"][name]
+    document.update(envelope)
+    return json.dumps(document)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{not json", "malformed"),
+        ("[1, 2]", "object"),
+        ('"just a string"', "object"),
+        (_edit({}, type="OrderTeleported"), "unknown event type 'OrderTeleported'"),
+        (_edit({}, v=2), "schema version 2 is newer"),
+        (_edit({}, v=0), "schema version 0 is not known"),
+        (_edit({}, drop=("trade_id",)), "missing required field trade_id"),
+        (_edit({}, drop=("source",)), "missing required field source"),
+        (_edit({"trade_id": "2888471"}), "trade_id"),
+        (_edit({"maker": "false"}), "maker"),
+        (_edit({"side": "Buy"}), "side"),
+        (_edit({"quantity": "lots"}), "quantity"),
+        (_edit({"colour": "red"}), "unknown field(s) colour"),
+        (_edit({"price": "NaN"}), "price is not a finite decimal"),
+        (_edit({"cum_quantity": "Infinity"}), "cum_quantity is not a finite decimal"),
+        (_edit({"fee": "-sNaN"}), "fee is not a finite decimal"),
+        (_edit({}, seq="5"), "seq"),
+        (_edit({}, extra=1), "extra"),
+        (json.dumps({"seq": 1, "type": "OrderFilled", "v": 1}), "event"),
+        (_edit({}, event=5), "object"),
+    ],
+)
+def test_bad_lines_say_what_is_wrong(line: str, message: str) -> None:
+    with pytest.raises(LogFormatError, match="(?i)" + re.escape(message)):
+        decode_line(line)
+
+
+def test_non_finite_balance_is_rejected() -> None:
+    document = json.loads(encode_line(1, EXAMPLES[13]))
+    document["event"]["balances"][1]["locked"] = "Infinity"
+    with pytest.raises(LogFormatError, match="kPEPE is not a finite decimal"):
+        decode_line(json.dumps(document))
+
+
+def test_every_schema_version_is_known() -> None:
+    # Each type decodes at the version encode_line writes; nothing else is silently read.
+    for event in EXAMPLES:
+        document = json.loads(encode_line(1, event))
+        document["v"] += 1
+        with pytest.raises(LogFormatError, match="newer than this program knows"):
+            decode_line(json.dumps(document))
+
+
+# --- property: any event round-trips ------------------------------------------------------
+
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
+_DECIMALS = st.decimals(allow_nan=False, allow_infinity=False)
+
+
+def _strategy(hint: Any) -> st.SearchStrategy[Any]:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return st.one_of([_strategy(arm) for arm in typing.get_args(hint)])
+    if hint is type(None):
+        return st.none()
+    if hint is Decimal:
+        return _DECIMALS
+    if hint is bool:
+        return st.booleans()
+    if hint is int:
+        return st.integers(min_value=0, max_value=2**63 - 1)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return st.sampled_from(list(hint))
+    if hint is str:
+        return _TEXT
+    if typing.get_origin(hint) is tuple:
+        (item, _ellipsis) = typing.get_args(hint)
+        return st.lists(_strategy(item), max_size=3).map(tuple)
+    if attrs.has(hint):
+        return _builds(hint)
+    raise AssertionError(f"no strategy for {hint!r}")
+
+
+def _builds(cls: type) -> st.SearchStrategy[Any]:
+    hints = typing.get_type_hints(cls)
+    return st.builds(cls, **{f.name: _strategy(hints[f.name]) for f in attrs.fields(cls)})
+
+
+ANY_EVENT: st.SearchStrategy[Event] = st.one_of([_builds(cls) for cls in EVENT_TYPES.values()])
+
+
+@settings(max_examples=300, deadline=None)
+@given(seq=st.integers(min_value=1, max_value=2**63 - 1), event=ANY_EVENT)
+def test_any_event_round_trips(seq: int, event: Event) -> None:
+    assert decode_line(encode_line(seq, event)) == (seq, event)
+
+
+# --- canonical state ------------------------------------------------------------------------
+
+
+def _state_with(quantity: str, price: str) -> Any:
+    market = EXAMPLES[16]
+    assert isinstance(market, MarketInfo)
+    spot = attrs.evolve(market, symbol="SOL_USDC", market_type=MarketType.SPOT)
+    first = EXAMPLES[0]
+    assert isinstance(first, OrderSubmitted)
+    submit = attrs.evolve(first, quantity=D(quantity), price=D(price))
+    return replay([spot, submit])
+
+
+def test_state_hash_depends_on_values_not_on_how_they_were_written() -> None:
+    assert state_hash(_state_with("1.50", "150.250")) == state_hash(_state_with("1.5", "150.25"))
+    assert state_hash(_state_with("1.5", "150.25")) != state_hash(_state_with("1.5", "150.26"))
+
+
+def test_state_document_is_json_with_canonical_decimals() -> None:
+    document = state_document(_state_with("1.50", "150.250"))
+    assert json.loads(json.dumps(document)) == document
+    (order,) = document["orders"]["open"]
+    assert order["quantity"] == "1.5" and order["price"] == "150.25"
+    assert set(document) >= {"last_seq", "orders", "balances", "positions", "anomalies"}
