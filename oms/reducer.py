@@ -397,13 +397,19 @@ class Fold:
             )
         if status is not order.status:
             order = attrs.evolve(order, status=status)
-        if order is before:
+        if event.venue_time_us is not None and (
+            order.venue_time_us is None or event.venue_time_us > order.venue_time_us
+        ):
+            # The latest venue time of any report on the order, absorbed ones included, not
+            # the time of the last to arrive: arrival order must not change the order.
+            order = attrs.evolve(order, venue_time_us=event.venue_time_us)
+        if order == before:
+            # Equality, not identity: a repeated report rebuilds fields with the same values
+            # (an expiry reason, a reject code); it must not count as a change, or applying
+            # it twice would bump `updated_seq` and break idempotence.
             return
         order = self._relock(order)
-        if event.venue_time_us is not None:
-            order = attrs.evolve(order, updated_seq=self.seq, venue_time_us=event.venue_time_us)
-        else:
-            order = attrs.evolve(order, updated_seq=self.seq)
+        order = attrs.evolve(order, updated_seq=self.seq)
         self.orders = self.orders.set(order.key, order)
         if order.status.is_terminal and not before.status.is_terminal:
             self._finished(order.key)

@@ -1,0 +1,579 @@
+"""The reducer on hand-computed examples: locks, fills, fees, snapshots, positions, anomalies.
+
+Every expected figure below is worked out in the comment next to it, not read off the code.
+Markets: SOL_USDC (spot, base SOL, quote USDC) and SOL_USDC_PERP (perp).
+"""
+
+from __future__ import annotations
+
+import decimal
+from decimal import Decimal
+
+import attrs
+
+from oms.events import CancelRequested, Event, MessageNotUnderstood, SubmitRejected
+from oms.reducer import apply, replay
+from oms.serialization import state_hash
+from oms.state import AnomalyKind, Balance, Position, State
+from oms.values import MarketType, OrderStatus, Side, Source, VenueStatus
+from tests.strategies import (
+    PERP,
+    SPOT,
+    accept,
+    balances,
+    cancel,
+    expire,
+    fill,
+    funding,
+    market,
+    position,
+    submit,
+)
+
+D = Decimal
+BID, ASK = Side.BID, Side.ASK
+SPOT_MARKET = market(SPOT, "SOL", "USDC")
+PERP_MARKET = market(PERP, "SOL", "USDC", MarketType.PERP)
+
+
+def funded(*events: Event) -> State:
+    """Spot market, a snapshot of 1000 USDC and 5 SOL, then `events`."""
+    return replay([SPOT_MARKET, balances({"USDC": ("1000", "0"), "SOL": ("5", "0")}), *events])
+
+
+def bal(state: State, asset: str) -> tuple[Decimal, Decimal]:
+    balance = state.balances.get(asset, Balance(asset=asset))
+    return balance.available, balance.locked
+
+
+def kinds_at(state: State) -> list[tuple[int, AnomalyKind]]:
+    return [(a.seq, a.kind) for a in state.anomalies]
+
+
+# --- spot locking -------------------------------------------------------------------------------
+
+
+def test_bid_locks_quote_at_limit_price_on_accept() -> None:
+    state = funded(submit(1, BID, "2", "10"))
+    # PendingNew is not resting yet: nothing locked.
+    assert bal(state, "USDC") == (D(1000), D(0))
+    state = apply(state, accept("V1", client_id=1))
+    # 2 * 10 = 20 USDC locked.
+    assert bal(state, "USDC") == (D(980), D(20))
+    assert bal(state, "SOL") == (D(5), D(0))
+    order = state.order(client_id=1)
+    assert order is not None and (order.locked, order.lock_asset) == (D(20), "USDC")
+
+
+def test_ask_locks_base_on_accept() -> None:
+    state = funded(submit(1, ASK, "3", "12"), accept("V1", client_id=1))
+    assert bal(state, "SOL") == (D(2), D(3))
+    assert bal(state, "USDC") == (D(1000), D(0))
+
+
+def test_partial_bid_fill_moves_funds_and_releases_its_share() -> None:
+    state = funded(
+        submit(1, BID, "2", "10"),
+        accept("V1", client_id=1),
+        # Filled 0.5 at 9.5 (better than the limit), fee 0.001 SOL (base).
+        fill("V1", 1, BID, "0.5", "9.5", fee="0.001", fee_asset="SOL", cum="0.5"),
+    )
+    # USDC: spent 0.5 * 9.5 = 4.75; still locked 1.5 * 10 = 15; available 1000 - 4.75 - 15.
+    assert bal(state, "USDC") == (D("980.25"), D(15))
+    # SOL: 5 + 0.5 - 0.001.
+    assert bal(state, "SOL") == (D("5.499"), D(0))
+    order = state.order(venue_id="V1")
+    assert order is not None
+    assert order.status is OrderStatus.PARTIALLY_FILLED
+    assert order.filled_quantity == D("0.5") and order.filled_quote == D("4.75")
+    assert order.fees == (("SOL", D("0.001")),)
+
+
+def test_cancel_releases_the_rest() -> None:
+    state = funded(
+        submit(1, BID, "2", "10"),
+        accept("V1", client_id=1),
+        fill("V1", 1, BID, "0.5", "9.5", cum="0.5"),
+        cancel(venue_id="V1", client_id=1, cum="0.5"),
+    )
+    # Only the fill's 4.75 left the account; nothing is locked.
+    assert bal(state, "USDC") == (D("995.25"), D(0))
+    assert bal(state, "SOL") == (D("5.5"), D(0))
+    order = state.order(client_id=1)
+    assert order is not None and order.locked == 0 and order.lock_asset is None
+
+
+def test_expiry_releases_the_rest() -> None:
+    state = funded(
+        submit(1, ASK, "3", "12"),
+        accept("V1", client_id=1),
+        # Sold 1 at 12.5, fee 0.0125 USDC (quote).
+        fill("V1", 1, ASK, "1", "12.5", fee="0.0125", fee_asset="USDC"),
+    )
+    # SOL: 5 - 1 sold, 2 still locked.
+    assert bal(state, "SOL") == (D(2), D(2))
+    # USDC: 1000 + 12.5 - 0.0125.
+    assert bal(state, "USDC") == (D("1012.4875"), D(0))
+    state = apply(state, expire(venue_id="V1"))
+    assert bal(state, "SOL") == (D(4), D(0))
+    order = state.order(client_id=1)
+    assert order is not None
+    assert order.status is OrderStatus.EXPIRED and order.expiry_reason == "ImmediateOrCancel"
+
+
+def test_fee_in_a_third_asset() -> None:
+    state = funded(
+        submit(1, BID, "1", "10"),
+        accept("V1", client_id=1),
+        fill("V1", 1, BID, "1", "10", fee="0.3", fee_asset="BPX", status=VenueStatus.FILLED),
+    )
+    assert bal(state, "BPX") == (D("-0.3"), D(0))
+    assert bal(state, "USDC") == (D(990), D(0))
+    assert bal(state, "SOL") == (D(6), D(0))
+    order = state.order(client_id=1)
+    assert order is not None and order.status is OrderStatus.FILLED and order.locked == 0
+
+
+def test_total_is_available_plus_locked() -> None:
+    state = funded(submit(1, BID, "2", "10"), accept("V1", client_id=1))
+    usdc = state.balances["USDC"]
+    assert usdc.total == D(1000)
+
+
+# --- balance snapshots --------------------------------------------------------------------------
+
+
+def test_first_snapshot_is_a_baseline_then_drift_is_recorded() -> None:
+    # Events before any snapshot: derived USDC is -20 available, 20 locked.
+    state = replay([SPOT_MARKET, submit(1, BID, "2", "10"), accept("V1", client_id=1)])
+    assert bal(state, "USDC") == (D(-20), D(20))
+    state = apply(state, balances({"USDC": ("980", "20")}))
+    usdc = state.balances["USDC"]
+    assert (usdc.available, usdc.locked) == (D(980), D(20))
+    assert (usdc.drift_available, usdc.drift_locked) == (D(0), D(0))
+    assert state.anomaly_total == 0
+    state = apply(state, fill("V1", 1, BID, "2", "10", status=VenueStatus.FILLED))
+    # Spent 20 from the locked 20: 980 available, 0 locked.
+    assert bal(state, "USDC") == (D(980), D(0))
+    state = apply(state, balances({"USDC": ("979", "0.5"), "SOL": ("2", "0")}))
+    usdc = state.balances["USDC"]
+    assert (usdc.drift_available, usdc.drift_locked) == (D(-1), D("0.5"))
+    assert (usdc.available, usdc.locked) == (D(979), D("0.5"))
+    assert usdc.observed is not None and usdc.observed.available == D(979)
+    # SOL: derived 2 from the fill, venue 2: no drift.
+    assert state.balances["SOL"].drift_available == 0
+    assert kinds_at(state) == [(state.last_seq, AnomalyKind.BALANCE_DRIFT)]
+
+
+def test_same_snapshot_twice_changes_nothing() -> None:
+    state = funded()
+    again = apply(state, balances({"USDC": ("1000", "0"), "SOL": ("5", "0")}))
+    assert again.balances == state.balances
+    assert again.anomaly_total == 0
+
+
+def test_asset_missing_from_a_snapshot_is_zero() -> None:
+    state = apply(funded(), balances({"USDC": ("1000", "0")}))
+    assert bal(state, "SOL") == (D(0), D(0))
+    assert state.balances["SOL"].drift_available == D(-5)
+    assert kinds_at(state) == [(state.last_seq, AnomalyKind.BALANCE_DRIFT)]
+
+
+def test_asset_first_met_after_a_snapshot_is_compared_not_rebased() -> None:
+    # Regression: the second snapshot used to take SOL (absent from the first, so observed
+    # as zero) as a fresh baseline and missed the drift.
+    state = replay(
+        [
+            SPOT_MARKET,
+            balances({"USDC": ("100", "0")}),
+            submit(1, BID, "2", "10"),
+            fill("V1", 1, BID, "2", "10", client_id=1, status=VenueStatus.FILLED),
+            balances({"USDC": ("80", "0"), "SOL": ("3", "0")}),
+        ]
+    )
+    # Derived SOL was 2 (0 at the first snapshot + 2 bought); the venue says 3.
+    assert state.balances["SOL"].drift_available == D(1)
+    assert kinds_at(state) == [(state.last_seq, AnomalyKind.BALANCE_DRIFT)]
+
+
+# --- perp positions -----------------------------------------------------------------------------
+
+
+def perp_fills(*fills: tuple[Side, str, str]) -> list[Event]:
+    """One venue order per fill (venue-originated, so no unknown-order noise)."""
+    return [
+        PERP_MARKET,
+        *(
+            fill(
+                f"P{n}",
+                n,
+                side,
+                qty,
+                price,
+                symbol=PERP,
+                fee="0.1",
+                origin="LIQUIDATION_AUTOCLOSE",
+            )
+            for n, (side, qty, price) in enumerate(fills, start=1)
+        ),
+    ]
+
+
+def pos(state: State) -> Position:
+    return state.positions[PERP]
+
+
+def test_long_open_increase_reduce_flip_and_close() -> None:
+    events = perp_fills(
+        (BID, "2", "100"),  # open long 2 @ 100
+        (BID, "1", "130"),  # increase: entry (2*100 + 1*130) / 3 = 110
+        (ASK, "1", "120"),  # reduce 1: pnl (120 - 110) * 1 = 10
+        (ASK, "5", "90"),  # close 2: pnl (90 - 110) * 2 = -40 (total -30); short 3 @ 90
+        (ASK, "1", "94"),  # increase short: entry (3*90 + 94) / 4 = 91
+        (BID, "2", "85"),  # reduce short 2: pnl (91 - 85) * 2 = 12 (total -18)
+        (BID, "2", "100"),  # close short 2: pnl (91 - 100) * 2 = -18 (total -36); flat
+    )
+    expected = [
+        (D(2), D(100), D(0)),
+        (D(3), D(110), D(0)),
+        (D(2), D(110), D(10)),
+        (D(-3), D(90), D(-30)),
+        (D(-4), D(91), D(-30)),
+        (D(-2), D(91), D(-18)),
+        (D(0), D(0), D(-36)),
+    ]
+    state = replay(events[:1])
+    for event, (net, entry, realized) in zip(events[1:], expected, strict=True):
+        state = apply(state, event)
+        p = pos(state)
+        assert (p.net_quantity, p.entry_price, p.realized_pnl) == (net, entry, realized)
+    p = pos(state)
+    # Flat is exactly zero, with zero entry; 7 fills of 0.1 fee.
+    assert p.net_quantity == 0 and not p.net_quantity.is_signed()
+    assert p.fees == (("USDC", D("0.7")),)
+    # Perp fills move the position, not spot balances.
+    assert state.balances.get("SOL") is None
+    assert state.anomaly_total == 0
+
+
+def test_short_side_is_symmetric() -> None:
+    state = replay(
+        perp_fills(
+            (ASK, "2", "100"),  # short 2 @ 100
+            (ASK, "2", "80"),  # short 4 @ 90
+            (BID, "1", "70"),  # cover 1: pnl (90 - 70) * 1 = 20; short 3 @ 90
+            (BID, "5", "95"),  # cover 3: pnl (90 - 95) * 3 = -15 (total 5); long 2 @ 95
+        )
+    )
+    p = pos(state)
+    assert (p.net_quantity, p.entry_price, p.realized_pnl) == (D(2), D(95), D(5))
+
+
+def test_close_to_exactly_zero_with_decimal_noise() -> None:
+    # 0.1 + 0.2 bought, 0.30 sold: flat, exactly; entry 0.
+    state = replay(perp_fills((BID, "0.1", "10"), (BID, "0.2", "10"), (ASK, "0.30", "11")))
+    p = pos(state)
+    assert p.net_quantity == 0 and p.entry_price == 0
+    # pnl (11 - 10) * 0.3.
+    assert p.realized_pnl == D("0.3")
+
+
+def test_funding_accumulates_and_an_interval_counts_once() -> None:
+    state = replay(
+        [
+            *perp_fills((BID, "1", "100")),
+            funding(3_600_000_000, "-1.5"),
+            funding(7_200_000_000, "0.25"),
+            funding(3_600_000_000, "-1.5"),
+        ]
+    )
+    p = pos(state)
+    assert p.funding == D("-1.25")
+    assert p.funding_intervals == frozenset({3_600_000_000, 7_200_000_000})
+    assert kinds_at(state) == [(state.last_seq, AnomalyKind.DUPLICATE_FUNDING)]
+
+
+def test_position_report_baseline_then_drift() -> None:
+    state = replay(perp_fills((BID, "2", "100")))
+    # The first report agrees with the fills: no drift.
+    state = apply(state, position("2", entry="100"))
+    assert pos(state).drift_quantity == 0 and state.anomaly_total == 0
+    state = apply(
+        state, fill("P2", 2, ASK, "0.5", "100", symbol=PERP, origin="ADL_AUTOCLOSE")
+    )  # derived 1.5
+    state = apply(state, position("1.25", entry="100"))
+    p = pos(state)
+    # Venue 1.25 minus derived 1.5; the position is re-based on the venue's figure.
+    assert p.drift_quantity == D("-0.25")
+    assert p.net_quantity == D("1.25")
+    assert p.observed is not None and p.observed.net_quantity == D("1.25")
+    assert kinds_at(state) == [(state.last_seq, AnomalyKind.POSITION_DRIFT)]
+    # The same report again is nothing new.
+    again = apply(state, position("1.25", entry="100"))
+    assert again.positions == state.positions and again.anomaly_total == 1
+
+
+def test_flat_position_report_zeroes_the_entry() -> None:
+    state = replay([*perp_fills((BID, "2", "100")), position("2"), position("0")])
+    p = pos(state)
+    assert (p.net_quantity, p.entry_price, p.drift_quantity) == (D(0), D(0), D(-2))
+
+
+def test_zero_quantity_fill_on_a_flat_position_does_not_raise() -> None:
+    # Regression: 0 / 0 in the average entry trapped InvalidOperation; the reducer is total.
+    state = replay(perp_fills((BID, "0", "100")))
+    p = pos(state)
+    assert (p.net_quantity, p.entry_price) == (D(0), D(0))
+
+
+# --- finding orders -----------------------------------------------------------------------------
+
+
+def test_orders_found_by_client_id_and_by_venue_id() -> None:
+    state = funded(
+        submit(1, BID, "1", "10"),
+        submit(2, ASK, "1", "20"),
+        accept("V1", client_id=1),
+        accept("V2", client_id=2),
+        # Fill and cancel reports that name the order only by one of its ids.
+        fill("V1", 1, BID, "1", "10", status=VenueStatus.FILLED),
+        cancel(client_id=2),
+    )
+    one, two = state.order(client_id=1), state.order(client_id=2)
+    assert one is not None and two is not None
+    assert state.order(venue_id="V1") is one and state.order(venue_id="V2") is two
+    assert one.status is OrderStatus.FILLED and one.filled_quantity == 1
+    assert two.status is OrderStatus.CANCELLED
+    assert state.order(client_id=3) is None and state.order(venue_id="V3") is None
+    assert state.anomaly_total == 0
+
+
+def test_venue_originated_order_is_created_without_anomaly() -> None:
+    state = replay(
+        [
+            PERP_MARKET,
+            fill(
+                "L1",
+                9,
+                ASK,
+                "3",
+                "50",
+                symbol=PERP,
+                origin="LIQUIDATION_AUTOCLOSE",
+                order_quantity="3",
+            ),
+        ]
+    )
+    order = state.order(venue_id="L1")
+    assert order is not None
+    assert order.key == "vL1" and order.client_id is None
+    assert order.origin == "LIQUIDATION_AUTOCLOSE"
+    assert order.status is OrderStatus.FILLED  # 3 of 3
+    assert state.anomaly_total == 0
+    assert pos(state).net_quantity == D(-3)
+
+
+def test_user_report_on_an_unknown_order_is_an_anomaly() -> None:
+    state = replay([SPOT_MARKET, accept("V9", client_id=99)])
+    assert kinds_at(state) == [(2, AnomalyKind.UNKNOWN_ORDER)]
+    assert state.anomalies[0].order_key == "c99"
+    # The report is kept: the order exists from now on.
+    order = state.order(venue_id="V9")
+    assert order is not None and order.status is OrderStatus.NEW
+
+
+def test_command_for_an_unknown_order_is_an_anomaly_and_creates_nothing() -> None:
+    request = CancelRequested(source=Source.LOCAL, recv_time_us=1, symbol=SPOT, client_id=5)
+    state = replay([SPOT_MARKET, request])
+    assert kinds_at(state) == [(2, AnomalyKind.UNKNOWN_ORDER)]
+    assert len(state.orders) == 0 and state.order(client_id=5) is None
+
+
+def test_last_client_id_is_the_largest_submitted() -> None:
+    state = replay([SPOT_MARKET, submit(7, BID, "1", "1"), submit(3, BID, "1", "1")])
+    assert state.last_client_id == 7
+
+
+# --- anomalies carry the seq of the event that caused them -----------------------------------
+
+
+def test_overfill_fill_gap_cum_mismatch_and_duplicate_fill() -> None:
+    events: list[Event] = [
+        SPOT_MARKET,  # seq 1
+        submit(1, BID, "2", "10"),  # 2
+        accept("V1", client_id=1),  # 3
+        fill("V1", 1, BID, "1", "10", cum="1"),  # 4: fine
+        fill("V1", 2, BID, "0.5", "10", cum="3"),  # 5: venue says 3, we counted 1.5: gap
+        fill("V1", 3, BID, "0.25", "10", cum="1"),  # 6: venue says 1, we counted 1.75
+        fill("V1", 2, BID, "0.5", "10", cum="3"),  # 7: trade 2 again
+        fill("V1", 4, BID, "1", "10"),  # 8: 2.75 of 2
+    ]
+    state = replay(events)
+    assert kinds_at(state) == [
+        (5, AnomalyKind.FILL_GAP),
+        (6, AnomalyKind.CUM_MISMATCH),
+        (7, AnomalyKind.DUPLICATE_FILL),
+        (8, AnomalyKind.OVERFILL),
+    ]
+    assert all(a.order_key == "c1" for a in state.anomalies)
+    order = state.order(client_id=1)
+    assert order is not None
+    assert order.filled_quantity == D("2.75")
+    assert order.venue_executed == D(3)
+    assert order.status is OrderStatus.FILLED
+    # 2.75 bought at 10: 27.5 spent, each trade once; nothing left locked.
+    assert bal(state, "USDC") == (D("-27.5"), D(0))
+    assert bal(state, "SOL") == (D("2.75"), D(0))
+
+
+def test_duplicate_fill_leaves_state_as_after_once() -> None:
+    once = funded(submit(1, BID, "2", "10"), accept("V1", client_id=1))
+    once = apply(once, fill("V1", 1, BID, "1", "10", fee="0.01", fee_asset="USDC"))
+    twice = apply(once, fill("V1", 1, BID, "1", "10", fee="0.01", fee_asset="USDC"))
+    assert twice.orders == once.orders
+    assert twice.balances == once.balances
+    assert kinds_at(twice) == [(twice.last_seq, AnomalyKind.DUPLICATE_FILL)]
+
+
+def test_message_not_understood_is_recorded() -> None:
+    state = replay([MessageNotUnderstood(source=Source.WS, recv_time_us=1, raw="{", reason="bad")])
+    assert kinds_at(state) == [(1, AnomalyKind.NOT_UNDERSTOOD)]
+
+
+# --- retention of finished orders ---------------------------------------------------------------
+
+
+def test_retention_drops_the_oldest_finished_orders_and_their_indexes() -> None:
+    events: list[Event] = [SPOT_MARKET]
+    for n in (1, 2, 3, 4):
+        events += [submit(n, BID, "1", "10"), accept(f"V{n}", client_id=n)]
+    # Finish 2, then 1, then 3; 4 stays open.
+    events += [
+        cancel(venue_id="V2"),
+        fill("V1", 1, BID, "1", "10", status=VenueStatus.FILLED),
+        expire(venue_id="V3"),
+    ]
+    state = replay(events, State(retain_finished=2))
+    assert sorted(state.orders.keys()) == ["c1", "c3", "c4"]
+    assert state.order(client_id=2) is None and state.order(venue_id="V2") is None
+    assert 2 not in state.by_client and "V2" not in state.by_venue
+    assert [state.finished[i] for i in range(state.finished_head, state.finished_tail)] == [
+        "c1",
+        "c3",
+    ]
+    # The open order keeps its lock; the finished ones hold nothing.
+    assert bal(state, "USDC") == (D(-20), D(10))
+
+
+def test_retention_keeps_an_order_reopened_by_the_venue() -> None:
+    # Regression: a rejected order the venue then accepts was still queued as finished and
+    # got dropped while open, leaving its lock orphaned.
+    events: list[Event] = [
+        SPOT_MARKET,
+        submit(1, BID, "2", "10"),
+        submit(2, BID, "1", "10"),
+        submit(3, BID, "1", "10"),
+    ]
+    events += [
+        SubmitRejected(
+            source=Source.REST, recv_time_us=1, symbol=SPOT, client_id=1, code="X", message=""
+        ),
+        accept("V1", client_id=1),  # reopened: New, 20 locked
+        cancel(client_id=2),
+        cancel(client_id=3),
+    ]
+    state = replay(events, State(retain_finished=1))
+    order = state.order(client_id=1)
+    assert order is not None and order.status is OrderStatus.NEW
+    assert bal(state, "USDC") == (D(-20), D(20))
+
+
+def test_report_that_only_adds_a_venue_id_keeps_order_and_index_consistent() -> None:
+    # Regression: an absorbed report (an accept after the cancel) indexed the venue id
+    # without storing it on the order; once retention dropped the order, a late fill naming
+    # that venue id raised KeyError.
+    events: list[Event] = [
+        SPOT_MARKET,
+        submit(1, BID, "2", "10"),
+        cancel(client_id=1),
+        accept("V1", client_id=1, side=BID, quantity="2", price="10"),
+    ]
+    order = replay(events).order(client_id=1)
+    assert order is not None and order.venue_id == "V1"
+    events += [submit(2, BID, "1", "10"), cancel(client_id=2)]
+    state = replay(events, State(retain_finished=1))
+    assert "c1" not in state.orders and "V1" not in state.by_venue
+    late = apply(state, fill("V1", 1, BID, "1", "10"))
+    assert late.order(venue_id="V1") is not None
+
+
+# --- the embedding program's decimal context does not matter -------------------------------
+
+
+def test_same_result_under_a_low_precision_context() -> None:
+    events: list[Event] = [
+        SPOT_MARKET,
+        PERP_MARKET,
+        balances({"USDC": ("100000.123456", "0"), "SOL": ("12.3456789", "0")}),
+        submit(1, BID, "1.2345", "101.37"),
+        accept("V1", client_id=1),
+        fill("V1", 1, BID, "0.1234", "101.29", fee="0.00012345", fee_asset="SOL"),
+        *perp_fills((BID, "1.23456", "150.123"), (BID, "2.5", "149.987"))[1:],
+    ]
+    reference = replay(events)
+    with decimal.localcontext() as ctx:
+        ctx.prec = 3
+        ctx.rounding = decimal.ROUND_DOWN
+        low = replay(events)
+        stepwise = State()
+        for event in events:
+            stepwise = apply(stepwise, event)
+        low_hash = state_hash(low)
+    assert low == reference and stepwise == reference
+    assert low_hash == state_hash(reference)
+    # By hand: locked 1.1111 * 101.37 = 112.632207; spent 0.1234 * 101.29 = 12.499186.
+    assert bal(reference, "USDC") == (
+        D("100000.123456") - D("112.632207") - D("12.499186"),
+        D("112.632207"),
+    )
+    assert bal(reference, "SOL") == (D("12.3456789") + D("0.1234") - D("0.00012345"), D(0))
+    # Entry: (1.23456 * 150.123 + 2.5 * 149.987) / 3.73456, rounded to 60 digits.
+    p = pos(reference)
+    assert p.net_quantity == D("3.73456")
+    cost = D("1.23456") * D("150.123") + D("2.5") * D("149.987")
+    assert cost == D("560.30335088")
+    assert p.entry_price == decimal.Context(prec=60).divide(cost, D("3.73456"))
+
+
+# --- repeated and late reports ------------------------------------------------------------------
+
+
+def test_a_repeated_expiry_or_reject_changes_nothing() -> None:
+    # Regression: each repeat rebuilt the order with the same reason or code and counted as
+    # a change (updated_seq moved), so applying them twice differed from once.
+    rejected = SubmitRejected(
+        source=Source.REST, recv_time_us=1, symbol=SPOT, client_id=2, code="X", message="no"
+    )
+    state = funded(
+        submit(1, BID, "1", "10"),
+        accept("V1", client_id=1),
+        expire(venue_id="V1"),
+        submit(2, BID, "1", "10"),
+        rejected,
+    )
+    again = apply(apply(state, expire(venue_id="V1")), rejected)
+    assert again.orders == state.orders
+
+
+def test_order_venue_time_is_the_latest_reported_not_the_last_to_arrive() -> None:
+    accepted = attrs.evolve(accept("V1", client_id=1), venue_time_us=1_000)
+    # Stream reports on our orders carry our client id as well.
+    filled = attrs.evolve(fill("V1", 1, BID, "1", "10", client_id=1), venue_time_us=1_500)
+    cancelled = attrs.evolve(cancel(venue_id="V1", client_id=1), venue_time_us=2_000)
+    arrivals: list[list[Event]] = [[accepted, filled, cancelled], [cancelled, filled, accepted]]
+    for reports in arrivals:
+        state = funded(submit(1, BID, "2", "10"), *reports)
+        order = state.order(client_id=1)
+        assert order is not None
+        assert order.venue_time_us == 2_000
+        assert order.status is OrderStatus.CANCELLED and order.filled_quantity == 1
