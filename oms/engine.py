@@ -15,6 +15,7 @@ import trio
 from oms.events import Event
 from oms.log import EventLog, Fsync, TornTail
 from oms.reducer import Fold, apply
+from oms.serialization import LogFormatError, scrub
 from oms.state import DEFAULT_RETAIN_FINISHED, State
 
 __all__ = ["Engine"]
@@ -61,7 +62,13 @@ class Engine:
     def record(self, event: Event) -> State:
         """Append `event` to the log (durable per the fsync policy), then apply it."""
         if self.log is not None:
-            self.log.append(event)
+            try:
+                self.log.append(event)
+            except LogFormatError:
+                # A string that is not valid Unicode (a lone surrogate from a venue's \u
+                # escape): log and apply the same repaired event, so replay stays exact.
+                event = scrub(event)
+                self.log.append(event)
         self.state = apply(self.state, event)
         for listener in list(self._listeners):
             listener(event, self.state)

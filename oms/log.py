@@ -23,6 +23,20 @@ from oms.serialization import LogFormatError, decode_header, decode_line, encode
 __all__ = ["EventLog", "Fsync", "LogReadError", "LogReader", "TornTail"]
 
 
+def _fsync_directory(directory: Path) -> None:
+    """Make a new file's directory entry durable too (POSIX; a no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class LogReadError(Exception):
     """A log that cannot be read: `path:line: what is wrong`."""
 
@@ -48,8 +62,11 @@ class Fsync:
     """When appended events are forced to disk.
 
     `max_events=1` fsyncs every event. A group commit fsyncs once `max_events` are waiting
-    or the oldest waiting event is `max_delay` seconds old (checked on append and by `poll`).
-    `max_events=0` never fsyncs (the OS writes when it likes); for tests and scratch files.
+    or the oldest waiting event is `max_delay` seconds old (checked on append and by `poll`);
+    until then each line is already with the OS, so a crash of the process loses nothing and
+    a power loss at most the events of the last `max_delay` seconds. `max_events=0` never
+    fsyncs and leaves lines in this process's buffer until it fills or the log is closed:
+    for tests, benchmarks and scratch files only.
     """
 
     max_events: int = 1
@@ -183,7 +200,8 @@ class EventLog:
         for _seq, event in reader:
             if on_event is not None:
                 on_event(event)
-        handle = path.open("r+b") if path.exists() else path.open("w+b")
+        created = not path.exists()
+        handle = path.open("w+b") if created else path.open("r+b")
         try:
             if reader.torn is not None or handle.seek(0, os.SEEK_END) != reader.end_offset:
                 handle.truncate(reader.end_offset)
@@ -195,6 +213,8 @@ class EventLog:
                 handle.write(b"\n")
             handle.flush()
             os.fsync(handle.fileno())
+            if created:
+                _fsync_directory(path.parent)
         except BaseException:
             handle.close()
             raise
@@ -222,6 +242,10 @@ class EventLog:
             self._clock() - self._pending_since >= policy.max_delay
         ):
             self.sync()
+        else:
+            # Hand the line to the OS now: a crash of this process then loses nothing; only
+            # a power loss can take the events not yet fsynced.
+            self._handle.flush()
         return seq
 
     def poll(self) -> None:

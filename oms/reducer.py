@@ -60,6 +60,7 @@ from oms.state import (
     State,
 )
 from oms.values import CTX, ZERO, OrderStatus, Side, VenueStatus
+from oms.values import canonical_decimal as _d
 
 __all__ = ["Fold", "apply", "replay"]
 
@@ -200,6 +201,17 @@ class Fold:
         venue_id = getattr(event, "venue_id", None)
         client_id = event.client_id
         key = self._find(client_id, venue_id)
+        if key is not None and client_id is not None and venue_id is not None:
+            other = self.by_venue.get(venue_id)
+            if other is not None and other != key:
+                # Our client id names one order, the venue's id another: the report is taken
+                # for the order of our client id, and the contradiction is kept.
+                self._anomaly(
+                    AnomalyKind.ID_CONFLICT,
+                    f"{type(event).__name__} names client id {client_id} (order {key}) and "
+                    f"venue id {venue_id} (order {other})",
+                    key,
+                )
         if isinstance(event, OrderSubmitted):
             if self.last_client_id is None or event.client_id > self.last_client_id:
                 self.last_client_id = event.client_id
@@ -358,6 +370,13 @@ class Fold:
                 if order.quantity is None or event.quantity < order.quantity:
                     # Only ever a decrease; the smallest quantity reported wins in any order.
                     order = attrs.evolve(order, quantity=event.quantity)
+                    if event.quantity < order.filled_quantity:
+                        self._anomaly(
+                            AnomalyKind.OVERFILL,
+                            f"order {order.key} modified to {_d(event.quantity)}, below the "
+                            f"{_d(order.filled_quantity)} already filled",
+                            order.key,
+                        )
             case TriggerPlaced():
                 kind = Kind.TRIGGER_PLACED
                 order = _fill_in(
@@ -409,9 +428,16 @@ class Fold:
             # it twice would bump `updated_seq` and break idempotence.
             return
         order = self._relock(order)
-        order = attrs.evolve(order, updated_seq=self.seq)
+        finishing = order.status.is_terminal and not before.status.is_terminal
+        if finishing:
+            order = attrs.evolve(order, updated_seq=self.seq, finished_at=self.finished_tail)
+        elif before.status.is_terminal and not order.status.is_terminal:
+            # Reopened by the venue (a rejected order it accepts): no longer in the queue.
+            order = attrs.evolve(order, updated_seq=self.seq, finished_at=None)
+        else:
+            order = attrs.evolve(order, updated_seq=self.seq)
         self.orders = self.orders.set(order.key, order)
-        if order.status.is_terminal and not before.status.is_terminal:
+        if finishing:
             self._finished(order.key)
 
     def _cumulative(self, order: Order, cumulative: Decimal | None) -> Order:
@@ -421,8 +447,8 @@ class Fold:
         if cumulative > order.filled_quantity:
             self._anomaly(
                 AnomalyKind.FILL_GAP,
-                f"venue reports {cumulative} executed on order {order.key}, fills counted "
-                f"{order.filled_quantity}",
+                f"venue reports {_d(cumulative)} executed on order {order.key}, fills counted "
+                f"{_d(order.filled_quantity)}",
                 order.key,
             )
         if order.venue_executed is None or cumulative > order.venue_executed:
@@ -447,15 +473,19 @@ class Fold:
             if event.cum_quantity > filled:
                 self._anomaly(
                     AnomalyKind.FILL_GAP,
-                    f"trade {event.trade_id}: venue reports {event.cum_quantity} executed on "
-                    f"order {order.key}, fills counted {filled}",
+                    f"trade {event.trade_id}: venue reports {_d(event.cum_quantity)} executed on "
+                    f"order {order.key}, fills counted {_d(filled)}",
                     order.key,
                 )
-            elif event.cum_quantity < filled:
+            elif event.cum_quantity < filled and (
+                order.venue_executed is None or event.cum_quantity >= order.venue_executed
+            ):
+                # Only the newest cumulative report can contradict the fills counted: an older
+                # one (a reordered fill) naturally counts fewer.
                 self._anomaly(
                     AnomalyKind.CUM_MISMATCH,
-                    f"trade {event.trade_id}: venue reports {event.cum_quantity} executed on "
-                    f"order {order.key}, below the {filled} counted",
+                    f"trade {event.trade_id}: venue reports {_d(event.cum_quantity)} executed on "
+                    f"order {order.key}, below the {_d(filled)} counted",
                     order.key,
                 )
             if order.venue_executed is None or event.cum_quantity > order.venue_executed:
@@ -463,7 +493,7 @@ class Fold:
         if order.quantity is not None and order.quantity and filled > order.quantity:
             self._anomaly(
                 AnomalyKind.OVERFILL,
-                f"order {order.key} filled {filled} of {order.quantity}",
+                f"order {order.key} filled {_d(filled)} of {_d(order.quantity)}",
                 order.key,
             )
         self._money(order, event, notional)
@@ -538,10 +568,10 @@ class Fold:
             self.finished = self.finished.delete(self.finished_head)
             self.finished_head += 1
             old = self.orders.get(old_key)
-            if old is None or not old.status.is_terminal:
+            if old is None or old.finished_at != self.finished_head - 1:
                 # Gone already, or reopened by a venue report after it finished (a rejected
-                # order the venue accepts): an open order is never dropped; it joins the
-                # queue again when it finishes again.
+                # order the venue accepts): an open order is never dropped, and one that
+                # finished again is dropped at its newer place in the queue.
                 continue
             self.orders = self.orders.delete(old_key)
             if old.client_id is not None and self.by_client.get(old.client_id) == old_key:
@@ -555,12 +585,14 @@ class Fold:
         position = self.positions.get(event.symbol) or Position(symbol=event.symbol)
         qty = position.net_quantity
         entry = position.entry_price
+        cost = position.open_cost
         realized = position.realized_pnl
         delta = event.quantity if event.side is Side.BID else event.quantity.copy_negate()
         new_qty = _add(qty, delta)
         if not qty or (qty > 0) == (delta > 0):
-            # Opening or increasing: the entry is the quantity-weighted average.
-            cost = _add(_mul(qty.copy_abs(), entry), _mul(event.quantity, event.price))
+            # Opening or increasing: the entry is the open cost over the open quantity. The
+            # cost is an exact sum, so the entry does not depend on the fills' arrival order.
+            cost = _add(cost, _mul(event.quantity, event.price))
             if new_qty:  # a zero-quantity fill on a flat position opens nothing (and 0/0 traps)
                 entry = CTX.divide(cost, new_qty.copy_abs())
         else:
@@ -568,10 +600,14 @@ class Fold:
             pnl = _mul(closed, _sub(event.price, entry))
             realized = _add(realized, pnl if qty > 0 else pnl.copy_negate())
             if not new_qty:
-                entry = ZERO
+                entry = cost = ZERO
             elif (new_qty > 0) != (qty > 0):
                 # Through zero: the remainder opens the other side at the fill price.
                 entry = event.price
+                cost = _mul(event.price, new_qty.copy_abs())
+            else:
+                # Reducing keeps the average entry; the open cost follows the quantity.
+                cost = _mul(entry, new_qty.copy_abs())
         fees = position.fees
         if event.fee:
             fees = _fees_plus(fees, event.fee_asset, event.fee)
@@ -581,6 +617,7 @@ class Fold:
                 position,
                 net_quantity=new_qty,
                 entry_price=entry,
+                open_cost=cost,
                 realized_pnl=realized,
                 fees=fees,
             ),
@@ -622,7 +659,7 @@ class Fold:
             and position.net_quantity == event.net_quantity
             and position.entry_price == entry
         ):
-            return  # the same report again: nothing new
+            return  # the same report again, and nothing moved since: no news
         # The first report is the baseline: what came before it is unknown, not drift.
         drift = (
             ZERO if position.observed is None else _sub(event.net_quantity, position.net_quantity)
@@ -630,8 +667,8 @@ class Fold:
         if drift:
             self._anomaly(
                 AnomalyKind.POSITION_DRIFT,
-                f"{event.symbol}: venue position {event.net_quantity}, derived "
-                f"{position.net_quantity}",
+                f"{event.symbol}: venue position {_d(event.net_quantity)}, derived "
+                f"{_d(position.net_quantity)}",
             )
         self.positions = self.positions.set(
             event.symbol,
@@ -639,6 +676,7 @@ class Fold:
                 position,
                 net_quantity=event.net_quantity,
                 entry_price=entry,
+                open_cost=_mul(entry, event.net_quantity.copy_abs()),
                 observed=observed,
                 drift_quantity=drift,
             ),
@@ -665,7 +703,10 @@ class Fold:
                 and balance.available == observed.available
                 and balance.locked == observed.locked
             ):
-                continue  # the same snapshot again
+                # The same snapshot again, and nothing moved since: no news. A snapshot equal
+                # to the last one after fills moved the derived figures is news (the venue
+                # disagrees, or it lags): it re-bases and records the drift, never hides it.
+                continue
             # The first snapshot is the baseline: what came before it is unknown, not drift.
             drift_available = drift_locked = ZERO
             if balance.observed is not None or snapshot_seen:
@@ -674,8 +715,9 @@ class Fold:
             if drift_available or drift_locked:
                 self._anomaly(
                     AnomalyKind.BALANCE_DRIFT,
-                    f"{asset}: venue available {observed.available} locked {observed.locked}, "
-                    f"derived available {balance.available} locked {balance.locked}",
+                    f"{asset}: venue available {_d(observed.available)} locked "
+                    f"{_d(observed.locked)}, derived available {_d(balance.available)} locked "
+                    f"{_d(balance.locked)}",
                 )
             self.balances = self.balances.set(
                 asset,

@@ -24,9 +24,9 @@ from typing import Any, Final
 import attrs
 import msgspec
 
-from oms.events import EVENT_TYPES, BalanceObserved, Event
+from oms.events import EVENT_TYPES, AssetBalance, BalanceObserved, Event
 from oms.state import Balance, Order, Position, State
-from oms.values import canonical_decimal
+from oms.values import canonical_decimal, decimal_in_range
 
 __all__ = [
     "FORMAT",
@@ -37,6 +37,7 @@ __all__ = [
     "decode_line",
     "encode_header",
     "encode_line",
+    "scrub",
     "state_document",
     "state_hash",
 ]
@@ -105,12 +106,33 @@ def decode_header(line: bytes) -> None:
 
 
 def encode_line(seq: int, event: Event) -> bytes:
-    """One log line for `event` with sequence number `seq`, newline included."""
+    """One log line for `event` with sequence number `seq`, newline included.
+
+    Raises `LogFormatError` for an event that cannot be written as UTF-8 JSON (a string with
+    a lone surrogate); `scrub` makes such an event writable.
+    """
     name = type(event).__name__
-    return (
-        _encoder.encode({"seq": seq, "type": name, "v": SCHEMA_VERSION[name], "event": event})
-        + b"\n"
-    )
+    try:
+        body = _encoder.encode(
+            {"seq": seq, "type": name, "v": SCHEMA_VERSION[name], "event": event}
+        )
+    except (UnicodeEncodeError, msgspec.EncodeError) as exc:
+        raise LogFormatError(f"{name} cannot be written: {exc}") from None
+    return body + b"\n"
+
+
+def _scrub_text(text: str) -> str:
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def scrub(event: Event) -> Event:
+    """The event with every string made valid Unicode (lone surrogates become U+FFFD)."""
+    changes: dict[str, Any] = {
+        a.name: _scrub_text(value)
+        for a in attrs.fields(type(event))
+        if isinstance(value := getattr(event, a.name), str)
+    }
+    return attrs.evolve(event, **changes)
 
 
 def decode_line(line: bytes | str) -> tuple[int, Event]:
@@ -139,14 +161,28 @@ def decode_line(line: bytes | str) -> tuple[int, Event]:
             raise LogFormatError(f"{name}: unknown field(s) {', '.join(unknown)}")
     for field in _DECIMALS[name]:
         value = getattr(event, field)
-        if value is not None and not value.is_finite():
-            raise LogFormatError(f"{name}: field {field} is not a finite decimal: {value}")
+        if value is not None and not decimal_in_range(value):
+            raise LogFormatError(f"{name}: field {field} is not a decimal in range: {value}")
     if isinstance(event, BalanceObserved):
-        for item in event.balances:
-            for value in (item.available, item.locked, item.staked):
-                if not value.is_finite():
-                    raise LogFormatError(f"{name}: {item.asset} is not a finite decimal: {value}")
+        _check_balances(event, keys)
     return envelope.seq, event
+
+
+_BALANCE_FIELDS: Final = frozenset(a.name for a in attrs.fields(AssetBalance))
+_items_decoder = msgspec.json.Decoder(list[dict[str, msgspec.Raw]])
+
+
+def _check_balances(event: BalanceObserved, keys: dict[str, msgspec.Raw]) -> None:
+    for item in _items_decoder.decode(keys["balances"]):
+        unknown = sorted(set(item) - _BALANCE_FIELDS)
+        if unknown:
+            raise LogFormatError(f"BalanceObserved: unknown balance field(s) {', '.join(unknown)}")
+    for balance in event.balances:
+        for value in (balance.available, balance.locked, balance.staked):
+            if not decimal_in_range(value):
+                raise LogFormatError(
+                    f"BalanceObserved: {balance.asset} is not a decimal in range: {value}"
+                )
 
 
 def _upgrade(name: str, version: int, payload: msgspec.Raw) -> msgspec.Raw:
@@ -219,12 +255,15 @@ def state_document(state: State, *, finished_limit: int | None = None) -> dict[s
     """
     orders = sorted(state.orders.values(), key=lambda o: o.created_seq)
     open_orders = [_order_doc(o) for o in orders if not o.status.is_terminal]
-    finished_keys = [
-        state.finished[i] for i in range(state.finished_tail - 1, state.finished_head - 1, -1)
-    ]
-    if finished_limit is not None:
-        finished_keys = finished_keys[:finished_limit]
-    finished = [_order_doc(state.orders[k]) for k in finished_keys if k in state.orders]
+    finished: list[dict[str, Any]] = []
+    for index in range(state.finished_tail - 1, state.finished_head - 1, -1):
+        if finished_limit is not None and len(finished) >= finished_limit:
+            break
+        order = state.orders.get(state.finished[index])
+        # An order that finished, reopened and finished again is listed at its newest place;
+        # one that reopened and is open now is listed with the open orders.
+        if order is not None and order.finished_at == index and order.status.is_terminal:
+            finished.append(_order_doc(order))
     return {
         "last_seq": state.last_seq,
         "last_client_id": state.last_client_id,

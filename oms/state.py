@@ -47,6 +47,7 @@ class AnomalyKind(StrEnum):
     POSITION_DRIFT = "position_drift"  # a venue position differs from the derived one
     DUPLICATE_FUNDING = "duplicate_funding"  # a funding interval already counted
     NOT_UNDERSTOOD = "not_understood"  # a venue message the codec could not read
+    ID_CONFLICT = "id_conflict"  # a report whose client id and venue id name different orders
 
 
 @attrs.frozen(kw_only=True)
@@ -78,6 +79,8 @@ class Order:
     orders first seen without a client id. `filled_quantity` and `filled_quote` sum the fills
     counted (each trade id once); `venue_executed` is the largest cumulative executed quantity
     the venue reported. `locked` is what this order holds locked in `lock_asset` (spot only).
+    `finished_at` is the order's place in the state's queue of finished orders (see
+    `State.finished`), set each time it reaches a terminal status.
     """
 
     key: str
@@ -105,6 +108,7 @@ class Order:
     reject_message: str | None = None
     locked: Decimal = ZERO
     lock_asset: str | None = None
+    finished_at: int | None = None
     created_seq: int = 0
     updated_seq: int = 0
     venue_time_us: int | None = None
@@ -164,7 +168,9 @@ class Position:
     """A one-way (netted) perp position.
 
     `net_quantity` is signed (long > 0). `entry_price` is the average entry of the open side
-    (zero when flat). `realized_pnl` accrues on every reduction; fees (per asset) and
+    (zero when flat): `open_cost / |net_quantity|`, where `open_cost` is the exact sum of
+    quantity x price of the fills that opened it (after a reduction: entry x quantity left).
+    `realized_pnl` accrues on every reduction; fees (per asset) and
     funding (quote asset; > 0 received) accumulate. `drift_quantity` is venue minus derived
     at the last venue report, before re-basing.
     """
@@ -172,6 +178,7 @@ class Position:
     symbol: str
     net_quantity: Decimal = ZERO
     entry_price: Decimal = ZERO
+    open_cost: Decimal = ZERO
     realized_pnl: Decimal = ZERO
     fees: tuple[tuple[str, Decimal], ...] = ()
     funding: Decimal = ZERO

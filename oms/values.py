@@ -26,6 +26,7 @@ __all__ = [
     "TimeInForce",
     "VenueStatus",
     "canonical_decimal",
+    "decimal_in_range",
 ]
 
 CTX = decimal.Context(
@@ -129,6 +130,18 @@ class MarketType(StrEnum):
     @property
     def has_positions(self) -> bool:
         return self in (MarketType.PERP, MarketType.IPERP, MarketType.DATED)
+
+
+# Venue figures are far inside this range; bounding input keeps every product and sum of two
+# of them exact and finite in `CTX`, so the reducer cannot overflow on any accepted input.
+MAX_MAGNITUDE_EXPONENT = 40
+
+
+def decimal_in_range(value: Decimal) -> bool:
+    """Finite, and zero or with a magnitude between 1e-40 and 1e40 (exclusive of extremes)."""
+    if not value.is_finite():
+        return False
+    return not value or -MAX_MAGNITUDE_EXPONENT <= value.adjusted() <= MAX_MAGNITUDE_EXPONENT
 
 
 def canonical_decimal(value: Decimal) -> str:

@@ -4,7 +4,8 @@ Two families of values:
 
 - *format* strategies (`wide_decimals`, `texts`, `EVENT_STRATEGIES`, `events`) cover
   everything a field may hold: None for every optional, any unicode text, decimals of
-  either sign from `1E-18` up to about `1E+50` (plain and exponent spellings), negative
+  either sign from `1E-30` up to about `1E+38` (plain and exponent spellings: the log accepts
+  magnitudes from 1E-40 to 1E+40, `oms.values.decimal_in_range`), negative
   zero, trailing zeros. Use them for serialization and for "never raises" properties.
 - *trading* strategies (`quantities`, `prices`, `trading_event`, `histories`) produce
   figures a venue would send (positive, a few decimal places) for a small set of orders
@@ -318,8 +319,8 @@ wide_decimals: st.SearchStrategy[Decimal] = st.one_of(
     # Exponent form, as the venue never writes it but a Decimal may hold it.
     st.builds(
         lambda digits, exponent: Decimal(digits).scaleb(exponent),
-        st.integers(-(10**20), 10**20),
-        st.integers(-30, 30),
+        st.integers(-(10**10), 10**10),
+        st.integers(-30, 28),
     ),
 )
 optional_decimals = st.none() | wide_decimals

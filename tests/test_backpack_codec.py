@@ -216,7 +216,23 @@ def test_docs_position_with_bare_numbers_stays_exact() -> None:
                     "L": "1",
                 },
             ),
-            "finite",
+            "in range",
+        ),
+        (
+            # Far beyond any venue figure: refused so the reducer can never overflow.
+            frame(
+                "account.orderUpdate",
+                {
+                    "e": "orderFill",
+                    "s": "SOL_USDC",
+                    "i": "1",
+                    "t": 5,
+                    "S": "Bid",
+                    "l": "1E+999999",
+                    "L": "1",
+                },
+            ),
+            "in range",
         ),
         ("{not json", "JSONDecodeError"),
         ("[1, 2]", "not a JSON object"),

@@ -400,13 +400,13 @@ def test_last_client_id_is_the_largest_submitted() -> None:
 def test_overfill_fill_gap_cum_mismatch_and_duplicate_fill() -> None:
     events: list[Event] = [
         SPOT_MARKET,  # seq 1
-        submit(1, BID, "2", "10"),  # 2
+        submit(1, BID, "5", "10"),  # 2
         accept("V1", client_id=1),  # 3
         fill("V1", 1, BID, "1", "10", cum="1"),  # 4: fine
         fill("V1", 2, BID, "0.5", "10", cum="3"),  # 5: venue says 3, we counted 1.5: gap
-        fill("V1", 3, BID, "0.25", "10", cum="1"),  # 6: venue says 1, we counted 1.75
+        fill("V1", 3, BID, "2", "10", cum="3"),  # 6: the newest report says 3, we counted 3.5
         fill("V1", 2, BID, "0.5", "10", cum="3"),  # 7: trade 2 again
-        fill("V1", 4, BID, "1", "10"),  # 8: 2.75 of 2
+        fill("V1", 4, BID, "2", "10"),  # 8: 5.5 of 5
     ]
     state = replay(events)
     assert kinds_at(state) == [
@@ -418,12 +418,26 @@ def test_overfill_fill_gap_cum_mismatch_and_duplicate_fill() -> None:
     assert all(a.order_key == "c1" for a in state.anomalies)
     order = state.order(client_id=1)
     assert order is not None
-    assert order.filled_quantity == D("2.75")
+    assert order.filled_quantity == D("5.5")
     assert order.venue_executed == D(3)
     assert order.status is OrderStatus.FILLED
-    # 2.75 bought at 10: 27.5 spent, each trade once; nothing left locked.
-    assert bal(state, "USDC") == (D("-27.5"), D(0))
-    assert bal(state, "SOL") == (D("2.75"), D(0))
+    # 5.5 bought at 10: 55 spent, each trade once; nothing left locked.
+    assert bal(state, "USDC") == (D("-55"), D(0))
+    assert bal(state, "SOL") == (D("5.5"), D(0))
+
+
+def test_an_older_cumulative_report_arriving_late_is_not_a_mismatch() -> None:
+    # Fills reordered on the way: trade 2 (cumulative 1) arrives before trade 1
+    # (cumulative 0.5). Trade 1's report counts fewer than we have, but it is older.
+    events: list[Event] = [
+        SPOT_MARKET,
+        submit(1, BID, "1", "10"),
+        accept("V1", client_id=1),
+        fill("V1", 2, BID, "0.5", "10", cum="1"),  # 4: a gap, for now
+        fill("V1", 1, BID, "0.5", "10", cum="0.5"),  # 5: closes it
+    ]
+    state = replay(events)
+    assert kinds_at(state) == [(4, AnomalyKind.FILL_GAP)]
 
 
 def test_duplicate_fill_leaves_state_as_after_once() -> None:

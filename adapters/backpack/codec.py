@@ -37,7 +37,15 @@ from oms.events import (
     TriggerFailed,
     TriggerPlaced,
 )
-from oms.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms.values import (
+    MarketType,
+    OrderType,
+    Side,
+    Source,
+    TimeInForce,
+    VenueStatus,
+    decimal_in_range,
+)
 
 __all__ = [
     "BadMessage",
@@ -62,8 +70,26 @@ class BadMessage(ValueError):
 
 
 def parse_json(text: str | bytes) -> JSON:
-    """Parse venue JSON with exact decimals. Raises ValueError on invalid JSON."""
-    return json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
+    """Parse venue JSON with exact decimals. Raises ValueError on invalid JSON.
+
+    A `\\ud800`-style escape of a lone surrogate (valid JSON, not valid Unicode) is replaced
+    by U+FFFD, so every string in an event can be written to the log as UTF-8.
+    """
+    value = json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
+    probe = text if isinstance(text, str) else text.decode("utf-8", "replace")
+    if "\\u" in probe:
+        value = _clean(value)
+    return value
+
+
+def _clean(value: JSON) -> JSON:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {_clean(k): _clean(v) for k, v in value.items()}
+    return value
 
 
 def _no_constant(name: str) -> Any:
@@ -100,8 +126,8 @@ def _dec(value: JSON, key: str) -> Decimal:
             raise BadMessage(f"{key!r} is not a decimal: {value!r}") from None
     else:
         raise BadMessage(f"{key!r} is not a decimal: {value!r}")
-    if not result.is_finite():
-        raise BadMessage(f"{key!r} is not a finite decimal: {value!r}")
+    if not decimal_in_range(result):
+        raise BadMessage(f"{key!r} is not a decimal in range: {value!r}")
     return result
 
 

@@ -1,0 +1,733 @@
+"""`python -m oms.bench [--events N] [--keep PATH] [--seed S]`: how fast the log and replay are.
+
+Writes a synthetic, fill-heavy Backpack session of N events (default 1,000,000) with
+`EventLog` and `Fsync.never()`, then measures on that one file:
+
+- replay: `oms.replay.replay_file` over the file (read, decode, reduce), events/s;
+- the baseline: `json.loads` on every line of the same file, read the same way, lines/s,
+  and the ratio of the two rates;
+- the peak RSS of a replay in a fresh process (`python -m oms.replay FILE --json`);
+- append rates for each fsync policy, and the file's size per event.
+
+The session is deterministic given the seed: markets first, a balance snapshot as the
+baseline, then orders (submit, accept, fills with the venue's cumulative figures, often a
+cancel) on spot and perp markets, interleaved a few at a time, a balance snapshot every few
+thousand events and funding payments at each hourly boundary. Every venue event carries the
+Backpack message text it would have come from. The balances the snapshots report are those
+the events imply, so a correct replay records no anomaly.
+
+Timings use floats; money in the session is Decimal throughout. The targets are shown with
+PASS/MISS for information; the exit status is 0 whatever the figures (2 on a usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Final, TextIO
+
+import attrs
+
+from oms.events import (
+    AssetBalance,
+    BalanceObserved,
+    CancelRequested,
+    Event,
+    FundingPaid,
+    MarketInfo,
+    OrderAccepted,
+    OrderCancelled,
+    OrderFilled,
+    OrderSubmitted,
+)
+from oms.log import EventLog, Fsync
+from oms.replay import replay_file
+from oms.state import State
+from oms.values import CTX, ZERO, MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+
+__all__ = ["main", "session_events"]
+
+DEFAULT_EVENTS: Final = 1_000_000
+DEFAULT_SEED: Final = 1
+MIN_EVENTS: Final = 100
+
+# Targets from the issue; informational only.
+TARGET_REPLAY_RATE: Final = 250_000.0  # events/s
+TARGET_RATIO: Final = 0.8  # replay rate / json.loads rate
+TARGET_RSS_MB: Final = 200.0
+
+EVERY_EVENT_COUNT: Final = 2_000  # fsync per event is slow: a smaller sample
+GROUP_COUNT: Final = 200_000
+SMALL_RUN: Final = 200_000  # up to this many events, timings are the best of 3 runs
+GENERATION_NOTE_SECONDS: Final = 60.0
+
+_CHUNK: Final = 4_096
+_MAX_LIVE_ORDERS: Final = 6
+_HOUR_US: Final = 3_600_000_000
+# 2025-08-11T19:59:00Z: the first funding boundary comes a minute into the session.
+_START_US: Final = 1_754_942_340_000_000
+_MAKER_FEE: Final = Decimal("0.0002")
+_TAKER_FEE: Final = Decimal("0.001")
+_PERP_FEE_ASSET: Final = "USDC"
+_INITIAL_BALANCES: Final = (
+    ("BTC", Decimal("5")),
+    ("ETH", Decimal("100")),
+    ("SOL", Decimal("5000")),
+    ("USDC", Decimal("1000000")),
+)
+
+_add = CTX.add
+_sub = CTX.subtract
+_mul = CTX.multiply
+
+
+def _text(value: Decimal) -> str:
+    """A Decimal as Backpack writes it: plain digits, never an exponent."""
+    return format(value, "f")
+
+
+@attrs.frozen
+class _MarketSpec:
+    symbol: str
+    base: str
+    quote: str
+    market_type: MarketType
+    tick_places: int  # tick size 10**-tick_places
+    step_places: int  # step size 10**-step_places
+    start_ticks: int  # starting price in ticks
+    max_steps: int  # largest order quantity in steps
+
+    @property
+    def is_spot(self) -> bool:
+        return self.market_type is MarketType.SPOT
+
+    def price(self, ticks: int) -> Decimal:
+        return Decimal(ticks).scaleb(-self.tick_places)
+
+    def quantity(self, steps: int) -> Decimal:
+        return Decimal(steps).scaleb(-self.step_places)
+
+
+_MARKETS: Final = (
+    _MarketSpec("SOL_USDC", "SOL", "USDC", MarketType.SPOT, 2, 2, 15_000, 500),
+    _MarketSpec("ETH_USDC", "ETH", "USDC", MarketType.SPOT, 2, 4, 430_000, 500),
+    _MarketSpec("BTC_USDC", "BTC", "USDC", MarketType.SPOT, 1, 5, 1_100_000, 200),
+    _MarketSpec("SOL_USDC_PERP", "SOL", "USDC", MarketType.PERP, 2, 2, 15_000, 500),
+    _MarketSpec("ETH_USDC_PERP", "ETH", "USDC", MarketType.PERP, 2, 3, 430_000, 100),
+    _MarketSpec("BTC_USDC_PERP", "BTC", "USDC", MarketType.PERP, 1, 4, 1_100_000, 50),
+)
+
+
+class _Live:
+    """What the generator needs to know of an order still in play (for balance locks)."""
+
+    __slots__ = ("filled", "is_open", "market", "price", "quantity", "side")
+
+    def __init__(
+        self, market: _MarketSpec, side: Side, quantity: Decimal, price: Decimal | None
+    ) -> None:
+        self.market = market
+        self.side = side
+        self.quantity = quantity
+        self.price = price
+        self.filled = ZERO
+        self.is_open = False  # accepted and not finished: its funds are locked
+
+    def lock(self) -> tuple[str, Decimal] | None:
+        """The asset and amount the reducer holds locked for this order right now."""
+        if not self.is_open or not self.market.is_spot:
+            return None
+        remaining = _sub(self.quantity, self.filled)
+        if self.side is Side.ASK:
+            return self.market.base, remaining
+        if self.price is None:
+            return None
+        return self.market.quote, _mul(remaining, self.price)
+
+
+class _Session:
+    """The synthetic session: an endless, seeded stream of events (cut with `islice`)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.now = _START_US
+        self.next_funding = (_START_US // _HOUR_US + 1) * _HOUR_US
+        self.client_id = 0
+        self.venue_id = 8_284_661_000
+        self.trade_id = 2_888_471_000
+        self.mid = {m.symbol: m.start_ticks for m in _MARKETS}
+        self.totals = dict(_INITIAL_BALANCES)
+        self.net = {m.symbol: ZERO for m in _MARKETS if not m.is_spot}
+        self.live: dict[int, _Live] = {}
+
+    # --- clock -------------------------------------------------------------------------------
+
+    def _tick(self) -> int:
+        """Advance the local clock (about 10 events a second) and return it."""
+        self.now += self.rng.randrange(1_000, 200_000)
+        return self.now
+
+    def _venue_time(self) -> int:
+        return self.now - self.rng.randrange(300, 4_000)
+
+    # --- the stream --------------------------------------------------------------------------
+
+    def events(self) -> Iterator[Event]:
+        for market in _MARKETS:
+            yield self._market_info(market)
+        yield self._balances()
+        rng = self.rng
+        scripts: list[Iterator[Event]] = []
+        until_snapshot = rng.randrange(2_000, 5_000)
+        while True:
+            if self.now >= self.next_funding:
+                yield from self._funding()
+            if until_snapshot == 0:
+                until_snapshot = rng.randrange(2_000, 5_000)
+                yield self._balances()
+                continue
+            if not scripts or (len(scripts) < _MAX_LIVE_ORDERS and rng.random() < 0.3):
+                scripts.append(self._order())
+            index = rng.randrange(len(scripts))
+            event = next(scripts[index], None)
+            if event is None:
+                scripts.pop(index)
+                continue
+            until_snapshot -= 1
+            yield event
+
+    def _market_info(self, market: _MarketSpec) -> MarketInfo:
+        tick = _text(market.price(1))
+        step = _text(market.quantity(1))
+        document: dict[str, object] = {
+            "symbol": market.symbol,
+            "baseSymbol": market.base,
+            "quoteSymbol": market.quote,
+            "marketType": market.market_type.value,
+            "filters": {
+                "price": {"minPrice": tick, "tickSize": tick},
+                "quantity": {"minQuantity": step, "stepSize": step},
+            },
+            "orderBookState": "Open",
+            "visible": True,
+        }
+        if not market.is_spot:
+            document["fundingInterval"] = 3_600_000
+        return MarketInfo(
+            source=Source.REST,
+            recv_time_us=self._tick(),
+            raw=json.dumps(document, separators=(",", ":")),
+            symbol=market.symbol,
+            base_asset=market.base,
+            quote_asset=market.quote,
+            market_type=market.market_type,
+            tick_size=market.price(1),
+            step_size=market.quantity(1),
+            min_quantity=market.quantity(1),
+        )
+
+    def _balances(self) -> BalanceObserved:
+        """A `GET /api/v1/capital` answer agreeing with what the events so far imply."""
+        locked = dict.fromkeys(self.totals, ZERO)
+        for order in self.live.values():
+            lock = order.lock()
+            if lock is not None:
+                locked[lock[0]] = _add(locked[lock[0]], lock[1])
+        items = []
+        parts = []
+        for asset in sorted(self.totals):
+            available = _sub(self.totals[asset], locked[asset])
+            items.append(AssetBalance(asset=asset, available=available, locked=locked[asset]))
+            parts.append(
+                f'"{asset}":{{"available":"{_text(available)}",'
+                f'"locked":"{_text(locked[asset])}","staked":"0"}}'
+            )
+        return BalanceObserved(
+            source=Source.REST,
+            recv_time_us=self._tick(),
+            raw="{" + ",".join(parts) + "}",
+            balances=tuple(items),
+        )
+
+    def _funding(self) -> Iterator[Event]:
+        """Funding for every open perp position at the hourly boundary just passed."""
+        end = self.next_funding
+        self.next_funding += _HOUR_US
+        stamp = datetime.fromtimestamp(end // 1_000_000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        for market in _MARKETS:
+            net = self.net.get(market.symbol, ZERO)
+            if market.is_spot or not net:
+                continue
+            rate = Decimal(self.rng.randrange(-60, 61) or 1).scaleb(-7)
+            mark = market.price(self.mid[market.symbol])
+            amount = (
+                _mul(_mul(net, mark), rate).copy_negate().quantize(Decimal("0.000001"), context=CTX)
+            )
+            if not amount:
+                continue
+            raw = (
+                f'{{"fundingRate":"{_text(rate)}","intervalEndTimestamp":"{stamp}",'
+                f'"quantity":"{_text(amount)}","subaccountId":"0","symbol":"{market.symbol}",'
+                '"userId":"1813870"}'
+            )
+            yield FundingPaid(
+                source=Source.REST,
+                recv_time_us=self._tick(),
+                raw=raw,
+                symbol=market.symbol,
+                interval_end_us=end,
+                amount=amount,
+                rate=rate,
+            )
+
+    # --- one order's life --------------------------------------------------------------------
+
+    def _side(self, market: _MarketSpec) -> Side:
+        """Lean towards the side that brings inventory back to where it started."""
+        if market.is_spot:
+            start = dict(_INITIAL_BALANCES)[market.base]
+            short = self.totals[market.base] < start
+        else:
+            short = self.net[market.symbol] < 0
+        return Side.BID if (self.rng.random() < 0.6) == short else Side.ASK
+
+    def _order(self) -> Iterator[Event]:
+        rng = self.rng
+        market = _MARKETS[rng.randrange(len(_MARKETS))]
+        symbol = market.symbol
+        self.client_id += 1
+        client_id = self.client_id
+        self.venue_id += rng.randrange(1, 40)
+        venue_id = str(self.venue_id)
+        side = self._side(market)
+        steps = rng.randrange(1, market.max_steps + 1)
+        quantity = market.quantity(steps)
+        mid = self.mid[symbol] = max(self.mid[symbol] + rng.randrange(-4, 5), 100)
+        is_market = rng.random() < 0.3
+        post_only = False
+        price: Decimal | None = None
+        if is_market:
+            order_type, wire_type = OrderType.MARKET, "MARKET"
+        else:
+            offset = rng.randrange(0, 20)
+            price = market.price(mid - offset if side is Side.BID else mid + offset)
+            post_only = rng.random() < 0.3
+            order_type = OrderType.LIMIT_MAKER if post_only else OrderType.LIMIT
+            wire_type = "LIMIT"
+        tif = TimeInForce.GTC
+        live = _Live(market, side, quantity, price)
+        self.live[client_id] = live
+
+        yield OrderSubmitted(
+            source=Source.LOCAL,
+            recv_time_us=self._tick(),
+            client_id=client_id,
+            symbol=symbol,
+            side=side,
+            order_type=order_type,
+            quantity=quantity,
+            price=price,
+            time_in_force=tif,
+            post_only=post_only,
+        )
+
+        # Fields every order update of this order repeats, in the docs' order.
+        price_field = "" if price is None else f',"p":"{_text(price)}"'
+        head = (
+            f'"s":"{symbol}","c":{client_id},"S":"{side.value}","o":"{wire_type}",'
+            f'"f":"{tif.value}","q":"{_text(quantity)}"{price_field}'
+        )
+        tail = f'"V":"RejectTaker","O":"USER","y":{"true" if post_only else "false"},"r":false'
+
+        def update(kind: str, venue_time: int, body: str) -> str:
+            return (
+                '{"stream":"account.orderUpdate","data":{'
+                f'"e":"{kind}","E":{venue_time},{head},{body},"i":"{venue_id}",'
+                f'"T":{venue_time - 1},{tail}}}}}'
+            )
+
+        now = self._tick()
+        venue_time = self._venue_time()
+        live.is_open = True
+        yield OrderAccepted(
+            source=Source.WS,
+            recv_time_us=now,
+            venue_time_us=venue_time,
+            raw=update("orderAccepted", venue_time, '"X":"New","t":null,"z":"0","Z":"0"'),
+            symbol=symbol,
+            venue_id=venue_id,
+            client_id=client_id,
+            side=side,
+            order_type=OrderType.MARKET if is_market else OrderType.LIMIT,
+            quantity=quantity,
+            price=price,
+            time_in_force=tif,
+            post_only=post_only,
+        )
+
+        # How much fills, in how many pieces; whatever does not fill is cancelled.
+        to_fill = steps if is_market or rng.random() < 0.55 else rng.randrange(0, steps)
+        pieces = min(rng.randrange(1, 5), to_fill)
+        cuts = sorted(rng.sample(range(1, to_fill), pieces - 1)) if pieces > 1 else []
+        sizes = [b - a for a, b in zip([0, *cuts], [*cuts, to_fill], strict=True)] if pieces else []
+        cancel = to_fill < steps
+        # Now and then the cancel request races the last fill.
+        cancel_at = len(sizes) - 1 if cancel and sizes and rng.random() < 0.2 else len(sizes)
+
+        filled_steps = 0
+        cum_quote = ZERO
+        for number, size in enumerate(sizes):
+            if number == cancel_at:
+                yield self._cancel_request(symbol, client_id, venue_id)
+            filled_steps += size
+            fill_quantity = market.quantity(size)
+            if price is None:
+                fill_price = market.price(max(mid + rng.randrange(-5, 6), 1))
+                maker = False
+            else:
+                fill_price = price
+                maker = post_only or rng.random() < 0.8
+            notional = _mul(fill_quantity, fill_price)
+            live.filled = _add(live.filled, fill_quantity)
+            cum_quote = _add(cum_quote, notional)
+            rate = _MAKER_FEE if maker else _TAKER_FEE
+            if not market.is_spot:
+                fee_asset, fee = _PERP_FEE_ASSET, _mul(notional, rate)
+                delta = fill_quantity if side is Side.BID else fill_quantity.copy_negate()
+                self.net[symbol] = _add(self.net[symbol], delta)
+            elif side is Side.BID:
+                fee_asset, fee = market.base, _mul(fill_quantity, rate)
+                self._move(market.base, fill_quantity)
+                self._move(market.quote, notional.copy_negate())
+            else:
+                fee_asset, fee = market.quote, _mul(notional, rate)
+                self._move(market.base, fill_quantity.copy_negate())
+                self._move(market.quote, notional)
+            if market.is_spot:
+                self._move(fee_asset, fee.copy_negate())
+            complete = filled_steps == steps
+            status = VenueStatus.FILLED if complete else VenueStatus.PARTIALLY_FILLED
+            if complete:
+                live.is_open = False
+                del self.live[client_id]
+            self.trade_id += rng.randrange(1, 50)
+            now = self._tick()
+            venue_time = self._venue_time()
+            body = (
+                f'"X":"{status.value}","t":{self.trade_id},"l":"{_text(fill_quantity)}",'
+                f'"L":"{_text(fill_price)}","m":{"true" if maker else "false"},'
+                f'"n":"{_text(fee)}","N":"{fee_asset}","z":"{_text(live.filled)}",'
+                f'"Z":"{_text(cum_quote)}"'
+            )
+            yield OrderFilled(
+                source=Source.WS,
+                recv_time_us=now,
+                venue_time_us=venue_time,
+                raw=update("orderFill", venue_time, body),
+                symbol=symbol,
+                venue_id=venue_id,
+                trade_id=self.trade_id,
+                side=side,
+                quantity=fill_quantity,
+                price=fill_price,
+                fee=fee,
+                fee_asset=fee_asset,
+                maker=maker,
+                client_id=client_id,
+                cum_quantity=live.filled,
+                cum_quote=cum_quote,
+                status=status,
+                order_type=OrderType.MARKET if is_market else OrderType.LIMIT,
+                order_quantity=quantity,
+                order_price=price,
+            )
+        if not cancel:
+            return
+        if cancel_at == len(sizes):
+            yield self._cancel_request(symbol, client_id, venue_id)
+        live.is_open = False
+        del self.live[client_id]
+        now = self._tick()
+        venue_time = self._venue_time()
+        body = f'"X":"Cancelled","t":null,"z":"{_text(live.filled)}","Z":"{_text(cum_quote)}"'
+        yield OrderCancelled(
+            source=Source.WS,
+            recv_time_us=now,
+            venue_time_us=venue_time,
+            raw=update("orderCancelled", venue_time, body),
+            symbol=symbol,
+            venue_id=venue_id,
+            client_id=client_id,
+            side=side,
+            order_type=OrderType.MARKET if is_market else OrderType.LIMIT,
+            quantity=quantity,
+            price=price,
+            cum_quantity=live.filled,
+        )
+
+    def _cancel_request(self, symbol: str, client_id: int, venue_id: str) -> CancelRequested:
+        return CancelRequested(
+            source=Source.LOCAL,
+            recv_time_us=self._tick(),
+            symbol=symbol,
+            client_id=client_id,
+            venue_id=venue_id,
+        )
+
+    def _move(self, asset: str, amount: Decimal) -> None:
+        self.totals[asset] = _add(self.totals[asset], amount)
+
+
+def session_events(count: int, seed: int = DEFAULT_SEED) -> Iterator[Event]:
+    """The first `count` events of the synthetic session for `seed` (the same every time)."""
+    return itertools.islice(_Session(seed).events(), count)
+
+
+# --- measurements ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Append:
+    label: str
+    events: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+
+def _append(path: Path, events: Iterable[Event], fsync: Fsync, label: str) -> tuple[_Append, float]:
+    """Append `events` to a new log at `path`; (append timing, total seconds incl. making them).
+
+    Events are made in chunks outside the timed part, so the rate is the log's alone.
+    """
+    if path.exists():
+        path.unlink()
+    started = time.perf_counter()
+    spent = 0.0
+    count = 0
+    log = EventLog.open(path, fsync=fsync)
+    try:
+        iterator = iter(events)
+        while chunk := list(itertools.islice(iterator, _CHUNK)):
+            append = log.append
+            begin = time.perf_counter()
+            for event in chunk:
+                append(event)
+            spent += time.perf_counter() - begin
+            count += len(chunk)
+    finally:
+        begin = time.perf_counter()
+        log.close()
+        spent += time.perf_counter() - begin
+    return _Append(label, count, spent), time.perf_counter() - started
+
+
+def _best(runs: int, work: Callable[[], object]) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        begin = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - begin)
+    return best
+
+
+def _json_lines(path: Path) -> int:
+    """Parse every line with the standard json module, reading as `LogReader` does."""
+    loads = json.loads
+    count = 0
+    with path.open("rb") as handle:
+        for line in handle:
+            loads(line)
+            count += 1
+    return count
+
+
+# Runs `python ARGS` (stdout discarded) and prints its peak RSS in KiB. On Linux a child's
+# ru_maxrss includes the RSS of the process it was forked from (the high-water mark survives
+# exec), so measuring from this process, grown by generating and replaying, would report our
+# own size. This small fresh interpreter is the parent instead.
+_RSS_HELPER: Final = """
+import resource, subprocess, sys
+done = subprocess.run([sys.executable, *sys.argv[1:]], stdout=subprocess.DEVNULL)
+if done.returncode:
+    sys.exit(done.returncode)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def _child_peak_rss_mb(args: Sequence[str]) -> float:
+    """Peak RSS in MB of `python ARGS` run in a fresh process (via `_RSS_HELPER`)."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, "-c", _RSS_HELPER, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"python {' '.join(args)} exited with {done.returncode}: {done.stderr.strip()}"
+        )
+    return int(done.stdout) / 1024
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def _write_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        out.write("  " + "  ".join(cells).rstrip() + "\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m oms.bench",
+        description="Benchmark the event log and replay on a synthetic Backpack session.",
+        epilog="Exit status: 0 (whatever the figures), 2 usage.",
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=DEFAULT_EVENTS,
+        metavar="N",
+        help=f"events in the session (default {DEFAULT_EVENTS:,})",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="PATH",
+        help="write the session here and keep it (overwritten if it exists)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"session seed (default {DEFAULT_SEED})"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    count: int = args.events
+    seed: int = args.seed
+    if count < MIN_EVENTS:
+        parser.error(f"--events must be at least {MIN_EVENTS}")
+    out = sys.stdout
+    with tempfile.TemporaryDirectory(prefix="oms-bench-") as scratch_name:
+        scratch = Path(scratch_name)
+        path: Path = args.keep if args.keep is not None else scratch / "session.jsonl"
+        runs = 3 if count <= SMALL_RUN else 1
+        out.write(f"oms bench: {count:,} events, seed {seed}, best of {runs} run(s)\n")
+        out.write(f"session file: {path}{'' if args.keep else ' (temporary)'}\n")
+        out.flush()
+
+        never, generated = _append(path, session_events(count, seed), Fsync.never(), "never()")
+        making = generated - never.seconds
+        out.write(
+            f"generated in {generated:.1f} s ({making:.1f} s making events, "
+            f"{never.seconds:.1f} s appending)\n"
+        )
+        if generated > GENERATION_NOTE_SECONDS:
+            out.write(f"note: generation took more than {GENERATION_NOTE_SECONDS:.0f} s\n")
+        out.flush()
+
+        size = path.stat().st_size
+        results: list[State] = []
+
+        def run_replay() -> None:
+            results.append(replay_file(str(path))[0])
+
+        replay_seconds = _best(runs, run_replay)
+        state = results[-1]
+        lines = [0]
+
+        def run_json() -> None:
+            lines[0] = _json_lines(path)
+
+        json_seconds = _best(runs, run_json)
+        replay_rate = count / replay_seconds
+        json_rate = lines[0] / json_seconds
+        ratio = replay_rate / json_rate
+
+        rss_mb = _child_peak_rss_mb(["-m", "oms.replay", str(path), "--json"])
+        base_mb = _child_peak_rss_mb(["-c", "import oms.replay"])
+
+        every, _ = _append(
+            scratch / "every.jsonl",
+            session_events(min(count, EVERY_EVENT_COUNT), seed),
+            Fsync.every_event(),
+            "every_event()",
+        )
+        group, _ = _append(
+            scratch / "group.jsonl",
+            session_events(min(count, GROUP_COUNT), seed),
+            Fsync.group(),
+            "group()",
+        )
+
+        rows = [
+            ["figure", "value", "target", ""],
+            [
+                "replay (read+decode+reduce)",
+                f"{replay_rate:,.0f} events/s",
+                f">= {TARGET_REPLAY_RATE:,.0f}",
+                _verdict(replay_rate >= TARGET_REPLAY_RATE),
+            ],
+            ["json.loads per line", f"{json_rate:,.0f} lines/s", "", ""],
+            [
+                "ratio replay / json",
+                f"{ratio:.2f}",
+                f">= {TARGET_RATIO}",
+                _verdict(ratio >= TARGET_RATIO),
+            ],
+            [
+                "replay peak RSS",
+                f"{rss_mb:.1f} MB",
+                f"< {TARGET_RSS_MB:.0f} MB",
+                _verdict(rss_mb < TARGET_RSS_MB),
+            ],
+            ["  python + oms imports alone", f"{base_mb:.1f} MB", "", ""],
+        ]
+        for item in (every, group, never):
+            rows.append(
+                [
+                    f"append, Fsync.{item.label}",
+                    f"{item.rate:,.0f} events/s",
+                    f"({item.events:,} events)",
+                    "",
+                ]
+            )
+        rows.append(["file size", f"{size / 1e6:,.1f} MB", "", ""])
+        rows.append(["bytes per event", f"{size / count:,.0f}", "", ""])
+        out.write("\n")
+        _write_table(rows, out)
+        out.write(
+            f"\nreplay: {replay_seconds:.2f} s for {count:,} events; json: "
+            f"{json_seconds:.2f} s for {lines[0]:,} lines\n"
+            f"replayed state: last seq {state.last_seq:,}, {len(state.orders):,} orders kept "
+            f"({len(state.open_orders()):,} open), anomalies {state.anomaly_total}\n"
+        )
+        out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
