@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any, assert_never
 
-import attrs
+from msgspec.structs import replace
 
 from oms.events import (
     BalanceObserved,
@@ -234,10 +234,10 @@ class Fold:
         order = self.orders[key]
         # Index ids the order did not have yet (the venue id arrives with the first report).
         if venue_id is not None and order.venue_id is None:
-            order = attrs.evolve(order, venue_id=venue_id)
+            order = replace(order, venue_id=venue_id)
             self.by_venue = self.by_venue.set(venue_id, key)
         if client_id is not None and order.client_id is None:
-            order = attrs.evolve(order, client_id=client_id)
+            order = replace(order, client_id=client_id)
             self.by_client = self.by_client.set(client_id, key)
         if order is not self.orders[key]:
             # Store the ids now: `_advance` may return early (an absorbed report, a duplicate
@@ -324,17 +324,17 @@ class Fold:
                 kind = Kind.SUBMITTED
             case SubmitRejected():
                 kind = Kind.SUBMIT_REJECTED
-                order = attrs.evolve(order, reject_code=event.code, reject_message=event.message)
+                order = replace(order, reject_code=event.code, reject_message=event.message)
             case SubmitUnknown():
                 kind = Kind.SUBMIT_UNKNOWN
             case CancelRequested():
                 kind = Kind.CANCEL_REQUESTED
                 if not order.cancel_requested:
-                    order = attrs.evolve(order, cancel_requested=True)
+                    order = replace(order, cancel_requested=True)
             case CancelRejected():
                 kind = Kind.CANCEL_REJECTED
                 if order.cancel_requested:
-                    order = attrs.evolve(order, cancel_requested=False)
+                    order = replace(order, cancel_requested=False)
             case OrderAccepted():
                 kind = Kind.ACCEPTED
                 order = _fill_in(
@@ -363,13 +363,13 @@ class Fold:
             case OrderExpired():
                 kind = Kind.EXPIRED
                 if event.reason is not None:
-                    order = attrs.evolve(order, expiry_reason=event.reason)
+                    order = replace(order, expiry_reason=event.reason)
                 order = self._cumulative(order, event.cum_quantity)
             case OrderModified():
                 kind = Kind.MODIFIED
                 if order.quantity is None or event.quantity < order.quantity:
                     # Only ever a decrease; the smallest quantity reported wins in any order.
-                    order = attrs.evolve(order, quantity=event.quantity)
+                    order = replace(order, quantity=event.quantity)
                     if event.quantity < order.filled_quantity:
                         self._anomaly(
                             AnomalyKind.OVERFILL,
@@ -396,7 +396,7 @@ class Fold:
                     price=event.price,
                 )
                 if event.expiry_reason is not None and order.expiry_reason is None:
-                    order = attrs.evolve(order, expiry_reason=event.expiry_reason)
+                    order = replace(order, expiry_reason=event.expiry_reason)
                 order = self._cumulative(order, event.executed_quantity)
             case _:
                 assert_never(event)
@@ -415,13 +415,13 @@ class Fold:
                 order.key,
             )
         if status is not order.status:
-            order = attrs.evolve(order, status=status)
+            order = replace(order, status=status)
         if event.venue_time_us is not None and (
             order.venue_time_us is None or event.venue_time_us > order.venue_time_us
         ):
             # The latest venue time of any report on the order, absorbed ones included, not
             # the time of the last to arrive: arrival order must not change the order.
-            order = attrs.evolve(order, venue_time_us=event.venue_time_us)
+            order = replace(order, venue_time_us=event.venue_time_us)
         if order == before:
             # Equality, not identity: a repeated report rebuilds fields with the same values
             # (an expiry reason, a reject code); it must not count as a change, or applying
@@ -430,12 +430,12 @@ class Fold:
         order = self._relock(order)
         finishing = order.status.is_terminal and not before.status.is_terminal
         if finishing:
-            order = attrs.evolve(order, updated_seq=self.seq, finished_at=self.finished_tail)
+            order = replace(order, updated_seq=self.seq, finished_at=self.finished_tail)
         elif before.status.is_terminal and not order.status.is_terminal:
             # Reopened by the venue (a rejected order it accepts): no longer in the queue.
-            order = attrs.evolve(order, updated_seq=self.seq, finished_at=None)
+            order = replace(order, updated_seq=self.seq, finished_at=None)
         else:
-            order = attrs.evolve(order, updated_seq=self.seq)
+            order = replace(order, updated_seq=self.seq)
         self.orders = self.orders.set(order.key, order)
         if finishing:
             self._finished(order.key)
@@ -452,13 +452,13 @@ class Fold:
                 order.key,
             )
         if order.venue_executed is None or cumulative > order.venue_executed:
-            order = attrs.evolve(order, venue_executed=cumulative)
+            order = replace(order, venue_executed=cumulative)
         return order
 
     def _fill(self, order: Order, event: OrderFilled) -> Order:
         notional = _mul(event.quantity, event.price)
         filled = _add(order.filled_quantity, event.quantity)
-        order = attrs.evolve(
+        order = replace(
             order,
             trade_ids=order.trade_ids | {event.trade_id},
             filled_quantity=filled,
@@ -489,7 +489,7 @@ class Fold:
                     order.key,
                 )
             if order.venue_executed is None or event.cum_quantity > order.venue_executed:
-                order = attrs.evolve(order, venue_executed=event.cum_quantity)
+                order = replace(order, venue_executed=event.cum_quantity)
         if order.quantity is not None and order.quantity and filled > order.quantity:
             self._anomaly(
                 AnomalyKind.OVERFILL,
@@ -545,7 +545,7 @@ class Fold:
             self._move(order.lock_asset, order.locked, order.locked.copy_negate())
         if asset is not None and amount:
             self._move(asset, amount.copy_negate(), amount)
-        return attrs.evolve(order, locked=amount, lock_asset=asset if amount else None)
+        return replace(order, locked=amount, lock_asset=asset if amount else None)
 
     def _move(self, asset: str, d_available: Decimal, d_locked: Decimal) -> None:
         balance = self.balances.get(asset)
@@ -553,7 +553,7 @@ class Fold:
             balance = Balance(asset=asset)
         self.balances = self.balances.set(
             asset,
-            attrs.evolve(
+            replace(
                 balance,
                 available=_add(balance.available, d_available),
                 locked=_add(balance.locked, d_locked),
@@ -613,7 +613,7 @@ class Fold:
             fees = _fees_plus(fees, event.fee_asset, event.fee)
         self.positions = self.positions.set(
             event.symbol,
-            attrs.evolve(
+            replace(
                 position,
                 net_quantity=new_qty,
                 entry_price=entry,
@@ -634,7 +634,7 @@ class Fold:
             return
         self.positions = self.positions.set(
             event.symbol,
-            attrs.evolve(
+            replace(
                 position,
                 funding=_add(position.funding, event.amount),
                 funding_intervals=position.funding_intervals | {event.interval_end_us},
@@ -672,7 +672,7 @@ class Fold:
             )
         self.positions = self.positions.set(
             event.symbol,
-            attrs.evolve(
+            replace(
                 position,
                 net_quantity=event.net_quantity,
                 entry_price=entry,
@@ -739,7 +739,7 @@ def _fill_in(order: Order, **reported: Any) -> Order:
         for name, value in reported.items()
         if value is not None and getattr(order, name) is None
     }
-    return attrs.evolve(order, **changes) if changes else order
+    return replace(order, **changes) if changes else order
 
 
 def _fill_status(order: Order, reported: VenueStatus | None) -> OrderStatus:

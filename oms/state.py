@@ -1,7 +1,10 @@
 """The state the reducer derives: orders, balances, one-way positions, markets, anomalies.
 
 Everything here is immutable. Collections are persistent maps (`immutables.Map`, a HAMT),
-so `apply` returns a new state in O(log n) without copying the old one.
+so `apply` returns a new state in O(log n) without copying the old one. The records inside
+(orders, balances, positions, ...) are frozen `msgspec.Struct`s: the reducer makes a changed
+copy of one for nearly every event, and `msgspec.structs.replace` does that about fifteen
+times faster than `attrs.evolve`. `State` itself stays an attrs class.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from enum import StrEnum
 from typing import Final
 
 import attrs
+import msgspec
 from immutables import Map
 
 from oms.values import CTX, ZERO, MarketType, OrderStatus, OrderType, Side, TimeInForce
@@ -50,8 +54,7 @@ class AnomalyKind(StrEnum):
     ID_CONFLICT = "id_conflict"  # a report whose client id and venue id name different orders
 
 
-@attrs.frozen(kw_only=True)
-class Anomaly:
+class Anomaly(msgspec.Struct, frozen=True, kw_only=True):
     """Input that contradicts state. `seq` is the event that caused it."""
 
     seq: int
@@ -60,8 +63,7 @@ class Anomaly:
     order_key: str | None = None
 
 
-@attrs.frozen(kw_only=True)
-class Market:
+class Market(msgspec.Struct, frozen=True, kw_only=True):
     symbol: str
     base_asset: str
     quote_asset: str
@@ -71,8 +73,7 @@ class Market:
     min_quantity: Decimal
 
 
-@attrs.frozen(kw_only=True)
-class Order:
+class Order(msgspec.Struct, frozen=True, kw_only=True):
     """One order as the events describe it.
 
     `key` is stable for the order's life: `c<client id>` for our orders, `v<venue id>` for
@@ -126,15 +127,13 @@ class Order:
         return CTX.divide(self.filled_quote, self.filled_quantity)
 
 
-@attrs.frozen(kw_only=True)
-class ObservedBalance:
+class ObservedBalance(msgspec.Struct, frozen=True, kw_only=True):
     available: Decimal
     locked: Decimal
     staked: Decimal
 
 
-@attrs.frozen(kw_only=True)
-class Balance:
+class Balance(msgspec.Struct, frozen=True, kw_only=True):
     """Derived balance of one asset: total = available + locked, always.
 
     The derived figures start from the last venue snapshot (`observed`) and move with the
@@ -153,8 +152,7 @@ class Balance:
         return CTX.add(self.available, self.locked)
 
 
-@attrs.frozen(kw_only=True)
-class ObservedPosition:
+class ObservedPosition(msgspec.Struct, frozen=True, kw_only=True):
     net_quantity: Decimal
     entry_price: Decimal | None
     break_even_price: Decimal | None
@@ -163,8 +161,7 @@ class ObservedPosition:
     unrealized_pnl: Decimal | None
 
 
-@attrs.frozen(kw_only=True)
-class Position:
+class Position(msgspec.Struct, frozen=True, kw_only=True):
     """A one-way (netted) perp position.
 
     `net_quantity` is signed (long > 0). `entry_price` is the average entry of the open side

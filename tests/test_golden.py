@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import attrs
+import msgspec
 import pytest
 
 from adapters.backpack import codec
@@ -501,7 +501,7 @@ def test_perp_position_lifecycle_by_hand() -> None:
 
 def _order_facts(order: Order) -> dict[str, Any]:
     """What must converge: everything but the seq of the last change."""
-    facts = attrs.asdict(order, recurse=False)
+    facts = msgspec.structs.asdict(order)
     del facts["updated_seq"]
     return facts
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 import attrs
+import msgspec
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -169,7 +170,7 @@ _SEQ_FIELDS = ("created_seq", "updated_seq")
 
 def _essence(order: Order | None) -> dict[str, Any]:
     assert order is not None
-    return {k: v for k, v in attrs.asdict(order, recurse=False).items() if k not in _SEQ_FIELDS}
+    return {k: v for k, v in msgspec.structs.asdict(order).items() if k not in _SEQ_FIELDS}
 
 
 @MANY

@@ -11,6 +11,7 @@ import typing
 from pathlib import Path
 
 import attrs
+import msgspec
 
 import oms.events
 import oms.state
@@ -62,7 +63,9 @@ def test_no_event_or_state_field_is_a_float() -> None:
         cls
         for module in (oms.events, oms.state)
         for cls in vars(module).values()
-        if isinstance(cls, type) and attrs.has(cls) and cls.__module__ == module.__name__
+        if isinstance(cls, type)
+        and (attrs.has(cls) or issubclass(cls, msgspec.Struct))
+        and cls.__module__ == module.__name__
     ]
     assert len(classes) > 20  # every event and state class, not an empty scan
     for cls in classes:
