@@ -88,6 +88,9 @@ def replay(events: Iterable[Event], state: State | None = None) -> State:
 def _fees_plus(
     fees: tuple[tuple[str, Decimal], ...], asset: str, amount: Decimal
 ) -> tuple[tuple[str, Decimal], ...]:
+    """Fees per asset, sorted by asset, with `amount` of `asset` added."""
+    if len(fees) == 1 and fees[0][0] == asset:  # the usual case: one fee asset per order
+        return ((asset, _add(fees[0][1], amount)),)
     out = dict(fees)
     out[asset] = _add(out.get(asset, ZERO), amount)
     return tuple(sorted(out.items()))

@@ -17,6 +17,7 @@ from enum import StrEnum
 
 __all__ = [
     "CTX",
+    "MAX_MAGNITUDE_EXPONENT",
     "ZERO",
     "MarketType",
     "OrderStatus",
