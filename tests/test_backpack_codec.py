@@ -22,6 +22,7 @@ from oms.events import (
     OrderModified,
     OrderObserved,
     PositionObserved,
+    SubmitRejected,
     TriggerFailed,
     TriggerPlaced,
 )
@@ -360,3 +361,16 @@ def test_rest_garbage_becomes_not_understood() -> None:
 )
 def test_timestamps_in_every_unit(value: object, expected: int) -> None:
     assert codec.timestamp_us(value) == expected
+
+
+def test_batch_results_pair_items_with_the_orders_sent() -> None:
+    ok = dict(CCXT["rest"]["order response: market order Filled (parseOrder comment)"])
+    ok["operation"] = "Ok"
+    err = {"operation": "Err", "code": "INVALID_ORDER", "message": "Invalid order"}
+    events = codec.batch_results([ok, err], [11, 12], ["ETH_USDC", "SOL_USDC"], Source.REST, RECV)
+    assert isinstance(events[0], OrderObserved) and events[0].status is VenueStatus.FILLED
+    rejected = events[1]
+    assert isinstance(rejected, SubmitRejected)
+    assert (rejected.client_id, rejected.symbol, rejected.code) == (12, "SOL_USDC", "INVALID_ORDER")
+    short = codec.batch_results([ok], [11, 12], ["ETH_USDC", "SOL_USDC"], Source.REST, RECV)
+    assert len(short) == 1 and isinstance(short[0], MessageNotUnderstood)

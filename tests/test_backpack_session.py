@@ -18,8 +18,9 @@ import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
 from adapters.backpack.endpoints import InvalidOrder
-from adapters.backpack.session import BackpackSession, open_backpack_session
-from adapters.backpack.signing import Credentials
+from adapters.backpack.rest import BackpackRest
+from adapters.backpack.session import BackpackSession, load_credentials, open_backpack_session
+from adapters.backpack.signing import Credentials, CredentialsError
 from oms.engine import Engine
 from oms.log import Fsync, LogReader
 from oms.reducer import replay
@@ -41,6 +42,8 @@ class ScriptedVenue:
         self.subscriptions = 0
         self.connections: list[trio.MemorySendChannel[str]] = []
         self.execute_status = 200
+        self.positions: list[dict[str, Any]] = []
+        self.streams = ["account.orderUpdate"]
 
     # --- REST --------------------------------------------------------------------------
 
@@ -51,11 +54,15 @@ class ScriptedVenue:
             return httpx.Response(200, json=T0_MS)
         if path == "/api/v1/markets":
             return httpx.Response(200, json=[{
-                "symbol": "SOL_USDC", "baseSymbol": "SOL", "quoteSymbol": "USDC",
-                "marketType": "SPOT", "filters": {
+                "symbol": symbol, "baseSymbol": "SOL", "quoteSymbol": "USDC",
+                "marketType": kind, "filters": {
                     "price": {"tickSize": "0.01", "minPrice": "0.01"},
                     "quantity": {"stepSize": "0.01", "minQuantity": "0.01"}},
-            }])  # fmt: skip
+            } for symbol, kind in (("SOL_USDC", "SPOT"), ("SOL_USDC_PERP", "PERP"))])  # fmt: skip
+        if path == "/wapi/v1/history/funding":
+            return httpx.Response(200, json=[])
+        if path == "/api/v1/position":
+            return httpx.Response(200, json=self.positions)
         assert request.headers.get("X-API-Key"), "signed endpoints must be signed"
         if path == "/api/v1/capital":
             return httpx.Response(200, json=self.capital)
@@ -119,7 +126,7 @@ class ScriptedVenue:
         ws = await request.accept()
         subscribe = json.loads(await ws.get_message())
         assert subscribe["method"] == "SUBSCRIBE"
-        assert subscribe["params"] == ["account.orderUpdate"]
+        assert subscribe["params"] == self.streams
         self.subscriptions += 1
         send, receive = trio.open_memory_channel[str](100)
         self.connections.append(send)
@@ -247,3 +254,111 @@ async def test_submit_outcomes_are_recorded_not_guessed(tmp_path: Path) -> None:
             resolved = engine.state.order(client_id=order.client_id)
             assert resolved is not None and resolved.status is OrderStatus.REJECTED
         nursery.cancel_scope.cancel()
+
+
+async def test_balances_are_polled_on_the_interval(autojump_clock: trio.abc.Clock) -> None:
+    venue = ScriptedVenue()
+    engine = Engine()
+    async with BackpackRest(
+        "http://venue.test", Credentials(SECRET), transport=httpx.MockTransport(venue.handle)
+    ) as rest:
+        session = BackpackSession(engine, rest, perpetual=False)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.poll, 15.0)
+            await trio.sleep(15.5)
+            assert venue.requests.count("GET /api/v1/capital") == 1
+            assert engine.state.balances["USDC"].available == Decimal("1000")
+            venue.capital["USDC"]["available"] = "990"  # moved by something we did not see
+            await trio.sleep(30)
+            assert venue.requests.count("GET /api/v1/capital") == 3
+            usdc = engine.state.balances["USDC"]
+            assert (usdc.available, usdc.drift_available) == (Decimal("990"), Decimal("-10"))
+            # An unchanged snapshot adds no event.
+            seq = engine.state.last_seq
+            await trio.sleep(15)
+            assert engine.state.last_seq == seq
+            nursery.cancel_scope.cancel()
+
+
+def test_keys_come_from_the_environment_or_a_key_file(tmp_path: Path) -> None:
+    public = Credentials(SECRET).api_key
+    from_env = load_credentials(environ={"BACKPACK_API_SECRET": SECRET, "BACKPACK_API_KEY": public})
+    assert from_env.api_key == public
+    key_file = tmp_path / "keys.json"
+    key_file.write_text(json.dumps({"api_key": public, "api_secret": SECRET}), encoding="utf-8")
+    assert load_credentials(key_file).api_key == public
+    with pytest.raises(CredentialsError, match="BACKPACK_API_SECRET is not set"):
+        load_credentials(environ={})
+    key_file.write_text('{"api_secret": 5}', encoding="utf-8")
+    with pytest.raises(CredentialsError) as info:
+        load_credentials(key_file)
+    assert SECRET not in str(info.value)
+    with pytest.raises(CredentialsError, match="does not belong"):
+        load_credentials(environ={"BACKPACK_API_SECRET": SECRET, "BACKPACK_API_KEY": "x" * 44})
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_the_perpetual_connector_follows_positions() -> None:
+    venue = ScriptedVenue()
+    venue.streams = ["account.orderUpdate", "account.positionUpdate"]
+    venue.positions = [
+        {"symbol": "SOL_USDC_PERP", "netQuantity": "-0.01", "entryPrice": "126.97",
+         "breakEvenPrice": "126.9307", "markPrice": "120.96", "pnlRealized": "0.0592",
+         "pnlUnrealized": "0.0009", "positionId": "28563667732"}
+    ]  # fmt: skip
+    engine = Engine()
+    async with trio.open_nursery() as nursery:
+        ws_url, _server = await _session(venue, engine, nursery)
+        async with open_backpack_session(
+            engine,
+            Credentials(SECRET),
+            venue="backpack_perpetual",
+            rest_url="http://venue.test",
+            ws_url=ws_url,
+            transport=httpx.MockTransport(venue.handle),
+            poll_interval=3600,
+        ) as session:
+            await session.reconcile()
+            assert sorted(engine.state.markets.keys()) == ["SOL_USDC_PERP"]  # perps only
+            position = engine.state.positions["SOL_USDC_PERP"]
+            assert position.net_quantity == Decimal("-0.01")
+            assert position.entry_price == Decimal("126.97")
+            # The on-subscribe snapshot (no "e") and later updates arrive on the stream.
+            await venue.connections[0].send(json.dumps({
+                "stream": "account.positionUpdate",
+                "data": {"B": "126.97", "E": 1769366599828079, "M": "121.5", "P": "-0.0045",
+                         "Q": "0.01", "T": 1769366599828078, "b": "126.9307", "f": "0.02",
+                         "i": 28563667732, "l": "0", "m": "0.0135", "n": "1.215", "p": "0.0592",
+                         "q": "-0.01", "s": "SOL_USDC_PERP"}}))  # fmt: skip
+            await wait_for(
+                lambda: (
+                    (o := engine.state.positions["SOL_USDC_PERP"].observed) is not None
+                    and o.mark_price == Decimal("121.5")
+                ),
+                "position update",
+            )
+            assert engine.state.anomaly_total == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_reconciliation_is_retried_not_fatal(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    venue = ScriptedVenue()
+    engine = Engine()
+    failures = {"left": 2}
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/v1/orders" and failures["left"]:
+            failures["left"] -= 1
+            return httpx.Response(400, json={"code": "INVALID_CLIENT_REQUEST", "message": "no"})
+        return venue.handle(request)
+
+    async with BackpackRest(
+        "http://venue.test", Credentials(SECRET), transport=httpx.MockTransport(flaky)
+    ) as rest:
+        session = BackpackSession(engine, rest, perpetual=False)
+        with trio.fail_after(60):
+            await session.on_connect()
+        assert session.errors == 2
+        assert session.reconciled.is_set()

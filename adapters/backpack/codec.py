@@ -34,6 +34,7 @@ from oms.events import (
     OrderModified,
     OrderObserved,
     PositionObserved,
+    SubmitRejected,
     TriggerFailed,
     TriggerPlaced,
 )
@@ -50,6 +51,7 @@ from oms.values import (
 __all__ = [
     "BadMessage",
     "balances",
+    "batch_results",
     "compact",
     "fill_history_item",
     "funding_item",
@@ -495,6 +497,43 @@ def order_object(item: JSON, source: Source, recv_time_us: int) -> Event:
         )
 
     return _rest_guard(item, source, recv_time_us, build)
+
+
+def batch_results(
+    body: JSON, client_ids: list[int], symbols: list[str], source: Source, recv_time_us: int
+) -> list[Event]:
+    """The answer to `POST /api/v1/orders`, item by item, for the orders sent in that order.
+
+    An item with `"operation": "Ok"` (or none) is an order object (`OrderObserved`); an item
+    with `"operation": "Err"` refuses the order at the same position (`SubmitRejected` with its
+    code and message). A body that is not a list of the right length is not understood.
+    """
+    if not isinstance(body, list) or len(body) != len(client_ids):
+        return [
+            MessageNotUnderstood(
+                source=source,
+                recv_time_us=recv_time_us,
+                raw=compact(body),
+                reason=f"batch answer is not a list of {len(client_ids)} items",
+            )
+        ]
+    events: list[Event] = []
+    for item, client_id, symbol in zip(body, client_ids, symbols, strict=True):
+        if isinstance(item, dict) and item.get("operation") == "Err":
+            events.append(
+                SubmitRejected(
+                    source=source,
+                    recv_time_us=recv_time_us,
+                    raw=compact(item),
+                    symbol=symbol,
+                    client_id=client_id,
+                    code=str(item.get("code") or "UNKNOWN"),
+                    message=str(item.get("message") or ""),
+                )
+            )
+        else:
+            events.append(order_object(item, source, recv_time_us))
+    return events
 
 
 def fill_history_item(item: JSON, source: Source, recv_time_us: int) -> Event:

@@ -21,6 +21,7 @@ logged and applied atomically, in one order, whichever task produced it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -34,7 +35,13 @@ import trio
 
 from adapters.backpack import codec, endpoints
 from adapters.backpack.reconcile import Reconciler, novel_events
-from adapters.backpack.rest import BackpackRest, OutcomeUnknown, VenueError, VenueUnavailable
+from adapters.backpack.rest import (
+    BackpackRest,
+    OutcomeUnknown,
+    RestError,
+    VenueError,
+    VenueUnavailable,
+)
 from adapters.backpack.signing import Credentials, CredentialsError
 from adapters.backpack.ws import BackpackStream
 from oms.engine import Engine
@@ -63,6 +70,7 @@ DEFAULT_WS_URL: Final = "wss://ws.backpack.exchange"
 UINT32: Final = 2**32
 
 Venue = Literal["backpack", "backpack_perpetual"]
+_log = logging.getLogger(__name__)
 
 
 def load_credentials(
@@ -109,6 +117,7 @@ class BackpackSession:
         self.perpetual = perpetual
         self.now_us = now_us
         self.stream: BackpackStream | None = None
+        self.errors = 0  # REST failures of reconciliation and polling (retried)
         self.reconciled = trio.Event()
         self._reconcile_lock = trio.Lock()
         self.reconciler = Reconciler(
@@ -120,17 +129,29 @@ class BackpackSession:
             self.engine.record(event)
 
     async def on_connect(self) -> None:
-        """Called by the WebSocket task after every (re)connect: reconcile."""
-        await self.reconcile()
+        """Called by the WebSocket task after every (re)connect: reconcile, retrying with
+        backoff while REST fails (submits keep waiting meanwhile; callers own timeouts)."""
+        delay = 1.0
+        while True:
+            try:
+                await self.reconcile()
+                return
+            except RestError as exc:
+                self.errors += 1
+                _log.warning("reconciliation failed (%s); retrying in %.0f s", exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def reconcile(self) -> int:
-        """One reconciliation pass (serialised); opens the gate for submits when done."""
+        """One reconciliation pass (serialised); opens the gate for submits when it succeeds.
+
+        Raises the REST client's errors; the gate then stays closed."""
         async with self._reconcile_lock:
-            self.reconciled = trio.Event() if self.reconciled.is_set() else self.reconciled
-            try:
-                return await self.reconciler.run_pass()
-            finally:
-                self.reconciled.set()
+            if self.reconciled.is_set():
+                self.reconciled = trio.Event()
+            added = await self.reconciler.run_pass()
+            self.reconciled.set()
+            return added
 
     def next_client_id(self) -> int:
         """A uint32 never used in this account's log: above the last one used, and above the
@@ -273,9 +294,14 @@ class BackpackSession:
         """Balances (and positions for perps) every `interval` seconds: there is no stream."""
         while True:
             await trio.sleep(interval)
-            candidates: list[Event] = [await self.rest.capital(source=Source.REST)]
-            if self.perpetual:
-                candidates.extend(await self.rest.positions(source=Source.REST))
+            try:
+                candidates: list[Event] = [await self.rest.capital(source=Source.REST)]
+                if self.perpetual:
+                    candidates.extend(await self.rest.positions(source=Source.REST))
+            except RestError as exc:
+                self.errors += 1
+                _log.warning("balance poll failed (%s); next try in %.0f s", exc, interval)
+                continue
             await self._record_all(novel_events(self.engine.state, candidates))
 
 
