@@ -362,3 +362,36 @@ async def test_a_failing_reconciliation_is_retried_not_fatal(
             await session.on_connect()
         assert session.errors == 2
         assert session.reconciled.is_set()
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_named_symbols_across_spot_and_perp_follow_positions_too() -> None:
+    venue = ScriptedVenue()
+    venue.streams = ["account.orderUpdate", "account.positionUpdate"]
+    engine = Engine()
+    async with trio.open_nursery() as nursery:
+        ws_url, _server = await _session(venue, engine, nursery)
+        async with open_backpack_session(
+            engine,
+            Credentials(SECRET),
+            symbols=["SOL_USDC", "SOL_USDC_PERP"],
+            rest_url="http://venue.test",
+            ws_url=ws_url,
+            transport=httpx.MockTransport(venue.handle),
+            poll_interval=3600,
+        ) as session:
+            await session.reconcile()
+            assert sorted(engine.state.markets.keys()) == ["SOL_USDC", "SOL_USDC_PERP"]
+            assert session.perpetual
+            await wait_for(lambda: venue.subscriptions == 1, "subscribe")
+        nursery.cancel_scope.cancel()
+    with pytest.raises(InvalidOrder, match="no market BTC_USDC"):
+        async with open_backpack_session(
+            Engine(),
+            Credentials(SECRET),
+            symbols=["BTC_USDC"],
+            rest_url="http://venue.test",
+            ws_url="ws://127.0.0.1:9",
+            transport=httpx.MockTransport(venue.handle),
+        ):
+            pass

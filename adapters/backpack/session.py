@@ -319,23 +319,33 @@ async def open_backpack_session(
     window_ms: int = 5000,
     transport: httpx.AsyncBaseTransport | None = None,
     heartbeat_interval: float = 30.0,
+    symbols: Sequence[str] | None = None,
 ) -> AsyncIterator[BackpackSession]:
     """Connect, load markets, subscribe, reconcile; yield the session; shut down cleanly.
 
+    `venue` picks the markets (spot for `backpack`, perpetuals for `backpack_perpetual`)
+    unless `symbols` names them; positions are followed when any perpetual is traded.
     `transport` replaces httpx's network transport (tests); everything else is real.
     """
     perpetual = venue == "backpack_perpetual"
-    streams = ["account.orderUpdate", *(["account.positionUpdate"] if perpetual else [])]
     async with BackpackRest(
         rest_url, credentials, window_ms=window_ms, transport=transport
     ) as rest:
         await rest.sync_clock()
         markets = await rest.markets()
-        wanted = [
-            m
-            for m in markets
-            if isinstance(m, MarketInfo) and m.market_type.has_positions == perpetual
-        ]
+        if symbols is None:
+            wanted = [
+                m
+                for m in markets
+                if isinstance(m, MarketInfo) and m.market_type.has_positions == perpetual
+            ]
+        else:
+            wanted = [m for m in markets if isinstance(m, MarketInfo) and m.symbol in symbols]
+            missing = sorted(set(symbols) - {m.symbol for m in wanted})
+            if missing:
+                raise endpoints.InvalidOrder(f"the venue has no market {', '.join(missing)}")
+            perpetual = perpetual or any(m.market_type.has_positions for m in wanted)
+        streams = ["account.orderUpdate", *(["account.positionUpdate"] if perpetual else [])]
         for event in novel_events(engine.state, wanted):
             engine.record(event)
         session = BackpackSession(engine, rest, perpetual=perpetual)
