@@ -16,7 +16,8 @@ import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final
+from enum import StrEnum
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -65,6 +66,7 @@ __all__ = [
 ]
 
 JSON = Any
+_E = TypeVar("_E", bound=StrEnum)
 
 
 class BadMessage(ValueError):
@@ -220,12 +222,16 @@ def _time_opt(data: Mapping[str, JSON], *keys: str) -> int | None:
     return None
 
 
-def _side(data: Mapping[str, JSON], key: str) -> Side:
+def _enum(data: Mapping[str, JSON], key: str, kind: type[_E], what: str) -> _E:
     value = _get(data, key)
     try:
-        return Side(value)
+        return kind(value)
     except ValueError:
-        raise BadMessage(f"{key!r} is not a side: {value!r}") from None
+        raise BadMessage(f"{key!r} is not {what}: {value!r}") from None
+
+
+def _side(data: Mapping[str, JSON], key: str) -> Side:
+    return _enum(data, key, Side, "a side")
 
 
 def _side_opt(data: Mapping[str, JSON], key: str) -> Side | None:
@@ -255,11 +261,7 @@ def _tif(data: Mapping[str, JSON], key: str) -> TimeInForce | None:
 
 
 def _status(data: Mapping[str, JSON], key: str) -> VenueStatus:
-    value = _get(data, key)
-    try:
-        return VenueStatus(value)
-    except ValueError:
-        raise BadMessage(f"unknown order status {value!r}") from None
+    return _enum(data, key, VenueStatus, "a known order status")
 
 
 def _status_opt(data: Mapping[str, JSON], key: str) -> VenueStatus | None:

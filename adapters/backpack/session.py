@@ -97,6 +97,13 @@ def load_credentials(
     return Credentials(secret, env.get("BACKPACK_API_KEY") or None)
 
 
+def _refusal(exc: VenueError | VenueUnavailable) -> tuple[str, str]:
+    """(code, message) to record for a request the venue certainly did not carry out."""
+    if isinstance(exc, VenueError):
+        return exc.code, exc.message
+    return "UNAVAILABLE", str(exc)
+
+
 def _now_us() -> int:
     return time.time_ns() // 1000
 
@@ -209,27 +216,17 @@ class BackpackSession:
                     reason=str(exc),
                 )
             )
-        except VenueError as exc:
+        except (VenueError, VenueUnavailable) as exc:
+            # A refusal, or no connection ever made: either way the order was not placed.
+            code, message = _refusal(exc)
             self.engine.record(
                 SubmitRejected(
                     source=Source.REST,
                     recv_time_us=self.now_us(),
                     symbol=symbol,
                     client_id=command.client_id,
-                    code=exc.code,
-                    message=exc.message,
-                )
-            )
-        except VenueUnavailable as exc:
-            # No connection was ever made: the order certainly was not placed.
-            self.engine.record(
-                SubmitRejected(
-                    source=Source.REST,
-                    recv_time_us=self.now_us(),
-                    symbol=symbol,
-                    client_id=command.client_id,
-                    code="UNAVAILABLE",
-                    message=str(exc),
+                    code=code,
+                    message=message,
                 )
             )
         else:
@@ -256,8 +253,7 @@ class BackpackSession:
         try:
             body = await self.rest.call(spec)
         except (VenueError, VenueUnavailable) as exc:
-            code = exc.code if isinstance(exc, VenueError) else "UNAVAILABLE"
-            message = exc.message if isinstance(exc, VenueError) else str(exc)
+            code, message = _refusal(exc)
             self.engine.record(
                 CancelRejected(
                     source=Source.REST,
