@@ -112,6 +112,11 @@ def encode_line(seq: int, event: Event) -> bytes:
     a lone surrogate); `scrub` makes such an event writable.
     """
     name = type(event).__name__
+    for field in _DECIMALS[name]:
+        value = getattr(event, field)
+        if value is not None and not decimal_in_range(value):
+            # Written, it could never be read back: refuse it before anything is written.
+            raise LogFormatError(f"{name}: field {field} is not a decimal in range: {value}")
     try:
         body = _encoder.encode(
             {"seq": seq, "type": name, "v": SCHEMA_VERSION[name], "event": event}
@@ -130,7 +135,8 @@ def scrub(event: Event) -> Event:
     changes: dict[str, Any] = {
         a.name: _scrub_text(value)
         for a in attrs.fields(type(event))
-        if isinstance(value := getattr(event, a.name), str)
+        # Exactly str: enum members are str too and must stay enum members.
+        if type(value := getattr(event, a.name)) is str
     }
     return attrs.evolve(event, **changes)
 

@@ -139,7 +139,7 @@ MAX_MAGNITUDE_EXPONENT = 40
 
 
 def decimal_in_range(value: Decimal) -> bool:
-    """Finite, and zero or with a magnitude between 1e-40 and 1e40 (exclusive of extremes)."""
+    """Finite, and zero or with 1e-40 <= |value| < 1e41 (adjusted exponent within +-40)."""
     if not value.is_finite():
         return False
     return not value or -MAX_MAGNITUDE_EXPONENT <= value.adjusted() <= MAX_MAGNITUDE_EXPONENT

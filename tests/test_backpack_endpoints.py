@@ -96,6 +96,7 @@ def test_reduce_only_on_perps_and_tick_multiples_that_are_not_powers_of_ten() ->
         ),
         ({"order_type": OrderType.MARKET}, SOL, "no price"),
         ({"symbol": "ETH_USDC"}, SOL, "market SOL_USDC given"),
+        ({"quantity": Decimal("1E+50")}, SOL, "out of range"),
     ],
 )
 def test_what_the_market_cannot_represent_is_refused(

@@ -13,6 +13,7 @@ from oms.events import (
     Event,
     FundingPaid,
     MarketInfo,
+    MessageNotUnderstood,
     OrderAccepted,
     OrderFilled,
     OrderObserved,
@@ -20,6 +21,7 @@ from oms.events import (
     PositionObserved,
     SubmitUnknown,
 )
+from oms.state import AnomalyKind
 from oms.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
 
 R = Source.RECONCILE
@@ -220,3 +222,15 @@ def test_novel_events_drop_what_the_state_already_has() -> None:
     assert novel_events(engine.state, [first]) == []
     observed = PositionObserved(source=R, recv_time_us=T0, symbol="X_PERP", net_quantity=Decimal(0))
     assert novel_events(engine.state, [observed, observed]) == [observed]
+
+
+async def test_fill_history_items_it_cannot_read_are_recorded_once() -> None:
+    engine = engine_with_live_order()
+    venue = FakeVenue()
+    venue.fills = [
+        MessageNotUnderstood(source=R, recv_time_us=T0, raw='{"tradeId":null}', reason="no tradeId")
+    ]
+    rec = reconciler(engine, venue)
+    await rec.run_pass()
+    assert engine.state.anomaly_counts.get(AnomalyKind.NOT_UNDERSTOOD) == 1
+    assert await rec.run_pass() == 0

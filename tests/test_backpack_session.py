@@ -59,6 +59,14 @@ class ScriptedVenue:
                     "price": {"tickSize": "0.01", "minPrice": "0.01"},
                     "quantity": {"stepSize": "0.01", "minQuantity": "0.01"}},
             } for symbol, kind in (("SOL_USDC", "SPOT"), ("SOL_USDC_PERP", "PERP"))])  # fmt: skip
+        if path == "/api/v1/orders" and request.method == "DELETE":
+            symbol = json.loads(request.content)["symbol"]
+            cancelled = []
+            for order in self.orders.values():
+                if order["symbol"] == symbol and order["status"] in ("New", "PartiallyFilled"):
+                    order["status"] = "Cancelled"
+                    cancelled.append(order)
+            return httpx.Response(200, json=cancelled)
         if path == "/wapi/v1/history/funding":
             return httpx.Response(200, json=[])
         if path == "/api/v1/position":
@@ -395,3 +403,30 @@ async def test_named_symbols_across_spot_and_perp_follow_positions_too() -> None
             transport=httpx.MockTransport(venue.handle),
         ):
             pass
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+async def test_shutdown_cancels_open_orders_and_records_the_requests_first() -> None:
+    venue = ScriptedVenue()
+    engine = Engine()
+    async with trio.open_nursery() as nursery:
+        ws_url, _server = await _session(venue, engine, nursery)
+        async with open_backpack_session(
+            engine,
+            Credentials(SECRET),
+            rest_url="http://venue.test",
+            ws_url=ws_url,
+            transport=httpx.MockTransport(venue.handle),
+            poll_interval=3600,
+            cancel_on_shutdown=True,
+        ) as session:
+            order = await session.submit(
+                "SOL_USDC", Side.BID, OrderType.LIMIT, quantity=Decimal("1"), price=Decimal("90")
+            )
+            assert order.status is OrderStatus.NEW
+        nursery.cancel_scope.cancel()
+    final = engine.state.order(client_id=order.client_id)
+    assert final is not None
+    assert final.status is OrderStatus.CANCELLED
+    assert final.cancel_requested  # the request was recorded before it was sent
+    assert "DELETE /api/v1/orders" in venue.requests

@@ -156,3 +156,51 @@ async def test_run_syncs_a_quiet_stream_on_time(
         await send.aclose()
     engine.close()
     assert engine.state.last_seq == 1
+
+
+def test_a_lone_surrogate_is_repaired_and_replay_still_matches(tmp_path: Path) -> None:
+    # A venue's "\ud800" escape decodes to a string UTF-8 cannot hold. The engine repairs the
+    # text before logging and applying, and leaves enum fields (Side.BID is a str) alone.
+    from decimal import Decimal
+
+    from oms.events import MarketInfo, OrderFilled
+    from oms.values import MarketType, Side
+
+    path = tmp_path / "s.jsonl"
+    engine = Engine.open(path, fsync=Fsync.never())
+    engine.record(
+        MarketInfo(source=Source.REST, recv_time_us=1, symbol="ETH_USDC", base_asset="ETH",
+                   quote_asset="USDC", market_type=MarketType.SPOT, tick_size=Decimal("0.01"),
+                   step_size=Decimal("0.001"), min_quantity=Decimal("0.001"))
+    )  # fmt: skip
+    engine.record(
+        OrderFilled(source=Source.WS, recv_time_us=2, raw='{"note":"\ud800"}', symbol="ETH_USDC",
+                    venue_id="9", trade_id=1, side=Side.BID, quantity=Decimal("1"),
+                    price=Decimal("10"), fee=Decimal(0), fee_asset="ETH", maker=True,
+                    origin="USER\ud800")
+    )  # fmt: skip
+    engine.close()
+    assert engine.state.balances["ETH"].available == Decimal(1)  # a buy, not a sell
+    assert state_hash(replay(LogReader(path).events())) == state_hash(engine.state)
+
+
+def test_a_decimal_that_could_never_be_read_back_is_refused_before_writing(
+    tmp_path: Path,
+) -> None:
+    from decimal import Decimal
+
+    from oms.events import OrderSubmitted
+    from oms.serialization import LogFormatError
+    from oms.values import OrderType, Side
+
+    path = tmp_path / "s.jsonl"
+    engine = Engine.open(path, fsync=Fsync.never())
+    with pytest.raises(LogFormatError, match="not a decimal in range"):
+        engine.record(
+            OrderSubmitted(source=Source.LOCAL, recv_time_us=1, client_id=1, symbol="X_Y",
+                           side=Side.BID, order_type=OrderType.LIMIT, quantity=Decimal("1E+50"),
+                           price=Decimal("1"))
+        )  # fmt: skip
+    engine.close()
+    assert engine.state.last_seq == 0
+    assert list(LogReader(path)) == []  # nothing written; the log still opens

@@ -20,7 +20,7 @@ import attrs
 
 from oms.events import OrderSubmitted
 from oms.state import Market
-from oms.values import CTX, OrderType, Side
+from oms.values import CTX, OrderType, Side, decimal_in_range
 
 __all__ = [
     "InvalidOrder",
@@ -89,6 +89,13 @@ def _multiple(value: Decimal, unit: Decimal, what: str, symbol: str) -> str:
 
 def _order_body(command: OrderSubmitted, market: Market) -> dict[str, Param]:
     symbol = command.symbol
+    for what, value in (
+        ("quantity", command.quantity),
+        ("price", command.price),
+        ("quote quantity", command.quote_quantity),
+    ):
+        if value is not None and not decimal_in_range(value):
+            raise InvalidOrder(f"{what} {value} is out of range")
     if market.symbol != symbol:
         raise InvalidOrder(f"market {market.symbol} given for an order on {symbol}")
     if not 0 <= command.client_id <= UINT32_MAX:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 from oms.events import (
     Event,
+    MessageNotUnderstood,
     OrderFilled,
     OrderObserved,
     PositionObserved,
@@ -134,7 +135,10 @@ class Reconciler:
         times = [o.venue_time_us for o in state.orders.values() if o.venue_time_us is not None]
         since_us = (max(times) if times else self.started_us) - FILL_LOOKBACK_US
         fills = await self.rest.fill_history(from_ms=max(since_us, 0) // 1000, source=source)
-        added += await self._send(e for e in fills if isinstance(e, OrderFilled))
+        # Items the codec could not read are sent too: recorded once as not understood.
+        added += await self._send(
+            e for e in fills if isinstance(e, OrderFilled | MessageNotUnderstood)
+        )
         # 2. What rests on the book now.
         open_now = await self.rest.open_orders(source=source)
         added += await self._send(open_now)
@@ -160,6 +164,7 @@ class Reconciler:
                     if isinstance(e, OrderObserved) and e.client_id == order.client_id
                 ]
             found = [e for e in history if isinstance(e, OrderObserved)]
+            added += await self._send(e for e in history if isinstance(e, MessageNotUnderstood))
             if found:
                 added += await self._send(found)
             elif order.status is OrderStatus.IN_DOUBT and order.client_id is not None:

@@ -275,8 +275,27 @@ class BackpackSession:
         return self.engine.state.order(client_id=client_id, venue_id=venue_id)
 
     async def cancel_all(self, symbol: str) -> None:
-        """Cancel every open order on `symbol` (one request; the venue reports each cancel)."""
-        body = await self.rest.call(endpoints.cancel_all(symbol))
+        """Cancel every open order on `symbol` (one request; the venue reports each cancel).
+
+        A cancel request is recorded first for every order the engine has open there."""
+        for order in self.engine.state.open_orders():
+            if order.symbol == symbol:
+                self.engine.record(
+                    CancelRequested(
+                        source=Source.LOCAL,
+                        recv_time_us=self.now_us(),
+                        symbol=symbol,
+                        client_id=order.client_id,
+                        venue_id=None if order.client_id is not None else order.venue_id,
+                    )
+                )
+        try:
+            body = await self.rest.call(endpoints.cancel_all(symbol))
+        except RestError as exc:
+            # The stream or the next reconciliation says what happened to each order.
+            self.errors += 1
+            _log.warning("cancel all on %s failed: %s", symbol, exc)
+            return
         if isinstance(body, list):
             answers = [codec.order_object(item, Source.REST, self.now_us()) for item in body]
             await self._record_all(novel_events(self.engine.state, answers))
