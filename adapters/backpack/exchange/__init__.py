@@ -1,0 +1,50 @@
+"""A local Backpack-compatible exchange, for tests and as the offline default.
+
+It speaks Backpack's wire protocol (REST paths, instructions, ED25519 request signing,
+error bodies, order/fill/position objects, WebSocket frames) over real HTTP and WebSocket
+servers on 127.0.0.1, around a pure matching and accounting core with seeded synthetic
+markets. See `server.open_local_exchange` for the entry point and `faults.Faults` for the
+failure knobs. Run it alone with `python -m adapters.backpack.exchange`.
+"""
+
+from adapters.backpack.exchange.faults import Faults, HttpFault
+from adapters.backpack.exchange.model import (
+    DEFAULT_BALANCES,
+    DEFAULT_MARKETS,
+    Account,
+    ApiError,
+    Balance,
+    Fill,
+    FundingPayment,
+    ManualClock,
+    MarketSpec,
+    Order,
+    OrderRequest,
+    Outbound,
+    PayloadError,
+    Position,
+)
+from adapters.backpack.exchange.server import LocalExchange, open_local_exchange
+from adapters.backpack.exchange.venue import Venue
+
+__all__ = [
+    "DEFAULT_BALANCES",
+    "DEFAULT_MARKETS",
+    "Account",
+    "ApiError",
+    "Balance",
+    "Faults",
+    "Fill",
+    "FundingPayment",
+    "HttpFault",
+    "LocalExchange",
+    "ManualClock",
+    "MarketSpec",
+    "Order",
+    "OrderRequest",
+    "Outbound",
+    "PayloadError",
+    "Position",
+    "Venue",
+    "open_local_exchange",
+]

@@ -1,0 +1,126 @@
+"""Request and subscription authentication, checked as the venue checks it (fact sheet §1.3-§1.8).
+
+Pure apart from the ED25519 verification itself. The signed text is rebuilt with the very
+function our client signs with (`adapters.backpack.signing.signing_string`), from the
+parameters as they arrived: the query's decoded values, or the JSON body's values (booleans
+lowercase, numbers as written, nulls left out; a batch repeats the instruction per order).
+
+Every refusal is an `ApiError` with status 401 (the venue answers "Request has expired" with
+401 Unauthorized) and the venue's `{"code", "message"}` body.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Final
+
+import nacl.exceptions
+import nacl.signing
+
+from adapters.backpack.exchange.model import ApiError
+from adapters.backpack.signing import DEFAULT_WINDOW_MS, MAX_WINDOW_MS, ParamValue, signing_string
+
+__all__ = ["check_request", "check_subscription", "signature_valid"]
+
+JSON = Any
+_CLIENT: Final = "INVALID_CLIENT_REQUEST"
+
+
+def _refuse(message: str, code: str = _CLIENT) -> ApiError:
+    return ApiError(401, code, message)
+
+
+@lru_cache(maxsize=64)
+def _verify_key(api_key: str) -> nacl.signing.VerifyKey | None:
+    try:
+        raw = base64.b64decode(api_key, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != 32:
+        return None
+    return nacl.signing.VerifyKey(raw)
+
+
+def signature_valid(api_key: str, signature: str, message: str) -> bool:
+    """Whether `signature` (base64) is `api_key`'s ED25519 signature of `message`."""
+    key = _verify_key(api_key)
+    if key is None:
+        return False
+    try:
+        raw = base64.b64decode(signature, validate=True)
+        key.verify(message.encode("utf-8"), raw)
+    except (binascii.Error, ValueError, nacl.exceptions.BadSignatureError):
+        return False
+    return True
+
+
+def _number(text: str | None, what: str) -> int:
+    if text is None or not text.strip().isdigit():
+        raise _refuse(f"Invalid {what} header")
+    return int(text)
+
+
+def _check_time(timestamp: int, window: int, now_ms: int) -> None:
+    if not 0 < window <= MAX_WINDOW_MS:
+        raise _refuse("Invalid X-Window header: must be at most 60000")
+    if now_ms > timestamp + window:
+        raise _refuse("Request has expired")
+    if timestamp > now_ms + window:
+        raise _refuse("Invalid timestamp: the request's timestamp is ahead of the server time")
+
+
+def check_request(
+    headers: Mapping[str, str],
+    instruction: str,
+    params: Mapping[str, ParamValue] | Sequence[Mapping[str, ParamValue]] | None,
+    now_ms: int,
+    known: Callable[[str], bool],
+) -> str:
+    """The API key of a correctly signed, unexpired request; `ApiError` otherwise.
+
+    `headers` are keyed in lower case. `known(api_key)` says whether an account has that key.
+    """
+    api_key = headers.get("x-api-key")
+    if not api_key:
+        raise _refuse("Missing X-API-Key header", "UNAUTHORIZED")
+    if _verify_key(api_key) is None or not known(api_key):
+        raise _refuse("Invalid X-API-Key header", "UNAUTHORIZED")
+    signature = headers.get("x-signature")
+    if not signature:
+        raise _refuse("Missing X-Signature header")
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 64:
+        raise _refuse("Invalid X-Signature header")
+    timestamp = _number(headers.get("x-timestamp"), "X-Timestamp")
+    window_text = headers.get("x-window")
+    window = DEFAULT_WINDOW_MS if window_text is None else _number(window_text, "X-Window")
+    _check_time(timestamp, window, now_ms)
+    if isinstance(params, Sequence) and not params:
+        params = None
+    message = signing_string(instruction, params, timestamp, window)
+    if not signature_valid(api_key, signature, message):
+        raise _refuse("Invalid signature")
+    return api_key
+
+
+def check_subscription(signature: JSON, now_ms: int, known: Callable[[str], bool]) -> str:
+    """The API key of a private SUBSCRIBE's `signature: [key, sig, timestamp, window]`."""
+    if not isinstance(signature, list) or len(signature) not in (3, 4):
+        raise _refuse("Invalid signature")
+    parts = [str(part) if isinstance(part, str | int) else "" for part in signature]
+    api_key, sig, timestamp_text = parts[0], parts[1], parts[2]
+    window_text = parts[3] if len(parts) == 4 else str(DEFAULT_WINDOW_MS)
+    if _verify_key(api_key) is None or not known(api_key):
+        raise _refuse("Invalid X-API-Key header", "UNAUTHORIZED")
+    timestamp = _number(timestamp_text, "timestamp")
+    window = _number(window_text, "window")
+    _check_time(timestamp, window, now_ms)
+    if not signature_valid(api_key, sig, signing_string("subscribe", None, timestamp, window)):
+        raise _refuse("Invalid signature")
+    return api_key

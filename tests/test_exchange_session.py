@@ -1,0 +1,126 @@
+"""The engine, driven by our Backpack session, against the local exchange: what the engine
+derives from the venue's messages must equal the exchange's own books. Also the command
+line entry point, run as an operator would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import trio
+
+from adapters.backpack.exchange import ManualClock, open_local_exchange
+from adapters.backpack.session import open_backpack_session
+from adapters.backpack.signing import Credentials
+from oms.engine import Engine
+from oms.state import AnomalyKind
+from oms.values import OrderStatus, OrderType, Side
+
+D = Decimal
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def wait_for(predicate: object, what: str) -> None:
+    """Poll engine state that other tasks move (the engine has no event to wait on)."""
+    assert callable(predicate)
+    with trio.fail_after(10):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.02)
+
+
+async def test_the_engine_agrees_with_the_exchange_books() -> None:
+    clock = ManualClock(time.time_ns() // 1000)
+    async with open_local_exchange(clock=clock, step_us=24 * 3_600_000_000) as exchange:
+        engine = Engine()
+        async with open_backpack_session(
+            engine,
+            exchange.credentials(),
+            rest_url=exchange.rest_url,
+            ws_url=exchange.ws_url,
+            poll_interval=0.2,
+        ) as session:
+            bought = await session.submit("SOL_USDC", Side.BID, OrderType.MARKET, quantity=D(3))
+            resting = await session.submit(
+                "SOL_USDC", Side.BID, OrderType.LIMIT, quantity=D(2), price=D(149)
+            )
+            sold = await session.submit(
+                "SOL_USDC", Side.ASK, OrderType.LIMIT, quantity=D(1), price=D("149.99")
+            )
+            await session.cancel("SOL_USDC", client_id=resting.client_id)
+
+            def settled() -> bool:
+                state = engine.state
+                orders = [state.order(client_id=o.client_id) for o in (bought, resting, sold)]
+                return all(o is not None and o.status.is_terminal for o in orders) and all(
+                    b.observed is not None for b in state.balances.values()
+                )
+
+            await wait_for(settled, "orders final and balances polled")
+            await trio.sleep(0.3)  # one more poll after the last change
+            state = engine.state
+            account = exchange.venue.accounts[exchange.api_key]
+            for venue_order in account.orders.values():
+                ours = state.order(client_id=venue_order.client_id)
+                assert ours is not None
+                assert (ours.venue_id, ours.status.value, ours.filled_quantity) == (
+                    venue_order.id,
+                    venue_order.status,
+                    venue_order.executed_quantity,
+                )
+            final = state.order(client_id=bought.client_id)
+            assert final is not None and final.status is OrderStatus.FILLED
+            for asset in ("SOL", "USDC"):
+                ours_balance = state.balances[asset]
+                theirs = account.balances[asset]
+                assert (ours_balance.available, ours_balance.locked) == (
+                    theirs.available,
+                    theirs.locked,
+                )
+            kinds = {a.kind for a in state.anomalies}
+            assert AnomalyKind.BALANCE_DRIFT not in kinds
+            assert AnomalyKind.NOT_UNDERSTOOD not in kinds
+
+
+def test_the_command_line_serves_until_interrupted() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapters.backpack.exchange", "--seed", "4"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    watchdog = threading.Timer(30, process.kill)
+    watchdog.start()
+    try:
+        assert process.stdout is not None
+        lines: dict[str, str] = {}
+        for line in process.stdout:
+            if line.startswith("Serving"):
+                break
+            name, _, value = line.rstrip("\n").rpartition(" ")
+            lines[name.strip()] = value
+        assert lines["REST"].startswith("http://127.0.0.1:")
+        assert lines["WebSocket"].startswith("ws://127.0.0.1:")
+        # The printed secret is the printed key's.
+        assert Credentials(lines["API secret"]).api_key == lines["API key"]
+        answer = httpx.get(lines["REST"] + "/api/v1/time", timeout=10)
+        assert answer.status_code == 200 and isinstance(answer.json(), int)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0
+    assert "Traceback" not in err
+    assert out.strip() == "Stopped."

@@ -1,0 +1,218 @@
+"""The local exchange's WebSocket server on 127.0.0.1: signed private subscriptions, the frames
+our codec reads, the position snapshot, public streams and subscription errors.
+
+The exchange runs on a `ManualClock` that only the tests move (and a mid that steps once a
+day unless a test says otherwise), so every price below is the books' opening shape.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import trio
+import trio_websocket
+
+from adapters.backpack import codec
+from adapters.backpack.exchange import LocalExchange, ManualClock, OrderRequest, open_local_exchange
+from oms.events import (
+    MessageNotUnderstood,
+    OrderAccepted,
+    OrderCancelled,
+    OrderExpired,
+    OrderFilled,
+    PositionObserved,
+)
+
+D = Decimal
+DAY_US = 24 * 3_600_000_000
+
+
+@asynccontextmanager
+async def running(**kwargs: Any) -> AsyncIterator[tuple[LocalExchange, ManualClock]]:
+    clock = ManualClock(time.time_ns() // 1000)
+    kwargs.setdefault("step_us", DAY_US)
+    async with open_local_exchange(clock=clock, **kwargs) as exchange:
+        yield exchange, clock
+
+
+@asynccontextmanager
+async def connected(exchange: LocalExchange) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    async with trio_websocket.open_websocket_url(exchange.ws_url) as ws:
+        yield ws
+
+
+async def subscribe(
+    ws: trio_websocket.WebSocketConnection,
+    exchange: LocalExchange,
+    clock: ManualClock,
+    streams: list[str],
+    timestamp_ms: int | None = None,
+) -> None:
+    stamp = clock.now_us // 1000 if timestamp_ms is None else timestamp_ms
+    frame = exchange.credentials().subscribe_frame(streams, stamp)
+    await ws.send_message(json.dumps(frame))
+
+
+async def next_frame(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
+    with trio.fail_after(5):
+        message = await ws.get_message()
+    assert isinstance(message, str)
+    frame: dict[str, Any] = json.loads(message)
+    return frame
+
+
+def events_of(frame: dict[str, Any]) -> list[Any]:
+    events = codec.ws_frame(json.dumps(frame), 0)
+    assert not [e for e in events if isinstance(e, MessageNotUnderstood)], events
+    return events
+
+
+def place(exchange: LocalExchange, **fields: Any) -> None:
+    """Place an order as the funded account, straight on the venue, and send its messages."""
+    request = OrderRequest(**fields)
+    exchange.venue.place(exchange.api_key, request)
+    exchange.dispatch()
+
+
+async def settle() -> None:
+    """Let the exchange process frames already sent to it (subscriptions)."""
+    await trio.sleep(0.05)
+
+
+async def test_order_updates_are_frames_our_codec_understands() -> None:
+    async with running() as (exchange, clock), connected(exchange) as ws:
+        await subscribe(ws, exchange, clock, ["account.orderUpdate"])
+        await settle()
+        place(exchange, symbol="SOL_USDC", side="Bid", order_type="Limit", quantity=D(15),
+              price=D("150.01"), time_in_force="IOC", client_id=21)  # fmt: skip
+        place(exchange, symbol="SOL_USDC", side="Ask", order_type="Limit", quantity=D(1),
+              price=D(160), client_id=22)  # fmt: skip
+        exchange.venue.cancel(exchange.api_key, "SOL_USDC", client_id=22)
+        exchange.dispatch()
+        frames = [await next_frame(ws) for _ in range(5)]
+        assert {f["stream"] for f in frames} == {"account.orderUpdate"}
+        events = [e for f in frames for e in events_of(f)]
+        assert [type(e) for e in events] == [
+            OrderAccepted,
+            OrderFilled,
+            OrderExpired,
+            OrderAccepted,
+            OrderCancelled,
+        ]
+        fill = events[1]
+        assert isinstance(fill, OrderFilled)
+        assert (fill.client_id, fill.quantity, fill.price, fill.fee, fill.fee_asset) == (
+            21,
+            D(10),
+            D("150.01"),
+            D("0.01"),
+            "SOL",
+        )
+        assert (fill.maker, fill.cum_quantity, fill.cum_quote) == (False, D(10), D("1500.1"))
+        assert isinstance(fill.trade_id, int)
+        assert fill.venue_time_us == clock.now_us
+        expired = events[2]
+        assert isinstance(expired, OrderExpired) and expired.reason == "ImmediateOrCancel"
+
+
+async def test_a_symbol_subscription_sees_only_that_symbol() -> None:
+    async with running() as (exchange, clock), connected(exchange) as ws:
+        await subscribe(ws, exchange, clock, ["account.orderUpdate.ETH_USDC"])
+        await settle()
+        place(exchange, symbol="SOL_USDC", side="Bid", order_type="Limit", quantity=D(1),
+              price=D(100))  # fmt: skip
+        place(exchange, symbol="ETH_USDC", side="Bid", order_type="Limit", quantity=D(1),
+              price=D(2000))  # fmt: skip
+        frame = await next_frame(ws)
+        assert frame["stream"] == "account.orderUpdate.ETH_USDC"
+        assert (frame["data"]["s"], frame["data"]["e"]) == ("ETH_USDC", "orderAccepted")
+
+
+async def test_position_stream_sends_the_open_positions_on_subscribe() -> None:
+    async with running() as (exchange, clock), connected(exchange) as ws:
+        place(exchange, symbol="SOL_USDC_PERP", side="Ask", order_type="Market", quantity=D(2))
+        await subscribe(ws, exchange, clock, ["account.positionUpdate"])
+        snapshot = await next_frame(ws)
+        data = snapshot["data"]
+        assert snapshot["stream"] == "account.positionUpdate" and "e" not in data
+        # Short 2 at 149.99; break-even below entry by the fee per unit: 0.14999 / 2 = 0.074995.
+        assert (data["q"], data["B"], data["b"], data["M"]) == ("-2", "149.99", "149.915005", "150")
+        assert isinstance(data["E"], int) and isinstance(data["i"], int)
+        (observed,) = events_of(snapshot)
+        assert isinstance(observed, PositionObserved)
+        assert (observed.net_quantity, observed.entry_price) == (D(-2), D("149.99"))
+        place(exchange, symbol="SOL_USDC_PERP", side="Bid", order_type="Market", quantity=D(2),
+              reduce_only=True)  # fmt: skip
+        closed = await next_frame(ws)
+        assert (closed["data"]["e"], closed["data"]["q"]) == ("positionClosed", "0")
+        assert closed["data"]["p"] == "-0.04"  # bought back 2 at 150.01
+
+
+async def test_public_streams() -> None:
+    async with running(step_us=1_000_000) as (exchange, clock), connected(exchange) as ws:
+        streams = [
+            "trade.SOL_USDC",
+            "depth.SOL_USDC",
+            "bookTicker.SOL_USDC",
+            "markPrice.SOL_USDC_PERP",
+        ]
+        await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": streams}))
+        await settle()
+        place(exchange, symbol="SOL_USDC", side="Bid", order_type="Market", quantity=D(10))
+        frames = {f["stream"]: f["data"] for f in [await next_frame(ws) for _ in range(3)]}
+        trade = frames["trade.SOL_USDC"]
+        assert (trade["e"], trade["p"], trade["q"], trade["m"]) == ("trade", "150.01", "10", False)
+        assert isinstance(trade["t"], int) and isinstance(trade["b"], str)
+        depth = frames["depth.SOL_USDC"]
+        assert (depth["a"], depth["b"]) == ([["150.01", "0"]], [])
+        assert depth["U"] == depth["u"]
+        ticker = frames["bookTicker.SOL_USDC"]
+        assert (ticker["a"], ticker["b"]) == ("150.03", "149.99")
+        for stream, data in frames.items():
+            assert events_of({"stream": stream, "data": data}) == []
+        clock.advance(30)  # the mid walks: the mark moves with it
+        exchange.venue.advance()
+        exchange.dispatch()
+        for _ in range(10):
+            frame = await next_frame(ws)
+            if frame["stream"] == "markPrice.SOL_USDC_PERP":
+                break
+        assert frame["data"]["s"] == "SOL_USDC_PERP"
+        assert isinstance(frame["data"]["n"], int) and "f" in frame["data"]
+
+
+async def test_subscription_errors() -> None:
+    async with running() as (exchange, clock), connected(exchange) as ws:
+        await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": ["nonsense.SOL"]}))
+        assert await next_frame(ws) == {
+            "id": None,
+            "error": {"code": 4006, "message": "Invalid stream"},
+        }
+        await ws.send_message(
+            json.dumps({"method": "SUBSCRIBE", "params": ["account.orderUpdate"], "id": 3})
+        )
+        unsigned = await next_frame(ws)
+        assert unsigned["id"] == 3 and unsigned["error"]["message"] == "Invalid signature"
+        stale = clock.now_us // 1000 - 60_000
+        await subscribe(ws, exchange, clock, ["account.orderUpdate"], timestamp_ms=stale)
+        assert (await next_frame(ws))["error"]["message"] == "Request has expired"
+        forged = exchange.credentials().subscribe_frame(
+            ["account.orderUpdate"], clock.now_us // 1000
+        )
+        signature = forged["signature"]
+        assert isinstance(signature, list)
+        signature[1] = signature[1][::-1]
+        await ws.send_message(json.dumps(forged))
+        assert (await next_frame(ws))["error"]["message"] == "Invalid signature"
+        # None of those subscribed: the next frame is a public one, not the order's update.
+        place(exchange, symbol="SOL_USDC", side="Bid", order_type="Limit", quantity=D(1),
+              price=D(100))  # fmt: skip
+        await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": ["trade.SOL_USDC"]}))
+        await settle()
+        place(exchange, symbol="SOL_USDC", side="Bid", order_type="Market", quantity=D(1))
+        assert (await next_frame(ws))["stream"] == "trade.SOL_USDC"
