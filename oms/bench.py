@@ -54,7 +54,17 @@ from oms.events import (
 from oms.log import EventLog, Fsync
 from oms.replay import replay_file
 from oms.state import State
-from oms.values import CTX, ZERO, MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms.values import (
+    CTX,
+    PNL_QUANTUM,
+    ZERO,
+    MarketType,
+    OrderType,
+    Side,
+    Source,
+    TimeInForce,
+    VenueStatus,
+)
 
 __all__ = ["main", "session_events"]
 
@@ -169,6 +179,7 @@ class _Session:
         self.mid = {m.symbol: m.start_ticks for m in _MARKETS}
         self.totals = dict(_INITIAL_BALANCES)
         self.net = {m.symbol: ZERO for m in _MARKETS if not m.is_spot}
+        self.open_cost = {m.symbol: ZERO for m in _MARKETS if not m.is_spot}
         self.live: dict[int, _Live] = {}
 
     # --- clock -------------------------------------------------------------------------------
@@ -276,6 +287,7 @@ class _Session:
             )
             if not amount:
                 continue
+            self._move(market.quote, amount)
             raw = (
                 f'{{"fundingRate":"{_text(rate)}","intervalEndTimestamp":"{stamp}",'
                 f'"quantity":"{_text(amount)}","subaccountId":"0","symbol":"{market.symbol}",'
@@ -404,8 +416,8 @@ class _Session:
             rate = _MAKER_FEE if maker else _TAKER_FEE
             if not market.is_spot:
                 fee_asset, fee = _PERP_FEE_ASSET, _mul(notional, rate)
-                delta = fill_quantity if side is Side.BID else fill_quantity.copy_negate()
-                self.net[symbol] = _add(self.net[symbol], delta)
+                self._perp_fill(market, side, fill_quantity, fill_price)
+                self._move(fee_asset, fee.copy_negate())
             elif side is Side.BID:
                 fee_asset, fee = market.base, _mul(fill_quantity, rate)
                 self._move(market.base, fill_quantity)
@@ -487,6 +499,31 @@ class _Session:
 
     def _move(self, asset: str, amount: Decimal) -> None:
         self.totals[asset] = _add(self.totals[asset], amount)
+
+    def _perp_fill(
+        self, market: _MarketSpec, side: Side, quantity: Decimal, price: Decimal
+    ) -> None:
+        """Keep the position and settle realized PnL in the quote asset, as a venue does
+        (average entry; the PnL rounded to `PNL_QUANTUM`), so balance snapshots agree."""
+        symbol = market.symbol
+        net, cost = self.net[symbol], self.open_cost[symbol]
+        delta = quantity if side is Side.BID else quantity.copy_negate()
+        new = _add(net, delta)
+        if not net or (net > 0) == (delta > 0):
+            cost = _add(cost, _mul(quantity, price))
+        else:
+            entry = CTX.divide(cost, net.copy_abs())
+            pnl = _mul(min(quantity, net.copy_abs()), _sub(price, entry)).quantize(
+                PNL_QUANTUM, context=CTX
+            )
+            self._move(market.quote, pnl if net > 0 else pnl.copy_negate())
+            if not new:
+                cost = ZERO
+            elif (new > 0) != (net > 0):
+                cost = _mul(new.copy_abs(), price)
+            else:
+                cost = _mul(entry, new.copy_abs())
+        self.net[symbol], self.open_cost[symbol] = new, cost
 
 
 def session_events(count: int, seed: int = DEFAULT_SEED) -> Iterator[Event]:

@@ -59,7 +59,7 @@ from oms.state import (
     Position,
     State,
 )
-from oms.values import CTX, ZERO, OrderStatus, Side, VenueStatus
+from oms.values import CTX, PNL_QUANTUM, ZERO, OrderStatus, Side, Source, VenueStatus
 from oms.values import canonical_decimal as _d
 
 __all__ = ["Fold", "apply", "replay"]
@@ -400,7 +400,11 @@ class Fold:
                 )
                 if event.expiry_reason is not None and order.expiry_reason is None:
                     order = replace(order, expiry_reason=event.expiry_reason)
-                order = self._cumulative(order, event.executed_quantity)
+                # An answer to our own command (source rest) often runs ahead of the stream's
+                # fills: a normal race, so only other observations are checked for a gap.
+                order = self._cumulative(
+                    order, event.executed_quantity, check=event.source is not Source.REST
+                )
             case _:
                 assert_never(event)
 
@@ -443,11 +447,11 @@ class Fold:
         if finishing:
             self._finished(order.key)
 
-    def _cumulative(self, order: Order, cumulative: Decimal | None) -> Order:
+    def _cumulative(self, order: Order, cumulative: Decimal | None, *, check: bool = True) -> Order:
         """Compare a venue cumulative executed quantity with the fills counted."""
         if cumulative is None:
             return order
-        if cumulative > order.filled_quantity:
+        if check and cumulative > order.filled_quantity:
             self._anomaly(
                 AnomalyKind.FILL_GAP,
                 f"venue reports {_d(cumulative)} executed on order {order.key}, fills counted "
@@ -514,7 +518,12 @@ class Fold:
             )
             return
         if market.market_type.has_positions:
-            self._position_fill(event)
+            # Perps settle in the quote asset as they go: realized PnL in, the fee out.
+            realized = self._position_fill(event)
+            if realized:
+                self._move(market.quote_asset, realized, ZERO)
+            if event.fee:
+                self._move(event.fee_asset, event.fee.copy_negate(), ZERO)
             return
         if event.side is Side.BID:
             self._move(market.base_asset, event.quantity, ZERO)
@@ -584,7 +593,8 @@ class Fold:
 
     # --- positions --------------------------------------------------------------------------
 
-    def _position_fill(self, event: OrderFilled) -> None:
+    def _position_fill(self, event: OrderFilled) -> Decimal:
+        """Move the position by one fill; returns the PnL this fill realized."""
         position = self.positions.get(event.symbol) or Position(symbol=event.symbol)
         qty = position.net_quantity
         entry = position.entry_price
@@ -600,7 +610,7 @@ class Fold:
                 entry = CTX.divide(cost, new_qty.copy_abs())
         else:
             closed = min(event.quantity, qty.copy_abs())
-            pnl = _mul(closed, _sub(event.price, entry))
+            pnl = _mul(closed, _sub(event.price, entry)).quantize(PNL_QUANTUM, context=CTX)
             realized = _add(realized, pnl if qty > 0 else pnl.copy_negate())
             if not new_qty:
                 entry = cost = ZERO
@@ -625,6 +635,7 @@ class Fold:
                 fees=fees,
             ),
         )
+        return _sub(realized, position.realized_pnl)
 
     def _funding(self, event: FundingPaid) -> None:
         position = self.positions.get(event.symbol) or Position(symbol=event.symbol)
@@ -643,6 +654,9 @@ class Fold:
                 funding_intervals=position.funding_intervals | {event.interval_end_us},
             ),
         )
+        market = self.markets.get(event.symbol)
+        if market is not None:  # funding settles in the quote asset
+            self._move(market.quote_asset, event.amount, ZERO)
 
     def _position_observed(self, event: PositionObserved) -> None:
         position = self.positions.get(event.symbol) or Position(symbol=event.symbol)

@@ -6,7 +6,8 @@ Arithmetic in the core goes through `CTX`, a fixed context, never the thread's c
 context: an embedding program that lowers `decimal.getcontext().prec` must not change
 what the reducer computes. Sums and products of venue figures are exact at this precision;
 the only inexact operation is the average entry price of a position (a division), which is
-rounded deterministically by `CTX` (60 significant digits, half-even).
+rounded deterministically by `CTX` (60 significant digits, half-even); the PnL realized from
+it is rounded to `PNL_QUANTUM`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from enum import StrEnum
 __all__ = [
     "CTX",
     "MAX_MAGNITUDE_EXPONENT",
+    "PNL_QUANTUM",
     "ZERO",
     "MarketType",
     "OrderStatus",
@@ -38,6 +40,10 @@ CTX = decimal.Context(
     traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow],
 )
 ZERO = Decimal(0)
+# Realized PnL is rounded to this many quote units per fill (half even): the average entry it
+# comes from is a 60-digit quotient, and rounding here keeps every balance an exact sum, so
+# sums do not depend on the order they are added in.
+PNL_QUANTUM = Decimal("1E-18")
 
 
 class Side(StrEnum):

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from adapters.backpack.exchange import ApiError, ManualClock, OrderRequest, Venue
 from adapters.backpack.exchange.model import Outbound
-from oms.values import CTX
+from oms.values import CTX, PNL_QUANTUM
 
 KEY = "account-a"
 OTHER = "account-b"
@@ -275,7 +275,9 @@ def test_perp_entry_realized_pnl_fees_and_position_events() -> None:
     venue.place(KEY, market("SOL_USDC_PERP", "Ask", "4", reduce_only=True))  # 4 at 149.99
     assert position.net_quantity == 8
     assert position.entry_price == entry  # reducing keeps the entry
-    assert position.realized_pnl == CTX.multiply(D(4), CTX.subtract(D("149.99"), entry))
+    assert position.realized_pnl == CTX.multiply(D(4), CTX.subtract(D("149.99"), entry)).quantize(
+        PNL_QUANTUM, context=CTX
+    )
     # Taker fees 0.05% in USDC; realized PnL settles in USDC.
     fees = [f.fee for f in venue.accounts[KEY].fills]
     assert fees == [D("0.15001"), D("0.60004"), D("0.15003"), D("0.29998")]

@@ -493,7 +493,8 @@ def test_perp_position_lifecycle_by_hand() -> None:
     # -3 * 152 * 0.0000125 + 2 * 147.5 * 0.00002
     assert position.funding == D("0.0002")
     assert position.drift_quantity == 0
-    assert state.balances.get("USDC") is None  # perp fills move the position, not balances
+    # Perps settle in USDC as they go: realized PnL in, fees out, funding in or out.
+    assert state.balances["USDC"].available == D(1) - D("0.7455") + D("0.0002")
     assert [only_order(state, c).status for c in range(5001, 5006)] == [OrderStatus.FILLED] * 5
     assert only_order(state, 5004).fees == (("USDC", D("0.2955")),)
     assert state.anomaly_total == 0

@@ -546,8 +546,9 @@ def test_same_result_under_a_low_precision_context() -> None:
     assert low == reference and stepwise == reference
     assert low_hash == state_hash(reference)
     # By hand: locked 1.1111 * 101.37 = 112.632207; spent 0.1234 * 101.29 = 12.499186.
+    # The two perp fills (opening a long) realize nothing; each takes its 0.1 USDC fee.
     assert bal(reference, "USDC") == (
-        D("100000.123456") - D("112.632207") - D("12.499186"),
+        D("100000.123456") - D("112.632207") - D("12.499186") - D("0.2"),
         D("112.632207"),
     )
     assert bal(reference, "SOL") == (D("12.3456789") + D("0.1234") - D("0.00012345"), D(0))

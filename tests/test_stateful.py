@@ -7,13 +7,15 @@ from the reducer's code:
   those three are final, but a late fill on a final order still counts;
 - a resting spot bid locks remaining * limit price of the quote, a resting ask the remaining
   base; a fill moves base and quote at the fill price and takes the fee in its own asset;
-- a perp fill moves the signed position, not spot balances;
+- a perp fill moves the signed position (average-cost entry) and settles in the quote asset:
+  the PnL it realizes comes in, its fee goes out;
 - a balance snapshot sets each asset's total (absent assets are zero) and its locked figure;
   later lock changes move the locked figure from there.
 """
 
 from __future__ import annotations
 
+import decimal
 from decimal import Decimal
 from typing import Any
 
@@ -54,6 +56,7 @@ MARKETS: dict[str, tuple[str, str, bool]] = {
     PERP: ("SOL", "USDC", False),
 }
 ASSETS = ("SOL", "USDC", "ETH", "BPX")
+_C60 = decimal.Context(prec=60)  # the documented precision of the average entry
 FINAL = ("filled", "cancelled", "expired")
 
 
@@ -62,16 +65,24 @@ class ReducerMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
+        # The model's own sums run at the reducer's documented precision (60 digits, half
+        # even), so realized PnL with a 60-digit entry adds up the same way in both.
+        self._saved_context = decimal.getcontext()
+        decimal.setcontext(decimal.Context(prec=60))
         self.state = State()
         # Reference model.
         self.model: dict[int, dict[str, Any]] = {}
         self.totals: dict[str, Decimal] = {}
         self.locked_base: dict[str, Decimal] = {}  # snapshot locked minus model locks then
         self.net: dict[str, Decimal] = {}
+        self.open_cost: dict[str, Decimal] = {}  # exact cost of each perp position's open side
         self.fills: list[OrderFilled] = []
         self.duplicates = 0
         self.next_client_id = 1
         self.next_trade_id = 1
+
+    def teardown(self) -> None:
+        decimal.setcontext(self._saved_context)
 
     def feed(self, event: Event) -> None:
         self.state = apply(self.state, event)
@@ -199,7 +210,29 @@ class ReducerMachine(RuleBasedStateMachine):
             self.totals[quote] = self.totals.get(quote, ZERO) - signed * price
             self.totals[fee_asset] = self.totals.get(fee_asset, ZERO) - fee
         else:
-            self.net[order["symbol"]] = self.net.get(order["symbol"], ZERO) + signed
+            symbol = order["symbol"]
+            net, cost = self.net.get(symbol, ZERO), self.open_cost.get(symbol, ZERO)
+            new = net + signed
+            if not net or (net > 0) == (signed > 0):
+                cost += qty * price
+            else:
+                entry = _C60.divide(cost, abs(net))
+                closed = min(qty, abs(net))
+                realized = _C60.multiply(closed, _C60.subtract(price, entry)).quantize(
+                    Decimal("1E-18"), context=_C60
+                )
+                self.totals[quote] = _C60.add(
+                    self.totals.get(quote, ZERO),
+                    realized if net > 0 else realized.copy_negate(),
+                )
+                if not new:
+                    cost = ZERO
+                elif (new > 0) != (net > 0):
+                    cost = abs(new) * price
+                else:
+                    cost = _C60.multiply(entry, abs(new))
+            self.net[symbol], self.open_cost[symbol] = new, cost
+            self.totals[fee_asset] = self.totals.get(fee_asset, ZERO) - fee
 
     @rule(client_id=orders)
     def cancel(self, client_id: int) -> None:

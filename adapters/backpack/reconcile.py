@@ -1,8 +1,8 @@
 """Reconciliation: after every (re)connect, bring the engine's state level with the venue's.
 
 The WebSocket stream can miss messages while a connection is down. A reconciliation pass
-asks REST for what the venue knows (open orders; the history of every order the engine
-believes live or in doubt; fills since the last one seen; balances; positions; funding) and
+asks REST for what the venue knows (fills since the last one seen; open orders; the history
+of every order the engine believes live or in doubt; positions; funding; balances) and
 turns every difference into events with source `reconcile`.
 
 Only *novel* events are sent: each candidate is tried against the state (with the pure
@@ -181,10 +181,8 @@ class Reconciler:
                         )
                     ]
                 )
-        # 4. Balances.
-        added += await self._send([await self.rest.capital(source=source)])
         if self.perpetual:
-            # 5. Positions: a symbol we hold that the venue no longer lists is flat there.
+            # 4. Positions: a symbol we hold that the venue no longer lists is flat there.
             reported = await self.rest.positions(source=source)
             listed = {e.symbol for e in reported if isinstance(e, PositionObserved)}
             flat = [
@@ -195,7 +193,9 @@ class Reconciler:
                 if symbol not in listed and position.net_quantity
             ]
             added += await self._send([*reported, *flat])
-            # 6. Funding payments not yet recorded.
+            # 5. Funding payments not yet recorded.
             added += await self._send(await self.rest.funding_history(source=source))
+        # 6. Balances last: the snapshot then covers every fill and payment above.
+        added += await self._send([await self.rest.capital(source=source)])
         self.passes += 1
         return added

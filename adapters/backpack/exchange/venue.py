@@ -54,7 +54,7 @@ from adapters.backpack.exchange.model import (
     Outbound,
     Position,
 )
-from oms.values import CTX, ZERO
+from oms.values import CTX, PNL_QUANTUM, ZERO
 
 __all__ = ["Venue"]
 
@@ -824,7 +824,11 @@ class Venue:
             events.append((position, "positionOpened" if not old else "positionAdjusted"))
         else:
             closed = min(fill.quantity, old.copy_abs())
-            pnl = _mul(closed, _sub(fill.price, position.entry_price))
+            # Rounded per fill as the engine does (oms.values.PNL_QUANTUM); a real venue rounds
+            # to its own settlement precision, which the engine would see as small drift.
+            pnl = _mul(closed, _sub(fill.price, position.entry_price)).quantize(
+                PNL_QUANTUM, context=CTX
+            )
             if old < 0:
                 pnl = pnl.copy_negate()
             position.realized_pnl = _add(position.realized_pnl, pnl)
