@@ -668,35 +668,39 @@ class Fold:
             realized_pnl=event.realized_pnl,
             unrealized_pnl=event.unrealized_pnl,
         )
-        entry = position.entry_price if event.entry_price is None else event.entry_price
-        if not event.net_quantity:
-            entry = ZERO
-        if (
-            position.observed == observed
-            and position.net_quantity == event.net_quantity
-            and position.entry_price == entry
-        ):
-            return  # the same report again, and nothing moved since: no news
-        # The first report is the baseline: what came before it is unknown, not drift.
-        drift = (
-            ZERO if position.observed is None else _sub(event.net_quantity, position.net_quantity)
-        )
-        if drift:
+        if position.observed == observed:
+            return  # the same report again: no news
+        untouched = not (position.net_quantity or position.realized_pnl or position.fees)
+        if position.observed is None and untouched:
+            # The first report on a position no fill has moved yet is its baseline (it may
+            # predate this log): adopt the venue's quantity and entry.
+            entry = event.entry_price if event.entry_price is not None else ZERO
+            if not event.net_quantity:
+                entry = ZERO
+            self.positions = self.positions.set(
+                event.symbol,
+                replace(
+                    position,
+                    net_quantity=event.net_quantity,
+                    entry_price=entry,
+                    open_cost=_mul(entry, event.net_quantity.copy_abs()),
+                    observed=observed,
+                ),
+            )
+            return
+        # Afterwards the position is what the fills say; a report is compared, never adopted.
+        # The position stream and the order stream are not ordered with each other, so a
+        # report can run ahead of (or behind) a fill in flight: a difference is recorded as
+        # drift, and becomes an anomaly only when the next report shows the same difference.
+        drift = _sub(event.net_quantity, position.net_quantity)
+        if drift and drift == position.drift_quantity:
             self._anomaly(
                 AnomalyKind.POSITION_DRIFT,
                 f"{event.symbol}: venue position {_d(event.net_quantity)}, derived "
-                f"{_d(position.net_quantity)}",
+                f"{_d(position.net_quantity)}, in two reports running",
             )
         self.positions = self.positions.set(
-            event.symbol,
-            replace(
-                position,
-                net_quantity=event.net_quantity,
-                entry_price=entry,
-                open_cost=_mul(entry, event.net_quantity.copy_abs()),
-                observed=observed,
-                drift_quantity=drift,
-            ),
+            event.symbol, replace(position, observed=observed, drift_quantity=drift)
         )
 
     # --- balances ---------------------------------------------------------------------------

@@ -295,7 +295,7 @@ def test_funding_accumulates_and_an_interval_counts_once() -> None:
 
 def test_position_report_baseline_then_drift() -> None:
     state = replay(perp_fills((BID, "2", "100")))
-    # The first report agrees with the fills: no drift.
+    # A report that agrees with the fills: no drift.
     state = apply(state, position("2", entry="100"))
     assert pos(state).drift_quantity == 0 and state.anomaly_total == 0
     state = apply(
@@ -303,20 +303,43 @@ def test_position_report_baseline_then_drift() -> None:
     )  # derived 1.5
     state = apply(state, position("1.25", entry="100"))
     p = pos(state)
-    # Venue 1.25 minus derived 1.5; the position is re-based on the venue's figure.
-    assert p.drift_quantity == D("-0.25")
-    assert p.net_quantity == D("1.25")
+    # Venue 1.25 against derived 1.5: recorded as drift, but the fills stay authoritative (the
+    # report may have raced a fill in flight) and one report is no anomaly yet.
+    assert (p.net_quantity, p.drift_quantity) == (D("1.5"), D("-0.25"))
     assert p.observed is not None and p.observed.net_quantity == D("1.25")
-    assert kinds_at(state) == [(state.last_seq, AnomalyKind.POSITION_DRIFT)]
+    assert state.anomaly_total == 0
     # The same report again is nothing new.
-    again = apply(state, position("1.25", entry="100"))
-    assert again.positions == state.positions and again.anomaly_total == 1
+    assert apply(state, position("1.25", entry="100")) == replace_seq(state)
+    # A fresh report showing the same difference: now it is an anomaly.
+    later = attrs.evolve(position("1.25", entry="100"), mark_price=D("101"))
+    state = apply(state, later)
+    assert kinds_at(state) == [(state.last_seq, AnomalyKind.POSITION_DRIFT)]
+    assert pos(state).net_quantity == D("1.5")
+    # A report that agrees again clears the drift.
+    state = apply(state, position("1.5", entry="100"))
+    assert pos(state).drift_quantity == 0
 
 
-def test_flat_position_report_zeroes_the_entry() -> None:
+def test_a_first_report_on_an_untouched_position_is_adopted() -> None:
+    # A position opened before this log began: its first report is the baseline.
+    state = replay([PERP_MARKET, position("-0.01", entry="126.97")])
+    p = pos(state)
+    assert (p.net_quantity, p.entry_price, p.drift_quantity) == (D("-0.01"), D("126.97"), D(0))
+    assert p.open_cost == D("1.2697")
+    # Later fills move it from there: buying back 0.01 at 120 realizes 0.0697.
+    state = apply(state, fill("P1", 1, BID, "0.01", "120", symbol=PERP, origin="ADL_AUTOCLOSE"))
+    assert (pos(state).net_quantity, pos(state).realized_pnl) == (D(0), D("0.0697"))
+
+
+def test_a_flat_report_on_a_held_position_is_drift_not_adopted() -> None:
     state = replay([*perp_fills((BID, "2", "100")), position("2"), position("0")])
     p = pos(state)
-    assert (p.net_quantity, p.entry_price, p.drift_quantity) == (D(0), D(0), D(-2))
+    assert (p.net_quantity, p.entry_price, p.drift_quantity) == (D(2), D(100), D(-2))
+
+
+def replace_seq(state: State) -> State:
+    """`state` as it is after one more event that changes nothing but the seq."""
+    return attrs.evolve(state, last_seq=state.last_seq + 1)
 
 
 def test_zero_quantity_fill_on_a_flat_position_does_not_raise() -> None:
