@@ -96,6 +96,14 @@ def _fees_plus(
     return tuple(sorted(out.items()))
 
 
+def _round_pnl(value: Decimal) -> Decimal:
+    """Realized PnL rounded to `PNL_QUANTUM`. Beyond about 1e41 a 1e-18 grain no longer fits
+    the context's 60 digits (quantize would trap), and the figure is kept as it is."""
+    if value.adjusted() < CTX.prec - 19:
+        return value.quantize(PNL_QUANTUM, context=CTX)
+    return value
+
+
 class Fold:
     """An incremental `replay`: `step(event)` for each event, `freeze()` for the state.
 
@@ -610,7 +618,7 @@ class Fold:
                 entry = CTX.divide(cost, new_qty.copy_abs())
         else:
             closed = min(event.quantity, qty.copy_abs())
-            pnl = _mul(closed, _sub(event.price, entry)).quantize(PNL_QUANTUM, context=CTX)
+            pnl = _round_pnl(_mul(closed, _sub(event.price, entry)))
             realized = _add(realized, pnl if qty > 0 else pnl.copy_negate())
             if not new_qty:
                 entry = cost = ZERO

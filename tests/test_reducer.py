@@ -342,6 +342,13 @@ def replace_seq(state: State) -> State:
     return attrs.evolve(state, last_seq=state.last_seq + 1)
 
 
+def test_extreme_perp_figures_do_not_raise() -> None:
+    # Regression: rounding a realized PnL near 1e81 to 1e-18 needed 99 digits and trapped.
+    state = replay(perp_fills((BID, "9E+40", "9E+40"), (ASK, "9E+40", "1E-40")))
+    assert pos(state).net_quantity == 0
+    assert pos(state).realized_pnl < 0
+
+
 def test_zero_quantity_fill_on_a_flat_position_does_not_raise() -> None:
     # Regression: 0 / 0 in the average entry trapped InvalidOperation; the reducer is total.
     state = replay(perp_fills((BID, "0", "100")))
