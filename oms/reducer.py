@@ -356,6 +356,7 @@ class Fold:
                     quote_quantity=event.quote_quantity,
                     price=event.price,
                 )
+                order = _venue_cap(order, event.quantity)
             case OrderFilled():
                 kind = Kind.FILL
                 reported = event.status
@@ -406,6 +407,7 @@ class Fold:
                     quote_quantity=event.quote_quantity,
                     price=event.price,
                 )
+                order = _venue_cap(order, event.quantity)
                 if event.expiry_reason is not None and order.expiry_reason is None:
                     order = replace(order, expiry_reason=event.expiry_reason)
                 # An answer to our own command (source rest) often runs ahead of the stream's
@@ -679,9 +681,11 @@ class Fold:
         if position.observed == observed:
             return  # the same report again: no news
         untouched = not (position.net_quantity or position.realized_pnl or position.fees)
-        if position.observed is None and untouched:
-            # The first report on a position no fill has moved yet is its baseline (it may
-            # predate this log): adopt the venue's quantity and entry.
+        if position.observed is None and untouched and event.source is not Source.WS:
+            # The first REST report on a position no fill has moved yet is its baseline (it
+            # may predate this log): adopt the venue's quantity and entry. Not a stream report:
+            # the snapshot sent on subscribe can include a fill still on its way to us, which
+            # reconciliation then applies (it fetches fills before positions).
             entry = event.entry_price if event.entry_price is not None else ZERO
             if not event.net_quantity:
                 entry = ZERO
@@ -714,11 +718,13 @@ class Fold:
     # --- balances ---------------------------------------------------------------------------
 
     def _balances_observed(self, event: BalanceObserved) -> None:
+        """The account's first snapshot is the baseline and is adopted (what came before the
+        log is unknown). Every later snapshot is compared, never adopted: a poll can run ahead
+        of a fill still in flight, and adopting it would count that fill twice when it
+        arrives. The difference is kept as drift, and each new difference is an anomaly."""
         seen = {b.asset: b for b in event.balances}
-        # A snapshot is complete: after the first one, an asset it lacked was observed as zero,
-        # so an asset first met since then (a fill in a new asset) is compared too, not taken
-        # as a new baseline.
-        snapshot_seen = any(b.observed is not None for b in self.balances.values())
+        # A snapshot is complete: an asset it lacks is observed as zero.
+        baseline = not any(b.observed is not None for b in self.balances.values())
         for asset in sorted(set(seen) | set(self.balances.keys())):
             balance = self.balances.get(asset) or Balance(asset=asset)
             reported = seen.get(asset)
@@ -727,21 +733,30 @@ class Fold:
                 locked=reported.locked if reported else ZERO,
                 staked=reported.staked if reported else ZERO,
             )
-            if (
-                balance.observed == observed
-                and balance.available == observed.available
-                and balance.locked == observed.locked
-            ):
-                # The same snapshot again, and nothing moved since: no news. A snapshot equal
-                # to the last one after fills moved the derived figures is news (the venue
-                # disagrees, or it lags): it re-bases and records the drift, never hides it.
+            if baseline:
+                if balance.observed == observed and balance.available == observed.available:
+                    continue
+                self.balances = self.balances.set(
+                    asset,
+                    replace(
+                        balance,
+                        available=observed.available,
+                        locked=observed.locked,
+                        observed=observed,
+                        drift_available=ZERO,
+                        drift_locked=ZERO,
+                    ),
+                )
                 continue
-            # The first snapshot is the baseline: what came before it is unknown, not drift.
-            drift_available = drift_locked = ZERO
-            if balance.observed is not None or snapshot_seen:
-                drift_available = _sub(observed.available, balance.available)
-                drift_locked = _sub(observed.locked, balance.locked)
-            if drift_available or drift_locked:
+            drift_available = _sub(observed.available, balance.available)
+            drift_locked = _sub(observed.locked, balance.locked)
+            unchanged = (drift_available, drift_locked) == (
+                balance.drift_available,
+                balance.drift_locked,
+            )
+            if balance.observed == observed and unchanged:
+                continue  # the same snapshot again, and nothing moved since: no news
+            if (drift_available or drift_locked) and not unchanged:
                 self._anomaly(
                     AnomalyKind.BALANCE_DRIFT,
                     f"{asset}: venue available {_d(observed.available)} locked "
@@ -750,15 +765,21 @@ class Fold:
                 )
             self.balances = self.balances.set(
                 asset,
-                Balance(
-                    asset=asset,
-                    available=observed.available,
-                    locked=observed.locked,
+                replace(
+                    balance,
                     observed=observed,
                     drift_available=drift_available,
                     drift_locked=drift_locked,
                 ),
             )
+
+
+def _venue_cap(order: Order, quantity: Decimal | None) -> Order:
+    """The venue may accept less than we asked (a reduce-only order capped at the position it
+    reduces): a smaller positive quantity in its report wins, in any arrival order."""
+    if quantity is not None and order.quantity is not None and 0 < quantity < order.quantity:
+        return replace(order, quantity=quantity)
+    return order
 
 
 def _fill_in(order: Order, **reported: Any) -> Order:

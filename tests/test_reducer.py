@@ -158,11 +158,25 @@ def test_first_snapshot_is_a_baseline_then_drift_is_recorded() -> None:
     state = apply(state, balances({"USDC": ("979", "0.5"), "SOL": ("2", "0")}))
     usdc = state.balances["USDC"]
     assert (usdc.drift_available, usdc.drift_locked) == (D(-1), D("0.5"))
-    assert (usdc.available, usdc.locked) == (D(979), D("0.5"))
+    # Compared, not adopted: the derived figures stay what the events imply.
+    assert (usdc.available, usdc.locked) == (D(980), D(0))
     assert usdc.observed is not None and usdc.observed.available == D(979)
     # SOL: derived 2 from the fill, venue 2: no drift.
     assert state.balances["SOL"].drift_available == 0
     assert kinds_at(state) == [(state.last_seq, AnomalyKind.BALANCE_DRIFT)]
+
+
+def test_a_poll_ahead_of_a_fill_in_flight_does_not_count_it_twice() -> None:
+    # The venue's snapshot already includes a fill whose message is still on its way.
+    state = funded(submit(1, BID, "2", "10"), accept("V1", client_id=1))
+    state = apply(state, balances({"USDC": ("980", "0"), "SOL": ("7", "0")}))  # ahead
+    assert bal(state, "SOL") == (D(5), D(0))
+    state = apply(state, fill("V1", 1, BID, "2", "10", status=VenueStatus.FILLED))
+    assert bal(state, "SOL") == (D(7), D(0))  # the fill once, not twice
+    assert bal(state, "USDC") == (D(980), D(0))
+    # The next snapshot agrees: the drift is gone.
+    state = apply(state, balances({"USDC": ("980", "0"), "SOL": ("7", "0.0")}))
+    assert state.balances["SOL"].drift_available == 0
 
 
 def test_same_snapshot_twice_changes_nothing() -> None:
@@ -174,8 +188,10 @@ def test_same_snapshot_twice_changes_nothing() -> None:
 
 def test_asset_missing_from_a_snapshot_is_zero() -> None:
     state = apply(funded(), balances({"USDC": ("1000", "0")}))
-    assert bal(state, "SOL") == (D(0), D(0))
-    assert state.balances["SOL"].drift_available == D(-5)
+    assert bal(state, "SOL") == (D(5), D(0))  # derived unchanged
+    sol = state.balances["SOL"]
+    assert sol.drift_available == D(-5)
+    assert sol.observed is not None and sol.observed.available == 0
     assert kinds_at(state) == [(state.last_seq, AnomalyKind.BALANCE_DRIFT)]
 
 

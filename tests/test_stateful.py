@@ -9,8 +9,9 @@ from the reducer's code:
   base; a fill moves base and quote at the fill price and takes the fee in its own asset;
 - a perp fill moves the signed position (average-cost entry) and settles in the quote asset:
   the PnL it realizes comes in, its fee goes out;
-- a balance snapshot sets each asset's total (absent assets are zero) and its locked figure;
-  later lock changes move the locked figure from there.
+- the account's first balance snapshot sets each asset's total (absent assets are zero) and
+  its locked figure; later lock changes move the locked figure from there; later snapshots
+  are only compared (they never move the derived figures).
 """
 
 from __future__ import annotations
@@ -280,7 +281,10 @@ class ReducerMachine(RuleBasedStateMachine):
             asset: (str(available * STEP), str(locked * STEP))
             for asset, (available, locked) in snapshot.items()
         }
+        first = not any(b.observed is not None for b in self.state.balances.values())
         self.feed(balances(figures))
+        if not first:
+            return  # later snapshots are compared, never adopted: the model does not move
         locks = self.model_locks()
         for asset in ASSETS:
             available, locked = (

@@ -119,6 +119,7 @@ class Reconciler:
         self.now_us = now_us
         self.passes = 0
         self.started_us = now_us()
+        self.synced_us: int | None = None  # when the last completed pass started
 
     async def _send(self, candidates: Iterable[Event]) -> int:
         events = novel_events(self.state(), candidates)
@@ -131,9 +132,14 @@ class Reconciler:
         source = Source.RECONCILE
         added = 0
         # 1. Fills since the last activity we know of.
+        started_us = self.now_us()
         state = self.state()
-        times = [o.venue_time_us for o in state.orders.values() if o.venue_time_us is not None]
-        since_us = (max(times) if times else self.started_us) - FILL_LOOKBACK_US
+        if self.synced_us is not None:
+            # Everything up to the start of the last completed pass was reconciled then.
+            since_us = self.synced_us - FILL_LOOKBACK_US
+        else:
+            times = [o.venue_time_us for o in state.orders.values() if o.venue_time_us is not None]
+            since_us = (max(times) if times else self.started_us) - FILL_LOOKBACK_US
         fills = await self.rest.fill_history(from_ms=max(since_us, 0) // 1000, source=source)
         # Items the codec could not read are sent too: recorded once as not understood.
         added += await self._send(
@@ -198,4 +204,5 @@ class Reconciler:
         # 6. Balances last: the snapshot then covers every fill and payment above.
         added += await self._send([await self.rest.capital(source=source)])
         self.passes += 1
+        self.synced_us = started_us
         return added

@@ -149,12 +149,13 @@ class BackpackSession:
                 await trio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    async def reconcile(self) -> int:
-        """One reconciliation pass (serialised); opens the gate for submits when it succeeds.
+    async def reconcile(self, *, gate: bool = True) -> int:
+        """One reconciliation pass (serialised). With `gate`, submits wait until it has
+        succeeded (after a (re)connect); the periodic pass of `poll` leaves them alone.
 
-        Raises the REST client's errors; the gate then stays closed."""
+        Raises the REST client's errors; a closed gate then stays closed."""
         async with self._reconcile_lock:
-            if self.reconciled.is_set():
+            if gate and self.reconciled.is_set():
                 self.reconciled = trio.Event()
             added = await self.reconciler.run_pass()
             self.reconciled.set()
@@ -306,18 +307,16 @@ class BackpackSession:
             await self.cancel_all(symbol)
 
     async def poll(self, interval: float) -> None:
-        """Balances (and positions for perps) every `interval` seconds: there is no stream."""
+        """A full reconciliation pass every `interval` seconds: balances and positions have no
+        stream, and a private message the venue dropped without closing the connection is
+        found in the fill and order history (nothing waits for a reconnect)."""
         while True:
             await trio.sleep(interval)
             try:
-                candidates: list[Event] = [await self.rest.capital(source=Source.REST)]
-                if self.perpetual:
-                    candidates.extend(await self.rest.positions(source=Source.REST))
+                await self.reconcile(gate=False)
             except RestError as exc:
                 self.errors += 1
-                _log.warning("balance poll failed (%s); next try in %.0f s", exc, interval)
-                continue
-            await self._record_all(novel_events(self.engine.state, candidates))
+                _log.warning("periodic reconciliation failed (%s); next in %.0f s", exc, interval)
 
 
 @asynccontextmanager
