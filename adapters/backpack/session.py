@@ -128,12 +128,28 @@ class BackpackSession:
         self.reconciled = trio.Event()
         self._reconcile_lock = trio.Lock()
         self.reconciler = Reconciler(
-            rest, lambda: engine.state, self._record_all, perpetual=perpetual, now_us=now_us
+            rest,
+            lambda: engine.state,
+            self._record_all,
+            perpetual=perpetual,
+            now_us=self.venue_now_us,  # the fill window is asked in the venue's time
         )
 
     async def _record_all(self, events: Sequence[Event]) -> None:
         for event in events:
             self.engine.record(event)
+
+    async def resync_clock(self) -> None:
+        """Measure the venue's clock again (before a reconnect signs its subscription)."""
+        try:
+            await self.rest.sync_clock()
+        except RestError as exc:
+            self.errors += 1
+            _log.warning("clock resync failed (%s); signing with the last offset", exc)
+
+    def venue_now_us(self) -> int:
+        """The venue's time as this process best knows it (local clock + measured offset)."""
+        return self.now_us() + self.rest.clock_offset_ms * 1000
 
     async def on_connect(self) -> None:
         """Called by the WebSocket task after every (re)connect: reconcile, retrying with
@@ -378,7 +394,10 @@ async def open_backpack_session(
             nursery.start_soon(engine.run, receive)
             await nursery.start(
                 lambda task_status=trio.TASK_STATUS_IGNORED: stream.run(
-                    send, on_connect=session.on_connect, task_status=task_status
+                    send,
+                    on_connect=session.on_connect,
+                    before_connect=session.resync_clock,
+                    task_status=task_status,
                 )
             )
             nursery.start_soon(session.poll, poll_interval)

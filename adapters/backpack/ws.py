@@ -60,6 +60,7 @@ class _Connection:
         self.dead = False  # lost to a missing pong: don't wait for a closing handshake
         self.engine_gone = False
         self.healthy = False
+        self.data_frames = 0  # frames that carried something other than a venue error
 
     def lose(self, reason: str, *, dead: bool = False) -> None:
         if self.lost is None:
@@ -153,6 +154,7 @@ class BackpackStream:
         send: trio.MemorySendChannel[Event],
         *,
         on_connect: Callable[[], Awaitable[None]] | None = None,
+        before_connect: Callable[[], Awaitable[None]] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Stream events into `send` until cancelled, reconnecting whenever needed.
@@ -162,7 +164,8 @@ class BackpackStream:
         connection drops meanwhile it is cancelled, and runs again on the next connection.
         Returns quietly when `send` is closed or its receiver is gone. `run` owns `send`
         and closes it on the way out, so pass a clone if you keep sending on it elsewhere.
-        An exception from `on_connect` is the caller's and propagates.
+        An exception from `on_connect` is the caller's and propagates. `before_connect` runs
+        before every reconnect (the session resyncs the clock the subscription is signed with).
         """
         backoff = self._backoff_initial
         started = False
@@ -175,6 +178,8 @@ class BackpackStream:
 
         async with send:
             while True:
+                if before_connect is not None and self.connects:
+                    await before_connect()
                 conn = await self._connect_once(send, on_connect, subscribed)
                 if conn is not None:
                     if conn.engine_gone:
@@ -259,13 +264,24 @@ class BackpackStream:
             except trio_websocket.ConnectionClosed as exc:
                 conn.lose(_describe(exc))
                 return
-            if not await self._deliver(message, send):
+            delivered, refusal = await self._deliver(message, send)
+            if not delivered:
                 conn.engine_gone = True
                 conn.lose("the event channel is closed")
                 return
+            if refusal is None:
+                conn.data_frames += 1
+            elif conn.data_frames == 0:
+                # An error before anything else arrived: the subscription was refused (an
+                # expired signature after a clock jump, say). Reconnect, and sign afresh.
+                conn.lose(f"the venue refused the subscription: {refusal}")
+                return
 
-    async def _deliver(self, message: str | bytes, send: trio.MemorySendChannel[Event]) -> bool:
-        """Send the events of one frame; False if the engine is gone."""
+    async def _deliver(
+        self, message: str | bytes, send: trio.MemorySendChannel[Event]
+    ) -> tuple[bool, str | None]:
+        """Send the events of one frame: (False if the engine is gone, the venue's error if the
+        frame was an error frame)."""
         recv_time_us = self._recv_clock_us()
         self.frames += 1
         if isinstance(message, str):
@@ -279,12 +295,20 @@ class BackpackStream:
                     reason="binary frame (the venue sends text)",
                 )
             ]
+        refusal = next(
+            (
+                e.reason
+                for e in events
+                if isinstance(e, MessageNotUnderstood) and e.reason.startswith("venue error")
+            ),
+            None,
+        )
         try:
             for event in events:
                 await send.send(event)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False
-        return True
+            return False, refusal
+        return True, refusal
 
     async def _abort(self, conn: _Connection, send: trio.MemorySendChannel[Event]) -> None:
         """Drop a connection whose peer stopped answering, without a closing handshake.
