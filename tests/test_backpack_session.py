@@ -147,6 +147,22 @@ class ScriptedVenue:
                 await ws.send_message(text)
 
 
+def scripted_session(
+    engine: Engine, *, venue_script: ScriptedVenue, ws_url: str, **options: Any
+) -> Any:
+    """`open_backpack_session` on the scripted venue: its REST through MockTransport, the
+    stream at `ws_url`, no periodic pass unless asked."""
+    options.setdefault("poll_interval", 3600)
+    return open_backpack_session(
+        engine,
+        Credentials(SECRET),
+        rest_url="http://venue.test",
+        ws_url=ws_url,
+        transport=httpx.MockTransport(venue_script.handle),
+        **options,
+    )
+
+
 async def _session(venue: ScriptedVenue, engine: Engine, nursery: trio.Nursery) -> tuple[str, Any]:
     server = await nursery.start(serve_websocket, venue.ws_handler, "127.0.0.1", 0, None)
     return f"ws://127.0.0.1:{server.port}", server
@@ -175,13 +191,10 @@ async def test_a_dropped_stream_loses_no_fill_once_reconciled(tmp_path: Path) ->
 async def _dropped_stream_scenario(venue: ScriptedVenue, engine: Engine) -> None:
     async with trio.open_nursery() as nursery:
         ws_url, _server = await _session(venue, engine, nursery)
-        async with open_backpack_session(
+        async with scripted_session(
             engine,
-            Credentials(SECRET),
-            rest_url="http://venue.test",
+            venue_script=venue,
             ws_url=ws_url,
-            transport=httpx.MockTransport(venue.handle),
-            poll_interval=3600,
         ) as session:
             assert isinstance(session, BackpackSession)
             await wait_for(lambda: venue.subscriptions == 1, "subscribe")
@@ -238,13 +251,10 @@ async def test_submit_outcomes_are_recorded_not_guessed(tmp_path: Path) -> None:
     engine = Engine()
     async with trio.open_nursery() as nursery:
         ws_url, _server = await _session(venue, engine, nursery)
-        async with open_backpack_session(
+        async with scripted_session(
             engine,
-            Credentials(SECRET),
-            rest_url="http://venue.test",
+            venue_script=venue,
             ws_url=ws_url,
-            transport=httpx.MockTransport(venue.handle),
-            poll_interval=3600,
         ) as session:
             with pytest.raises(InvalidOrder, match="not a multiple"):
                 await session.submit(
@@ -322,14 +332,11 @@ async def test_the_perpetual_connector_follows_positions() -> None:
     engine = Engine()
     async with trio.open_nursery() as nursery:
         ws_url, _server = await _session(venue, engine, nursery)
-        async with open_backpack_session(
+        async with scripted_session(
             engine,
-            Credentials(SECRET),
-            venue="backpack_perpetual",
-            rest_url="http://venue.test",
+            venue_script=venue,
             ws_url=ws_url,
-            transport=httpx.MockTransport(venue.handle),
-            poll_interval=3600,
+            venue="backpack_perpetual",
         ) as session:
             await session.reconcile()
             assert sorted(engine.state.markets.keys()) == ["SOL_USDC_PERP"]  # perps only
@@ -416,13 +423,10 @@ async def test_shutdown_cancels_open_orders_and_records_the_requests_first() -> 
     engine = Engine()
     async with trio.open_nursery() as nursery:
         ws_url, _server = await _session(venue, engine, nursery)
-        async with open_backpack_session(
+        async with scripted_session(
             engine,
-            Credentials(SECRET),
-            rest_url="http://venue.test",
+            venue_script=venue,
             ws_url=ws_url,
-            transport=httpx.MockTransport(venue.handle),
-            poll_interval=3600,
             cancel_on_shutdown=True,
         ) as session:
             order = await session.submit(
