@@ -13,7 +13,7 @@ from collections.abc import Callable
 import trio
 
 from oms.events import Event
-from oms.log import EventLog, Fsync, TornTail
+from oms.log import EventLog, Fsync, Seconds, TornTail
 from oms.reducer import Fold, apply
 from oms.serialization import LogFormatError, scrub
 from oms.state import DEFAULT_RETAIN_FINISHED, State
@@ -74,7 +74,7 @@ class Engine:
             listener(event, self.state)
         return self.state
 
-    async def run(self, events: trio.MemoryReceiveChannel[Event], poll: float = 0.05) -> None:
+    async def run(self, events: trio.MemoryReceiveChannel[Event], poll: Seconds = 0.05) -> None:
         """Drain `events` into the log and state until every sender is closed.
 
         Also drives the group-commit timer, so a quiet stream is still synced on time.

@@ -20,7 +20,11 @@ import attrs
 from oms.events import Event
 from oms.serialization import LogFormatError, decode_header, decode_line, encode_header, encode_line
 
-__all__ = ["EventLog", "Fsync", "LogReadError", "LogReader", "TornTail"]
+# A duration for the shell's timers (fsync delays, polling, the status view), as trio counts
+# time. Never a price, quantity, fee or PnL: those are Decimal, and the pure core has no float.
+Seconds = float
+
+__all__ = ["EventLog", "Fsync", "LogReadError", "LogReader", "Seconds", "TornTail"]
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -70,14 +74,14 @@ class Fsync:
     """
 
     max_events: int = 1
-    max_delay: float = 0.0
+    max_delay: Seconds = 0.0
 
     @classmethod
     def every_event(cls) -> Fsync:
         return cls(max_events=1)
 
     @classmethod
-    def group(cls, max_events: int = 512, max_delay: float = 0.05) -> Fsync:
+    def group(cls, max_events: int = 512, max_delay: Seconds = 0.05) -> Fsync:
         return cls(max_events=max_events, max_delay=max_delay)
 
     @classmethod

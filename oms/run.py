@@ -29,7 +29,7 @@ from typing import IO, Final
 import trio
 
 from oms.engine import Engine
-from oms.log import Fsync, LogReader, LogReadError
+from oms.log import Fsync, LogReader, LogReadError, Seconds
 from oms.reducer import replay
 from oms.serialization import state_hash
 from oms.state import State
@@ -42,7 +42,7 @@ PERP: Final = "SOL_USDC_PERP"
 LOCAL_DURATION: Final = 20.0
 
 
-def _render(state: State, started: float, out: IO[str], *, tty: bool) -> None:
+def _render(state: State, started: Seconds, out: IO[str], *, tty: bool) -> None:
     elapsed = max(time.monotonic() - started, 1e-9)
     lines = [
         f"oms  events {state.last_seq:,}  ({state.last_seq / max(elapsed, 1.0):,.1f}/s)  "
@@ -73,7 +73,7 @@ def _render(state: State, started: float, out: IO[str], *, tty: bool) -> None:
     out.flush()
 
 
-async def status_view(engine: Engine, out: IO[str], interval: float) -> None:
+async def status_view(engine: Engine, out: IO[str], interval: Seconds) -> None:
     """Redraw the status every `interval` seconds (a line per tick when not a terminal)."""
     started = time.monotonic()
     tty = out.isatty()
@@ -82,7 +82,7 @@ async def status_view(engine: Engine, out: IO[str], interval: float) -> None:
         await trio.sleep(interval if tty else max(interval, 5.0))
 
 
-async def demo(session: object, duration: float, out: IO[str]) -> None:
+async def demo(session: object, duration: Seconds, out: IO[str]) -> None:
     """A small scripted strategy: every order type, cancels, and a perp position that flips."""
     from adapters.backpack import endpoints
     from adapters.backpack.session import BackpackSession
