@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import attrs
 
-from adapters.backpack.exchange import wire
+from adapters.backpack.exchange import inputs, wire
 from adapters.backpack.exchange.model import PERP, SPOT, ApiError, PayloadError
 from adapters.backpack.exchange.venue import Venue
 from adapters.backpack.signing import ParamValue
@@ -85,18 +85,14 @@ def not_found() -> Reply:
 
 
 def parse_body(raw: bytes) -> JSON:
-    """The JSON body (decimals exact), None if empty; `PayloadError` if it is not JSON."""
+    """The JSON body (decimals exact), None if empty; `PayloadError` if it is not JSON, nests
+    deeper than `inputs.MAX_JSON_DEPTH` or holds a number beyond any parse."""
     if not raw.strip():
         return None
     try:
-        return json.loads(raw.decode("utf-8"), parse_float=Decimal)
-    except UnicodeDecodeError:
-        raise PayloadError("Bad Request parse request payload error: invalid UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise PayloadError(
-            f"Bad Request parse request payload error: {exc.msg} at line {exc.lineno} "
-            f"column {exc.colno}"
-        ) from None
+        return inputs.load_json(raw)
+    except inputs.BadInput as exc:
+        raise PayloadError(f"Bad Request parse request payload error: {exc.reason}") from None
 
 
 def _flat(item: JSON) -> dict[str, ParamValue]:
@@ -143,9 +139,10 @@ def _q_int(query: Mapping[str, str], key: str, default: int | None = None) -> in
     value = query.get(key)
     if value is None:
         return default
-    if not value.strip().isdigit():
-        raise _query_error(f"{key}: invalid digit found in string")
-    return int(value)
+    try:
+        return inputs.parse_int(value)
+    except inputs.BadInput as exc:
+        raise _query_error(f"{key}: {exc.reason}") from None
 
 
 def _q_limit(query: Mapping[str, str], default: int = 100) -> tuple[int, int]:
@@ -265,11 +262,10 @@ def _update_account(venue: Venue, call: Call) -> Reply:
     limit: Decimal | None = None
     if leverage is not None:
         try:
-            limit = Decimal(str(leverage))
-        except ArithmeticError:
-            raise wire.payload_error('failed to parse "leverageLimit"', what) from None
-        if not limit.is_finite():
-            raise wire.payload_error('failed to parse "leverageLimit"', what)
+            limit = inputs.parse_decimal(leverage)
+        except inputs.BadInput as exc:
+            detail = f'failed to parse "leverageLimit": {exc.reason}'
+            raise wire.payload_error(detail, what) from None
     settings: dict[str, bool] = {}
     for key, value in body.items():
         if key == "leverageLimit":

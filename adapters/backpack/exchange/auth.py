@@ -5,7 +5,8 @@ function our client signs with (`adapters.backpack.signing.signing_string`), fro
 parameters as they arrived: the query's decoded values, or the JSON body's values (booleans
 lowercase, numbers as written, nulls left out; a batch repeats the instruction per order).
 
-Every refusal is an `ApiError` with status 401 (the venue answers "Request has expired" with
+Timestamps and windows go through the exchange's strict integer parser (`inputs`). Every
+refusal is an `ApiError` with status 401 (the venue answers "Request has expired" with
 401 Unauthorized) and the venue's `{"code", "message"}` body.
 """
 
@@ -20,6 +21,7 @@ from typing import Any, Final
 import nacl.exceptions
 import nacl.signing
 
+from adapters.backpack.exchange import inputs
 from adapters.backpack.exchange.model import ApiError
 from adapters.backpack.signing import DEFAULT_WINDOW_MS, MAX_WINDOW_MS, ParamValue, signing_string
 
@@ -27,14 +29,21 @@ __all__ = ["check_request", "check_subscription", "signature_valid"]
 
 JSON = Any
 _CLIENT: Final = "INVALID_CLIENT_REQUEST"
+_MAX_KEY_TEXT: Final = 128  # a key is 44 characters of base64
 
 
 def _refuse(message: str, code: str = _CLIENT) -> ApiError:
     return ApiError(401, code, message)
 
 
-@lru_cache(maxsize=64)
 def _verify_key(api_key: str) -> nacl.signing.VerifyKey | None:
+    if len(api_key) > _MAX_KEY_TEXT:
+        return None  # not a key; and a megabyte of text should not sit in the cache
+    return _cached_verify_key(api_key)
+
+
+@lru_cache(maxsize=64)
+def _cached_verify_key(api_key: str) -> nacl.signing.VerifyKey | None:
     try:
         raw = base64.b64decode(api_key, validate=True)
     except (binascii.Error, ValueError):
@@ -57,10 +66,15 @@ def signature_valid(api_key: str, signature: str, message: str) -> bool:
     return True
 
 
-def _number(text: str | None, what: str) -> int:
-    if text is None or not text.strip().isdigit():
-        raise _refuse(f"Invalid {what} header")
-    return int(text)
+def _number(value: JSON, what: str) -> int:
+    """A timestamp or window: ASCII digits (surrounding blanks allowed), or a JSON integer in
+    a subscription's signature list; at most int64."""
+    try:
+        if isinstance(value, str):
+            return inputs.parse_int(value.strip(" \t"))
+        return inputs.int_value(value)
+    except inputs.BadInput:
+        raise _refuse(f"Invalid {what} header") from None
 
 
 def _check_time(timestamp: int, window: int, now_ms: int) -> None:
@@ -113,13 +127,13 @@ def check_subscription(signature: JSON, now_ms: int, known: Callable[[str], bool
     """The API key of a private SUBSCRIBE's `signature: [key, sig, timestamp, window]`."""
     if not isinstance(signature, list) or len(signature) not in (3, 4):
         raise _refuse("Invalid signature")
-    parts = [str(part) if isinstance(part, str | int) else "" for part in signature]
-    api_key, sig, timestamp_text = parts[0], parts[1], parts[2]
-    window_text = parts[3] if len(parts) == 4 else str(DEFAULT_WINDOW_MS)
-    if _verify_key(api_key) is None or not known(api_key):
+    api_key, sig = signature[0], signature[1]
+    if not isinstance(api_key, str) or _verify_key(api_key) is None or not known(api_key):
         raise _refuse("Invalid X-API-Key header", "UNAUTHORIZED")
-    timestamp = _number(timestamp_text, "timestamp")
-    window = _number(window_text, "window")
+    if not isinstance(sig, str):
+        raise _refuse("Invalid signature")
+    timestamp = _number(signature[2], "timestamp")
+    window = _number(signature[3], "window") if len(signature) == 4 else DEFAULT_WINDOW_MS
     _check_time(timestamp, window, now_ms)
     if not signature_valid(api_key, sig, signing_string("subscribe", None, timestamp, window)):
         raise _refuse("Invalid signature")

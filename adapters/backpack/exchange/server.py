@@ -36,7 +36,7 @@ import trio
 import trio_websocket
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
-from adapters.backpack.exchange import api, auth
+from adapters.backpack.exchange import api, auth, inputs
 from adapters.backpack.exchange.faults import Faults
 from adapters.backpack.exchange.model import (
     DEFAULT_MARKETS,
@@ -63,6 +63,8 @@ WS_INVALID_REQUEST: Final = 4001
 WS_UNAUTHORIZED: Final = 4003
 WS_INVALID_STREAM: Final = 4006
 _WAIT_FOR_STREAM: Final = 5.0
+_MAX_ID: Final = 2**63 - 1
+_MAX_ID_TEXT: Final = 128
 
 
 def _wall_clock_us() -> int:
@@ -90,6 +92,8 @@ class _Connection:
         self.send, self.receive = trio.open_memory_channel[_Frame](math.inf)
         self.scope = trio.CancelScope()
         self.abrupt = False
+        self.close_code = 1001
+        self.close_reason = "Going away"
 
     def enqueue(self, frame: _Frame) -> None:
         try:
@@ -318,6 +322,17 @@ class LocalExchange:
     # --- WebSocket ----------------------------------------------------------------------------
 
     async def ws_handler(self, request: trio_websocket.WebSocketRequest) -> None:
+        """One WebSocket connection. Whatever happens in it ends at most this connection: an
+        exception escaping here would stop the whole server (trio-websocket runs every
+        handler in the server's nursery)."""
+        try:
+            await self._connection(request)
+        except* trio_websocket.ConnectionClosed:
+            pass  # the client went away mid-handshake or mid-close
+        except* Exception:
+            log.exception("local exchange: a WebSocket connection failed")
+
+    async def _connection(self, request: trio_websocket.WebSocketRequest) -> None:
         ws = await request.accept()
         conn = _Connection(ws)
         self._connections.add(conn)
@@ -342,7 +357,7 @@ class LocalExchange:
                 if conn.abrupt:
                     await ws._stream.aclose()  # no public handle on the transport
                 else:
-                    await ws.aclose(code=1001, reason="Going away")
+                    await ws.aclose(code=conn.close_code, reason=conn.close_reason)
 
     async def _writer(self, conn: _Connection, scope: trio.CancelScope) -> None:
         async for frame in conn.receive:
@@ -378,7 +393,14 @@ class LocalExchange:
                 message = await conn.ws.get_message()
             except trio_websocket.ConnectionClosed:
                 return
-            self._on_frame(conn, message)
+            try:
+                self._on_frame(conn, message)
+            except Exception:
+                # A bug met by this client's frame: logged, and only this connection ends
+                # (with 1011, so that tests can tell it from a normal close).
+                log.exception("local exchange: a WebSocket frame failed")
+                conn.close_code, conn.close_reason = 1011, "Internal error"
+                return
 
     def _error(self, conn: _Connection, request_id: JSON, code: int, message: str) -> None:
         text = json.dumps({"id": request_id, "error": {"code": code, "message": message}})
@@ -386,13 +408,13 @@ class LocalExchange:
 
     def _on_frame(self, conn: _Connection, message: str | bytes) -> None:
         try:
-            frame = json.loads(message)
-        except ValueError:
+            frame = inputs.load_json(message)
+        except inputs.BadInput:
             frame = None
         if not isinstance(frame, dict):
             self._error(conn, None, WS_INVALID_REQUEST, "Invalid request")
             return
-        request_id = frame.get("id")
+        request_id = _echo_id(frame.get("id"))
         method = frame.get("method")
         params = frame.get("params")
         if (
@@ -461,6 +483,16 @@ class LocalExchange:
             await trio.sleep(self._tick_interval)
             self.venue.advance()
             self.dispatch()
+
+
+def _echo_id(value: JSON) -> int | str | None:
+    """The request id an error frame repeats: an integer or a short string as the client sent
+    it, else null (an id of any other shape is not repeated back)."""
+    if isinstance(value, int) and not isinstance(value, bool) and -_MAX_ID <= value <= _MAX_ID:
+        return value
+    if isinstance(value, str) and len(value) <= _MAX_ID_TEXT:
+        return value
+    return None
 
 
 def _stream_matches(name: str, message: Outbound) -> bool:

@@ -84,9 +84,22 @@ def _mul(a: Decimal, b: Decimal) -> Decimal:
     return CTX.multiply(a, b)
 
 
+def _round(value: Decimal, quantum: Decimal) -> Decimal:
+    """`value` rounded to a multiple of `quantum`, half even.
+
+    A value whose last digit already lies above the quantum is a multiple of it and is kept
+    as it is: quantizing it would need more digits than `CTX` holds (a PnL of 1e42 to 1e-18
+    is 61 digits), which `quantize` refuses with InvalidOperation instead of rounding.
+    """
+    exponent, unit = value.as_tuple().exponent, quantum.as_tuple().exponent
+    if isinstance(exponent, int) and isinstance(unit, int) and exponent >= unit:
+        return value
+    return CTX.quantize(value, quantum)
+
+
 def _display(value: Decimal) -> Decimal:
     """A derived figure (break-even, unrealized PnL, notional) rounded for display."""
-    return CTX.quantize(value, _DISPLAY)
+    return _round(value, _DISPLAY)
 
 
 def _floor_to(value: Decimal, unit: Decimal) -> Decimal:
@@ -826,9 +839,7 @@ class Venue:
             closed = min(fill.quantity, old.copy_abs())
             # Rounded per fill as the engine does (oms.values.PNL_QUANTUM); a real venue rounds
             # to its own settlement precision, which the engine would see as small drift.
-            pnl = _mul(closed, _sub(fill.price, position.entry_price)).quantize(
-                PNL_QUANTUM, context=CTX
-            )
+            pnl = _round(_mul(closed, _sub(fill.price, position.entry_price)), PNL_QUANTUM)
             if old < 0:
                 pnl = pnl.copy_negate()
             position.realized_pnl = _add(position.realized_pnl, pnl)
@@ -1251,7 +1262,7 @@ class Venue:
         stats = self._books[symbol].stats
         assert stats is not None
         change = _sub(stats.last_price, stats.first_price)
-        percent = CTX.quantize(CTX.divide(change, stats.first_price), Decimal("0.000001"))
+        percent = _round(CTX.divide(change, stats.first_price), Decimal("0.000001"))
         return {
             "symbol": symbol,
             "firstPrice": wire.dec(stats.first_price),

@@ -11,16 +11,19 @@ Pure. Field names, types and units follow the fact sheet (shared/backpack/api.md
 
 Payload parsing mirrors the venue's two kinds of refusal: a payload of the wrong shape or
 type is a `PayloadError` (the venue answers those in plain text), a well-formed but
-unacceptable one is an `ApiError` with `{"code", "message"}`.
+unacceptable one is an `ApiError` with `{"code", "message"}`. Every number goes through the
+exchange's strict parsers (`inputs`): ASCII digits, bounded magnitude and digit count.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Final
 
+from adapters.backpack.exchange import inputs
+from adapters.backpack.exchange.inputs import UINT32_MAX
 from adapters.backpack.exchange.model import (
     LIMIT,
     MARKET,
@@ -51,7 +54,6 @@ __all__ = [
 
 JSON = Any
 _EPOCH: Final = datetime(1970, 1, 1)
-UINT32_MAX: Final = 2**32 - 1
 _SIDES: Final = ("Bid", "Ask")
 _ORDER_TYPES: Final = (LIMIT, MARKET)
 _TIFS: Final = ("GTC", "IOC", "FOK")
@@ -290,20 +292,10 @@ def _decimal(data: Mapping[str, JSON], key: str, what: str) -> Decimal | None:
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool):
-        raise payload_error(f'failed to parse "{key}": expected a decimal', what)
-    if isinstance(value, int | Decimal):
-        number = Decimal(value)
-    elif isinstance(value, str):
-        try:
-            number = Decimal(value.strip())
-        except InvalidOperation:
-            raise payload_error(f'failed to parse "{key}": invalid decimal', what) from None
-    else:
-        raise payload_error(f'failed to parse "{key}": expected a decimal', what)
-    if not number.is_finite():
-        raise payload_error(f'failed to parse "{key}": invalid decimal', what)
-    return number
+    try:
+        return inputs.parse_decimal(value)
+    except inputs.BadInput as exc:
+        raise payload_error(f'failed to parse "{key}": {exc.reason}', what) from None
 
 
 def _choice(data: Mapping[str, JSON], key: str, allowed: tuple[str, ...], what: str) -> str | None:
@@ -322,13 +314,17 @@ def _flag(data: Mapping[str, JSON], key: str, what: str) -> bool | None:
     raise payload_error(f'failed to parse "{key}": expected a boolean', what)
 
 
-def _client_id(data: Mapping[str, JSON], key: str, what: str) -> int | None:
+def _client_id(data: Mapping[str, JSON], key: str, what: str, *, text: bool = False) -> int | None:
+    """A client id: a JSON integer, or (with `text`) ASCII digits as a query string has it."""
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= UINT32_MAX:
-        raise payload_error(f'failed to parse "{key}": expected a u32', what)
-    return value
+    try:
+        if text and isinstance(value, str):
+            return inputs.parse_int(value, UINT32_MAX)
+        return inputs.int_value(value, UINT32_MAX)
+    except inputs.BadInput:
+        raise payload_error(f'failed to parse "{key}": expected a u32', what) from None
 
 
 def _symbol(data: Mapping[str, JSON], markets: Mapping[str, MarketSpec], what: str) -> str:
@@ -386,20 +382,16 @@ def parse_order_ref(
         raise payload_error("expected an object", what)
     symbol = _symbol(data, markets, what)
     raw_id = data.get("orderId")
-    order_id: str | None
-    if raw_id is None:
-        order_id = None
-    elif isinstance(raw_id, str) and raw_id.strip().isdigit():
-        order_id = raw_id.strip()
-    elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
-        order_id = str(raw_id)
-    else:
-        raise payload_error('failed to parse "orderId": invalid order id', what)
-    raw_client = data.get("clientId")
-    if isinstance(raw_client, str) and raw_client.strip().isdigit():
-        # A query string carries every value as text.
-        raw_client = int(raw_client)
-    client_id = _client_id({"clientId": raw_client}, "clientId", what)
+    order_id: str | None = None
+    if raw_id is not None:
+        try:
+            number = (
+                inputs.parse_int(raw_id) if isinstance(raw_id, str) else inputs.int_value(raw_id)
+            )
+        except inputs.BadInput:
+            raise payload_error('failed to parse "orderId": invalid order id', what) from None
+        order_id = str(number)
+    client_id = _client_id(data, "clientId", what, text=True)
     if order_id is None and client_id is None:
         raise ApiError(400, "INVALID_CLIENT_REQUEST", "Must specify either `clientId` or `orderId`")
     if order_id is not None and client_id is not None:
