@@ -7,6 +7,7 @@ Log order is apply order, so `replay(log)` gives exactly the live state. Every p
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
@@ -21,10 +22,15 @@ from oms.state import DEFAULT_RETAIN_FINISHED, State
 __all__ = ["Engine"]
 
 Listener = Callable[[Event, State], None]
+_log = logging.getLogger(__name__)
 
 
 class Engine:
-    """Holds the state and (optionally) the log it is recorded in."""
+    """Holds the state and (optionally) the log it is recorded in.
+
+    `listener_errors` counts the exceptions raised by listeners (see `subscribe`);
+    `last_listener_error` is the most recent one, with its traceback.
+    """
 
     def __init__(self, log: EventLog | None = None, state: State | None = None) -> None:
         self.log = log
@@ -35,6 +41,8 @@ class Engine:
                 f"seq {self.state.last_seq}"
             )
         self._listeners: list[Listener] = []
+        self.listener_errors = 0
+        self.last_listener_error: Exception | None = None
 
     @classmethod
     def open(
@@ -55,7 +63,15 @@ class Engine:
         return None if self.log is None else self.log.torn
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call `listener(event, new_state)` after every event; returns an unsubscribe."""
+        """Call `listener(event, new_state)` after every event; returns an unsubscribe.
+
+        Listeners run after the event is logged and applied, in the order they subscribed.
+        A listener that raises (an `Exception`) does not undo or stop anything: the error
+        and its traceback are logged (logger `oms.engine`, level ERROR), counted in
+        `listener_errors` and kept in `last_listener_error`; the other listeners are still
+        called, and the engine goes on recording. A bug in the embedding program's callback
+        must not end the recording of a session.
+        """
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
@@ -71,7 +87,21 @@ class Engine:
                 self.log.append(event)
         self.state = apply(self.state, event)
         for listener in list(self._listeners):
-            listener(event, self.state)
+            try:
+                listener(event, self.state)
+            except Exception as exc:
+                # The event is already in the log and the state: isolate the listener's
+                # failure rather than let it stop the writer (and with it the session).
+                self.listener_errors += 1
+                self.last_listener_error = exc
+                _log.error(
+                    "listener %s raised on %s (seq %d); the event is recorded and the "
+                    "engine goes on",
+                    _name(listener),
+                    type(event).__name__,
+                    self.state.last_seq,
+                    exc_info=exc,
+                )
         return self.state
 
     async def run(self, events: trio.MemoryReceiveChannel[Event], poll: Seconds = 0.05) -> None:
@@ -95,3 +125,9 @@ class Engine:
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
+
+
+def _name(listener: Listener) -> str:
+    # The qualified name, not the repr: a bound method's repr shows its object, and what
+    # that object prints is the program's business, not the log's.
+    return str(getattr(listener, "__qualname__", type(listener).__qualname__))

@@ -343,17 +343,18 @@ async def test_the_perpetual_connector_follows_positions() -> None:
             position = engine.state.positions["SOL_USDC_PERP"]
             assert position.net_quantity == Decimal("-0.01")
             assert position.entry_price == Decimal("126.97")
-            # The on-subscribe snapshot (no "e") and later updates arrive on the stream.
+            # The on-subscribe snapshot (no "e") and later updates arrive on the stream. (This
+            # one realizes more PnL: a report where only the mark moved is no news.)
             await venue.connections[0].send(json.dumps({
                 "stream": "account.positionUpdate",
                 "data": {"B": "126.97", "E": 1769366599828079, "M": "121.5", "P": "-0.0045",
                          "Q": "0.01", "T": 1769366599828078, "b": "126.9307", "f": "0.02",
-                         "i": 28563667732, "l": "0", "m": "0.0135", "n": "1.215", "p": "0.0592",
+                         "i": 28563667732, "l": "0", "m": "0.0135", "n": "1.215", "p": "0.0650",
                          "q": "-0.01", "s": "SOL_USDC_PERP"}}))  # fmt: skip
             await wait_for(
                 lambda: (
                     (o := engine.state.positions["SOL_USDC_PERP"].observed) is not None
-                    and o.mark_price == Decimal("121.5")
+                    and (o.mark_price, o.realized_pnl) == (Decimal("121.5"), Decimal("0.065"))
                 ),
                 "position update",
             )

@@ -651,6 +651,41 @@ async def test_returns_quietly_when_the_engine_is_gone() -> None:
         )
 
 
+async def test_an_engine_gone_while_a_dead_connection_is_dropped_ends_the_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Nobody drains the events, so the connection is found dead (its pongs sit unread) while
+    # frames wait in the client's queue. The engine goes away while those frames are being
+    # handed over: the stream must stop delivering and return, not reconnect to an engine
+    # that is no longer there.
+    frames = [data_frame({**FILL, "t": n}) for n in range(1, 6)]
+    venue = Venue(send_then_hold(*frames), hold_open)
+    send, receive = trio.open_memory_channel[Event](0)
+    returned = trio.Event()
+
+    async def run_stream(task_status: trio.TaskStatus[None]) -> None:
+        await stream.run(send, task_status=task_status)
+        returned.set()
+
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            url = await start_venue(nursery, venue)
+            stream = stream_for(url, heartbeat_interval=5.0, heartbeat_timeout=2.0)
+            await nursery.start(run_stream)
+            while stream.connected:  # noqa: ASYNC110 (the stream has no event for this)
+                await trio.sleep(0.01)
+            # Found dead; the queued frames are being handed over (nobody takes them).
+            handed_over = stream.frames
+            await receive.aclose()
+            with trio.move_on_after(60):
+                await returned.wait()
+            nursery.cancel_scope.cancel()
+    assert returned.is_set(), "the stream went on without an engine"
+    assert (stream.connects, stream.reconnects, len(venue.connected_at)) == (1, 0, 1)
+    # At most the frame in hand when the engine went; none of the rest were handed on.
+    assert stream.frames <= handed_over + 1 < len(frames)
+
+
 # --- configuration -------------------------------------------------------------------------
 
 

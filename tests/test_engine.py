@@ -204,3 +204,68 @@ def test_a_decimal_that_could_never_be_read_back_is_refused_before_writing(
     engine.close()
     assert engine.state.last_seq == 0
     assert list(LogReader(path)) == []  # nothing written; the log still opens
+
+
+class ListenerBug(Exception):
+    """What a faulty callback of the embedding program raises."""
+
+
+def test_a_listener_that_raises_cannot_stop_the_recording(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = session("spot_limit_partial_cancel")
+    path = tmp_path / "s.jsonl"
+    engine = Engine.open(path, fsync=Fsync.never())
+    before: list[int] = []
+    after: list[int] = []
+
+    def faulty(event: Event, state: State) -> None:
+        if state.last_seq == 2:
+            raise ListenerBug("the program's callback is broken")
+
+    engine.subscribe(lambda event, state: before.append(state.last_seq))
+    engine.subscribe(faulty)
+    engine.subscribe(lambda event, state: after.append(state.last_seq))
+    with caplog.at_level("ERROR", logger="oms.engine"):
+        for event in events[:4]:
+            engine.record(event)
+    engine.close()
+
+    # The event the listener choked on and the ones after it are logged and applied.
+    assert engine.state.last_seq == 4
+    assert [event for _, event in LogReader(path)] == events[:4]
+    assert state_hash(replay_file(path)) == state_hash(engine.state)
+    # The listeners around the faulty one still saw every event.
+    assert before == after == [1, 2, 3, 4]
+    # The failure is counted, kept and reported with its traceback.
+    assert engine.listener_errors == 1
+    assert isinstance(engine.last_listener_error, ListenerBug)
+    [record] = [r for r in caplog.records if r.name == "oms.engine"]
+    assert record.levelname == "ERROR"
+    assert record.exc_info is not None and record.exc_info[0] is ListenerBug
+    assert "faulty" in record.getMessage() and "seq 2" in record.getMessage()
+
+
+async def test_a_running_session_outlives_a_listener_that_raises(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.jsonl"
+    engine = Engine.open(path, fsync=Fsync.never())
+
+    def always_fails(event: Event, state: State) -> None:
+        raise ListenerBug(f"cannot handle seq {state.last_seq}")
+
+    engine.subscribe(always_fails)
+    send, receive = trio.open_memory_channel[Event](0)
+    with caplog.at_level("ERROR", logger="oms.engine"), trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(engine.run, receive)
+            async with send:
+                for n in range(1, 6):
+                    await send.send(note(n))
+    # run() drained the channel to the end instead of dying on the first event.
+    engine.close()
+    assert engine.state.last_seq == 5
+    assert [event for _, event in LogReader(path)] == [note(n) for n in range(1, 6)]
+    assert engine.listener_errors == 5
+    assert len([r for r in caplog.records if r.name == "oms.engine"]) == 5

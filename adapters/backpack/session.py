@@ -5,8 +5,11 @@
                                      quantity=Decimal("1"), price=Decimal("150"))
 
 One nursery holds: the engine's writer task (draining the WebSocket's events), the
-WebSocket task (subscribe, read, reconnect), and the balance/position poller. Every connect
-and reconnect runs a reconciliation pass; new submits wait until it has completed.
+WebSocket task (subscribe, read, reconnect), the balance/position poller and the fill chaser.
+Every connect and reconnect runs a reconciliation pass; new submits wait until it has
+completed. An order the venue reports executed beyond the fills counted is chased in the
+venue's fill history after a short grace period (`FillChaser`), and a clean exit runs one more
+pass, so fills still in flight at shutdown are in the log.
 
 Every command is recorded before it is sent (`OrderSubmitted`, `CancelRequested`), and its
 outcome is recorded after: the venue's answer (`OrderObserved`), a refusal
@@ -22,13 +25,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 import httpx
 import trio
@@ -50,17 +54,25 @@ from oms.events import (
     CancelRequested,
     Event,
     MarketInfo,
+    MessageNotUnderstood,
+    OrderCancelled,
+    OrderExpired,
+    OrderFilled,
+    OrderObserved,
     OrderSubmitted,
     SubmitRejected,
     SubmitUnknown,
 )
-from oms.state import Order
-from oms.values import OrderType, Side, Source, TimeInForce
+from oms.state import Order, State
+from oms.values import OrderStatus, OrderType, Side, Source, TimeInForce, VenueStatus
 
 __all__ = [
+    "DEFAULT_FILL_ATTEMPTS",
+    "DEFAULT_FILL_GRACE",
     "DEFAULT_REST_URL",
     "DEFAULT_WS_URL",
     "BackpackSession",
+    "FillChaser",
     "load_credentials",
     "open_backpack_session",
 ]
@@ -68,6 +80,17 @@ __all__ = [
 DEFAULT_REST_URL: Final = "https://api.backpack.exchange"
 DEFAULT_WS_URL: Final = "wss://ws.backpack.exchange"
 UINT32: Final = 2**32
+# An order's fill messages normally follow the venue's answer within milliseconds; only an
+# order still short of its fills after this long (seconds) is looked up in the fill history.
+DEFAULT_FILL_GRACE: Final = 2.0
+# Looks at the fill history per order before its gap is recorded as an anomaly. The venue's
+# history can lag its matching engine, so the looks are spaced out: 1 s, 2 s, 4 s after the
+# first (`FILL_RETRY_BACKOFF`, doubling).
+DEFAULT_FILL_ATTEMPTS: Final = 4
+FILL_RETRY_BACKOFF: Final = 1.0
+# Without the venue's order id, fills are looked up by symbol from this long before the
+# order's latest venue time (a fill can carry a time a little before a later report).
+FILL_LOOKBACK_US: Final = 5 * 60 * 1_000_000
 
 Venue = Literal["backpack", "backpack_perpetual"]
 _log = logging.getLogger(__name__)
@@ -108,6 +131,201 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+class FillSource(Protocol):
+    """What the chaser needs from the REST client (`BackpackRest.fill_history`)."""
+
+    async def fill_history(
+        self,
+        *,
+        venue_id: str | None = None,
+        symbol: str | None = None,
+        from_ms: int | None = None,
+        source: Source,
+    ) -> list[Event]: ...
+
+
+# The order statuses a venue report can state as they are (the rest are ours alone).
+_AS_REPORTED: Final = {
+    s: VenueStatus(s.value) for s in OrderStatus if s.value in {v.value for v in VenueStatus}
+}
+
+
+class _Chase:
+    def __init__(self, due: float) -> None:
+        self.due = due  # trio time of the next look
+        self.looks = 0
+
+
+class FillChaser:
+    """Finds the fills of orders the venue reports executed beyond the fills counted.
+
+    A venue answer or report can run ahead of the order's fill messages (a MARKET order's
+    REST answer says `Filled` before any `orderFill`), and a fill message can be lost. Such an
+    order is `awaiting_fills`. It is noticed as its events are recorded (`notice` is an
+    engine listener; `run` also picks up orders a replayed log left waiting). After `grace`
+    seconds, if it still waits, the venue's fill history is asked for that order's fills
+    and the novel ones are recorded (source `reconcile`); then again after 1, 2, 4 s ... up
+    to `attempts` looks. If the fills still fall short, the venue's executed figure is
+    recorded once more as a `reconcile` observation, which the reducer records as a
+    `fill_gap` anomaly, and the order is left alone until the venue reports even more.
+
+    Counters: `recovered` (fills found and recorded), `gaps` (orders given up on),
+    `errors` (fill history requests that failed; they count as looks).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        rest: FillSource,
+        *,
+        grace: float = DEFAULT_FILL_GRACE,
+        attempts: int = DEFAULT_FILL_ATTEMPTS,
+        backoff: float = FILL_RETRY_BACKOFF,
+        now_us: Callable[[], int] = _now_us,
+    ) -> None:
+        if not grace >= 0 or attempts < 1 or not backoff > 0:
+            raise ValueError(
+                f"need grace >= 0, attempts >= 1, backoff > 0: {grace, attempts, backoff}"
+            )
+        self.engine = engine
+        self.rest = rest
+        self.grace = grace
+        self.attempts = attempts
+        self.backoff = backoff
+        self.now_us = now_us
+        self.recovered = 0
+        self.gaps = 0
+        self.errors = 0
+        self._chasing: dict[str, _Chase] = {}
+        # Orders given up on, with the executed figure at the time: chased again only if
+        # the venue later reports more.
+        self._given_up: dict[str, Decimal] = {}
+        self._wake = trio.Event()
+
+    def notice(self, event: Event, state: State) -> None:
+        """Engine listener: start or stop chasing the order `event` is about."""
+        if isinstance(event, OrderObserved | OrderFilled | OrderCancelled | OrderExpired):
+            order = state.order(client_id=event.client_id, venue_id=event.venue_id)
+            if order is not None:
+                self._watch(order)
+
+    def _watch(self, order: Order) -> None:
+        if not order.awaiting_fills:
+            self._chasing.pop(order.key, None)
+            self._given_up.pop(order.key, None)
+            return
+        assert order.venue_executed is not None  # awaiting fills says so
+        given_up = self._given_up.get(order.key)
+        if order.key in self._chasing or (
+            given_up is not None and order.venue_executed <= given_up
+        ):
+            return
+        self._chasing[order.key] = _Chase(trio.current_time() + self.grace)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Chase until cancelled."""
+        for order in self.engine.state.orders.values():
+            self._watch(order)
+        while True:
+            now = trio.current_time()
+            for key, chase in list(self._chasing.items()):
+                if chase.due <= now and self._chasing.get(key) is chase:
+                    await self._look_again(key, chase)
+            self._wake = trio.Event()
+            with trio.move_on_at(min((c.due for c in self._chasing.values()), default=math.inf)):
+                await self._wake.wait()
+
+    async def _look_again(self, key: str, chase: _Chase) -> None:
+        order = self.engine.state.orders.get(key)
+        if order is not None and order.awaiting_fills:
+            await self.look(order)
+            order = self.engine.state.orders.get(key)
+        if self._chasing.get(key) is not chase:
+            return  # the order's events changed it meanwhile; `_watch` decided
+        if order is None or not order.awaiting_fills:
+            del self._chasing[key]
+            return
+        chase.looks += 1
+        if chase.looks < self.attempts:
+            chase.due = trio.current_time() + self.backoff * 2 ** (chase.looks - 1)
+            return
+        del self._chasing[key]
+        self._give_up(order)
+
+    async def look(self, order: Order) -> int:
+        """Ask the venue's fill history for `order`'s fills; record the novel ones.
+
+        Returns how many fills were recorded. A REST failure is logged and counted, not
+        raised (the caller decides whether to look again)."""
+        try:
+            if order.venue_id is not None:
+                found = await self.rest.fill_history(
+                    venue_id=order.venue_id, symbol=order.symbol, source=Source.RECONCILE
+                )
+            else:
+                since_us = (order.venue_time_us or self.now_us()) - FILL_LOOKBACK_US
+                found = [
+                    e
+                    for e in await self.rest.fill_history(
+                        symbol=order.symbol,
+                        from_ms=max(since_us, 0) // 1000,
+                        source=Source.RECONCILE,
+                    )
+                    if not isinstance(e, OrderFilled) or e.client_id == order.client_id
+                ]
+        except RestError as exc:
+            self.errors += 1
+            _log.warning("fill history for order %s failed: %s", order.key, exc)
+            return 0
+        # Unreadable items are recorded too (once), as reconciliation does.
+        candidates = [e for e in found if isinstance(e, OrderFilled | MessageNotUnderstood)]
+        fills = 0
+        # No await between judging and recording: nothing else can record in between.
+        for event in novel_events(self.engine.state, candidates):
+            self.engine.record(event)
+            fills += isinstance(event, OrderFilled)
+        if fills:
+            self.recovered += fills
+            _log.info("order %s: %d fill(s) found in the venue's history", order.key, fills)
+        return fills
+
+    async def look_at_all(self) -> int:
+        """One look for every order waiting for fills, now (the final pass of a session)."""
+        waiting = [o for o in self.engine.state.orders.values() if o.awaiting_fills]
+        found = 0
+        for order in waiting:
+            found += await self.look(order)
+        return found
+
+    def _give_up(self, order: Order) -> None:
+        assert order.venue_executed is not None
+        self._given_up[order.key] = order.venue_executed
+        self.gaps += 1
+        _log.error(
+            "order %s: the venue reports %s executed, the fills found add up to %s after %d "
+            "looks at its fill history; recorded as a fill gap",
+            order.key,
+            order.venue_executed,
+            order.filled_quantity,
+            self.attempts,
+        )
+        status = _AS_REPORTED.get(order.status)
+        if status is None:
+            return  # not a status a venue report could restate; the log line must do
+        restated = OrderObserved(
+            source=Source.RECONCILE,
+            recv_time_us=self.now_us(),
+            symbol=order.symbol,
+            status=status,
+            venue_id=order.venue_id,
+            client_id=order.client_id,
+            executed_quantity=order.venue_executed,
+        )
+        for event in novel_events(self.engine.state, [restated]):
+            self.engine.record(event)
+
+
 class BackpackSession:
     """The order API of one connected account. Made by `open_backpack_session`."""
 
@@ -118,11 +336,16 @@ class BackpackSession:
         *,
         perpetual: bool,
         now_us: Callable[[], int] = _now_us,
+        fill_grace: float = DEFAULT_FILL_GRACE,
+        fill_attempts: int = DEFAULT_FILL_ATTEMPTS,
     ) -> None:
         self.engine = engine
         self.rest = rest
         self.perpetual = perpetual
         self.now_us = now_us
+        self.chaser = FillChaser(
+            engine, rest, grace=fill_grace, attempts=fill_attempts, now_us=now_us
+        )
         self.stream: BackpackStream | None = None
         self.errors = 0  # REST failures of reconciliation and polling (retried)
         self.reconciled = trio.Event()
@@ -322,6 +545,18 @@ class BackpackSession:
         for symbol in symbols:
             await self.cancel_all(symbol)
 
+    async def final_pass(self) -> None:
+        """Before a clean shutdown: one more reconciliation pass, then one look at the fill
+        history of every order still waiting for fills, so that fills whose messages are
+        still in flight are in the log. REST failures are logged and counted, not raised;
+        the caller bounds the time (`open_backpack_session` does, under a shield)."""
+        try:
+            await self.reconcile(gate=False)
+        except RestError as exc:
+            self.errors += 1
+            _log.warning("final reconciliation failed (%s)", exc)
+        await self.chaser.look_at_all()
+
     async def poll(self, interval: float) -> None:
         """A full reconciliation pass every `interval` seconds: balances and positions have no
         stream, and a private message the venue dropped without closing the connection is
@@ -350,12 +585,19 @@ async def open_backpack_session(
     transport: httpx.AsyncBaseTransport | None = None,
     heartbeat_interval: float = 30.0,
     symbols: Sequence[str] | None = None,
+    fill_grace: float = DEFAULT_FILL_GRACE,
+    fill_attempts: int = DEFAULT_FILL_ATTEMPTS,
 ) -> AsyncIterator[BackpackSession]:
     """Connect, load markets, subscribe, reconcile; yield the session; shut down cleanly.
 
     `venue` picks the markets (spot for `backpack`, perpetuals for `backpack_perpetual`)
     unless `symbols` names them; positions are followed when any perpetual is traded.
     `transport` replaces httpx's network transport (tests); everything else is real.
+    `fill_grace` and `fill_attempts` tune the fill chaser (see `FillChaser`).
+
+    On the way out, within `shutdown_timeout` seconds and shielded from cancellation: open
+    orders are cancelled if `cancel_on_shutdown`; then, only when the body exited normally,
+    a final pass (`BackpackSession.final_pass`) records fills still in flight.
     """
     perpetual = venue == "backpack_perpetual"
     async with BackpackRest(
@@ -378,7 +620,9 @@ async def open_backpack_session(
         streams = ["account.orderUpdate", *(["account.positionUpdate"] if perpetual else [])]
         for event in novel_events(engine.state, wanted):
             engine.record(event)
-        session = BackpackSession(engine, rest, perpetual=perpetual)
+        session = BackpackSession(
+            engine, rest, perpetual=perpetual, fill_grace=fill_grace, fill_attempts=fill_attempts
+        )
         stream = BackpackStream(
             ws_url,
             credentials,
@@ -390,22 +634,37 @@ async def open_backpack_session(
         )
         session.stream = stream
         send, receive = trio.open_memory_channel[Event](1024)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(engine.run, receive)
-            await nursery.start(
-                lambda task_status=trio.TASK_STATUS_IGNORED: stream.run(
-                    send,
-                    on_connect=session.on_connect,
-                    before_connect=session.resync_clock,
-                    task_status=task_status,
+        unsubscribe = engine.subscribe(session.chaser.notice)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(engine.run, receive)
+                await nursery.start(
+                    lambda task_status=trio.TASK_STATUS_IGNORED: stream.run(
+                        send,
+                        on_connect=session.on_connect,
+                        before_connect=session.resync_clock,
+                        task_status=task_status,
+                    )
                 )
-            )
-            nursery.start_soon(session.poll, poll_interval)
-            try:
-                yield session
-            finally:
-                if cancel_on_shutdown:
+                nursery.start_soon(session.poll, poll_interval)
+                nursery.start_soon(session.chaser.run)
+                clean = False
+                try:
+                    yield session
+                    clean = True
+                finally:
                     with trio.move_on_after(shutdown_timeout) as cleanup:
                         cleanup.shield = True
-                        await session.cancel_open_orders()
-                nursery.cancel_scope.cancel()
+                        if cancel_on_shutdown:
+                            await session.cancel_open_orders()
+                        if clean:
+                            await session.final_pass()
+                    if cleanup.cancelled_caught:
+                        _log.warning(
+                            "shutdown work did not finish within %s s; the next session's "
+                            "reconciliation covers what is left",
+                            shutdown_timeout,
+                        )
+                    nursery.cancel_scope.cancel()
+        finally:
+            unsubscribe()

@@ -329,7 +329,9 @@ class BackpackStream:
             if conn.engine_gone:
                 continue
             with trio.move_on_at(deadline):
-                if not await self._deliver(message, send):
+                # A venue error frame changes nothing now: the connection is already lost.
+                delivered, _refusal = await self._deliver(message, send)
+                if not delivered:
                     conn.engine_gone = True
 
     async def _heartbeat(self, conn: _Connection) -> None:
