@@ -4,7 +4,8 @@ Crash safety: each event is written as one line ending in a newline. A crash mid
 a last line without its newline (a torn line); on reading, a torn line that does not decode
 is dropped and reported (`LogReader.torn`), every complete event before it kept. A torn line
 that does decode (only its newline was lost) is kept. Anything wrong anywhere else is a
-`LogReadError` naming file and line: the log is corrupt, and nothing guesses.
+`LogReadError` naming file and line: the log is corrupt, and nothing guesses. Whatever the
+bytes, reading raises nothing else, and its message is one printable line of bounded length.
 """
 
 from __future__ import annotations
@@ -41,10 +42,21 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+_MAX_REASON = 300
+
+
+def _one_line(text: str) -> str:
+    """A reason as one printable line of bounded length: it may quote a damaged line."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
 class LogReadError(Exception):
-    """A log that cannot be read: `path:line: what is wrong`."""
+    """A log that cannot be read: `path:line: what is wrong` (the message one line)."""
 
     def __init__(self, path: str | os.PathLike[str], line: int, message: str) -> None:
+        message = _one_line(message)
         super().__init__(f"{os.fspath(path)}:{line}: {message}")
         self.path = os.fspath(path)
         self.line = line
@@ -133,19 +145,14 @@ class LogReader:
                 else:
                     seq, event = decode_line(line)
             except LogFormatError as exc:
+                # The decoders raise nothing else, whatever the bytes (deep nesting, huge
+                # numbers, bad UTF-8 included).
                 if tearable:
                     self.torn = TornTail(
-                        line=number, offset=offset, length=len(line), reason=str(exc)
+                        line=number, offset=offset, length=len(line), reason=_one_line(str(exc))
                     )
                     return
                 raise LogReadError(path, number, str(exc)) from None
-            except UnicodeDecodeError:
-                if tearable:
-                    self.torn = TornTail(
-                        line=number, offset=offset, length=len(line), reason="bad UTF-8"
-                    )
-                    return
-                raise LogReadError(path, number, "not valid UTF-8") from None
             offset += len(line)
             if number == 1:
                 self.end_offset = offset

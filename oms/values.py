@@ -18,8 +18,10 @@ from enum import StrEnum
 
 __all__ = [
     "CTX",
+    "ID_LIMIT",
     "MAX_MAGNITUDE_EXPONENT",
     "PNL_QUANTUM",
+    "SYNTHETIC_TRADE_ID_BASE",
     "ZERO",
     "MarketType",
     "OrderStatus",
@@ -149,6 +151,15 @@ def decimal_in_range(value: Decimal) -> bool:
     if not value.is_finite():
         return False
     return not value or -MAX_MAGNITUDE_EXPONENT <= value.adjusted() <= MAX_MAGNITUDE_EXPONENT
+
+
+# Every integer read from the venue (trade ids, client ids, times) is below this bound:
+# Backpack types them as int64/uint32, and an unbounded integer could not be written or
+# compared cheaply. A venue integer at or above it is input the codec refuses.
+ID_LIMIT = 1 << 63
+# A fill the venue reports without a trade id (a system fill: liquidation, ADL) is keyed by
+# an id derived from the fill itself, in [SYNTHETIC_TRADE_ID_BASE, 2**64): never a real id.
+SYNTHETIC_TRADE_ID_BASE = ID_LIMIT
 
 
 def canonical_decimal(value: Decimal) -> str:

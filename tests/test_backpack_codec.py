@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from adapters.backpack import codec
@@ -26,9 +28,22 @@ from oms.events import (
     TriggerFailed,
     TriggerPlaced,
 )
-from oms.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms.log import EventLog, Fsync, LogReader
+from oms.reducer import replay
+from oms.serialization import decode_line, encode_line
+from oms.state import AnomalyKind
+from oms.values import (
+    ID_LIMIT,
+    SYNTHETIC_TRADE_ID_BASE,
+    MarketType,
+    OrderType,
+    Side,
+    Source,
+    TimeInForce,
+    VenueStatus,
+)
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "backpack" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "data" / "backpack"  # see tests/data/README.md
 RUST: list[dict[str, Any]] = json.loads(
     (SAMPLES / "bpx_api_client_rust_tests.json").read_text(encoding="utf-8")
 )["samples"]
@@ -374,3 +389,177 @@ def test_batch_results_pair_items_with_the_orders_sent() -> None:
     assert (rejected.client_id, rejected.symbol, rejected.code) == (12, "SOL_USDC", "INVALID_ORDER")
     short = codec.batch_results([ok], [11, 12], ["ETH_USDC", "SOL_USDC"], Source.REST, RECV)
     assert len(short) == 1 and isinstance(short[0], MessageNotUnderstood)
+
+
+# --- hostile input: bounded integers, deep nesting (issue 7) -----------------------------------
+
+
+def fill_frame(t: str) -> str:
+    """A real orderFill frame with the trade id `t` spliced in as JSON text."""
+    data = dict(ccxt_ws("parseWsOrder"))
+    text = frame("account.orderUpdate", {**data, "t": "T_HERE"})
+    return text.replace('"t":"T_HERE"', f'"t":{t}')
+
+
+@pytest.mark.parametrize(
+    "t", ["1E+5000", "1E+1000000", "9223372036854775808", "-1", '"99999999999999999999"', "1.5"]
+)
+def test_a_trade_id_out_of_range_is_not_understood_and_can_be_logged(t: str) -> None:
+    text = fill_frame(t)
+    event = only(codec.ws_frame(text, RECV))
+    assert isinstance(event, MessageNotUnderstood)
+    assert "'t' is not an integer" in event.reason
+    assert event.raw == text
+    # The session goes on: the event is written and read back like any other.
+    assert decode_line(encode_line(1, event)) == (1, event)
+
+
+def test_the_largest_trade_id_is_accepted() -> None:
+    event = only(codec.ws_frame(fill_frame(str(ID_LIMIT - 1)), RECV))
+    assert isinstance(event, OrderFilled)
+    assert event.trade_id == ID_LIMIT - 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("c", "4294967296"),  # one past uint32
+        ("T", "1E+1000000"),
+        ("E", '"9999999999999999999999"'),
+        ("i", "1" + "0" * 4000),  # an order id sent as a number
+    ],
+)
+def test_other_integers_out_of_range_are_not_understood(field: str, value: str) -> None:
+    data = {**ccxt_ws("parseWsOrder"), field: 0}
+    if field == "E":
+        data.pop("T")
+    text = frame("account.orderUpdate", data).replace(f'"{field}":0', f'"{field}":{value}')
+    event = only(codec.ws_frame(text, RECV))
+    assert isinstance(event, MessageNotUnderstood)
+    assert f"'{field}' is not" in event.reason
+    assert len(event.reason) < 200
+
+
+def test_funding_interval_and_rest_times_are_bounded() -> None:
+    item = {"intervalEndTimestamp": "1E+1000000", "quantity": "1", "symbol": "SOL_USDC_PERP"}
+    bad = codec.funding_item(item, Source.RECONCILE, RECV)
+    assert isinstance(bad, MessageNotUnderstood)
+    assert "intervalEndTimestamp" in bad.reason
+    before_epoch = dict(item, intervalEndTimestamp="1969-12-31T23:00:00")
+    assert isinstance(
+        codec.funding_item(before_epoch, Source.RECONCILE, RECV), MessageNotUnderstood
+    )
+    parsed = codec.parse_json('{"createdAt": 1E+1000000, "symbol": "X", "status": "New"}')
+    assert isinstance(codec.order_object(parsed, Source.REST, RECV), MessageNotUnderstood)
+
+
+@pytest.mark.parametrize("depth", [990, 1000, 100_000])
+def test_a_deeply_nested_frame_is_not_understood(depth: int) -> None:
+    for text in (
+        "[" * depth + "]" * depth,
+        '{"stream":"account.orderUpdate","data":' + '{"a":' * depth + "0" + "}" * depth + "}",
+    ):
+        event = only(codec.ws_frame(text, RECV))
+        assert isinstance(event, MessageNotUnderstood)
+        assert "JSON nested deeper than 64 levels" in event.reason
+
+
+def test_nesting_is_counted_outside_strings_only() -> None:
+    brackets = "[" * 200
+    value = codec.parse_json('{"a": "' + brackets + '", "b": [[["\\"["]]]}')
+    assert value == {"a": brackets, "b": [[['"[']]]}
+    assert codec.parse_json("[" * 64 + "]" * 64) is not None
+    with pytest.raises(ValueError, match="deeper than 64"):
+        codec.parse_json("[" * 65 + "]" * 65)
+
+
+@pytest.mark.parametrize(
+    "text", ['{"a":1E+99999999999999999999}', '{"a":' + "9" * 5000 + "}", "]" * 70 + "[" * 70]
+)
+def test_parse_json_refuses_with_value_error_only(text: str) -> None:
+    with pytest.raises(ValueError):  # the one type the REST client catches
+        codec.parse_json(text)
+    with pytest.raises(ValueError):
+        codec.parse_json(text.encode())
+
+
+# --- fills without a trade id (system fills) ----------------------------------------------------
+
+
+ADL_STREAM = {
+    "e": "orderFill", "E": 1757621440700001, "s": "SOL_USDC_PERP", "S": "Ask", "o": "MARKET",
+    "X": "Filled", "i": "8284661999", "t": None, "l": "1.50", "L": "150.10", "m": False,
+    "n": "0", "N": "USDC", "z": "1.5", "Z": "225.15", "T": 1757621440699123,
+    "O": "ADL_AUTOCLOSE",
+}  # fmt: skip
+ADL_HISTORY = {
+    "clientId": None, "fee": "0", "feeSymbol": "USDC", "isMaker": False,
+    "orderId": "8284661999", "price": "150.1", "quantity": "1.5", "side": "Ask",
+    "symbol": "SOL_USDC_PERP", "systemOrderType": "LiquidatePositionOnAdl",
+    "timestamp": "2025-09-11T20:10:40.699", "tradeId": None,
+}  # fmt: skip
+
+
+def test_a_fill_without_trade_id_gets_the_documented_synthetic_key() -> None:
+    event = only(codec.ws_frame(frame("account.orderUpdate", ADL_STREAM), RECV))
+    assert isinstance(event, OrderFilled)
+    # The key as docs/events.md states it, computed here independently of the codec.
+    key = b'["SOL_USDC_PERP","8284661999","Ask","1.5","150.1",1757621440699]'
+    digest = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+    assert event.trade_id == SYNTHETIC_TRADE_ID_BASE + (digest & (2**63 - 1))
+    assert SYNTHETIC_TRADE_ID_BASE <= event.trade_id < 2**64
+    assert event.origin == "ADL_AUTOCLOSE"
+
+
+def test_stream_and_history_copies_of_a_system_fill_share_one_key() -> None:
+    streamed = only(codec.ws_frame(frame("account.orderUpdate", ADL_STREAM), RECV))
+    absent = {k: v for k, v in ADL_HISTORY.items() if k != "tradeId"}
+    from_history = codec.fill_history_item(ADL_HISTORY, Source.RECONCILE, RECV)
+    from_history_absent = codec.fill_history_item(absent, Source.RECONCILE, RECV)
+    assert isinstance(streamed, OrderFilled) and isinstance(from_history, OrderFilled)
+    assert isinstance(from_history_absent, OrderFilled)
+    assert streamed.trade_id == from_history.trade_id == from_history_absent.trade_id
+    # A different fill of the same order (another millisecond) is another key.
+    later = codec.fill_history_item(
+        dict(ADL_HISTORY, timestamp="2025-09-11T20:10:40.700"), Source.RECONCILE, RECV
+    )
+    assert isinstance(later, OrderFilled) and later.trade_id != streamed.trade_id
+
+
+def test_a_system_fill_reported_twice_moves_the_position_once() -> None:
+    streamed = only(codec.ws_frame(frame("account.orderUpdate", ADL_STREAM), RECV))
+    from_history = codec.fill_history_item(ADL_HISTORY, Source.RECONCILE, RECV)
+    perp = codec.market(
+        {"symbol": "SOL_USDC_PERP", "baseSymbol": "SOL", "quoteSymbol": "USDC",
+         "marketType": "PERP", "filters": {"price": {"tickSize": "0.01"},
+                                           "quantity": {"stepSize": "0.01"}}},
+        Source.REST, RECV,
+    )  # fmt: skip
+    state = replay([perp, streamed, from_history])
+    assert state.positions["SOL_USDC_PERP"].net_quantity == Decimal("-1.5")
+    assert state.anomaly_counts.get(AnomalyKind.DUPLICATE_FILL) == 1
+
+
+def test_a_zero_trade_id_is_a_placeholder_keyed_like_none() -> None:
+    # Backstop liquidations carried tradeId 0 until 2025-11-12: many fills, one "id".
+    streamed = only(codec.ws_frame(frame("account.orderUpdate", ADL_STREAM), RECV))
+    zero = codec.fill_history_item(dict(ADL_HISTORY, tradeId="0"), Source.RECONCILE, RECV)
+    assert isinstance(streamed, OrderFilled) and isinstance(zero, OrderFilled)
+    assert zero.trade_id == streamed.trade_id >= SYNTHETIC_TRADE_ID_BASE
+
+
+def test_a_fill_without_trade_id_or_time_is_not_understood() -> None:
+    no_time = {k: v for k, v in ADL_HISTORY.items() if k != "timestamp"}
+    event = codec.fill_history_item(no_time, Source.RECONCILE, RECV)
+    assert isinstance(event, MessageNotUnderstood)
+    assert "cannot be keyed" in event.reason
+
+
+def test_a_synthetic_trade_id_survives_the_log(tmp_path: Path) -> None:
+    event = codec.fill_history_item(ADL_HISTORY, Source.RECONCILE, RECV)
+    assert isinstance(event, OrderFilled) and event.trade_id >= 2**63
+    top = attrs.evolve(event, trade_id=2**64 - 1)
+    with EventLog.open(tmp_path / "s.jsonl", fsync=Fsync.never()) as log:
+        log.append(event)
+        log.append(top)
+    assert list(LogReader(tmp_path / "s.jsonl")) == [(1, event), (2, top)]

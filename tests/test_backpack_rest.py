@@ -27,6 +27,7 @@ import trio
 from adapters.backpack import endpoints
 from adapters.backpack.rest import (
     BackpackRest,
+    BadResponse,
     ClockError,
     MissingCredentials,
     NotFound,
@@ -743,3 +744,59 @@ async def test_round_trip_against_a_real_http_server(venue_url: str) -> None:
             await api.call(endpoints.markets())
     assert placed["ts"] == "1614550000000"
     assert placed["price"] == "100.5"
+
+
+# --- hostile bodies (issue 7) -------------------------------------------------------------------
+
+DEEP = "[" * 990 + "]" * 990
+
+
+@pytest.mark.parametrize(
+    "body",
+    [DEEP, "[" * 100_000, '{"a":1E+99999999999999999999}', '{"a":' + "9" * 5000 + "}"],
+    ids=["990 deep", "100000 deep", "exponent beyond Decimal", "5000-digit int"],
+)
+async def test_a_hostile_success_body_is_a_bad_response(body: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=body)
+
+    async with rest(handler) as client:
+        with pytest.raises(BadResponse, match="body is not JSON"):
+            await client.account()
+        with pytest.raises(OutcomeUnknown, match="body is not JSON"):
+            await client.execute(execute_spec())
+
+
+async def test_a_deeply_nested_error_body_keeps_the_status() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, text=DEEP)
+
+    async with rest(handler, max_retries=0) as client:
+        with pytest.raises(VenueError) as caught:
+            await client.account()
+    assert (caught.value.status, caught.value.code) == (400, "HTTP_400")
+
+
+@pytest.mark.parametrize("body", ["1E+1000000", '"99999999999999999999999"', "-5", "[]"])
+async def test_a_server_time_out_of_range_is_a_bad_response(body: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=body)
+
+    async with rest(handler) as client:
+        with pytest.raises(BadResponse, match="server time is not a number"):
+            await client.sync_clock()
+        assert client.clock_offset_ms == 0
+
+
+async def test_fill_history_items_with_a_huge_trade_id_are_kept_as_not_understood() -> None:
+    item = ('{"fee":"0","feeSymbol":"USDC","isMaker":false,"orderId":"1","price":"1",'
+            '"quantity":"1","side":"Bid","symbol":"SOL_USDC","timestamp":"2025-08-13T17:26:01.197",'
+            '"tradeId":1E+1000000}')  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=f"[{item}]")
+
+    async with rest(handler) as client:
+        [event] = await client.fill_history(symbol="SOL_USDC")
+    assert isinstance(event, MessageNotUnderstood)
+    assert "'tradeId' is not an integer in range" in event.reason

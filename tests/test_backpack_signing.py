@@ -12,7 +12,7 @@ import pytest
 
 from adapters.backpack.signing import Credentials, CredentialsError, signing_string
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "backpack" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "data" / "backpack"  # see tests/data/README.md
 VECTORS: dict[str, Any] = json.loads(
     (SAMPLES / "self_computed_signature_vectors.json").read_text(encoding="utf-8")
 )

@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import attrs
 import pytest
 
 from oms.events import Event, MessageNotUnderstood, OrderExpired, OrderFilled
 from oms.log import EventLog, Fsync, LogReader, LogReadError
-from oms.serialization import encode_header, encode_line
+from oms.serialization import LogFormatError, encode_header, encode_line
 from oms.values import Side, Source, VenueStatus
 
 REPLAY_DIR = Path(__file__).resolve().parent.parent / "replay"
@@ -416,3 +417,54 @@ def test_reading_a_big_log_takes_little_memory(tmp_path: Path) -> None:
     assert count == 6000
     assert first_peak < size // 20
     assert peak < size // 10  # streaming: memory does not grow with the file
+
+
+# --- integers beyond 64 bits, deep nesting (issue 7) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "trade_id", [2**64, -(2**63) - 1, 10**5000], ids=["2**64", "-2**63-1", "1E+5000"]
+)
+def test_an_integer_beyond_64_bits_is_refused_before_anything_is_written(
+    tmp_path: Path, trade_id: int
+) -> None:
+    path = tmp_path / "s.jsonl"
+    with EventLog.open(path, fsync=Fsync.never()) as log:
+        log.append(fill(1))
+        with pytest.raises(LogFormatError, match="trade_id is not a 64-bit integer"):
+            log.append(attrs.evolve(fill(2), trade_id=trade_id))
+        assert log.last_seq == 1
+    assert [seq for seq, _ in LogReader(path)] == [1]
+
+
+def test_the_64_bit_extremes_round_trip(tmp_path: Path) -> None:
+    events: list[Event] = [
+        attrs.evolve(fill(1), trade_id=2**64 - 1),
+        attrs.evolve(fill(2), trade_id=-(2**63)),
+    ]
+    write_log(tmp_path / "s.jsonl", events)
+    assert list(LogReader(tmp_path / "s.jsonl").events()) == events
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (b'"trade_id":18446744073709551616', "OrderFilled: field trade_id is not a 64-bit integer"),
+        (b'"trade_id":' + b"[" * 5000 + b"]" * 5000, "JSON nested too deeply"),
+        (b'"trade_id":1E+1000000', "Number out of range"),
+    ],
+)
+def test_a_huge_or_deep_value_in_a_line_is_a_log_read_error(
+    tmp_path: Path, damage: bytes, message: str
+) -> None:
+    path = tmp_path / "s.jsonl"
+    write_log(path, [fill(1), fill(2)])
+    lines = lines_of(path)
+    lines[1] = lines[1].replace(b'"trade_id":1', damage)
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(LogReadError) as caught:
+        EventLog.open(path)
+    assert caught.value.line == 2
+    assert message in caught.value.message
+    assert len(caught.value.message) <= 300
+    assert path.read_bytes() == b"".join(lines)  # corruption is reported, never cut

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from oms.events import Event, OrderFilled
+from oms.reducer import Fold
 from oms.replay import main
 
 REPLAY_DIR = Path(__file__).resolve().parent.parent / "replay"
@@ -289,3 +291,29 @@ def test_usage_error_as_a_process(tmp_path: Path) -> None:
     done = run_process(cwd=tmp_path)
     assert done.returncode == 2
     assert "usage:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_failure_applying_an_event_names_its_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reducer is total on what the reader accepts; should it ever fail, the user still
+    # gets the file and line and exit 1, not a traceback.
+    path = copy_session(tmp_path, "spot_limit_partial_cancel")
+    real_step = Fold.step
+
+    def step(self: Fold, event: Event) -> None:
+        if isinstance(event, OrderFilled):
+            raise ArithmeticError("boom\nsecond line")
+        real_step(self, event)
+
+    monkeypatch.setattr(Fold, "step", step)
+    code, out, err = run([str(path)], capsys)
+    assert (code, out) == (1, "")
+    first_fill = next(
+        number
+        for number, line in enumerate(_lines("spot_limit_partial_cancel"), start=1)
+        if b'"type":"OrderFilled"' in line
+    )
+    assert err == (
+        f"{path}:{first_fill}: cannot apply OrderFilled: ArithmeticError: boom\\nsecond line\n"
+    )

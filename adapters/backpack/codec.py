@@ -7,12 +7,32 @@ decimals as strings or bare numbers. A message it cannot understand becomes a
 so a stream never stops on a surprise.
 
 Parse venue JSON with `parse_json`: JSON numbers become `Decimal` (never float), so a bare
-number such as `"b": 123.45` in a docs example keeps its exact value.
+number such as `"b": 123.45` in a docs example keeps its exact value. It refuses (ValueError)
+JSON nested deeper than `MAX_DEPTH` before anything recursive runs, so no frame can exhaust
+the stack.
+
+Bounds: every integer read from a message (trade ids, times, funding interval ends, an order
+id sent as a number) must be in `0 <= n < oms.values.ID_LIMIT` (2**63), and a client id a
+uint32; every decimal must pass `oms.values.decimal_in_range`. Size is checked before any
+conversion, so `1E+1000000` is refused at once rather than expanded. Out of range, the message
+is not understood.
+
+Fills without a trade id (system fills: liquidations, ADL; the API types `tradeId` optional;
+a trade id of 0 is taken as none) are keyed by `synthetic_trade_id`: `SYNTHETIC_TRADE_ID_BASE`
+(2**63) plus the low 63 bits of an 8-byte BLAKE2b digest of the compact ASCII JSON array
+`[symbol, order id, side, quantity, price, venue time in milliseconds]` (decimals in canonical
+form). The stream gives `T` in microseconds and fill history a naive ISO time in
+milliseconds; truncating both to milliseconds gives the same fill the same key from either
+source, so it is counted once. A synthetic id is never a real one (real ids are below 2**63).
+Two system fills of one order with the same side, quantity and price in the same millisecond
+would share a key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -40,16 +60,20 @@ from oms.events import (
     TriggerPlaced,
 )
 from oms.values import (
+    ID_LIMIT,
+    SYNTHETIC_TRADE_ID_BASE,
     MarketType,
     OrderType,
     Side,
     Source,
     TimeInForce,
     VenueStatus,
+    canonical_decimal,
     decimal_in_range,
 )
 
 __all__ = [
+    "MAX_DEPTH",
     "BadMessage",
     "balances",
     "batch_results",
@@ -62,6 +86,9 @@ __all__ = [
     "parse_json",
     "position",
     "position_update",
+    "synthetic_trade_id",
+    "timestamp_us",
+    "venue_int",
     "ws_frame",
 ]
 
@@ -73,17 +100,53 @@ class BadMessage(ValueError):
     """A venue message that does not have the shape the codec needs (internal)."""
 
 
+# Backpack messages nest fewer than 6 levels; far deeper is garbage or an attack on the stack.
+MAX_DEPTH: Final = 64
+# A JSON string, or an unterminated one up to the end: never fails once it has started, so
+# scanning stays linear on any input.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
 def parse_json(text: str | bytes) -> JSON:
-    """Parse venue JSON with exact decimals. Raises ValueError on invalid JSON.
+    """Parse venue JSON with exact decimals. Raises ValueError, and nothing else, on invalid
+    JSON, on a number no Decimal or int can hold, and on JSON nested deeper than `MAX_DEPTH`
+    (checked before parsing, without recursion).
 
     A `\\ud800`-style escape of a lone surrogate (valid JSON, not valid Unicode) is replaced
     by U+FFFD, so every string in an event can be written to the log as UTF-8.
     """
-    value = json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
-    probe = text if isinstance(text, str) else text.decode("utf-8", "replace")
-    if "\\u" in probe:
+    if isinstance(text, bytes):
+        # As json.loads would decode it, but here so the depth check sees the same text.
+        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    _check_depth(text)
+    try:
+        value = json.loads(text, parse_float=Decimal, parse_constant=_no_constant)
+    except RecursionError:
+        # Only if the caller's own stack was already nearly full.
+        raise ValueError("JSON nested too deeply for the stack left") from None
+    except ArithmeticError:
+        # InvalidOperation: an exponent beyond what Decimal holds (1E+99999999999999999999).
+        raise ValueError("JSON number out of range") from None
+    if "\\u" in text or (not text.isascii() and _SURROGATE.search(text)):
         value = _clean(value)
     return value
+
+
+def _check_depth(text: str) -> None:
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return  # cannot be deeper: skip the scan for every ordinary message
+    depth = 0
+    for char in _NOT_BRACKET.sub("", _STRING.sub("", text)):
+        if char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+        else:
+            depth -= 1
+            if depth < 0:
+                raise ValueError("JSON brackets do not balance")
 
 
 def _clean(value: JSON) -> JSON:
@@ -104,8 +167,15 @@ _encoder = msgspec.json.Encoder()
 
 
 def compact(value: JSON) -> str:
-    """Compact JSON text of an already parsed value (decimals written as strings)."""
-    return _encoder.encode(value).decode("utf-8")
+    """Compact JSON text of an already parsed value (decimals written as strings).
+
+    Never raises: a value `parse_json` could not have produced (an int too long to print, a
+    lone surrogate, a foreign type) gives a placeholder naming the problem.
+    """
+    try:
+        return _encoder.encode(value).decode("utf-8")
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.EncodeError) as exc:
+        return f"<not encodable as JSON: {type(exc).__name__}>"
 
 
 # --- tolerant field readers ----------------------------------------------------------------
@@ -127,11 +197,11 @@ def _dec(value: JSON, key: str) -> Decimal:
         try:
             result = Decimal(value.strip())
         except InvalidOperation:
-            raise BadMessage(f"{key!r} is not a decimal: {value!r}") from None
+            raise BadMessage(f"{key!r} is not a decimal: {_show(value)}") from None
     else:
-        raise BadMessage(f"{key!r} is not a decimal: {value!r}")
+        raise BadMessage(f"{key!r} is not a decimal: {_show(value)}")
     if not decimal_in_range(result):
-        raise BadMessage(f"{key!r} is not a decimal in range: {value!r}")
+        raise BadMessage(f"{key!r} is not a decimal in range: {_show(value)}")
     return result
 
 
@@ -144,21 +214,48 @@ def _dec_opt(data: Mapping[str, JSON], key: str) -> Decimal | None:
     return None if value is None else _dec(value, key)
 
 
-def _int(value: JSON, key: str) -> int:
+# Digits of the largest venue integer (ID_LIMIT - 1); anything longer is refused unread.
+_INT_DIGITS: Final = len(str(ID_LIMIT - 1))
+
+
+def _show(value: JSON) -> str:
+    """A short repr for a reason: a refused value can be megabytes long."""
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 256 else "a huge int"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def venue_int(value: JSON, key: str) -> int:
+    """A venue integer (a JSON integer, a digit string, or an integral decimal) in
+    `0 <= n < ID_LIMIT`. Raises BadMessage otherwise, checking the size before converting."""
     if isinstance(value, bool):
         raise BadMessage(f"{key!r} is a boolean, not an integer")
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    if isinstance(value, Decimal) and value == value.to_integral_value():
-        return int(value)
-    raise BadMessage(f"{key!r} is not an integer: {value!r}")
+        number = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit()):
+            raise BadMessage(f"{key!r} is not an integer: {_show(value)}")
+        if len(text.lstrip("0")) > _INT_DIGITS:
+            raise BadMessage(f"{key!r} is not an integer in range: {_show(value)}")
+        number = int(text)
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise BadMessage(f"{key!r} is not an integer: {_show(value)}")
+        if value and value.adjusted() >= _INT_DIGITS:
+            raise BadMessage(f"{key!r} is not an integer in range: {_show(value)}")
+        if value != value.to_integral_value():
+            raise BadMessage(f"{key!r} is not an integer: {_show(value)}")
+        number = int(value)
+    else:
+        raise BadMessage(f"{key!r} is not an integer: {_show(value)}")
+    if not 0 <= number < ID_LIMIT:
+        raise BadMessage(f"{key!r} is not an integer in range: {_show(value)}")
+    return number
 
 
 def _int_opt(data: Mapping[str, JSON], key: str) -> int | None:
     value = data.get(key)
-    return None if value is None else _int(value, key)
+    return None if value is None else venue_int(value, key)
 
 
 def _client_id(data: Mapping[str, JSON], key: str) -> int | None:
@@ -171,8 +268,11 @@ def _client_id(data: Mapping[str, JSON], key: str) -> int | None:
 def _str(data: Mapping[str, JSON], key: str) -> str:
     value = _get(data, key)
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise BadMessage(f"{key!r} is not a string: {value!r}")
-    return str(value)
+        raise BadMessage(f"{key!r} is not a string: {_show(value)}")
+    if isinstance(value, int):
+        # An id sent as a number: bounded like every venue integer.
+        return str(venue_int(value, key))
+    return value
 
 
 def _str_opt(data: Mapping[str, JSON], key: str) -> str | None:
@@ -191,22 +291,28 @@ def _bool(data: Mapping[str, JSON], key: str) -> bool:
 
 
 def timestamp_us(value: JSON, key: str = "time") -> int:
-    """Microseconds since the epoch from any time form Backpack uses.
+    """Microseconds since the epoch from any time form Backpack uses, in `0 <= t < ID_LIMIT`.
 
     Integers (or digit strings) are told apart by size: microseconds (the streams), milliseconds
     (REST `createdAt`, trades) or seconds. Strings with a date are naive ISO times in UTC
-    (`2025-09-11T20:10:40.699`, `2025-07-19 13:09:00`).
+    (`2025-09-11T20:10:40.699`, `2025-07-19 13:09:00`). Raises BadMessage otherwise.
     """
     if isinstance(value, str) and not value.strip().isdigit():
+        if len(value) > 64:
+            raise BadMessage(f"{key!r} is not a time: {_show(value)}")
         try:
             parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise BadMessage(f"{key!r} is not a time: {value!r}") from None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        delta = parsed - datetime(1970, 1, 1, tzinfo=UTC)
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    number = _int(value, key)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            delta = parsed - datetime(1970, 1, 1, tzinfo=UTC)
+        except (ValueError, OverflowError):
+            raise BadMessage(f"{key!r} is not a time: {_show(value)}") from None
+        micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        if not 0 <= micros < ID_LIMIT:
+            raise BadMessage(f"{key!r} is not a time in range: {_show(value)}")
+        return micros
+    number = venue_int(value, key)
+    # Each branch stays below ID_LIMIT: ms < 1e14 and s < 1e11 scale to < 1e17.
     if number >= 10**14:
         return number
     if number >= 10**11:
@@ -272,13 +378,75 @@ def _status_opt(data: Mapping[str, JSON], key: str) -> VenueStatus | None:
         return None  # an unknown status must not cost us the fill it came with
 
 
+def synthetic_trade_id(
+    *, symbol: str, venue_id: str, side: Side, quantity: Decimal, price: Decimal, time_us: int
+) -> int:
+    """The key of a fill the venue sent without a trade id (see the module docstring).
+
+    In `[SYNTHETIC_TRADE_ID_BASE, 2**64)`; the same from the stream and from fill history,
+    because only the milliseconds of the venue time enter it.
+    """
+    key = [
+        symbol,
+        venue_id,
+        side.value,
+        canonical_decimal(quantity),
+        canonical_decimal(price),
+        time_us // 1000,
+    ]
+    text = json.dumps(key, separators=(",", ":"), ensure_ascii=True)
+    digest = hashlib.blake2b(text.encode("ascii"), digest_size=8).digest()
+    return SYNTHETIC_TRADE_ID_BASE + (int.from_bytes(digest, "big") & (ID_LIMIT - 1))
+
+
+def _trade_id(
+    data: Mapping[str, JSON],
+    key: str,
+    *,
+    symbol: str,
+    venue_id: str,
+    side: Side,
+    quantity: Decimal,
+    price: Decimal,
+    time_us: int | None,
+) -> int:
+    value = data.get(key)
+    if value is not None:
+        number = venue_int(value, key)
+        # Zero is the placeholder backstop liquidations carried before 2025-11-12 (fact sheet
+        # §2.3): shared by many fills, so it cannot key one.
+        if number:
+            return number
+    if time_us is None:
+        raise BadMessage(f"fill without {key!r} and without a time: it cannot be keyed")
+    return synthetic_trade_id(
+        symbol=symbol,
+        venue_id=venue_id,
+        side=side,
+        quantity=quantity,
+        price=price,
+        time_us=time_us,
+    )
+
+
 def _guard(
     raw: str, source: Source, recv_time_us: int, build: Callable[[], list[Event]]
 ) -> list[Event]:
     try:
         return build()
-    except (BadMessage, KeyError, TypeError, ValueError, AttributeError, InvalidOperation) as exc:
+    except (
+        BadMessage,
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        InvalidOperation,
+        OverflowError,
+        RecursionError,
+    ) as exc:
         reason = str(exc) if isinstance(exc, BadMessage) else f"{type(exc).__name__}: {exc}"
+        if len(reason) > 300:
+            reason = reason[:297] + "..."
         return [
             MessageNotUnderstood(source=source, recv_time_us=recv_time_us, raw=raw, reason=reason)
         ]
@@ -355,15 +523,28 @@ def order_update(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Event
     order_type = _order_type(data, "o", "y")
     origin = _str_opt(data, "O") or "USER"
     if kind == "orderFill":
+        fill_venue_id = _str(data, "i")
+        side = _side(data, "S")
+        quantity = _dec_req(data, "l")
+        price = _dec_req(data, "L")
         return OrderFilled(
             **meta,
             symbol=symbol,
-            venue_id=_str(data, "i"),
+            venue_id=fill_venue_id,
             client_id=client_id,
-            trade_id=_int(_get(data, "t"), "t"),
-            side=_side(data, "S"),
-            quantity=_dec_req(data, "l"),
-            price=_dec_req(data, "L"),
+            trade_id=_trade_id(
+                data,
+                "t",
+                symbol=symbol,
+                venue_id=fill_venue_id,
+                side=side,
+                quantity=quantity,
+                price=price,
+                time_us=meta["venue_time_us"],
+            ),
+            side=side,
+            quantity=quantity,
+            price=price,
             fee=_dec_opt(data, "n") or Decimal(0),
             fee_asset=_str_opt(data, "N") or "",
             maker=_bool(data, "m"),
@@ -542,18 +723,33 @@ def fill_history_item(item: JSON, source: Source, recv_time_us: int) -> Event:
     """One item of `GET /wapi/v1/history/fills` as an `OrderFilled` (no cumulative figures)."""
 
     def build(data: Mapping[str, JSON], raw: str) -> Event:
+        venue_time_us = _time_opt(data, "timestamp")
+        symbol = _str(data, "symbol")
+        venue_id = _str(data, "orderId")
+        side = _side(data, "side")
+        quantity = _dec_req(data, "quantity")
+        price = _dec_req(data, "price")
         return OrderFilled(
             source=source,
             recv_time_us=recv_time_us,
-            venue_time_us=_time_opt(data, "timestamp"),
+            venue_time_us=venue_time_us,
             raw=raw,
-            symbol=_str(data, "symbol"),
-            venue_id=_str(data, "orderId"),
+            symbol=symbol,
+            venue_id=venue_id,
             client_id=_client_id(data, "clientId"),
-            trade_id=_int(_get(data, "tradeId"), "tradeId"),
-            side=_side(data, "side"),
-            quantity=_dec_req(data, "quantity"),
-            price=_dec_req(data, "price"),
+            trade_id=_trade_id(
+                data,
+                "tradeId",
+                symbol=symbol,
+                venue_id=venue_id,
+                side=side,
+                quantity=quantity,
+                price=price,
+                time_us=venue_time_us,
+            ),
+            side=side,
+            quantity=quantity,
+            price=price,
             fee=_dec_opt(data, "fee") or Decimal(0),
             fee_asset=_str_opt(data, "feeSymbol") or "",
             maker=_bool(data, "isMaker"),

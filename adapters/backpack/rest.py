@@ -322,13 +322,11 @@ class BackpackRest:
         """Measure the venue clock (`GET /api/v1/time`); store and return the offset in ms:
         venue time minus the midpoint of the local send and receive times."""
         reply = await self._call(endpoints.server_time())
-        server_ms = reply.body
-        if isinstance(server_ms, str) and server_ms.strip().isdigit():
-            server_ms = int(server_ms)
-        if isinstance(server_ms, Decimal) and server_ms.is_finite():
-            server_ms = int(server_ms)
-        if isinstance(server_ms, bool) or not isinstance(server_ms, int):
-            raise BadResponse(200, "BAD_RESPONSE", f"server time is not a number: {server_ms!r}")
+        try:
+            # Bounded before it is converted: `1E+1000000` must not become a million digits.
+            server_ms = codec.venue_int(reply.body, "server time")
+        except codec.BadMessage as exc:
+            raise BadResponse(200, "BAD_RESPONSE", f"server time is not a number: {exc}") from None
         midpoint = (reply.sent_ms + reply.received_ms) // 2
         self._offset_ms = server_ms - midpoint
         log.info("Backpack clock offset %+d ms", self._offset_ms)
