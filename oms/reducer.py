@@ -18,6 +18,7 @@ freezes. Both run the same step code, so they agree bit for bit.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any, assert_never
@@ -49,17 +50,30 @@ from oms.events import (
 from oms.lifecycle import Kind, kind_of_venue_status, transition
 from oms.state import (
     ANOMALIES_KEPT,
+    POSITION_WINDOW,
     Anomaly,
     AnomalyKind,
     Balance,
+    FillKey,
     Market,
     ObservedBalance,
     ObservedPosition,
     Order,
     Position,
+    PositionFigures,
+    PositionFill,
     State,
 )
-from oms.values import CTX, PNL_QUANTUM, ZERO, OrderStatus, Side, Source, VenueStatus
+from oms.values import (
+    CTX,
+    PNL_QUANTUM,
+    SYNTHETIC_TRADE_ID_BASE,
+    ZERO,
+    OrderStatus,
+    Side,
+    Source,
+    VenueStatus,
+)
 from oms.values import canonical_decimal as _d
 
 __all__ = ["Fold", "apply", "replay"]
@@ -126,6 +140,7 @@ class Fold:
         self.finished_tail = state.finished_tail
         self.retain_finished = state.retain_finished
         self.last_client_id = state.last_client_id
+        self.baseline_seq = state.baseline_seq
 
     def freeze(self) -> State:
         return State(
@@ -143,6 +158,7 @@ class Fold:
             finished_tail=self.finished_tail,
             retain_finished=self.retain_finished,
             last_client_id=self.last_client_id,
+            baseline_seq=self.baseline_seq,
         )
 
     # --- dispatch ---------------------------------------------------------------------------
@@ -604,33 +620,56 @@ class Fold:
     # --- positions --------------------------------------------------------------------------
 
     def _position_fill(self, event: OrderFilled) -> Decimal:
-        """Move the position by one fill; returns the PnL this fill realized."""
+        """Count one fill in its position; returns the change in realized PnL.
+
+        The position is re-derived from the set of its fills in the venue's matching order:
+        a fill that arrives after a newer one (recovered late by reconciliation) takes its
+        place in that order, and the figures after it are folded again.
+        """
         position = self.positions.get(event.symbol) or Position(symbol=event.symbol)
-        qty = position.net_quantity
-        entry = position.entry_price
-        cost = position.open_cost
-        realized = position.realized_pnl
         delta = event.quantity if event.side is Side.BID else event.quantity.copy_negate()
-        new_qty = _add(qty, delta)
-        if not qty or (qty > 0) == (delta > 0):
-            # Opening or increasing: the entry is the open cost over the open quantity. The
-            # cost is an exact sum, so the entry does not depend on the fills' arrival order.
-            cost = _add(cost, _mul(event.quantity, event.price))
-            if new_qty:  # a zero-quantity fill on a flat position opens nothing (and 0/0 traps)
-                entry = CTX.divide(cost, new_qty.copy_abs())
+        base = position.checkpoint
+        recent = position.recent
+        newest = recent[-1].key if recent else base.key
+        if event.trade_id >= SYNTHETIC_TRADE_ID_BASE:
+            # No trade id from the venue: placed after the newest fill counted so far.
+            key: FillKey = (newest[0] if newest else 0, event.trade_id, event.venue_id)
         else:
-            closed = min(event.quantity, qty.copy_abs())
-            pnl = _round_pnl(_mul(closed, _sub(event.price, entry)))
-            realized = _add(realized, pnl if qty > 0 else pnl.copy_negate())
-            if not new_qty:
-                entry = cost = ZERO
-            elif (new_qty > 0) != (qty > 0):
-                # Through zero: the remainder opens the other side at the fill price.
-                entry = event.price
-                cost = _mul(event.price, new_qty.copy_abs())
-            else:
-                # Reducing keeps the average entry; the open cost follows the quantity.
-                cost = _mul(entry, new_qty.copy_abs())
+            key = (event.trade_id, 0, event.venue_id)
+        fill = PositionFill(key=key, delta=delta, price=event.price)
+        if newest is None or key > newest:
+            # In order (the usual case): one step on top of the current figures.
+            current = _position_step(_figures(position), fill)
+            recent = (*recent, fill)
+            if len(recent) > POSITION_WINDOW:
+                base = _position_step(base, recent[0])
+                recent = recent[1:]
+        elif base.key is not None and key <= base.key:
+            if position.baseline_key is not None and key <= position.baseline_key:
+                # At or before the newest fill counted when the venue's report was adopted:
+                # that report includes it (the order counts it; the position does not move).
+                self._anomaly(
+                    AnomalyKind.FILL_OUT_OF_ORDER,
+                    f"fill {event.trade_id} on {event.symbol} predates the adopted venue "
+                    "position, which includes it: position not moved",
+                )
+                return ZERO
+            # Older than the window: counted just after the checkpoint, and reported.
+            self._anomaly(
+                AnomalyKind.FILL_OUT_OF_ORDER,
+                f"fill {event.trade_id} on {event.symbol} is older than the "
+                f"{POSITION_WINDOW} fills kept: applied out of order",
+            )
+            base = _position_step(base, replace(fill, key=base.key))
+            current = _fold_fills(base, recent)
+        else:
+            # Late but within the window: insert at its place and fold the newer fills again.
+            at = bisect.bisect_left([f.key for f in recent], key)
+            recent = (*recent[:at], fill, *recent[at:])
+            if len(recent) > POSITION_WINDOW:
+                base = _position_step(base, recent[0])
+                recent = recent[1:]
+            current = _fold_fills(base, recent)
         fees = position.fees
         if event.fee:
             fees = _fees_plus(fees, event.fee_asset, event.fee)
@@ -638,14 +677,16 @@ class Fold:
             event.symbol,
             replace(
                 position,
-                net_quantity=new_qty,
-                entry_price=entry,
-                open_cost=cost,
-                realized_pnl=realized,
+                net_quantity=current.net_quantity,
+                entry_price=current.entry_price,
+                open_cost=current.open_cost,
+                realized_pnl=current.realized_pnl,
                 fees=fees,
+                checkpoint=base,
+                recent=recent,
             ),
         )
-        return _sub(realized, position.realized_pnl)
+        return _sub(current.realized_pnl, position.realized_pnl)
 
     def _funding(self, event: FundingPaid) -> None:
         position = self.positions.get(event.symbol) or Position(symbol=event.symbol)
@@ -678,41 +719,82 @@ class Fold:
             realized_pnl=event.realized_pnl,
             unrealized_pnl=event.unrealized_pnl,
         )
-        if position.observed == observed:
-            return  # the same report again: no news
-        untouched = not (position.net_quantity or position.realized_pnl or position.fees)
-        if position.observed is None and untouched and event.source is not Source.WS:
-            # The first REST report on a position no fill has moved yet is its baseline (it
-            # may predate this log): adopt the venue's quantity and entry. Not a stream report:
-            # the snapshot sent on subscribe can include a fill still on its way to us, which
-            # reconciliation then applies (it fetches fills before positions).
-            entry = event.entry_price if event.entry_price is not None else ZERO
-            if not event.net_quantity:
-                entry = ZERO
+        if self.baseline_seq is None and event.source is not Source.WS:
+            # Before the account's first balance snapshot, a REST report is the position's
+            # baseline (it may predate this log): adopt the venue's quantity and entry. The
+            # reconciler sends it only once a fill history taken after it shows no fill the
+            # engine has not counted, so every fill it includes is counted already: those
+            # fills are folded into the adopted figures, and a copy arriving later is a
+            # duplicate. Not a stream report: the snapshot sent on subscribe can include a
+            # fill still on its way.
+            recent = position.recent
+            newest = recent[-1].key if recent else position.checkpoint.key
+            if event.net_quantity == position.net_quantity:
+                # The fills counted explain the venue's position: keep their exact figures.
+                adopted = _figures(position)
+            else:
+                entry = event.entry_price if event.entry_price is not None else ZERO
+                if not event.net_quantity:
+                    entry = ZERO
+                adopted = PositionFigures(
+                    key=newest,
+                    net_quantity=event.net_quantity,
+                    entry_price=entry,
+                    open_cost=_mul(entry, event.net_quantity.copy_abs()),
+                    realized_pnl=position.realized_pnl,
+                )
             self.positions = self.positions.set(
                 event.symbol,
                 replace(
                     position,
-                    net_quantity=event.net_quantity,
-                    entry_price=entry,
-                    open_cost=_mul(entry, event.net_quantity.copy_abs()),
+                    net_quantity=adopted.net_quantity,
+                    entry_price=adopted.entry_price,
+                    open_cost=adopted.open_cost,
+                    checkpoint=adopted,
+                    recent=(),
+                    baselined=True,
+                    baseline_key=newest,
                     observed=observed,
+                    drift_quantity=ZERO,
                 ),
             )
             return
         # Afterwards the position is what the fills say; a report is compared, never adopted.
         # The position stream and the order stream are not ordered with each other, so a
         # report can run ahead of (or behind) a fill in flight: a difference is recorded as
-        # drift, and becomes an anomaly only when the next report shows the same difference.
+        # drift, and becomes an anomaly when the next report shows the same difference; a
+        # difference that persists is reported once, not on every report.
+        last = position.observed
+        if last == observed:
+            return  # the same report again: no news
         drift = _sub(event.net_quantity, position.net_quantity)
-        if drift and drift == position.drift_quantity:
+        reported = position.drift_reported
+        confirmed = bool(drift) and drift == position.drift_quantity and drift != reported
+        if (
+            not confirmed
+            and last is not None
+            and drift == position.drift_quantity
+            and (last.net_quantity, last.entry_price, last.break_even_price, last.realized_pnl)
+            == (
+                observed.net_quantity,
+                observed.entry_price,
+                observed.break_even_price,
+                observed.realized_pnl,
+            )
+        ):
+            return  # only the mark (and so the unrealized PnL) moved: no news
+        if confirmed:
             self._anomaly(
                 AnomalyKind.POSITION_DRIFT,
                 f"{event.symbol}: venue position {_d(event.net_quantity)}, derived "
                 f"{_d(position.net_quantity)}, in two reports running",
             )
+            reported = drift
+        elif not drift:
+            reported = ZERO
         self.positions = self.positions.set(
-            event.symbol, replace(position, observed=observed, drift_quantity=drift)
+            event.symbol,
+            replace(position, observed=observed, drift_quantity=drift, drift_reported=reported),
         )
 
     # --- balances ---------------------------------------------------------------------------
@@ -724,7 +806,9 @@ class Fold:
         arrives. The difference is kept as drift, and each new difference is an anomaly."""
         seen = {b.asset: b for b in event.balances}
         # A snapshot is complete: an asset it lacks is observed as zero.
-        baseline = not any(b.observed is not None for b in self.balances.values())
+        baseline = self.baseline_seq is None
+        if baseline:
+            self.baseline_seq = self.seq
         for asset in sorted(set(seen) | set(self.balances.keys())):
             balance = self.balances.get(asset) or Balance(asset=asset)
             reported = seen.get(asset)
@@ -800,3 +884,55 @@ def _fill_status(order: Order, reported: VenueStatus | None) -> OrderStatus:
     if reported is VenueStatus.PARTIALLY_FILLED or order.filled_quantity:
         return OrderStatus.PARTIALLY_FILLED
     return order.status if order.status.is_open else OrderStatus.NEW
+
+
+def _figures(position: Position) -> PositionFigures:
+    return PositionFigures(
+        key=position.recent[-1].key if position.recent else position.checkpoint.key,
+        net_quantity=position.net_quantity,
+        entry_price=position.entry_price,
+        open_cost=position.open_cost,
+        realized_pnl=position.realized_pnl,
+    )
+
+
+def _fold_fills(base: PositionFigures, fills: Iterable[PositionFill]) -> PositionFigures:
+    for fill in fills:
+        base = _position_step(base, fill)
+    return base
+
+
+def _position_step(figures: PositionFigures, fill: PositionFill) -> PositionFigures:
+    """The figures after one more fill (in matching order)."""
+    qty = figures.net_quantity
+    entry = figures.entry_price
+    cost = figures.open_cost
+    realized = figures.realized_pnl
+    delta = fill.delta
+    size = delta.copy_abs()
+    new_qty = _add(qty, delta)
+    if not qty or (qty > 0) == (delta > 0):
+        # Opening or increasing: the entry is the open cost over the open quantity.
+        cost = _add(cost, _mul(size, fill.price))
+        if new_qty:  # a zero-quantity fill on a flat position opens nothing (and 0/0 traps)
+            entry = CTX.divide(cost, new_qty.copy_abs())
+    else:
+        closed = min(size, qty.copy_abs())
+        pnl = _round_pnl(_mul(closed, _sub(fill.price, entry)))
+        realized = _add(realized, pnl if qty > 0 else pnl.copy_negate())
+        if not new_qty:
+            entry = cost = ZERO
+        elif (new_qty > 0) != (qty > 0):
+            # Through zero: the remainder opens the other side at the fill price.
+            entry = fill.price
+            cost = _mul(fill.price, new_qty.copy_abs())
+        else:
+            # Reducing keeps the average entry; the open cost follows the quantity.
+            cost = _mul(entry, new_qty.copy_abs())
+    return PositionFigures(
+        key=fill.key,
+        net_quantity=new_qty,
+        entry_price=entry,
+        open_cost=cost,
+        realized_pnl=realized,
+    )

@@ -12,10 +12,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import IO, Any
 
-from oms.events import Event
 from oms.log import LogReader, LogReadError
 from oms.reducer import Fold
 from oms.serialization import state_document, state_hash
@@ -68,17 +67,22 @@ def replay_file(
     step = fold.step
     meter = _Progress(progress, _size(path)) if progress is not None else None
 
-    def events() -> Iterator[Event]:
+    try:
         for seq, event in reader:
             if until is not None and seq > until:
-                return
-            yield event
+                break
+            try:
+                step(event)
+            except Exception as exc:
+                # The reducer is total on what the reader accepts; should that ever fail, the
+                # user still gets the line to look at, not a traceback. Seq n is on line n + 1.
+                raise LogReadError(
+                    path,
+                    seq + 1,
+                    f"cannot apply {type(event).__name__}: {type(exc).__name__}: {exc}",
+                ) from exc
             if meter is not None and seq % _PROGRESS_EVERY == 0:
                 meter.update(seq, reader.end_offset)
-
-    try:
-        for event in events():
-            step(event)
     finally:
         if meter is not None:
             meter.done()
@@ -122,6 +126,13 @@ def _s(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def _filled(order: dict[str, Any]) -> str:
+    """Fills counted; while the venue reports more executed, that figure too."""
+    if order.get("awaiting_fills"):
+        return f"{order['filled_quantity']} (venue {order['venue_executed']}: awaiting fills)"
+    return str(order["filled_quantity"])
+
+
 def _orders(title: str, orders: list[dict[str, Any]], out: IO[str]) -> None:
     out.write(f"\n{title}\n")
     if not orders:
@@ -140,7 +151,7 @@ def _orders(title: str, orders: list[dict[str, Any]], out: IO[str]) -> None:
                 o["status"],
                 _s(o["price"]),
                 _s(o["quantity"] if o["quantity"] is not None else o["quote_quantity"]),
-                o["filled_quantity"],
+                _filled(o),
                 fees or "-",
             ]
         )

@@ -8,8 +8,10 @@ A log is JSON Lines, UTF-8. The first line is the header `{"format":"oms-event-l
 
 Decimals are strings, enums their values, times integers in microseconds. `docs/log-format.md`
 describes it in full. Decoding is strict: a missing or mistyped field, an unknown field, an
-unknown type or schema version, a non-finite decimal: each is a `LogFormatError` saying
-what is wrong. Old schema versions are upgraded through `UPGRADES` (none exist yet).
+unknown type or schema version, a non-finite decimal, an integer that does not fit in 64 bits,
+nesting too deep for the decoder: each is a `LogFormatError` saying what is wrong, and
+`decode_line` raises nothing else, whatever the bytes. Old schema versions are upgraded
+through `UPGRADES` (none exist yet).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from oms.values import MAX_MAGNITUDE_EXPONENT, canonical_decimal, decimal_in_ran
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "INT_END",
+    "INT_MIN",
     "SCHEMA_VERSION",
     "LogFormatError",
     "decode_header",
@@ -82,9 +86,33 @@ def _decimal_fields(cls: type) -> tuple[str, ...]:
     return tuple(name for name, hint in hints.items() if hint in (Decimal, Decimal | None))
 
 
+def _int_fields(cls: type) -> tuple[str, ...]:
+    hints = typing.get_type_hints(cls)
+    return tuple(name for name, hint in hints.items() if hint in (int, int | None))
+
+
+# Every integer in a log (seq, times, client and trade ids, including the synthetic trade ids
+# of system fills, up to 2**64 - 1) fits in 64 bits, signed or unsigned; a longer one is a
+# damaged line, refused before it reaches the reducer or a message.
+INT_MIN: Final = -(2**63)
+INT_END: Final = 2**64
+
+
 _DECODERS: Final = {name: msgspec.json.Decoder(cls) for name, cls in EVENT_TYPES.items()}
 _FIELDS: Final = {name: _event_fields(cls) for name, cls in EVENT_TYPES.items()}
 _DECIMALS: Final = {name: _decimal_fields(cls) for name, cls in EVENT_TYPES.items()}
+_INTS: Final = {name: _int_fields(cls) for name, cls in EVENT_TYPES.items()}
+# What decoding damaged bytes can raise besides msgspec's DecodeError: deep nesting exhausts
+# the stack (msgspec recurses per level), and conversions of odd values (a decimal text, an
+# upgrade of an old payload) raise the usual value errors.
+_INPUT_ERRORS: Final = (
+    RecursionError,
+    ValueError,
+    OverflowError,
+    TypeError,
+    ArithmeticError,
+    msgspec.MsgspecError,
+)
 
 
 def encode_header() -> bytes:
@@ -92,10 +120,13 @@ def encode_header() -> bytes:
 
 
 def decode_header(line: bytes) -> None:
+    """Check the header line. Raises `LogFormatError` (and nothing else) if it is not ours."""
     try:
         header = _header_decoder.decode(line)
     except msgspec.DecodeError as exc:
         raise LogFormatError(f"not an oms event log header: {exc}") from None
+    except _INPUT_ERRORS as exc:
+        raise LogFormatError(f"not an oms event log header: {_unexpected(exc)}") from None
     if header.format != FORMAT:
         raise LogFormatError(f"not an oms event log: format is {header.format!r}")
     if header.version != FORMAT_VERSION:
@@ -117,11 +148,15 @@ def encode_line(seq: int, event: Event) -> bytes:
         if value is not None and not decimal_in_range(value):
             # Written, it could never be read back: refuse it before anything is written.
             raise LogFormatError(f"{name}: field {field} is not a decimal in range: {value}")
+    for field in _INTS[name]:
+        value = getattr(event, field)
+        if value is not None and not INT_MIN <= value < INT_END:
+            raise LogFormatError(f"{name}: field {field} is not a 64-bit integer: {_digits(value)}")
     try:
         body = _encoder.encode(
             {"seq": seq, "type": name, "v": SCHEMA_VERSION[name], "event": event}
         )
-    except (UnicodeEncodeError, msgspec.EncodeError) as exc:
+    except (ValueError, TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise LogFormatError(f"{name} cannot be written: {exc}") from None
     return body + b"\n"
 
@@ -142,11 +177,41 @@ def scrub(event: Event) -> Event:
 
 
 def decode_line(line: bytes | str) -> tuple[int, Event]:
-    """(seq, event) from one log line. Raises `LogFormatError` saying what is wrong."""
+    """(seq, event) from one log line. Raises `LogFormatError` saying what is wrong, and
+    nothing else: any damage to a line, however odd, is that one clear error."""
+    try:
+        return _decode_line(line)
+    except LogFormatError:
+        raise
+    except UnicodeDecodeError:
+        raise LogFormatError("not valid UTF-8") from None
+    except _INPUT_ERRORS as exc:
+        raise LogFormatError(_unexpected(exc)) from None
+
+
+def _unexpected(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "JSON nested too deeply"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _digits(value: int) -> str:
+    """An int for a message: a damaged line can hold one thousands of digits long, which
+    is neither readable nor (past 4,300 digits) convertible to text."""
+    if value.bit_length() <= 128:
+        return str(value)
+    return f"{'-' if value < 0 else ''}an integer of {value.bit_length()} bits"
+
+
+def _decode_line(line: bytes | str) -> tuple[int, Event]:
     try:
         envelope = _envelope_decoder.decode(line)
     except msgspec.DecodeError as exc:
         raise LogFormatError(_describe(exc)) from None
+    if not INT_MIN <= envelope.seq < INT_END:
+        raise LogFormatError(f"field seq is not a 64-bit integer: {_digits(envelope.seq)}")
+    if not INT_MIN <= envelope.v < INT_END:
+        raise LogFormatError(f"field v is not a 64-bit integer: {_digits(envelope.v)}")
     name = envelope.type
     decoder = _DECODERS.get(name)
     if decoder is None:
@@ -172,6 +237,12 @@ def decode_line(line: bytes | str) -> tuple[int, Event]:
             value.is_finite() and (not value or _LOW <= value.adjusted() <= _HIGH)
         ):
             raise LogFormatError(f"{name}: field {field} is not a decimal in range: {value}")
+    for field in _INTS[name]:
+        number = getattr(event, field)
+        if number is not None and not INT_MIN <= number < INT_END:
+            raise LogFormatError(
+                f"{name}: field {field} is not a 64-bit integer: {_digits(number)}"
+            )
     if isinstance(event, BalanceObserved):
         _check_balances(event, keys)
     return envelope.seq, event
@@ -245,6 +316,8 @@ def _plain(value: Any) -> Any:
 def _order_doc(order: Order) -> dict[str, Any]:
     doc: dict[str, Any] = _plain(order)
     doc["fees"] = {asset: canonical_decimal(amount) for asset, amount in order.fees}
+    # The venue reports more executed than the fills counted: fills are on their way (or lost).
+    doc["awaiting_fills"] = order.awaiting_fills
     return doc
 
 
@@ -254,9 +327,15 @@ def _balance_doc(balance: Balance) -> dict[str, Any]:
     return doc
 
 
+# A position's bookkeeping for re-deriving it in matching order: in the hash, not the document.
+_POSITION_BOOKS = ("checkpoint", "recent", "baseline_key")
+
+
 def _position_doc(position: Position) -> dict[str, Any]:
     doc: dict[str, Any] = _plain(position)
     doc["fees"] = {asset: canonical_decimal(amount) for asset, amount in position.fees}
+    for name in _POSITION_BOOKS:
+        del doc[name]
     return doc
 
 
@@ -300,6 +379,11 @@ def state_hash(state: State) -> str:
     hash alike.
     """
     document = state_document(state)
+    document["position_books"] = {
+        symbol: {name: _plain(getattr(position, name)) for name in _POSITION_BOOKS}
+        for symbol, position in sorted(state.positions.items())
+    }
+    document["baseline_seq"] = state.baseline_seq
     document["retention"] = {
         "head": state.finished_head,
         "tail": state.finished_tail,

@@ -28,7 +28,11 @@ __all__ = [
     "ObservedBalance",
     "ObservedPosition",
     "Order",
+    "POSITION_WINDOW",
+    "FillKey",
     "Position",
+    "PositionFigures",
+    "PositionFill",
     "State",
 ]
 
@@ -52,6 +56,8 @@ class AnomalyKind(StrEnum):
     DUPLICATE_FUNDING = "duplicate_funding"  # a funding interval already counted
     NOT_UNDERSTOOD = "not_understood"  # a venue message the codec could not read
     ID_CONFLICT = "id_conflict"  # a report whose client id and venue id name different orders
+    # a perp fill older than its position's window: counted, but not at its place in order
+    FILL_OUT_OF_ORDER = "fill_out_of_order"
 
 
 class Anomaly(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,6 +127,22 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
         return max(CTX.subtract(self.quantity, self.filled_quantity), ZERO)
 
     @property
+    def unfilled_executed(self) -> Decimal:
+        """What the venue reports executed beyond the fills counted (zero when level).
+
+        Positive while the order waits for fills: the venue's answer (a `Filled` status, a
+        cumulative quantity) ran ahead of its fill messages, or a fill message was lost.
+        """
+        if self.venue_executed is None or self.venue_executed <= self.filled_quantity:
+            return ZERO
+        return CTX.subtract(self.venue_executed, self.filled_quantity)
+
+    @property
+    def awaiting_fills(self) -> bool:
+        """True while the venue reports more executed than the fills counted."""
+        return self.venue_executed is not None and self.venue_executed > self.filled_quantity
+
+    @property
     def average_price(self) -> Decimal | None:
         if not self.filled_quantity:
             return None
@@ -161,6 +183,37 @@ class ObservedPosition(msgspec.Struct, frozen=True, kw_only=True):
     unrealized_pnl: Decimal | None
 
 
+# Fills a position keeps after its checkpoint, in the venue's matching order: a fill that
+# arrives late but within this window re-derives the position from its place in that order.
+POSITION_WINDOW: Final = 256
+
+# A fill's place in the venue's matching order: (trade id, 0, venue order id) for a fill with
+# a trade id; a fill without one (a derived id >= SYNTHETIC_TRADE_ID_BASE) is placed just
+# after the newest fill counted when it arrived: (that fill's trade id, derived id, order id).
+FillKey = tuple[int, int, str]
+
+
+class PositionFill(msgspec.Struct, frozen=True, kw_only=True):
+    """One fill as a position needs it: its place, signed quantity (bid > 0) and price."""
+
+    key: FillKey
+    delta: Decimal
+    price: Decimal
+
+
+class PositionFigures(msgspec.Struct, frozen=True, kw_only=True):
+    """The order-dependent part of a position after some prefix of its fills.
+
+    `key` is the place of the last fill folded in (None: before any fill).
+    """
+
+    key: FillKey | None = None
+    net_quantity: Decimal = ZERO
+    entry_price: Decimal = ZERO
+    open_cost: Decimal = ZERO
+    realized_pnl: Decimal = ZERO
+
+
 class Position(msgspec.Struct, frozen=True, kw_only=True):
     """A one-way (netted) perp position.
 
@@ -169,7 +222,15 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
     quantity x price of the fills that opened it (after a reduction: entry x quantity left).
     `realized_pnl` accrues on every reduction; fees (per asset) and
     funding (quote asset; > 0 received) accumulate. `drift_quantity` is venue minus derived
-    at the last venue report, before re-basing.
+    at the last venue report, before re-basing; `drift_reported` the drift last recorded as
+    an anomaly.
+
+    Quantity, entry, open cost and realized PnL are a function of the set of fills taken in
+    the venue's matching order (`FillKey`), whatever order they arrive in: `checkpoint` holds
+    the figures after the older fills, `recent` the newest (at most `POSITION_WINDOW`, sorted),
+    and the figures above are the checkpoint with `recent` folded in. A `baselined` position
+    adopted a venue report when the account was first reconciled; every fill at or before
+    `baseline_key` (the newest fill counted then) is inside the venue's figures.
     """
 
     symbol: str
@@ -182,6 +243,11 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
     funding_intervals: frozenset[int] = frozenset()
     observed: ObservedPosition | None = None
     drift_quantity: Decimal = ZERO
+    drift_reported: Decimal = ZERO
+    checkpoint: PositionFigures = PositionFigures()
+    recent: tuple[PositionFill, ...] = ()
+    baselined: bool = False
+    baseline_key: FillKey | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -204,6 +270,9 @@ class State:
     finished_tail: int = 0
     retain_finished: int = DEFAULT_RETAIN_FINISHED
     last_client_id: int | None = None
+    # Seq of the account's first venue balance snapshot, the baseline it adopted (None before).
+    # Until then a REST position report is adopted as its position's baseline too.
+    baseline_seq: int | None = None
 
     def order(self, *, client_id: int | None = None, venue_id: str | None = None) -> Order | None:
         """Find an order by our client id or by the venue's order id."""

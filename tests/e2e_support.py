@@ -37,7 +37,13 @@ from oms.state import AnomalyKind, Order, State
 from oms.values import ZERO, OrderStatus, OrderType, Side
 
 __all__ = [
+    "EXPLAINED",
+    "FAULTS",
     "NO_POLLING",
+    "ORDER_KINDS",
+    "REFUSED",
+    "Action",
+    "act",
     "PERP",
     "SPOT",
     "Harness",
@@ -49,9 +55,9 @@ __all__ = [
 
 SPOT = "SOL_USDC"
 PERP = "SOL_USDC_PERP"
-# Balances are polled by the session only at this interval: far beyond any test, so that the
-# only balance snapshots are those of reconciliation passes. (A poll that runs ahead of a fill
-# in flight makes the engine count that fill twice: see the xfail in tests/test_e2e.py.)
+# Reconciliation is repeated by the session only at this interval: far beyond any test, so
+# that the only snapshots are those of the passes after a (re)connect. (Tests that want the
+# periodic pass ask for a shorter interval.)
 NO_POLLING = 3600.0
 
 _VENUE_STATUS: Mapping[str, OrderStatus] = {
@@ -337,10 +343,11 @@ async def open_session(
     *,
     symbols: Sequence[str] = (SPOT, PERP),
     poll_interval: float = NO_POLLING,
+    check: bool = True,
 ) -> AsyncIterator[Harness]:
     """A session on a running exchange, recorded to `path` (created, or continued if it
-    exists). On leaving: the engine is closed, the scenario must have called `finish`, and the
-    whole log must replay to exactly the live state."""
+    exists). On leaving: the engine is closed and, with `check`, the scenario must have called
+    `finish`, and the whole log must replay to exactly the live state."""
     engine = Engine.open(path, fsync=Fsync.never())
     try:
         async with open_backpack_session(
@@ -356,6 +363,87 @@ async def open_session(
             yield harness
     finally:
         engine.close()
+    if not check:
+        return
     assert harness.finished, "a scenario ends with `await harness.finish(...)`"
     live = state_hash(engine.state)
     assert state_hash(replay(LogReader(path).events())) == live, "replay differs from live"
+
+
+# --- the vocabulary of random sessions (the e2e property test and the campaign) ------------
+
+# ("order", symbol, kind, side, size) | ("cancel_last",) | ("cancel_all", symbol) |
+# ("fault", name)
+Action = tuple[str, ...]
+ORDER_KINDS = ("market", "market_quote", "limit_near", "limit_far", "post_only_near", "reduce")
+FAULTS = ("drop_ws", "drop_fill", "duplicate", "hold_fill", "429", "503", "ws_first", "skew")
+# What each fault can legitimately leave among the anomalies, and why:
+EXPLAINED: dict[str, set[AnomalyKind]] = {
+    # every second copy of a fill is a duplicate
+    "duplicate": {AnomalyKind.DUPLICATE_FILL},
+    # a later fill overtakes the held one (gap); the held one may come after a reconciliation
+    # already counted it (duplicate); position reports run ahead of the held fill (drift)
+    "hold_fill": {AnomalyKind.FILL_GAP, AnomalyKind.DUPLICATE_FILL, AnomalyKind.POSITION_DRIFT},
+    # the next fill of the order shows the gap; position reports include the lost fill
+    "drop_fill": {AnomalyKind.FILL_GAP, AnomalyKind.POSITION_DRIFT},
+    # the reconnect's reconciliation runs while resting orders fill as the market moves: its
+    # snapshots can run ahead of the stream (balances, positions, executed quantities)
+    "drop_ws": {AnomalyKind.FILL_GAP, AnomalyKind.BALANCE_DRIFT, AnomalyKind.POSITION_DRIFT},
+    # a jump between sending a subscription and the venue reading it: the venue refuses it
+    # (its error frame is recorded) and the stream subscribes again after a resync
+    "skew": {AnomalyKind.NOT_UNDERSTOOD},
+}
+REFUSED = "venue error 4003: "
+
+
+def _tick(price: Decimal) -> Decimal:
+    return price.quantize(Decimal("0.01"))
+
+
+async def act(h: Harness, action: Action) -> None:
+    if action[0] == "order":
+        _, symbol, kind, side_name, size = action
+        side = Side(side_name)
+        mid = h.mid(symbol)
+        if kind == "market":
+            await h.submit(symbol, side, OrderType.MARKET, quantity=size)
+        elif kind == "market_quote":
+            await h.submit(symbol, side, OrderType.MARKET, quote_quantity=str(40 * Decimal(size)))
+        elif kind == "limit_near":
+            await h.submit(symbol, side, OrderType.LIMIT, quantity=size, price=mid)
+        elif kind == "limit_far":
+            far = _tick(mid * (Decimal("0.7") if side is Side.BID else Decimal("1.3")))
+            await h.submit(symbol, side, OrderType.LIMIT, quantity=size, price=far)
+        elif kind == "post_only_near":
+            await h.submit(symbol, side, OrderType.LIMIT_MAKER, quantity=size, price=mid)
+        else:  # reduce-only against the position we hold (the venue caps it, or refuses it flat)
+            held = h.state.positions.get(PERP)
+            against = Side.ASK if held is not None and held.net_quantity > 0 else Side.BID
+            await h.submit(PERP, against, OrderType.MARKET, quantity=size, reduce_only=True)
+    elif action[0] == "cancel_last":
+        live = [o for o in h.state.open_orders() if o.client_id is not None]
+        if live:
+            newest = max(live, key=lambda o: o.created_seq)
+            await h.session.cancel(newest.symbol, client_id=newest.client_id)
+    elif action[0] == "cancel_all":
+        await h.session.cancel_all(action[1])
+    else:
+        fault = action[1]
+        faults = h.faults
+        if fault == "drop_ws":
+            if faults.drop_websockets(abrupt=True):
+                await wait_for(lambda: h.exchange.connections == 0, "the server's side closed")
+        elif fault == "drop_fill":
+            faults.drop_private(event="orderFill")
+        elif fault == "duplicate":
+            faults.duplicate_private(count=3)
+        elif fault == "hold_fill":
+            faults.hold_private(event="orderFill", release_after=2)
+        elif fault == "429":
+            faults.fail_http(429, method="POST", path="/api/v1/order")
+        elif fault == "503":
+            faults.fail_http(503, method="POST", path="/api/v1/order", after_execute=True)
+        elif fault == "ws_first":
+            faults.ws_before_rest = not faults.ws_before_rest
+        else:
+            faults.clock_skew_ms += 20_000  # the server's clock jumps 4 signature windows

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
+import attrs
+
 from adapters.backpack.reconcile import Reconciler, novel_events
 from oms.engine import Engine
 from oms.events import (
@@ -199,6 +201,8 @@ async def test_an_in_doubt_order_found_resting_is_resolved_as_new() -> None:
 async def test_perp_positions_flat_symbols_and_funding() -> None:
     engine = Engine()
     engine.record(market("SOL_USDC_PERP", MarketType.PERP))
+    # The account was reconciled before (its baseline): reports are compared from now on.
+    engine.record(BalanceObserved(source=R, recv_time_us=T0, balances=()))
     engine.record(fill(1, "3", "150", venue_id="1", symbol="SOL_USDC_PERP", fee_asset="USDC"))
     venue = FakeVenue()
     venue.funding = [
@@ -235,3 +239,93 @@ async def test_fill_history_items_it_cannot_read_are_recorded_once() -> None:
     await rec.run_pass()
     assert engine.state.anomaly_counts.get(AnomalyKind.NOT_UNDERSTOOD) == 1
     assert await rec.run_pass() == 0
+
+
+PERP = "SOL_USDC_PERP"
+
+
+def perp_report(net: str, entry: str) -> PositionObserved:
+    return PositionObserved(source=R, recv_time_us=T0, symbol=PERP, net_quantity=Decimal(net),
+                            entry_price=Decimal(entry))  # fmt: skip
+
+
+class FillLandsDuringSnapshot(FakeVenue):
+    """A perp market order fills after the fill-history request and before the positions
+    request: the venue's snapshots include it, its stream message is held back."""
+
+    def __init__(self, landing: OrderFilled) -> None:
+        super().__init__()
+        self.landing = landing
+        self.positions_now = [perp_report("2", "100")]  # 2 from before the log began
+        self.balance = BalanceObserved(source=R, recv_time_us=T0, balances=(
+            AssetBalance(asset="USDC", available=Decimal("500"), locked=Decimal(0)),))  # fmt: skip
+
+    async def positions(self, *, source: Source) -> list[Event]:
+        if self.landing not in self.fills:
+            self.fills.append(self.landing)
+            self.positions_now = [perp_report("3", "110")]
+        return await super().positions(source=source)
+
+
+async def test_a_fill_in_flight_during_the_first_snapshot_is_counted_once() -> None:
+    engine = Engine()
+    engine.record(market(PERP, MarketType.PERP))
+    landing = fill(7, "1", "130", venue_id="70", symbol=PERP, fee_asset="USDC")
+    venue = FillLandsDuringSnapshot(landing)
+    rec = reconciler(engine, venue, perpetual=True)
+    await rec.run_pass()
+    # The second look at the fill history found the fill: it was counted first, then the
+    # snapshots taken again and adopted (2 before the log + 1).
+    assert engine.state.baseline_seq is not None
+    position = engine.state.positions[PERP]
+    assert (position.net_quantity, position.entry_price) == (Decimal(3), Decimal(110))
+    # The held stream message arrives now: a duplicate, the position does not move.
+    engine.record(attrs.evolve(landing, source=Source.WS))
+    position = engine.state.positions[PERP]
+    assert (position.net_quantity, position.drift_quantity) == (Decimal(3), Decimal(0))
+    assert engine.state.balances["USDC"].available == Decimal("500")
+    assert engine.state.anomaly_counts.get(AnomalyKind.DUPLICATE_FILL) == 1
+    assert await rec.run_pass() == 0
+
+
+class NeverQuiet(FakeVenue):
+    """Every look at the fill history shows a new fill."""
+
+    async def fill_history(
+        self, *, symbol: str | None = None, from_ms: int | None = None, source: Source
+    ) -> list[Event]:
+        trade = len(self.fill_queries) + 1
+        self.fills.append(fill(trade, "1", "100", venue_id=str(trade), symbol=PERP,
+                               fee_asset="USDC"))  # fmt: skip
+        return await super().fill_history(symbol=symbol, from_ms=from_ms, source=source)
+
+
+async def test_no_baseline_is_adopted_while_fills_keep_landing() -> None:
+    engine = Engine()
+    engine.record(market(PERP, MarketType.PERP))
+    venue = NeverQuiet()
+    venue.positions_now = [perp_report("99", "100")]
+    await reconciler(engine, venue, perpetual=True).run_pass()
+    # No snapshot could be shown to agree with the fills counted: none is adopted yet, and
+    # every fill seen is counted once.
+    assert engine.state.baseline_seq is None
+    assert engine.state.positions[PERP].net_quantity == len(venue.fills)
+
+
+async def test_a_position_from_before_the_log_is_adopted_once_with_recent_fills_counted() -> None:
+    engine = Engine()
+    engine.record(market(PERP, MarketType.PERP))
+    venue = FakeVenue()
+    # Long 5 from long ago; the last 5 minutes of fills (in the look-back) bought 1 more.
+    venue.fills = [fill(1, "1", "120", venue_id="10", symbol=PERP, fee_asset="USDC")]
+    venue.positions_now = [perp_report("6", "101")]
+    rec = reconciler(engine, venue, perpetual=True)
+    await rec.run_pass()
+    position = engine.state.positions[PERP]
+    assert (position.net_quantity, position.entry_price) == (Decimal(6), Decimal(101))
+    assert position.baselined and position.drift_quantity == 0
+    # Later reports are compared, not adopted.
+    venue.positions_now = [perp_report("7", "101")]
+    await rec.run_pass()
+    position = engine.state.positions[PERP]
+    assert (position.net_quantity, position.drift_quantity) == (Decimal(6), Decimal(1))

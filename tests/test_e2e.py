@@ -8,6 +8,7 @@ replayed to the live state (`tests.e2e_support`).
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Collection
 from decimal import Decimal
 from pathlib import Path
@@ -30,10 +31,15 @@ from oms.reducer import apply
 from oms.state import AnomalyKind, State
 from oms.values import OrderStatus, OrderType, Side, Source
 from tests.e2e_support import (
+    EXPLAINED,
+    FAULTS,
     NO_POLLING,
+    ORDER_KINDS,
     PERP,
+    REFUSED,
     SPOT,
-    Harness,
+    Action,
+    act,
     book_differences,
     open_harness,
     open_session,
@@ -471,14 +477,9 @@ async def test_a_restarted_session_catches_up(tmp_path: Path) -> None:
                 assert h.state.anomaly_counts[AnomalyKind.UNKNOWN_ORDER] == 1
 
 
-# --- known bugs (strict xfails) --------------------------------------------------------------
+# --- a fill recovered late takes its place in matching order ---------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a perp position is built from fills in arrival order (oms/reducer.py "
-    "_position_fill): a fill recovered late gives another entry price than the venue's",
-)
 async def test_perp_entry_price_after_a_recovered_fill(tmp_path: Path) -> None:
     with trio.fail_after(LIMIT):
         async with open_harness(tmp_path / "e.jsonl") as h:
@@ -494,95 +495,19 @@ async def test_perp_entry_price_after_a_recovered_fill(tmp_path: Path) -> None:
 
 # --- random sessions ---------------------------------------------------------------------------
 
-Action = tuple[str, ...]
-_ORDER_KINDS = ("market", "market_quote", "limit_near", "limit_far", "post_only_near", "reduce")
-_FAULTS = ("drop_ws", "drop_fill", "duplicate", "hold_fill", "429", "503", "ws_first", "skew")
-# What each fault can legitimately leave among the anomalies, and why:
-_EXPLAINED: dict[str, set[AnomalyKind]] = {
-    # every second copy of a fill is a duplicate
-    "duplicate": {AnomalyKind.DUPLICATE_FILL},
-    # a later fill overtakes the held one (gap); the held one may come after a reconciliation
-    # already counted it (duplicate); position reports run ahead of the held fill (drift)
-    "hold_fill": {AnomalyKind.FILL_GAP, AnomalyKind.DUPLICATE_FILL, AnomalyKind.POSITION_DRIFT},
-    # the next fill of the order shows the gap; position reports include the lost fill
-    "drop_fill": {AnomalyKind.FILL_GAP, AnomalyKind.POSITION_DRIFT},
-    # the reconnect's reconciliation runs while resting orders fill as the market moves: its
-    # snapshots can run ahead of the stream (balances, positions, executed quantities)
-    "drop_ws": {AnomalyKind.FILL_GAP, AnomalyKind.BALANCE_DRIFT, AnomalyKind.POSITION_DRIFT},
-    # a jump between sending a subscription and the venue reading it: the venue refuses it
-    # (its error frame is recorded) and the stream subscribes again after a resync
-    "skew": {AnomalyKind.NOT_UNDERSTOOD},
-}
-_REFUSED = "venue error 4003: "
-
 order_actions = st.tuples(
     st.just("order"),
     st.sampled_from((SPOT, PERP)),
-    st.sampled_from(_ORDER_KINDS),
+    st.sampled_from(ORDER_KINDS),
     st.sampled_from(("Bid", "Ask")),
     st.sampled_from(("0.5", "1", "3", "12")),
 )
 other_actions = st.one_of(
     st.tuples(st.just("cancel_last")),
     st.tuples(st.just("cancel_all"), st.sampled_from((SPOT, PERP))),
-    st.tuples(st.just("fault"), st.sampled_from(_FAULTS)),
+    st.tuples(st.just("fault"), st.sampled_from(FAULTS)),
 )
 actions = st.lists(st.one_of(order_actions, order_actions, other_actions), max_size=8)
-
-
-def _tick(price: Decimal) -> Decimal:
-    return price.quantize(D("0.01"))
-
-
-async def _act(h: Harness, action: Action) -> None:
-    if action[0] == "order":
-        _, symbol, kind, side_name, size = action
-        side = Side(side_name)
-        if symbol == PERP:
-            # Perp orders only ever buy: a long that only grows has an entry price that does
-            # not depend on the order its fills arrive in (see the xfail on reordered fills).
-            side = Side.BID
-        mid = h.mid(symbol)
-        if kind == "market":
-            await h.submit(symbol, side, OrderType.MARKET, quantity=size)
-        elif kind == "market_quote":
-            await h.submit(symbol, side, OrderType.MARKET, quote_quantity=str(40 * D(size)))
-        elif kind == "limit_near":
-            await h.submit(symbol, side, OrderType.LIMIT, quantity=size, price=mid)
-        elif kind == "limit_far":
-            far = _tick(mid * (D("0.7") if side is Side.BID else D("1.3")))
-            await h.submit(symbol, side, OrderType.LIMIT, quantity=size, price=far)
-        elif kind == "post_only_near":
-            await h.submit(symbol, side, OrderType.LIMIT_MAKER, quantity=size, price=mid)
-        else:  # a reduce-only buy: the perp position is never short, so the venue refuses it
-            await h.submit(PERP, Side.BID, OrderType.MARKET, quantity=size, reduce_only=True)
-    elif action[0] == "cancel_last":
-        live = [o for o in h.state.open_orders() if o.client_id is not None]
-        if live:
-            newest = max(live, key=lambda o: o.created_seq)
-            await h.session.cancel(newest.symbol, client_id=newest.client_id)
-    elif action[0] == "cancel_all":
-        await h.session.cancel_all(action[1])
-    else:
-        fault = action[1]
-        faults = h.faults
-        if fault == "drop_ws":
-            if faults.drop_websockets(abrupt=True):
-                await wait_for(lambda: h.exchange.connections == 0, "the server's side closed")
-        elif fault == "drop_fill":
-            faults.drop_private(event="orderFill")
-        elif fault == "duplicate":
-            faults.duplicate_private(count=3)
-        elif fault == "hold_fill":
-            faults.hold_private(event="orderFill", release_after=2)
-        elif fault == "429":
-            faults.fail_http(429, method="POST", path="/api/v1/order")
-        elif fault == "503":
-            faults.fail_http(503, method="POST", path="/api/v1/order", after_execute=True)
-        elif fault == "ws_first":
-            faults.ws_before_rest = not faults.ws_before_rest
-        else:
-            faults.clock_skew_ms += 20_000  # the server's clock jumps 4 signature windows
 
 
 async def _random_session(
@@ -596,7 +521,7 @@ async def _random_session(
     with trio.fail_after(60):
         async with open_harness(path, step_us=50_000, poll_interval=poll_interval) as h:
             for action in script:
-                await _act(h, action)
+                await act(h, action)
             h.faults.release_held()
             skew = h.faults.clock_skew_ms
             h.faults.clear()
@@ -604,19 +529,20 @@ async def _random_session(
             allowed = set(extra)
             for action in script:
                 if action[0] == "fault":
-                    allowed |= _EXPLAINED.get(action[1], set())
+                    allowed |= EXPLAINED.get(action[1], set())
             await h.finish(allowed)
             for anomaly in h.state.anomalies:
                 if anomaly.kind is AnomalyKind.NOT_UNDERSTOOD:
                     # Only a subscription refused for its timestamp is explained (by "skew").
-                    assert anomaly.detail.startswith(_REFUSED), anomaly.detail
+                    assert anomaly.detail.startswith(REFUSED), anomaly.detail
 
 
 _examples = itertools.count()
 
 
+# A few sessions in CI; a campaign sets OMS_E2E_SESSIONS (see docs/testing-campaigns.md).
 @settings(
-    max_examples=5,
+    max_examples=int(os.environ.get("OMS_E2E_SESSIONS", "5")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

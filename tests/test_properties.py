@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from oms.events import EVENT_TYPES, AssetBalance, BalanceObserved, Event, OrderFilled
 from oms.reducer import Fold, apply, replay
 from oms.serialization import decode_line, encode_line, state_hash
-from oms.state import Order, State
-from oms.values import MarketType, OrderStatus, Side, VenueStatus
+from oms.state import POSITION_WINDOW, AnomalyKind, Order, State
+from oms.values import SYNTHETIC_TRADE_ID_BASE, MarketType, OrderStatus, Side, VenueStatus
 from tests.strategies import (
     EVENT_STRATEGIES,
     PERP,
@@ -202,6 +202,89 @@ def test_perp_entry_price_does_not_depend_on_arrival_order() -> None:
     one = replay([perp, *fills])
     other = replay([perp, fills[2], fills[0], fills[1]])
     assert one.positions[PERP].entry_price == other.positions[PERP].entry_price
+
+
+@st.composite
+def perp_fill_sets(draw: st.DrawFn, max_size: int = 30) -> list[OrderFilled]:
+    """Fills on PERP in the venue's matching order (ascending trade ids), both sides, so the
+    position opens, grows, reduces, flips and closes; some orders fill more than once."""
+    count = draw(st.integers(min_value=1, max_value=max_size))
+    trade_ids = sorted(draw(st.sets(st.integers(1, 10_000), min_size=count, max_size=count)))
+    out = []
+    for trade_id in trade_ids:
+        out.append(
+            fill(
+                f"V{draw(st.integers(1, 6))}",
+                trade_id,
+                draw(st.sampled_from(Side)),
+                draw(quantities(max_steps=500)),
+                draw(prices(max_steps=20_000)),
+                fee=draw(st.sampled_from(("0", "0.01", "0.0003"))),
+                symbol=PERP,
+                origin="LIQUIDATION_AUTOCLOSE",
+            )
+        )
+    return out
+
+
+_PERP_START = [
+    market(PERP, "SOL", "USDC", MarketType.PERP),
+    balances({"USDC": ("1000", "0")}),
+]
+
+
+@MANY
+@given(perp_fill_sets(), st.data())
+def test_a_perp_position_is_a_function_of_the_set_of_its_fills(
+    fills: list[OrderFilled], data: st.DataObject
+) -> None:
+    # Any arrival order (late fills recovered by reconciliation, reordered streams) gives the
+    # position, realized PnL, fees and the quote balance of the venue's matching order.
+    reference = replay(_PERP_START + fills)
+    shuffled = data.draw(st.permutations(fills))
+    state = replay(_PERP_START + shuffled)
+    assert state.positions[PERP] == reference.positions[PERP]
+    assert state.balances == reference.balances
+    assert state.anomaly_total == 0
+    # Duplicates on top change nothing.
+    again = replay(_PERP_START + shuffled + data.draw(st.permutations(fills)))
+    assert again.positions[PERP] == reference.positions[PERP]
+    assert again.balances == reference.balances
+
+
+def test_late_fills_beyond_the_checkpoint_still_land_at_their_place() -> None:
+    # More fills than the window keeps: the oldest are folded into the checkpoint; a late fill
+    # among the newest still takes its place in matching order.
+    fills = [
+        fill("V1", n, Side.BID if n % 3 else Side.ASK, "1", str(100 + n % 17), symbol=PERP,
+             origin="LIQUIDATION_AUTOCLOSE")
+        for n in range(1, POSITION_WINDOW + 60)
+    ]  # fmt: skip
+    reference = replay(_PERP_START + fills)
+    late = fills[-30]
+    state = replay(_PERP_START + [f for f in fills if f is not late] + [late])
+    assert state.positions[PERP] == reference.positions[PERP]
+    assert state.balances == reference.balances
+    assert len(state.positions[PERP].recent) == POSITION_WINDOW
+    # One older than the window counts (quantity and fees are exact sums) and is reported.
+    old = fills[5]
+    state = replay(_PERP_START + [f for f in fills if f is not old] + [old])
+    assert state.positions[PERP].net_quantity == reference.positions[PERP].net_quantity
+    assert state.positions[PERP].fees == reference.positions[PERP].fees
+    assert dict(state.anomaly_counts) == {AnomalyKind.FILL_OUT_OF_ORDER: 1}
+
+
+def test_a_fill_without_a_trade_id_is_placed_after_the_newest_counted() -> None:
+    system = fill("L1", SYNTHETIC_TRADE_ID_BASE + 12345, Side.ASK, "2", "90", symbol=PERP,
+                  origin="LIQUIDATION_AUTOCLOSE")  # fmt: skip
+    opened = fill("V1", 10, Side.BID, "3", "100", symbol=PERP, origin="LIQUIDATION_AUTOCLOSE")
+    later = fill("V2", 20, Side.BID, "1", "110", symbol=PERP, origin="LIQUIDATION_AUTOCLOSE")
+    state = replay([*_PERP_START, opened, system, later])
+    position = state.positions[PERP]
+    # Long 3 at 100, liquidated 2 at 90 (realized -20), then 1 more at 110: long 2 at 105.
+    assert (position.net_quantity, position.entry_price) == (Decimal(2), Decimal(105))
+    assert position.realized_pnl == Decimal(-20)
+    assert state.balances["USDC"].available == Decimal(980)
 
 
 # --- replay, apply and Fold agree -----------------------------------------------------------------

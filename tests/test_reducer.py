@@ -311,8 +311,10 @@ def test_funding_accumulates_and_an_interval_counts_once() -> None:
 
 def test_position_report_baseline_then_drift() -> None:
     state = replay(perp_fills((BID, "2", "100")))
-    # A report that agrees with the fills: no drift.
+    # A report that agrees with the fills: no drift. Then the account's first balance
+    # snapshot, after which reports are compared, never adopted.
     state = apply(state, position("2", entry="100"))
+    state = apply(state, balances({"USDC": ("1000", "0")}))
     assert pos(state).drift_quantity == 0 and state.anomaly_total == 0
     state = apply(
         state, fill("P2", 2, ASK, "0.5", "100", symbol=PERP, origin="ADL_AUTOCLOSE")
@@ -331,9 +333,16 @@ def test_position_report_baseline_then_drift() -> None:
     state = apply(state, later)
     assert kinds_at(state) == [(state.last_seq, AnomalyKind.POSITION_DRIFT)]
     assert pos(state).net_quantity == D("1.5")
+    # The difference persisting is not news again: reports whose mark alone moves add nothing,
+    # and a changed report that shows the same difference records no second anomaly.
+    for mark in ("102", "103"):
+        moved = apply(state, attrs.evolve(later, mark_price=D(mark)))
+        assert moved == replace_seq(state)
+    state = apply(state, attrs.evolve(later, entry_price=D("100.5")))
+    assert state.anomaly_counts[AnomalyKind.POSITION_DRIFT] == 1
     # A report that agrees again clears the drift.
     state = apply(state, position("1.5", entry="100"))
-    assert pos(state).drift_quantity == 0
+    assert pos(state).drift_quantity == 0 and pos(state).drift_reported == 0
 
 
 def test_a_first_report_on_an_untouched_position_is_adopted() -> None:
@@ -348,7 +357,7 @@ def test_a_first_report_on_an_untouched_position_is_adopted() -> None:
 
 
 def test_a_flat_report_on_a_held_position_is_drift_not_adopted() -> None:
-    state = replay([*perp_fills((BID, "2", "100")), position("2"), position("0")])
+    state = replay([*perp_fills((BID, "2", "100")), position("2"), balances({}), position("0")])
     p = pos(state)
     assert (p.net_quantity, p.entry_price, p.drift_quantity) == (D(2), D(100), D(-2))
 
@@ -638,3 +647,20 @@ def test_order_venue_time_is_the_latest_reported_not_the_last_to_arrive() -> Non
         assert order is not None
         assert order.venue_time_us == 2_000
         assert order.status is OrderStatus.CANCELLED and order.filled_quantity == 1
+
+
+def test_a_fill_older_than_the_adopted_position_does_not_move_it() -> None:
+    # Fill 10 counted, then the venue's position adopted as the baseline (it includes fill 10
+    # and everything before it). A fill with an older trade id that turns up later is inside
+    # that report: its order counts it, the position does not move again.
+    state = replay([*perp_fills((BID, "1", "100")), position("5", entry="98")])
+    assert (pos(state).net_quantity, pos(state).baselined) == (D(5), True)
+    older = fill("P0", 0, BID, "2", "90", symbol=PERP, origin="ADL_AUTOCLOSE")
+    state = apply(state, older)
+    assert (pos(state).net_quantity, pos(state).entry_price) == (D(5), D(98))
+    assert kinds_at(state) == [(state.last_seq, AnomalyKind.FILL_OUT_OF_ORDER)]
+    order = state.order(venue_id="P0")
+    assert order is not None and order.filled_quantity == 2
+    # A newer fill moves it as usual.
+    state = apply(state, fill("P2", 11, ASK, "1", "100", symbol=PERP, origin="ADL_AUTOCLOSE"))
+    assert (pos(state).net_quantity, pos(state).realized_pnl) == (D(4), D(2))

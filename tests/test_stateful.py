@@ -281,7 +281,8 @@ class ReducerMachine(RuleBasedStateMachine):
             asset: (str(available * STEP), str(locked * STEP))
             for asset, (available, locked) in snapshot.items()
         }
-        first = not any(b.observed is not None for b in self.state.balances.values())
+        # The account's first snapshot (even an empty one) is its baseline.
+        first = self.state.baseline_seq is None
         self.feed(balances(figures))
         if not first:
             return  # later snapshots are compared, never adopted: the model does not move

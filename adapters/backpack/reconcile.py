@@ -33,6 +33,9 @@ __all__ = ["ReconcileSource", "Reconciler", "novel_events"]
 # Fills are fetched from a little before the newest order activity we know of: a fill may be
 # reported with an engine time slightly before a later event of the same order.
 FILL_LOOKBACK_US = 5 * 60 * 1_000_000
+# Times the baseline snapshots are taken again while fills keep arriving between them and a
+# second look at the fill history.
+BRACKET_TRIES = 5
 
 
 class ReconcileSource(Protocol):
@@ -59,6 +62,10 @@ class ReconcileSource(Protocol):
 
 # What a reconciliation candidate that repeats known facts records: not news.
 _REPEATS = frozenset({AnomalyKind.DUPLICATE_FILL, AnomalyKind.DUPLICATE_FUNDING})
+
+
+def _fill_keys(events: Iterable[Event]) -> set[tuple[str, str, int]]:
+    return {(e.symbol, e.venue_id, e.trade_id) for e in events if isinstance(e, OrderFilled)}
 
 
 def _anomaly_keys(state: State) -> set[tuple[str, str | None, str]]:
@@ -127,6 +134,19 @@ class Reconciler:
             await self.submit(events)
         return len(events)
 
+    async def _positions(self, source: Source) -> list[Event]:
+        """The venue's positions; a symbol we hold that it no longer lists is flat there."""
+        reported = await self.rest.positions(source=source)
+        listed = {e.symbol for e in reported if isinstance(e, PositionObserved)}
+        flat = [
+            PositionObserved(
+                source=source, recv_time_us=self.now_us(), symbol=symbol, net_quantity=ZERO
+            )
+            for symbol, position in sorted(self.state().positions.items())
+            if symbol not in listed and position.net_quantity
+        ]
+        return [*reported, *flat]
+
     async def run_pass(self) -> int:
         """One full pass; returns how many events it added."""
         source = Source.RECONCILE
@@ -187,22 +207,35 @@ class Reconciler:
                         )
                     ]
                 )
+        # 4-6. Positions, funding and balances. Their snapshots count every fill up to the
+        # moment they were taken. Until the account has a baseline (its first balance
+        # snapshot) they are adopted, so they must agree with the fills counted: a fill
+        # that happened while they were taken would be counted twice (in the snapshot and
+        # when it arrives) or lost (counted, then overwritten). So a second look at the fill
+        # history follows them, and they are adopted only if it shows no fill the first look
+        # did not: otherwise the new fills are sent and the snapshots taken again. If the
+        # account never goes quiet, the baseline waits for the next pass.
+        seen = _fill_keys(fills)
+        snapshots: list[Event] = []
+        balance: Event | None = None
+        for _ in range(BRACKET_TRIES):
+            snapshots = await self._positions(source) if self.perpetual else []
+            balance = await self.rest.capital(source=source)
+            if self.state().baseline_seq is not None:
+                break  # compared, not adopted: nothing to bracket
+            again = await self.rest.fill_history(from_ms=max(since_us, 0) // 1000, source=source)
+            if _fill_keys(again) <= seen:
+                break
+            seen |= _fill_keys(again)
+            added += await self._send(e for e in again if isinstance(e, OrderFilled))
+            snapshots, balance = [], None
+        added += await self._send(snapshots)
         if self.perpetual:
-            # 4. Positions: a symbol we hold that the venue no longer lists is flat there.
-            reported = await self.rest.positions(source=source)
-            listed = {e.symbol for e in reported if isinstance(e, PositionObserved)}
-            flat = [
-                PositionObserved(
-                    source=source, recv_time_us=self.now_us(), symbol=symbol, net_quantity=ZERO
-                )
-                for symbol, position in sorted(self.state().positions.items())
-                if symbol not in listed and position.net_quantity
-            ]
-            added += await self._send([*reported, *flat])
-            # 5. Funding payments not yet recorded.
+            # Funding payments not yet recorded.
             added += await self._send(await self.rest.funding_history(source=source))
-        # 6. Balances last: the snapshot then covers every fill and payment above.
-        added += await self._send([await self.rest.capital(source=source)])
+        # Balances last: the snapshot then covers every fill and payment above.
+        if balance is not None:
+            added += await self._send([balance])
         self.passes += 1
         self.synced_us = started_us
         return added

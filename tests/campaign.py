@@ -1,0 +1,197 @@
+"""A randomized fault campaign: many random sessions against the local exchange, judged by the
+exchange's own books, with the figures printed at the end.
+
+    .venv/bin/python -m tests.campaign --sessions 1000 --seed 1
+
+Each session starts a fresh exchange and a recorded engine, plays a random script of orders
+(spot and perps, both sides: opens, reductions, flips, closes), cancels and faults (dropped,
+duplicated and held private messages, WebSocket drops, 429 and 503 answers, a 503 on an
+execute that was placed, clock skew), then ends as `Harness.finish` does: quiet, one more
+reconciliation, and the engine's books compared with the exchange's. Instead of stopping at
+the first difference it counts them:
+
+- lost: trade ids the exchange has for an order and the engine does not;
+- doubled: trade ids the engine counts that the exchange does not, or fills counted twice
+  (filled quantity above the exchange's executed quantity);
+- drifted: balances, positions or funding that differ from the exchange's;
+- in doubt: orders left PendingNew or InDoubt;
+- hash mismatches: the log replayed to another state than the live one;
+- unexplained anomalies: anomaly kinds that none of the session's faults explains;
+- crashes: a session that raised (printed with its script, so it can be replayed).
+
+The tests run a few such sessions (tests/test_e2e.py); this runs as many as asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Sequence
+from decimal import Decimal
+from pathlib import Path
+
+import trio
+
+from adapters.backpack.exchange import open_local_exchange
+from oms.log import LogReader
+from oms.reducer import replay
+from oms.serialization import state_hash
+from tests.e2e_support import (
+    EXPLAINED,
+    FAULTS,
+    ORDER_KINDS,
+    PERP,
+    SPOT,
+    Action,
+    act,
+    book_differences,
+    open_session,
+)
+
+__all__ = ["main", "random_script", "run_session"]
+
+SESSION_LIMIT = 120  # seconds: a session that hangs counts as a crash
+
+
+def random_script(rng: random.Random, max_actions: int = 8) -> list[Action]:
+    """A script drawn like the e2e property test's: two order actions to one other."""
+    script: list[Action] = []
+    for _ in range(rng.randint(0, max_actions)):
+        if rng.random() < 2 / 3:
+            script.append(
+                (
+                    "order",
+                    rng.choice((SPOT, PERP)),
+                    rng.choice(ORDER_KINDS),
+                    rng.choice(("Bid", "Ask")),
+                    rng.choice(("0.5", "1", "3", "12")),
+                )
+            )
+        else:
+            script.append(
+                rng.choice(
+                    (
+                        ("cancel_last",),
+                        ("cancel_all", rng.choice((SPOT, PERP))),
+                        ("fault", rng.choice(FAULTS)),
+                    )
+                )
+            )
+    return script
+
+
+def _count(differences: list[str], figures: Counter[str]) -> None:
+    for line in differences:
+        if "trades missing from the engine" in line:
+            missing, _, extra = line.partition("trades missing from the engine ")[2].partition(
+                ", extra "
+            )
+            figures["lost"] += missing.count(",") + 1 if missing != "[]" else 0
+            figures["doubled"] += extra.count(",") + 1 if extra != "[]" else 0
+        elif "engine filled" in line:
+            figures["doubled" if _over(line) else "lost_quantity"] += 1
+        elif line.startswith(("balance ", "position ", "funding ")):
+            figures["drifted"] += 1
+        elif "left PendingNew" in line or "left InDoubt" in line:
+            figures["in_doubt"] += 1
+        else:
+            figures["other_differences"] += 1
+
+
+def _over(line: str) -> bool:
+    """`... exchange executed X, engine filled Y`: Y above X is a fill counted twice."""
+    executed = line.split("exchange executed ")[1].split(",", maxsplit=1)[0]
+    filled = line.split("engine filled ")[1]
+    return Decimal(filled) > Decimal(executed)
+
+
+async def run_session(
+    path: Path, script: list[Action], seed: int
+) -> tuple[list[str], bool, set[str]]:
+    """Play `script`; returns the book differences, whether replay equals live, and the
+    anomaly kinds no fault of the script explains."""
+    with trio.fail_after(SESSION_LIMIT):
+        return await _play(path, script, seed)
+
+
+async def _play(path: Path, script: list[Action], seed: int) -> tuple[list[str], bool, set[str]]:
+    async with (
+        open_local_exchange(seed=seed, step_us=50_000, tick_interval=0.05) as exchange,
+        open_session(exchange, path, check=False) as h,
+    ):
+        for action in script:
+            await act(h, action)
+        h.faults.release_held()
+        skew = h.faults.clock_skew_ms
+        h.faults.clear()
+        h.faults.clock_skew_ms = skew
+        for symbol in sorted({o.symbol for o in h.state.open_orders()}):
+            await h.session.cancel_all(symbol)
+        await h.quiet()
+        await h.session.reconcile()
+        await h.quiet(0.1)
+        differences = book_differences(h.state, h.exchange)
+        allowed: set[str] = set()
+        for action in script:
+            if action[0] == "fault":
+                allowed |= {k.value for k in EXPLAINED.get(action[1], set())}
+        unexplained = {k.value for k in h.state.anomaly_counts} - allowed
+        live = state_hash(h.state)
+    same = state_hash(replay(LogReader(path).events())) == live
+    return differences, same, unexplained
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--max-actions", type=int, default=8)
+    args = parser.parse_args(argv)
+    rng = random.Random(args.seed)
+    figures: Counter[str] = Counter()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in range(args.sessions):
+            script = random_script(rng, args.max_actions)
+            figures["sessions"] += 1
+            figures["faults"] += sum(1 for a in script if a[0] == "fault")
+            figures["orders"] += sum(1 for a in script if a[0] == "order")
+            path = Path(tmp) / f"s{n}.jsonl"
+            try:
+                differences, same, unexplained = trio.run(run_session, path, script, n)
+            except Exception:
+                figures["crashes"] += 1
+                print(f"session {n} crashed; script {script!r}", file=sys.stderr)
+                traceback.print_exc()
+                continue
+            _count(differences, figures)
+            figures["hash_mismatches"] += not same
+            figures["unexplained_anomalies"] += bool(unexplained)
+            if differences or not same or unexplained:
+                print(f"session {n}: script {script!r}", file=sys.stderr)
+                for line in differences:
+                    print(f"  {line}", file=sys.stderr)
+                if not same:
+                    print("  replay differs from live", file=sys.stderr)
+                if unexplained:
+                    print(f"  unexplained anomalies {sorted(unexplained)}", file=sys.stderr)
+            path.unlink(missing_ok=True)
+    elapsed = time.monotonic() - started
+    keys = (
+        "sessions", "orders", "faults", "lost", "lost_quantity", "doubled", "drifted",
+        "in_doubt", "hash_mismatches", "unexplained_anomalies", "other_differences", "crashes",
+    )  # fmt: skip
+    print(f"campaign seed {args.seed}, {elapsed:.0f} s")
+    for key in keys:
+        print(f"  {key:22} {figures[key]}")
+    bad = sum(figures[k] for k in keys[3:])
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
