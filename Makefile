@@ -12,7 +12,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,exchange]'
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check oms adapters tests
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict oms adapters
+	$(BIN)/mypy --strict oms adapters/oms_backpack adapters/oms_local_exchange
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -28,10 +28,10 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 run: $(STAMP)
-	$(BIN)/python -m oms.run
+	$(BIN)/python -m oms_backpack.run
 
 bench: $(STAMP)
-	$(BIN)/python -m oms.bench
+	$(BIN)/python -m oms_backpack.bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

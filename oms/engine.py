@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import trio
 
-from oms.events import Event
+from oms.core.events import Event
+from oms.core.reducer import Fold, apply
+from oms.core.serialization import LogFormatError, scrub
+from oms.core.state import DEFAULT_RETAIN_FINISHED, State
 from oms.log import EventLog, Fsync, Seconds, TornTail
-from oms.reducer import Fold, apply
-from oms.serialization import LogFormatError, scrub
-from oms.state import DEFAULT_RETAIN_FINISHED, State
 
 __all__ = ["Engine"]
 

@@ -18,8 +18,14 @@ from typing import BinaryIO
 
 import attrs
 
-from oms.events import Event
-from oms.serialization import LogFormatError, decode_header, decode_line, encode_header, encode_line
+from oms.core.events import Event
+from oms.core.serialization import (
+    LogFormatError,
+    decode_header,
+    decode_line,
+    encode_header,
+    encode_line,
+)
 
 # A duration for the shell's timers (fsync delays, polling, the status view), as trio counts
 # time. Never a price, quantity, fee or PnL: those are Decimal, and the pure core has no float.

@@ -15,10 +15,10 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
+from oms.core.reducer import Fold
+from oms.core.serialization import state_document, state_hash
+from oms.core.state import DEFAULT_RETAIN_FINISHED, State
 from oms.log import LogReader, LogReadError
-from oms.reducer import Fold
-from oms.serialization import state_document, state_hash
-from oms.state import DEFAULT_RETAIN_FINISHED, State
 
 __all__ = ["main", "replay_file", "summary_document"]
 

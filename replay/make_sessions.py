@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import attrs
 
-from oms.events import (
+from oms.core.events import (
     AssetBalance,
     BalanceObserved,
     CancelRequested,
@@ -45,7 +45,7 @@ from oms.events import (
 )
 from oms.log import EventLog, Fsync
 from oms.replay import replay_file, summary_document
-from oms.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
 
 __all__ = ["SESSIONS", "main", "reordered_natural_order", "write_session"]
 

@@ -20,21 +20,21 @@ from pathlib import Path
 import attrs
 import trio
 
-from adapters.backpack.exchange import (
+from oms.core.reducer import replay
+from oms.core.serialization import state_hash
+from oms.core.state import AnomalyKind, Order, State
+from oms.core.values import ZERO, OrderStatus, OrderType, Side
+from oms.engine import Engine
+from oms.log import Fsync, LogReader
+from oms_backpack.session import BackpackSession, open_backpack_session
+from oms_local_exchange import (
     DEFAULT_MARKETS,
     Faults,
     LocalExchange,
     MarketSpec,
     open_local_exchange,
 )
-from adapters.backpack.exchange import Order as VenueOrder
-from adapters.backpack.session import BackpackSession, open_backpack_session
-from oms.engine import Engine
-from oms.log import Fsync, LogReader
-from oms.reducer import replay
-from oms.serialization import state_hash
-from oms.state import AnomalyKind, Order, State
-from oms.values import ZERO, OrderStatus, OrderType, Side
+from oms_local_exchange import Order as VenueOrder
 
 __all__ = [
     "EXPLAINED",

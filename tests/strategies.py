@@ -5,7 +5,7 @@ Two families of values:
 - *format* strategies (`wide_decimals`, `texts`, `EVENT_STRATEGIES`, `events`) cover
   everything a field may hold: None for every optional, any unicode text, decimals of
   either sign from `1E-30` up to about `1E+38` (plain and exponent spellings: the log accepts
-  magnitudes from 1E-40 to 1E+40, `oms.values.decimal_in_range`), negative
+  magnitudes from 1E-40 to 1E+40, `oms.core.values.decimal_in_range`), negative
   zero, trailing zeros. Use them for serialization and for "never raises" properties.
 - *trading* strategies (`quantities`, `prices`, `trading_event`, `histories`) produce
   figures a venue would send (positive, a few decimal places) for a small set of orders
@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from hypothesis import strategies as st
 
-from oms.events import (
+from oms.core.events import (
     EVENT_TYPES,
     AssetBalance,
     BalanceObserved,
@@ -45,7 +45,7 @@ from oms.events import (
     TriggerFailed,
     TriggerPlaced,
 )
-from oms.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
 
 __all__ = [
     "EVENT_STRATEGIES",

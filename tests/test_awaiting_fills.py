@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from oms.core.events import Event, OrderObserved
+from oms.core.reducer import replay
+from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
 from oms.engine import Engine
-from oms.events import Event, OrderObserved
-from oms.reducer import replay
 from oms.replay import main as replay_main
-from oms.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
 from tests.strategies import PERP, fill, market, submit
 
 D = Decimal

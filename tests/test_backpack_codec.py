@@ -11,8 +11,7 @@ from typing import Any
 import attrs
 import pytest
 
-from adapters.backpack import codec
-from oms.events import (
+from oms.core.events import (
     BalanceObserved,
     FundingPaid,
     MarketInfo,
@@ -28,11 +27,10 @@ from oms.events import (
     TriggerFailed,
     TriggerPlaced,
 )
-from oms.log import EventLog, Fsync, LogReader
-from oms.reducer import replay
-from oms.serialization import decode_line, encode_line
-from oms.state import AnomalyKind
-from oms.values import (
+from oms.core.reducer import replay
+from oms.core.serialization import decode_line, encode_line
+from oms.core.state import AnomalyKind
+from oms.core.values import (
     ID_LIMIT,
     SYNTHETIC_TRADE_ID_BASE,
     MarketType,
@@ -42,6 +40,8 @@ from oms.values import (
     TimeInForce,
     VenueStatus,
 )
+from oms.log import EventLog, Fsync, LogReader
+from oms_backpack import codec
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "backpack"  # see tests/data/README.md
 RUST: list[dict[str, Any]] = json.loads(

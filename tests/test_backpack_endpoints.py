@@ -6,12 +6,12 @@ from decimal import Decimal
 
 import pytest
 
-from adapters.backpack import endpoints
-from adapters.backpack.endpoints import InvalidOrder
-from adapters.backpack.signing import Credentials, signing_string
-from oms.events import OrderSubmitted
-from oms.state import Market
-from oms.values import MarketType, OrderType, Side, Source, TimeInForce
+from oms.core.events import OrderSubmitted
+from oms.core.state import Market
+from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce
+from oms_backpack import endpoints
+from oms_backpack.endpoints import InvalidOrder
+from oms_backpack.signing import Credentials, signing_string
 
 SOL = Market(
     symbol="SOL_USDC", base_asset="SOL", quote_asset="USDC", market_type=MarketType.SPOT,

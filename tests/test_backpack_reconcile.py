@@ -7,9 +7,7 @@ from decimal import Decimal
 
 import attrs
 
-from adapters.backpack.reconcile import Reconciler, novel_events
-from oms.engine import Engine
-from oms.events import (
+from oms.core.events import (
     AssetBalance,
     BalanceObserved,
     Event,
@@ -23,8 +21,10 @@ from oms.events import (
     PositionObserved,
     SubmitUnknown,
 )
-from oms.state import AnomalyKind
-from oms.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
+from oms.core.state import AnomalyKind
+from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
+from oms.engine import Engine
+from oms_backpack.reconcile import Reconciler, novel_events
 
 R = Source.RECONCILE
 T0 = 1_750_000_000_000_000

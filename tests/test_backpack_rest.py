@@ -24,8 +24,17 @@ import nacl.signing
 import pytest
 import trio
 
-from adapters.backpack import endpoints
-from adapters.backpack.rest import (
+from oms.core.events import (
+    BalanceObserved,
+    MarketInfo,
+    MessageNotUnderstood,
+    OrderFilled,
+    OrderSubmitted,
+)
+from oms.core.state import Market
+from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce
+from oms_backpack import endpoints
+from oms_backpack.rest import (
     BackpackRest,
     BadResponse,
     ClockError,
@@ -36,16 +45,7 @@ from adapters.backpack.rest import (
     VenueError,
     VenueUnavailable,
 )
-from adapters.backpack.signing import Credentials
-from oms.events import (
-    BalanceObserved,
-    MarketInfo,
-    MessageNotUnderstood,
-    OrderFilled,
-    OrderSubmitted,
-)
-from oms.state import Market
-from oms.values import MarketType, OrderType, Side, Source, TimeInForce
+from oms_backpack.signing import Credentials
 
 # Hummingbot's literal test secret and its public key (fact sheet §1.6).
 SECRET = "sKmC5939f6W9/viyhwyaNHa0f7j5wSMvZsysW5BB9L4="

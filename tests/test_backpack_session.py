@@ -17,16 +17,16 @@ import pytest
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
-from adapters.backpack.endpoints import InvalidOrder
-from adapters.backpack.rest import BackpackRest
-from adapters.backpack.session import BackpackSession, load_credentials, open_backpack_session
-from adapters.backpack.signing import Credentials, CredentialsError
+from oms.core.reducer import replay
+from oms.core.serialization import state_hash
+from oms.core.state import AnomalyKind
+from oms.core.values import OrderStatus, OrderType, Side
 from oms.engine import Engine
 from oms.log import Fsync, LogReader
-from oms.reducer import replay
-from oms.serialization import state_hash
-from oms.state import AnomalyKind
-from oms.values import OrderStatus, OrderType, Side
+from oms_backpack.endpoints import InvalidOrder
+from oms_backpack.rest import BackpackRest
+from oms_backpack.session import BackpackSession, load_credentials, open_backpack_session
+from oms_backpack.signing import Credentials, CredentialsError
 
 SECRET = "sKmC5939f6W9/viyhwyaNHa0f7j5wSMvZsysW5BB9L4="
 T0_MS = 1_760_000_000_000

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from adapters.backpack.signing import Credentials, CredentialsError, signing_string
+from oms_backpack.signing import Credentials, CredentialsError, signing_string
 
 SAMPLES = Path(__file__).resolve().parent / "data" / "backpack"  # see tests/data/README.md
 VECTORS: dict[str, Any] = json.loads(

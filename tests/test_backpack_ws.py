@@ -26,10 +26,10 @@ import trio.testing
 import trio_websocket
 from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocket
 
-from adapters.backpack.signing import Credentials
-from adapters.backpack.ws import BackpackStream
-from oms.events import Event, MessageNotUnderstood, OrderAccepted, OrderFilled
-from oms.values import OrderType, Side, Source, VenueStatus
+from oms.core.events import Event, MessageNotUnderstood, OrderAccepted, OrderFilled
+from oms.core.values import OrderType, Side, Source, VenueStatus
+from oms_backpack.signing import Credentials
+from oms_backpack.ws import BackpackStream
 
 # Hummingbot's literal test secret and the key and subscribe signature the fact sheet
 # derives from it (api.md §1.6, computed there with `cryptography`, not with our signer).

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from oms.bench import main, session_events
-from oms.events import (
+from oms.core.events import (
     BalanceObserved,
     CancelRequested,
     FundingPaid,
@@ -25,9 +24,10 @@ from oms.events import (
     OrderFilled,
     OrderSubmitted,
 )
-from oms.reducer import replay
+from oms.core.reducer import replay
+from oms.core.values import MarketType, Source, VenueStatus
 from oms.replay import replay_file
-from oms.values import MarketType, Source, VenueStatus
+from oms_backpack.bench import main, session_events
 
 NUMBER = r"\d[\d,]*(?:\.\d+)?"
 

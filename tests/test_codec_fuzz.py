@@ -17,10 +17,10 @@ import attrs
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from adapters.backpack import codec
-from oms.events import EVENT_TYPES, BalanceObserved, Event, MessageNotUnderstood
-from oms.serialization import decode_line, encode_line
-from oms.values import ID_LIMIT, Source, decimal_in_range
+from oms.core.events import EVENT_TYPES, BalanceObserved, Event, MessageNotUnderstood
+from oms.core.serialization import decode_line, encode_line
+from oms.core.values import ID_LIMIT, Source, decimal_in_range
+from oms_backpack import codec
 from tests.fuzz_settings import fuzz
 
 RECV: Final = 1_800_000_000_000_000

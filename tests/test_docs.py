@@ -1,6 +1,6 @@
 """The docs state facts the code can check: keep them from drifting apart.
 
-- the order transition table in docs/architecture.md is `oms.lifecycle.TRANSITIONS`, cell by
+- the order transition table in docs/architecture.md is `oms.core.lifecycle.TRANSITIONS`, cell by
   cell (editing one without the other fails here);
 - docs/events.md has a section for every event type and a row for every anomaly kind;
 - docs/replay.md documents every option of `python -m oms.replay --help`, and no other;
@@ -14,11 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from oms.events import EVENT_TYPES
-from oms.lifecycle import TRANSITIONS, Kind, Transition
-from oms.serialization import decode_header, decode_line, encode_header, encode_line
-from oms.state import AnomalyKind
-from oms.values import OrderStatus
+from oms.core.events import EVENT_TYPES
+from oms.core.lifecycle import TRANSITIONS, Kind, Transition
+from oms.core.serialization import decode_header, decode_line, encode_header, encode_line
+from oms.core.state import AnomalyKind
+from oms.core.values import OrderStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -19,17 +19,17 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.backpack.exchange import (
+from oms.core.events import Event, OrderFilled
+from oms.core.reducer import apply
+from oms.core.state import AnomalyKind, State
+from oms.core.values import OrderStatus, OrderType, Side, Source
+from oms_local_exchange import (
     DEFAULT_MARKETS,
     Faults,
     MarketSpec,
     OrderRequest,
     open_local_exchange,
 )
-from oms.events import Event, OrderFilled
-from oms.reducer import apply
-from oms.state import AnomalyKind, State
-from oms.values import OrderStatus, OrderType, Side, Source
 from tests.e2e_support import (
     EXPLAINED,
     FAULTS,

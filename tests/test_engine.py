@@ -8,13 +8,13 @@ import pytest
 import trio
 import trio.testing
 
+from oms.core.events import Event, MessageNotUnderstood
+from oms.core.reducer import replay
+from oms.core.serialization import state_hash
+from oms.core.state import State
+from oms.core.values import OrderStatus, Source
 from oms.engine import Engine
-from oms.events import Event, MessageNotUnderstood
 from oms.log import EventLog, Fsync, LogReader
-from oms.reducer import replay
-from oms.serialization import state_hash
-from oms.state import State
-from oms.values import OrderStatus, Source
 
 REPLAY_DIR = Path(__file__).resolve().parent.parent / "replay"
 
@@ -163,8 +163,8 @@ def test_a_lone_surrogate_is_repaired_and_replay_still_matches(tmp_path: Path) -
     # text before logging and applying, and leaves enum fields (Side.BID is a str) alone.
     from decimal import Decimal
 
-    from oms.events import MarketInfo, OrderFilled
-    from oms.values import MarketType, Side
+    from oms.core.events import MarketInfo, OrderFilled
+    from oms.core.values import MarketType, Side
 
     path = tmp_path / "s.jsonl"
     engine = Engine.open(path, fsync=Fsync.never())
@@ -189,9 +189,9 @@ def test_a_decimal_that_could_never_be_read_back_is_refused_before_writing(
 ) -> None:
     from decimal import Decimal
 
-    from oms.events import OrderSubmitted
-    from oms.serialization import LogFormatError
-    from oms.values import OrderType, Side
+    from oms.core.events import OrderSubmitted
+    from oms.core.serialization import LogFormatError
+    from oms.core.values import OrderType, Side
 
     path = tmp_path / "s.jsonl"
     engine = Engine.open(path, fsync=Fsync.never())

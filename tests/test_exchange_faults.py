@@ -17,13 +17,13 @@ import pytest
 import trio
 import trio_websocket
 
-from adapters.backpack import endpoints
-from adapters.backpack.exchange import Faults, LocalExchange, ManualClock, open_local_exchange
-from adapters.backpack.rest import BackpackRest, OutcomeUnknown
-from adapters.backpack.ws import BackpackStream
-from oms.events import BalanceObserved, Event, OrderAccepted, OrderSubmitted
-from oms.state import Market
-from oms.values import MarketType, OrderType, Side, Source, TimeInForce
+from oms.core.events import BalanceObserved, Event, OrderAccepted, OrderSubmitted
+from oms.core.state import Market
+from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce
+from oms_backpack import endpoints
+from oms_backpack.rest import BackpackRest, OutcomeUnknown
+from oms_backpack.ws import BackpackStream
+from oms_local_exchange import Faults, LocalExchange, ManualClock, open_local_exchange
 
 D = Decimal
 SOL = Market(

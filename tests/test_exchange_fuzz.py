@@ -30,8 +30,8 @@ import trio_websocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.backpack.exchange import LocalExchange, ManualClock, api
-from adapters.backpack.signing import Credentials
+from oms_backpack.signing import Credentials
+from oms_local_exchange import LocalExchange, ManualClock, api
 from tests.test_exchange_rest import signed_request
 from tests.test_exchange_ws import next_frame, running
 

@@ -20,11 +20,7 @@ import httpx
 import pytest
 import trio
 
-from adapters.backpack import endpoints
-from adapters.backpack.exchange import LocalExchange, ManualClock, open_local_exchange
-from adapters.backpack.rest import BackpackRest, NotFound, VenueError
-from adapters.backpack.signing import Credentials
-from oms.events import (
+from oms.core.events import (
     BalanceObserved,
     FundingPaid,
     MarketInfo,
@@ -33,8 +29,12 @@ from oms.events import (
     OrderSubmitted,
     PositionObserved,
 )
-from oms.state import Market
-from oms.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms.core.state import Market
+from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms_backpack import endpoints
+from oms_backpack.rest import BackpackRest, NotFound, VenueError
+from oms_backpack.signing import Credentials
+from oms_local_exchange import LocalExchange, ManualClock, open_local_exchange
 
 D = Decimal
 SOL = Market(

@@ -17,12 +17,12 @@ from pathlib import Path
 import httpx
 import trio
 
-from adapters.backpack.exchange import ManualClock, open_local_exchange
-from adapters.backpack.session import open_backpack_session
-from adapters.backpack.signing import Credentials
+from oms.core.state import AnomalyKind
+from oms.core.values import OrderStatus, OrderType, Side
 from oms.engine import Engine
-from oms.state import AnomalyKind
-from oms.values import OrderStatus, OrderType, Side
+from oms_backpack.session import open_backpack_session
+from oms_backpack.signing import Credentials
+from oms_local_exchange import ManualClock, open_local_exchange
 
 D = Decimal
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +91,7 @@ async def test_the_engine_agrees_with_the_exchange_books() -> None:
 
 def test_the_command_line_serves_until_interrupted() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "adapters.backpack.exchange", "--seed", "4"],
+        [sys.executable, "-m", "oms_local_exchange", "--seed", "4"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.backpack.exchange import ApiError, ManualClock, OrderRequest, Venue
-from adapters.backpack.exchange.model import Outbound
-from oms.values import CTX, PNL_QUANTUM
+from oms.core.values import CTX, PNL_QUANTUM
+from oms_local_exchange import ApiError, ManualClock, OrderRequest, Venue
+from oms_local_exchange.model import Outbound
 
 KEY = "account-a"
 OTHER = "account-b"

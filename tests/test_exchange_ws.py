@@ -17,9 +17,7 @@ from typing import Any
 import trio
 import trio_websocket
 
-from adapters.backpack import codec
-from adapters.backpack.exchange import LocalExchange, ManualClock, OrderRequest, open_local_exchange
-from oms.events import (
+from oms.core.events import (
     MessageNotUnderstood,
     OrderAccepted,
     OrderCancelled,
@@ -27,6 +25,8 @@ from oms.events import (
     OrderFilled,
     PositionObserved,
 )
+from oms_backpack import codec
+from oms_local_exchange import LocalExchange, ManualClock, OrderRequest, open_local_exchange
 
 D = Decimal
 DAY_US = 24 * 3_600_000_000

@@ -18,17 +18,17 @@ import pytest
 import trio
 import trio.testing
 
-from adapters.backpack.exchange import open_local_exchange
-from adapters.backpack.rest import BackpackRest
-from adapters.backpack.session import FillChaser, open_backpack_session
-from adapters.backpack.signing import Credentials
+from oms.core.events import MarketInfo, OrderObserved, OrderSubmitted
+from oms.core.reducer import replay
+from oms.core.serialization import state_hash
+from oms.core.state import AnomalyKind, Order
+from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
 from oms.engine import Engine
-from oms.events import MarketInfo, OrderObserved, OrderSubmitted
 from oms.log import Fsync, LogReader
-from oms.reducer import replay
-from oms.serialization import state_hash
-from oms.state import AnomalyKind, Order
-from oms.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
+from oms_backpack.rest import BackpackRest
+from oms_backpack.session import FillChaser, open_backpack_session
+from oms_backpack.signing import Credentials
+from oms_local_exchange import open_local_exchange
 from tests.e2e_support import NO_POLLING, PERP, SPOT, book_differences, wait_for
 
 D = Decimal
@@ -199,7 +199,7 @@ async def test_a_gap_that_cannot_be_closed_becomes_an_anomaly(
 ) -> None:
     engine = Engine()
     asked: list[str] = []
-    with caplog.at_level(logging.ERROR, logger="adapters.backpack.session"):
+    with caplog.at_level(logging.ERROR, logger="oms_backpack.session"):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_chase, engine, _fill_history(1_000, asked), 600)
             await trio.sleep(1)

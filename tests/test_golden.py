@@ -20,9 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from adapters.backpack import codec
-from oms.engine import Engine
-from oms.events import (
+from oms.core.events import (
     BalanceObserved,
     CancelRequested,
     Event,
@@ -37,12 +35,14 @@ from oms.events import (
     PositionObserved,
     SubmitRejected,
 )
+from oms.core.reducer import replay
+from oms.core.serialization import state_hash
+from oms.core.state import AnomalyKind, Order, State
+from oms.core.values import OrderStatus, OrderType, Side, Source, VenueStatus
+from oms.engine import Engine
 from oms.log import Fsync, LogReader
-from oms.reducer import replay
 from oms.replay import main as replay_main
-from oms.serialization import state_hash
-from oms.state import AnomalyKind, Order, State
-from oms.values import OrderStatus, OrderType, Side, Source, VenueStatus
+from oms_backpack import codec
 
 REPLAY_DIR = Path(__file__).resolve().parent.parent / "replay"
 NAMES = [

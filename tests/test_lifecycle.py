@@ -2,7 +2,7 @@
 
 Each status is reached from scratch with real events (no hand-built `Order`), then one more
 event is applied and the resulting status, and whether a forbidden_transition anomaly was
-recorded for that event, are compared with `oms.lifecycle.TRANSITIONS` read as data.
+recorded for that event, are compared with `oms.core.lifecycle.TRANSITIONS` read as data.
 Hand-written expectations for the edges that matter most follow, so that a nonsensical table
 cannot pass by agreeing with itself.
 """
@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import pytest
 
-from oms.events import (
+from oms.core.events import (
     CancelRejected,
     CancelRequested,
     Event,
@@ -24,10 +24,10 @@ from oms.events import (
     TriggerFailed,
     TriggerPlaced,
 )
-from oms.lifecycle import TRANSITIONS, Kind, Transition, kind_of_venue_status, transition
-from oms.reducer import apply, replay
-from oms.state import AnomalyKind, Order, State
-from oms.values import OrderStatus, Side, Source, VenueStatus
+from oms.core.lifecycle import TRANSITIONS, Kind, Transition, kind_of_venue_status, transition
+from oms.core.reducer import apply, replay
+from oms.core.state import AnomalyKind, Order, State
+from oms.core.values import OrderStatus, Side, Source, VenueStatus
 from tests.strategies import SPOT, accept, cancel, expire, fill, market, observe, submit
 
 S = OrderStatus

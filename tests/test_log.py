@@ -13,10 +13,10 @@ from pathlib import Path
 import attrs
 import pytest
 
-from oms.events import Event, MessageNotUnderstood, OrderExpired, OrderFilled
+from oms.core.events import Event, MessageNotUnderstood, OrderExpired, OrderFilled
+from oms.core.serialization import LogFormatError, encode_header, encode_line
+from oms.core.values import Side, Source, VenueStatus
 from oms.log import EventLog, Fsync, LogReader, LogReadError
-from oms.serialization import LogFormatError, encode_header, encode_line
-from oms.values import Side, Source, VenueStatus
 
 REPLAY_DIR = Path(__file__).resolve().parent.parent / "replay"
 T0 = 1_757_620_800_000_000

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from oms.events import EVENT_TYPES, AssetBalance, BalanceObserved, Event, OrderFilled
-from oms.reducer import Fold, apply, replay
-from oms.serialization import decode_line, encode_line, state_hash
-from oms.state import POSITION_WINDOW, AnomalyKind, Order, State
-from oms.values import SYNTHETIC_TRADE_ID_BASE, MarketType, OrderStatus, Side, VenueStatus
+from oms.core.events import EVENT_TYPES, AssetBalance, BalanceObserved, Event, OrderFilled
+from oms.core.reducer import Fold, apply, replay
+from oms.core.serialization import decode_line, encode_line, state_hash
+from oms.core.state import POSITION_WINDOW, AnomalyKind, Order, State
+from oms.core.values import SYNTHETIC_TRADE_ID_BASE, MarketType, OrderStatus, Side, VenueStatus
 from tests.strategies import (
     EVENT_STRATEGIES,
     PERP,

@@ -11,11 +11,11 @@ from decimal import Decimal
 
 import attrs
 
-from oms.events import CancelRequested, Event, MessageNotUnderstood, SubmitRejected
-from oms.reducer import apply, replay
-from oms.serialization import state_hash
-from oms.state import AnomalyKind, Balance, Position, State
-from oms.values import MarketType, OrderStatus, Side, Source, VenueStatus
+from oms.core.events import CancelRequested, Event, MessageNotUnderstood, SubmitRejected
+from oms.core.reducer import apply, replay
+from oms.core.serialization import state_hash
+from oms.core.state import AnomalyKind, Balance, Position, State
+from oms.core.values import MarketType, OrderStatus, Side, Source, VenueStatus
 from tests.strategies import (
     PERP,
     SPOT,

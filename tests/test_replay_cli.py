@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from oms.events import Event, OrderFilled
-from oms.reducer import Fold
+from oms.core.events import Event, OrderFilled
+from oms.core.reducer import Fold
 from oms.replay import main
 
 REPLAY_DIR = Path(__file__).resolve().parent.parent / "replay"

@@ -1,4 +1,4 @@
-"""The main job: `python -m oms.run` on the embedded local exchange, end to end."""
+"""The main job: `python -m oms_backpack.run` on the embedded local exchange, end to end."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from oms.core.reducer import replay
+from oms.core.values import OrderStatus
 from oms.log import LogReader
-from oms.reducer import replay
-from oms.run import main
-from oms.values import OrderStatus
+from oms_backpack.run import main
 
 
 def test_the_demo_trades_records_and_replays_to_the_live_state(
@@ -41,7 +41,7 @@ def test_the_demo_trades_records_and_replays_to_the_live_state(
 
 def test_usage_errors_exit_2_and_the_help_names_the_options() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "oms.run", "--venue", "nowhere"],
+        [sys.executable, "-m", "oms_backpack.run", "--venue", "nowhere"],
         capture_output=True,
         text=True,
         check=False,
@@ -49,7 +49,10 @@ def test_usage_errors_exit_2_and_the_help_names_the_options() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     helped = subprocess.run(
-        [sys.executable, "-m", "oms.run", "--help"], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "oms_backpack.run", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     for flag in ("--venue", "--strategy", "--record", "--duration"):
         assert flag in helped.stdout
@@ -58,7 +61,7 @@ def test_usage_errors_exit_2_and_the_help_names_the_options() -> None:
 def test_the_real_venue_without_keys_fails_with_one_clear_line(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     result = subprocess.run(
-        [sys.executable, "-m", "oms.run", "--venue", "backpack", "--record",
+        [sys.executable, "-m", "oms_backpack.run", "--venue", "backpack", "--record",
          str(tmp_path / "x.jsonl"), "--duration", "1"],
         capture_output=True, text=True, check=False, env=env, cwd=tmp_path,
     )  # fmt: skip

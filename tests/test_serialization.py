@@ -1,4 +1,4 @@
-"""The log line format (oms.serialization): round trips, strictness, and the canonical state."""
+"""The log line format (oms.core.serialization): round trips, strictness, canonical state."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oms.events import (
+from oms.core.events import (
     EVENT_TYPES,
     AssetBalance,
     BalanceObserved,
@@ -38,8 +38,8 @@ from oms.events import (
     TriggerFailed,
     TriggerPlaced,
 )
-from oms.reducer import replay
-from oms.serialization import (
+from oms.core.reducer import replay
+from oms.core.serialization import (
     FORMAT,
     FORMAT_VERSION,
     LogFormatError,
@@ -50,7 +50,7 @@ from oms.serialization import (
     state_document,
     state_hash,
 )
-from oms.values import (
+from oms.core.values import (
     MarketType,
     OrderType,
     Side,

@@ -31,10 +31,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from oms.events import Event, OrderFilled
-from oms.reducer import apply
-from oms.state import AnomalyKind, State
-from oms.values import OrderStatus, Side, VenueStatus
+from oms.core.events import Event, OrderFilled
+from oms.core.reducer import apply
+from oms.core.state import AnomalyKind, State
+from oms.core.values import OrderStatus, Side, VenueStatus
 from tests.strategies import (
     ETH_SOL,
     PERP,

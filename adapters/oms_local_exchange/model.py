@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import attrs
 
-from oms.values import CTX, ZERO
+from oms.core.values import CTX, ZERO
 
 __all__ = [
     "DEFAULT_BALANCES",

@@ -1,7 +1,7 @@
 """Request and subscription authentication, checked as the venue checks it (fact sheet §1.3-§1.8).
 
 Pure apart from the ED25519 verification itself. The signed text is rebuilt with the very
-function our client signs with (`adapters.backpack.signing.signing_string`), from the
+function our client signs with (`oms_backpack.signing.signing_string`), from the
 parameters as they arrived: the query's decoded values, or the JSON body's values (booleans
 lowercase, numbers as written, nulls left out; a batch repeats the instruction per order).
 
@@ -21,9 +21,9 @@ from typing import Any, Final
 import nacl.exceptions
 import nacl.signing
 
-from adapters.backpack.exchange import inputs
-from adapters.backpack.exchange.model import ApiError
-from adapters.backpack.signing import DEFAULT_WINDOW_MS, MAX_WINDOW_MS, ParamValue, signing_string
+from oms_backpack.signing import DEFAULT_WINDOW_MS, MAX_WINDOW_MS, ParamValue, signing_string
+from oms_local_exchange import inputs
+from oms_local_exchange.model import ApiError
 
 __all__ = ["check_request", "check_subscription", "signature_valid"]
 

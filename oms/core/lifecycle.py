@@ -32,7 +32,7 @@ from typing import Final
 
 import attrs
 
-from oms.values import OrderStatus, VenueStatus
+from oms.core.values import OrderStatus, VenueStatus
 
 __all__ = ["TRANSITIONS", "Kind", "Transition", "kind_of_venue_status", "transition"]
 

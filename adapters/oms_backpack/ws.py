@@ -32,10 +32,10 @@ from typing import Final
 import trio
 import trio_websocket
 
-from adapters.backpack import codec
-from adapters.backpack.signing import MAX_WINDOW_MS, Credentials
-from oms.events import Event, MessageNotUnderstood
-from oms.values import Source
+from oms.core.events import Event, MessageNotUnderstood
+from oms.core.values import Source
+from oms_backpack import codec
+from oms_backpack.signing import MAX_WINDOW_MS, Credentials
 
 __all__ = ["PRIVATE_PREFIX", "BackpackStream"]
 

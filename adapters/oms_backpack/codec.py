@@ -12,8 +12,8 @@ JSON nested deeper than `MAX_DEPTH` before anything recursive runs, so no frame 
 the stack.
 
 Bounds: every integer read from a message (trade ids, times, funding interval ends, an order
-id sent as a number) must be in `0 <= n < oms.values.ID_LIMIT` (2**63), and a client id a
-uint32; every decimal must pass `oms.values.decimal_in_range`. Size is checked before any
+id sent as a number) must be in `0 <= n < oms.core.values.ID_LIMIT` (2**63), and a client id a
+uint32; every decimal must pass `oms.core.values.decimal_in_range`. Size is checked before any
 conversion, so `1E+1000000` is refused at once rather than expanded. Out of range, the message
 is not understood.
 
@@ -41,7 +41,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from oms.events import (
+from oms.core.events import (
     AssetBalance,
     BalanceObserved,
     Event,
@@ -59,7 +59,7 @@ from oms.events import (
     TriggerFailed,
     TriggerPlaced,
 )
-from oms.values import (
+from oms.core.values import (
     ID_LIMIT,
     SYNTHETIC_TRADE_ID_BASE,
     MarketType,

@@ -1,6 +1,6 @@
 """Backpack REST client: the thin trio shell around the pure request specs and codec.
 
-`BackpackRest.call(spec)` sends one `RequestSpec` (from `adapters.backpack.endpoints`) and
+`BackpackRest.call(spec)` sends one `RequestSpec` (from `oms_backpack.endpoints`) and
 returns the parsed JSON body (numbers as `Decimal`), or None for an empty body. It signs,
 rate-limits, retries and maps errors; it knows nothing about orders or state.
 
@@ -44,11 +44,11 @@ import attrs
 import httpx
 import trio
 
-from adapters.backpack import codec, endpoints
-from adapters.backpack.endpoints import Param, RequestSpec
-from adapters.backpack.signing import MAX_WINDOW_MS, Credentials
-from oms.events import Event, MarketInfo, MessageNotUnderstood
-from oms.values import Source
+from oms.core.events import Event, MarketInfo, MessageNotUnderstood
+from oms.core.values import Source
+from oms_backpack import codec, endpoints
+from oms_backpack.endpoints import Param, RequestSpec
+from oms_backpack.signing import MAX_WINDOW_MS, Credentials
 
 __all__ = [
     "BackpackRest",

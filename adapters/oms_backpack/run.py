@@ -1,6 +1,6 @@
-"""`python -m oms.run`: the main job.
+"""`python -m oms_backpack.run`: the main job.
 
-    python -m oms.run [--venue local|backpack|backpack_perpetual] [--strategy demo|none]
+    python -m oms_backpack.run [--venue local|backpack|backpack_perpetual] [--strategy demo|none]
                       [--record PATH] [--duration SECONDS]
 
 Default: start the local Backpack-compatible exchange on 127.0.0.1, trade a small demo on one
@@ -28,12 +28,12 @@ from typing import IO, Final
 
 import trio
 
+from oms.core.reducer import replay
+from oms.core.serialization import state_hash
+from oms.core.state import State
+from oms.core.values import CTX, OrderType, Side
 from oms.engine import Engine
 from oms.log import Fsync, LogReader, LogReadError, Seconds
-from oms.reducer import replay
-from oms.serialization import state_hash
-from oms.state import State
-from oms.values import CTX, OrderType, Side
 
 __all__ = ["main"]
 
@@ -84,8 +84,8 @@ async def status_view(engine: Engine, out: IO[str], interval: Seconds) -> None:
 
 async def demo(session: object, duration: Seconds, out: IO[str]) -> None:
     """A small scripted strategy: every order type, cancels, and a perp position that flips."""
-    from adapters.backpack import endpoints
-    from adapters.backpack.session import BackpackSession
+    from oms_backpack import endpoints
+    from oms_backpack.session import BackpackSession
 
     assert isinstance(session, BackpackSession)
     deadline = trio.current_time() + duration
@@ -135,9 +135,9 @@ async def demo(session: object, duration: Seconds, out: IO[str]) -> None:
 
 
 async def run_session(args: argparse.Namespace, out: IO[str]) -> tuple[State, Path]:
-    from adapters.backpack.exchange import open_local_exchange
-    from adapters.backpack.session import load_credentials, open_backpack_session
-    from adapters.backpack.signing import Credentials
+    from oms_backpack.session import load_credentials, open_backpack_session
+    from oms_backpack.signing import Credentials
+    from oms_local_exchange import open_local_exchange
 
     record = Path(args.record)
     record.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +184,7 @@ async def _drive(session: object, engine: Engine, args: argparse.Namespace, out:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m oms.run",
+        prog="python -m oms_backpack.run",
         description="Run the engine against the local exchange (default) or Backpack.",
         epilog="Exit status: 0 ok, 1 failure, 2 usage.",
     )
@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("interrupted", file=sys.stderr)
         for leaf in leaves:
             if not isinstance(leaf, KeyboardInterrupt):
-                print(f"oms.run: {type(leaf).__name__}: {leaf}", file=sys.stderr)
+                print(f"oms_backpack.run: {type(leaf).__name__}: {leaf}", file=sys.stderr)
         return 1
     try:
         replayed = replay(LogReader(record).events())

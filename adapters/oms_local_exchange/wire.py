@@ -22,9 +22,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
-from adapters.backpack.exchange import inputs
-from adapters.backpack.exchange.inputs import UINT32_MAX
-from adapters.backpack.exchange.model import (
+from oms.core.values import CTX, canonical_decimal
+from oms_local_exchange import inputs
+from oms_local_exchange.inputs import UINT32_MAX
+from oms_local_exchange.model import (
     LIMIT,
     MARKET,
     ApiError,
@@ -35,7 +36,6 @@ from adapters.backpack.exchange.model import (
     OrderRequest,
     PayloadError,
 )
-from oms.values import CTX, canonical_decimal
 
 __all__ = [
     "dec",

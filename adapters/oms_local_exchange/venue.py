@@ -36,8 +36,9 @@ from typing import Any, Final
 
 import attrs
 
-from adapters.backpack.exchange import wire
-from adapters.backpack.exchange.model import (
+from oms.core.values import CTX, PNL_QUANTUM, ZERO
+from oms_local_exchange import wire
+from oms_local_exchange.model import (
     DEFAULT_BALANCES,
     DEFAULT_MARKETS,
     LIMIT,
@@ -54,7 +55,6 @@ from adapters.backpack.exchange.model import (
     Outbound,
     Position,
 )
-from oms.values import CTX, PNL_QUANTUM, ZERO
 
 __all__ = ["Venue"]
 
@@ -837,7 +837,7 @@ class Venue:
             events.append((position, "positionOpened" if not old else "positionAdjusted"))
         else:
             closed = min(fill.quantity, old.copy_abs())
-            # Rounded per fill as the engine does (oms.values.PNL_QUANTUM); a real venue rounds
+            # Rounded per fill as the engine does (oms.core.values.PNL_QUANTUM); a real venue rounds
             # to its own settlement precision, which the engine would see as small drift.
             pnl = _round(_mul(closed, _sub(fill.price, position.entry_price)), PNL_QUANTUM)
             if old < 0:

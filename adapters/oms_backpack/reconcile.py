@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
-from oms.events import (
+from oms.core.events import (
     Event,
     MessageNotUnderstood,
     OrderFilled,
@@ -24,9 +24,9 @@ from oms.events import (
     PositionObserved,
     SubmitRejected,
 )
-from oms.reducer import apply
-from oms.state import AnomalyKind, State
-from oms.values import ZERO, OrderStatus, Source
+from oms.core.reducer import apply
+from oms.core.state import AnomalyKind, State
+from oms.core.values import ZERO, OrderStatus, Source
 
 __all__ = ["ReconcileSource", "Reconciler", "novel_events"]
 
@@ -39,7 +39,7 @@ BRACKET_TRIES = 5
 
 
 class ReconcileSource(Protocol):
-    """What a pass needs from the REST client (adapters.backpack.rest.BackpackRest)."""
+    """What a pass needs from the REST client (oms_backpack.rest.BackpackRest)."""
 
     async def open_orders(self, symbol: str | None = None, *, source: Source) -> list[Event]: ...
 

@@ -6,8 +6,8 @@ Guarantees (tested in tests/test_reducer*.py):
   state is recorded as an `Anomaly` with the seq of the event that caused it;
 - idempotent: a fill is keyed by (symbol, venue order id, trade id) and counted once;
   a funding payment by (symbol, interval end); a repeated snapshot changes nothing;
-- order-insensitive across one order's venue reports (see `oms.lifecycle`);
-- exact: Decimal arithmetic in the fixed context `oms.values.CTX`.
+- order-insensitive across one order's venue reports (see `oms.core.lifecycle`);
+- exact: Decimal arithmetic in the fixed context `oms.core.values.CTX`.
 
 The n-th event applied gets seq n: `apply` numbers events itself, so a log with contiguous
 seqs from 1 replays to exactly the live state.
@@ -25,7 +25,7 @@ from typing import Any, assert_never
 
 from msgspec.structs import replace
 
-from oms.events import (
+from oms.core.events import (
     BalanceObserved,
     CancelRejected,
     CancelRequested,
@@ -47,8 +47,8 @@ from oms.events import (
     TriggerFailed,
     TriggerPlaced,
 )
-from oms.lifecycle import Kind, kind_of_venue_status, transition
-from oms.state import (
+from oms.core.lifecycle import Kind, kind_of_venue_status, transition
+from oms.core.state import (
     ANOMALIES_KEPT,
     POSITION_WINDOW,
     Anomaly,
@@ -64,7 +64,7 @@ from oms.state import (
     PositionFill,
     State,
 )
-from oms.values import (
+from oms.core.values import (
     CTX,
     PNL_QUANTUM,
     SYNTHETIC_TRADE_ID_BASE,
@@ -74,7 +74,7 @@ from oms.values import (
     Source,
     VenueStatus,
 )
-from oms.values import canonical_decimal as _d
+from oms.core.values import canonical_decimal as _d
 
 __all__ = ["Fold", "apply", "replay"]
 

@@ -26,9 +26,9 @@ from typing import Any, Final
 import attrs
 import msgspec
 
-from oms.events import EVENT_TYPES, AssetBalance, BalanceObserved, Event
-from oms.state import Balance, Order, Position, State
-from oms.values import MAX_MAGNITUDE_EXPONENT, canonical_decimal, decimal_in_range
+from oms.core.events import EVENT_TYPES, AssetBalance, BalanceObserved, Event
+from oms.core.state import Balance, Order, Position, State
+from oms.core.values import MAX_MAGNITUDE_EXPONENT, canonical_decimal, decimal_in_range
 
 __all__ = [
     "FORMAT",

@@ -36,17 +36,17 @@ import trio
 import trio_websocket
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
-from adapters.backpack.exchange import api, auth, inputs
-from adapters.backpack.exchange.faults import Faults
-from adapters.backpack.exchange.model import (
+from oms_backpack.signing import Credentials
+from oms_local_exchange import api, auth, inputs
+from oms_local_exchange.faults import Faults
+from oms_local_exchange.model import (
     DEFAULT_MARKETS,
     ApiError,
     MarketSpec,
     Outbound,
     PayloadError,
 )
-from adapters.backpack.exchange.venue import ORDER_STREAM, POSITION_STREAM, Venue
-from adapters.backpack.signing import Credentials
+from oms_local_exchange.venue import ORDER_STREAM, POSITION_STREAM, Venue
 
 __all__ = ["LocalExchange", "open_local_exchange"]
 
@@ -551,7 +551,7 @@ async def open_local_exchange(
     config = hypercorn.config.Config()
     config.bind = [f"{host}:{rest_port}"]
     config.accesslog = None
-    config.errorlog = logging.getLogger("adapters.backpack.exchange.http")
+    config.errorlog = logging.getLogger("oms_local_exchange.http")
     config.loglevel = "WARNING"
     config.graceful_timeout = 0.5
     knobs.attach(exchange._deliver_released, exchange._drop_all)

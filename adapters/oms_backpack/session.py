@@ -37,19 +37,7 @@ from typing import Final, Literal, Protocol
 import httpx
 import trio
 
-from adapters.backpack import codec, endpoints
-from adapters.backpack.reconcile import Reconciler, novel_events
-from adapters.backpack.rest import (
-    BackpackRest,
-    OutcomeUnknown,
-    RestError,
-    VenueError,
-    VenueUnavailable,
-)
-from adapters.backpack.signing import Credentials, CredentialsError
-from adapters.backpack.ws import BackpackStream
-from oms.engine import Engine
-from oms.events import (
+from oms.core.events import (
     CancelRejected,
     CancelRequested,
     Event,
@@ -63,8 +51,20 @@ from oms.events import (
     SubmitRejected,
     SubmitUnknown,
 )
-from oms.state import Order, State
-from oms.values import OrderStatus, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms.core.state import Order, State
+from oms.core.values import OrderStatus, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms.engine import Engine
+from oms_backpack import codec, endpoints
+from oms_backpack.reconcile import Reconciler, novel_events
+from oms_backpack.rest import (
+    BackpackRest,
+    OutcomeUnknown,
+    RestError,
+    VenueError,
+    VenueUnavailable,
+)
+from oms_backpack.signing import Credentials, CredentialsError
+from oms_backpack.ws import BackpackStream
 
 __all__ = [
     "DEFAULT_FILL_ATTEMPTS",

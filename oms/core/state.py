@@ -17,7 +17,7 @@ import attrs
 import msgspec
 from immutables import Map
 
-from oms.values import CTX, ZERO, MarketType, OrderStatus, OrderType, Side, TimeInForce
+from oms.core.values import CTX, ZERO, MarketType, OrderStatus, OrderType, Side, TimeInForce
 
 __all__ = [
     "DEFAULT_RETAIN_FINISHED",

@@ -30,7 +30,7 @@ from typing import Any
 
 import attrs
 
-from adapters.backpack.exchange.model import Outbound
+from oms_local_exchange.model import Outbound
 
 __all__ = ["Faults", "HttpFault"]
 

@@ -18,9 +18,9 @@ from typing import Final
 
 import attrs
 
-from oms.events import OrderSubmitted
-from oms.state import Market
-from oms.values import CTX, OrderType, Side, decimal_in_range
+from oms.core.events import OrderSubmitted
+from oms.core.state import Market
+from oms.core.values import CTX, OrderType, Side, decimal_in_range
 
 __all__ = [
     "InvalidOrder",

@@ -1,4 +1,4 @@
-"""`python -m adapters.backpack.exchange`: run the local exchange until Ctrl-C.
+"""`python -m oms_local_exchange`: run the local exchange until Ctrl-C.
 
 Prints the REST and WebSocket URLs and the funded account's API key and secret, so that a
 client in another terminal can connect. (The secret is printed on purpose: it is a throwaway
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import trio
 
-from adapters.backpack.exchange.server import open_local_exchange
+from oms_local_exchange.server import open_local_exchange
 
 __all__ = ["main"]
 
@@ -43,7 +43,7 @@ def _first_leaf(exc: BaseException) -> BaseException:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m adapters.backpack.exchange",
+        prog="python -m oms_local_exchange",
         description="A local Backpack-compatible exchange (REST + WebSocket) for testing.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

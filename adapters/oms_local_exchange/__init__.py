@@ -4,11 +4,11 @@ It speaks Backpack's wire protocol (REST paths, instructions, ED25519 request si
 error bodies, order/fill/position objects, WebSocket frames) over real HTTP and WebSocket
 servers on 127.0.0.1, around a pure matching and accounting core with seeded synthetic
 markets. See `server.open_local_exchange` for the entry point and `faults.Faults` for the
-failure knobs. Run it alone with `python -m adapters.backpack.exchange`.
+failure knobs. Run it alone with `python -m oms_local_exchange`.
 """
 
-from adapters.backpack.exchange.faults import Faults, HttpFault
-from adapters.backpack.exchange.model import (
+from oms_local_exchange.faults import Faults, HttpFault
+from oms_local_exchange.model import (
     DEFAULT_BALANCES,
     DEFAULT_MARKETS,
     Account,
@@ -24,8 +24,8 @@ from adapters.backpack.exchange.model import (
     PayloadError,
     Position,
 )
-from adapters.backpack.exchange.server import LocalExchange, open_local_exchange
-from adapters.backpack.exchange.venue import Venue
+from oms_local_exchange.server import LocalExchange, open_local_exchange
+from oms_local_exchange.venue import Venue
 
 __all__ = [
     "DEFAULT_BALANCES",

@@ -15,10 +15,10 @@ from typing import Any, Final
 
 import attrs
 
-from adapters.backpack.exchange import inputs, wire
-from adapters.backpack.exchange.model import PERP, SPOT, ApiError, PayloadError
-from adapters.backpack.exchange.venue import Venue
-from adapters.backpack.signing import ParamValue
+from oms_backpack.signing import ParamValue
+from oms_local_exchange import inputs, wire
+from oms_local_exchange.model import PERP, SPOT, ApiError, PayloadError
+from oms_local_exchange.venue import Venue
 
 __all__ = [
     "ROUTES",

@@ -10,7 +10,7 @@ Every event carries:
   codec can derive events again from an old session. `None` for local events.
 
 Construction is dumb: the classes validate nothing. Wire formats live in the adapters'
-codecs, the log format in `oms.serialization`. `docs/events.md` is the catalogue.
+codecs, the log format in `oms.core.serialization`. `docs/events.md` is the catalogue.
 Orders are named by `client_id` (our uint32) and/or `venue_id` (Backpack's order id string);
 venue-originated orders (liquidations, ADL) have only the venue id.
 """
@@ -22,7 +22,7 @@ from typing import Final
 
 import attrs
 
-from oms.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
 
 __all__ = [
     "EVENT_TYPES",

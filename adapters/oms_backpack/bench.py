@@ -1,4 +1,4 @@
-"""`python -m oms.bench [--events N] [--keep PATH] [--seed S]`: how fast the log and replay are.
+"""`python -m oms_backpack.bench [--events N] [--keep PATH] [--seed S]`: log and replay speed.
 
 Writes a synthetic, fill-heavy Backpack session of N events (default 1,000,000) with
 `EventLog` and `Fsync.never()`, then measures on that one file:
@@ -39,7 +39,7 @@ from typing import Final, TextIO
 
 import attrs
 
-from oms.events import (
+from oms.core.events import (
     AssetBalance,
     BalanceObserved,
     CancelRequested,
@@ -51,10 +51,8 @@ from oms.events import (
     OrderFilled,
     OrderSubmitted,
 )
-from oms.log import EventLog, Fsync
-from oms.replay import replay_file
-from oms.state import State
-from oms.values import (
+from oms.core.state import State
+from oms.core.values import (
     CTX,
     PNL_QUANTUM,
     ZERO,
@@ -65,6 +63,8 @@ from oms.values import (
     TimeInForce,
     VenueStatus,
 )
+from oms.log import EventLog, Fsync
+from oms.replay import replay_file
 
 __all__ = ["main", "session_events"]
 
@@ -637,7 +637,7 @@ def _write_table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m oms.bench",
+        prog="python -m oms_backpack.bench",
         description="Benchmark the event log and replay on a synthetic Backpack session.",
         epilog="Exit status: 0 (whatever the figures), 2 usage.",
     )
