@@ -1,14 +1,17 @@
 """Regenerate the recorded sessions in `replay/`: `.venv/bin/python replay/make_sessions.py`.
 
-Each session is a list of domain events built here, written with `oms.log.EventLog` to
-`NAME.jsonl`; `NAME.expected.json` is then what `python -m oms.replay NAME.jsonl --json`
-prints for it. Venue events carry the Backpack message they would have been derived from
-(`raw`, compact JSON text in the wire shape of shared/backpack/api.md: `account.orderUpdate`
-and `account.positionUpdate` frames, REST response bodies), built from the same figures as
-the event, so the two always agree (tests/test_golden.py also has the adapter codec derive
-each event again from its raw message). Times are fixed (no clock): the sessions are
-byte-for-byte reproducible, and tests/test_golden.py checks that running this script again
-changes nothing.
+Each session is a list of domain events, written with `oms.log.EventLog` to `NAME.jsonl`;
+`NAME.expected.json` is then what `python -m oms.replay NAME.jsonl --json` prints for it.
+
+Venue events are made as the adapter makes them: the Backpack message comes first, built by
+the local exchange's frame builder (`oms_local_exchange.frames`, the one that writes the
+exchange's own messages: `account.orderUpdate` and `account.positionUpdate` frames, REST
+bodies), and the event is what the adapter's codec (`oms_backpack.codec`) derives from that
+text. So `raw` and the event cannot disagree, and a codec that misreads a message changes the
+sessions (tests/test_golden.py notices). Our own commands (submit, cancel) and a refused
+submit are built directly, as the session records them. Times are fixed (no clock): the
+sessions are byte-for-byte reproducible, and tests/test_golden.py checks that running this
+script again changes nothing.
 
 The figures (fills, fees, PnL, funding) are chosen so that every expected number can be
 worked out by hand; tests/test_golden.py does so.
@@ -20,15 +23,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 
 from oms.core.events import (
-    AssetBalance,
     BalanceObserved,
     CancelRequested,
     Event,
@@ -43,9 +44,11 @@ from oms.core.events import (
     PositionObserved,
     SubmitRejected,
 )
+from oms.core.values import CTX, MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
 from oms.log import EventLog, Fsync
 from oms.replay import replay_file, summary_document
-from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms_backpack import codec
+from oms_local_exchange import frames
 
 __all__ = ["SESSIONS", "main", "reordered_natural_order", "write_session"]
 
@@ -54,22 +57,38 @@ REPLAY_DIR: Final = Path(__file__).resolve().parent
 BASE_US: Final = 1_757_620_800_000_000
 HOUR_US: Final = 3_600_000_000
 SECOND_US: Final = 1_000_000
-EPOCH: Final = datetime(1970, 1, 1)
+# When the venue listed the markets (their `createdAt`), and the account's user id.
+LISTED_US: Final = 1_737_441_294_691_858
+USER_ID: Final = 1_813_870
+# Margin fractions the venue reports on positions (`f`, `m`).
+IMF: Final = Decimal("0.02")
+MMF: Final = Decimal("0.0135")
 
-
-def _dec(value: Decimal) -> str:
-    """A decimal as Backpack writes it: plain digits, never an exponent."""
-    return format(value, "f")
+_E = TypeVar("_E", bound=Event)
 
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _iso(time_us: int, *, millis: bool = True) -> str:
-    """Backpack's naive UTC ISO timestamps (history endpoints)."""
-    moment = EPOCH + timedelta(microseconds=time_us)
-    return moment.isoformat(timespec="milliseconds" if millis else "seconds")
+def _derived(kind: type[_E], events: list[Event]) -> _E:
+    """The one event the codec made of a message, which must be of `kind`: a message the
+    codec cannot read would otherwise slip into a golden session unnoticed."""
+    assert len(events) == 1 and isinstance(events[0], kind), events
+    return events[0]
+
+
+def _rest(
+    kind: type[_E],
+    body: Any,
+    read: Callable[[Any, Source, int], Event],
+    *,
+    source: Source,
+    recv: int,
+) -> _E:
+    """What the adapter records for a REST body: `read` (a codec function) applied to the
+    body parsed from the text the venue sent."""
+    return _derived(kind, [read(codec.parse_json(_json(body)), source, recv)])
 
 
 class Timeline:
@@ -108,9 +127,9 @@ class MarketSpec:
     base: str
     quote: str
     market_type: MarketType
-    tick_size: str
-    step_size: str
-    min_quantity: str
+    tick_size: Decimal
+    step_size: Decimal
+    min_quantity: Decimal
 
 
 SOL_USDC: Final = MarketSpec(
@@ -118,94 +137,53 @@ SOL_USDC: Final = MarketSpec(
     base="SOL",
     quote="USDC",
     market_type=MarketType.SPOT,
-    tick_size="0.01",
-    step_size="0.01",
-    min_quantity="0.01",
+    tick_size=Decimal("0.01"),
+    step_size=Decimal("0.01"),
+    min_quantity=Decimal("0.01"),
 )
 ETH_USDC: Final = MarketSpec(
     symbol="ETH_USDC",
     base="ETH",
     quote="USDC",
     market_type=MarketType.SPOT,
-    tick_size="0.01",
-    step_size="0.0001",
-    min_quantity="0.0001",
+    tick_size=Decimal("0.01"),
+    step_size=Decimal("0.0001"),
+    min_quantity=Decimal("0.0001"),
 )
 SOL_USDC_PERP: Final = MarketSpec(
     symbol="SOL_USDC_PERP",
     base="SOL",
     quote="USDC",
     market_type=MarketType.PERP,
-    tick_size="0.01",
-    step_size="0.01",
-    min_quantity="0.01",
+    tick_size=Decimal("0.01"),
+    step_size=Decimal("0.01"),
+    min_quantity=Decimal("0.01"),
 )
 
 
 def market_info(market: MarketSpec, clock: Timeline) -> MarketInfo:
     """`GET /api/v1/market?symbol=`: one market object."""
-    perp = market.market_type is MarketType.PERP
-    body: dict[str, Any] = {
-        "symbol": market.symbol,
-        "baseSymbol": market.base,
-        "quoteSymbol": market.quote,
-        "marketType": market.market_type.value,
-        "filters": {
-            "price": {
-                "minPrice": market.tick_size,
-                "maxPrice": None,
-                "tickSize": market.tick_size,
-            },
-            "quantity": {
-                "minQuantity": market.min_quantity,
-                "maxQuantity": None,
-                "stepSize": market.step_size,
-            },
-        },
-        "imfFunction": {"type": "sqrt", "base": "0.02", "factor": "0.00006"} if perp else None,
-        "mmfFunction": {"type": "sqrt", "base": "0.0135", "factor": "0.000036"} if perp else None,
-        "fundingInterval": 3_600_000 if perp else None,
-        "fundingRateUpperBound": "100" if perp else None,
-        "fundingRateLowerBound": "-100" if perp else None,
-        "openInterestLimit": "4000000" if perp else "0",
-        "orderBookState": "Open",
-        "createdAt": "2025-01-21T06:34:54.691858",
-        "visible": True,
-    }
-    return MarketInfo(
-        source=Source.REST,
-        recv_time_us=clock.local(40_000),
-        raw=_json(body),
+    body = frames.market_object(
         symbol=market.symbol,
-        base_asset=market.base,
-        quote_asset=market.quote,
-        market_type=market.market_type,
-        tick_size=Decimal(market.tick_size),
-        step_size=Decimal(market.step_size),
-        min_quantity=Decimal(market.min_quantity),
+        base=market.base,
+        quote=market.quote,
+        market_type=market.market_type.value,
+        tick_size=market.tick_size,
+        step_size=market.step_size,
+        min_quantity=market.min_quantity,
+        created_us=LISTED_US,
     )
+    return _rest(MarketInfo, body, codec.market, source=Source.REST, recv=clock.local(40_000))
 
 
 def balances(clock: Timeline, figures: dict[str, tuple[str, str]]) -> BalanceObserved:
     """`GET /api/v1/capital`: {asset: {available, locked, staked}}; asset -> (available, locked)."""
-    body = {
-        asset: {"available": available, "locked": locked, "staked": "0"}
-        for asset, (available, locked) in sorted(figures.items())
-    }
-    return BalanceObserved(
-        source=Source.RECONCILE,
-        recv_time_us=clock.local(35_000),
-        raw=_json(body),
-        balances=tuple(
-            AssetBalance(
-                asset=asset,
-                available=Decimal(available),
-                locked=Decimal(locked),
-                staked=Decimal(0),
-            )
-            for asset, (available, locked) in sorted(figures.items())
-        ),
+    body = frames.capital(
+        (asset, Decimal(available), Decimal(locked), Decimal(0))
+        for asset, (available, locked) in figures.items()
     )
+    recv = clock.local(35_000)
+    return _rest(BalanceObserved, body, codec.balances, source=Source.RECONCILE, recv=recv)
 
 
 def funding(
@@ -213,25 +191,16 @@ def funding(
 ) -> FundingPaid:
     """The newest item of `GET /wapi/v1/history/funding?symbol=` (> 0 received). Like the
     adapter, each item of a list response is one event whose raw is that item."""
-    item = {
-        "fundingRate": rate,
-        "intervalEndTimestamp": _iso(interval_end_us, millis=False),
-        "quantity": amount,
-        "subaccountId": None,
-        "symbol": market.symbol,
-        "userId": 1813870,
-    }
-    clock.jump_to(interval_end_us + 4 * SECOND_US)
-    return FundingPaid(
-        source=Source.RECONCILE,
-        recv_time_us=clock.local(),
-        venue_time_us=interval_end_us,
-        raw=_json(item),
+    item = frames.funding_item(
         symbol=market.symbol,
-        interval_end_us=interval_end_us,
-        amount=Decimal(amount),
+        interval_end_ms=interval_end_us // 1000,
         rate=Decimal(rate),
+        amount=Decimal(amount),
+        user_id=USER_ID,
     )
+    clock.jump_to(interval_end_us + 4 * SECOND_US)
+    recv = clock.local()
+    return _rest(FundingPaid, item, codec.funding_item, source=Source.RECONCILE, recv=recv)
 
 
 @attrs.frozen(kw_only=True)
@@ -250,41 +219,23 @@ class PositionFigures:
 
 def position_update(clock: Timeline, market: MarketSpec, figures: PositionFigures) -> Event:
     event_time, engine_time, recv = clock.venue()
-    net = Decimal(figures.net)
-    exposure = abs(net)
-    data: dict[str, Any] = {}
-    if figures.event is not None:
-        data["e"] = figures.event
-    data |= {
-        "E": event_time,
-        "s": market.symbol,
-        "b": figures.break_even,
-        "B": figures.entry,
-        "f": "0.02",
-        "M": figures.mark,
-        "m": "0.0135",
-        "q": figures.net,
-        "Q": _dec(exposure),
-        "n": _dec(exposure * Decimal(figures.mark)),
-        "i": figures.position_id,
-        "l": "0",
-        "p": figures.realized,
-        "P": figures.unrealized,
-        "T": engine_time,
-    }
-    return PositionObserved(
-        source=Source.WS,
-        recv_time_us=recv,
-        venue_time_us=engine_time,
-        raw=_json({"stream": "account.positionUpdate", "data": data}),
+    data = frames.position_update(
+        figures.event,
+        event_time_us=event_time,
+        engine_time_us=engine_time,
         symbol=market.symbol,
-        net_quantity=net,
+        position_id=figures.position_id,
+        net_quantity=Decimal(figures.net),
         entry_price=Decimal(figures.entry),
         break_even_price=Decimal(figures.break_even),
         mark_price=Decimal(figures.mark),
         realized_pnl=Decimal(figures.realized),
         unrealized_pnl=Decimal(figures.unrealized),
+        imf=IMF,
+        mmf=MMF,
     )
+    frame = frames.frame(frames.POSITION_STREAM, data)
+    return _derived(PositionObserved, codec.ws_frame(frame, recv))
 
 
 # --- one order's messages -------------------------------------------------------------------
@@ -293,8 +244,8 @@ def position_update(clock: Timeline, market: MarketSpec, figures: PositionFigure
 class OrderFeed:
     """Builds every event of one order, keeping the venue's cumulative figures (`z`, `Z`).
 
-    Stream frames are `account.orderUpdate` messages with the keys of the fact sheet §3.3;
-    REST bodies are order objects as `POST`/`DELETE /api/v1/order` return them (§2.3).
+    Stream frames are `account.orderUpdate` messages (fact sheet §3.3); REST bodies are order
+    objects as `POST`/`DELETE /api/v1/order` return them (§2.3).
     """
 
     def __init__(
@@ -352,169 +303,78 @@ class OrderFeed:
             client_id=self.client_id,
         )
 
-    # the stream
+    # the venue's view of the order
 
-    def _frame(
-        self, kind: str, status: VenueStatus, extra: dict[str, Any] | None = None
-    ) -> tuple[str, int, int]:
-        """An `account.orderUpdate` frame: (text, T, recv)."""
-        event_time, engine_time, recv = self.clock.venue()
-        data: dict[str, Any] = {
-            "e": kind,
-            "E": event_time,
-            "s": self.market.symbol,
-            "c": self.client_id,
-            "S": self.side.value,
-            "o": "MARKET" if self.order_type is OrderType.MARKET else "LIMIT",
-            "f": "GTC",
-            "q": _dec(self.quantity),
-        }
-        if self.price is not None:
-            data["p"] = _dec(self.price)
-        data["X"] = status.value
-        if kind == "orderExpired" and extra is not None:
-            data["R"] = extra.pop("R")
-        data["i"] = self.venue_id
-        data["t"] = None
-        if extra:
-            data |= extra
-        data |= {
-            "z": _dec(self.executed),
-            "Z": _dec(self.executed_quote),
-            "V": "RejectTaker",
-            "T": engine_time,
-            "O": "USER",
-            "r": self.reduce_only,
-            "y": self.post_only,
-        }
-        return _json({"stream": "account.orderUpdate", "data": data}), engine_time, recv
-
-    def accepted(self) -> OrderAccepted:
-        raw, engine_time, recv = self._frame("orderAccepted", VenueStatus.NEW)
-        return OrderAccepted(
-            source=Source.WS,
-            recv_time_us=recv,
-            venue_time_us=engine_time,
-            raw=raw,
+    def _fields(self, status: VenueStatus, expiry_reason: str | None = None) -> frames.OrderFields:
+        assert self.created_ms is not None, "submit first"
+        return frames.OrderFields(
+            id=self.venue_id,
             symbol=self.market.symbol,
-            venue_id=self.venue_id,
+            side=self.side.value,
+            order_type="Market" if self.order_type is OrderType.MARKET else "Limit",
+            status=status.value,
             client_id=self.client_id,
-            side=self.side,
-            order_type=self.order_type,
             quantity=self.quantity,
             price=self.price,
-            time_in_force=TimeInForce.GTC,
+            executed_quantity=self.executed,
+            executed_quote_quantity=self.executed_quote,
             post_only=self.post_only,
             reduce_only=self.reduce_only,
+            created_us=self.created_ms * 1000,
+            expiry_reason=expiry_reason,
         )
+
+    # the stream
+
+    def _update(
+        self,
+        kind: str,
+        status: VenueStatus,
+        *,
+        fill: frames.FillFigures | None = None,
+        expiry_reason: str | None = None,
+    ) -> list[Event]:
+        """The events the codec derives from the next `account.orderUpdate` frame."""
+        event_time, engine_time, recv = self.clock.venue()
+        data = frames.order_update(
+            self._fields(status, expiry_reason),
+            kind,
+            event_time_us=event_time,
+            engine_time_us=engine_time,
+            fill=fill,
+        )
+        return codec.ws_frame(frames.frame(frames.ORDER_STREAM, data), recv)
+
+    def accepted(self) -> OrderAccepted:
+        return _derived(OrderAccepted, self._update("orderAccepted", VenueStatus.NEW))
 
     def fill(
         self, *, trade_id: int, quantity: str, price: str, fee: str, fee_asset: str, maker: bool
     ) -> OrderFilled:
         qty, px = Decimal(quantity), Decimal(price)
-        self.executed += qty
-        self.executed_quote += qty * px
+        self.executed = CTX.add(self.executed, qty)
+        self.executed_quote = CTX.add(self.executed_quote, CTX.multiply(qty, px))
         status = (
             VenueStatus.FILLED if self.executed == self.quantity else VenueStatus.PARTIALLY_FILLED
         )
-        extra = {"t": trade_id, "l": quantity, "L": price, "m": maker, "n": fee, "N": fee_asset}
-        raw, engine_time, recv = self._frame("orderFill", status, extra)
-        return OrderFilled(
-            source=Source.WS,
-            recv_time_us=recv,
-            venue_time_us=engine_time,
-            raw=raw,
-            symbol=self.market.symbol,
-            venue_id=self.venue_id,
+        figures = frames.FillFigures(
             trade_id=trade_id,
-            side=self.side,
             quantity=qty,
             price=px,
             fee=Decimal(fee),
             fee_asset=fee_asset,
-            maker=maker,
-            client_id=self.client_id,
-            cum_quantity=self.executed,
-            cum_quote=self.executed_quote,
-            status=status,
-            order_type=self.order_type,
-            order_quantity=self.quantity,
-            order_price=self.price,
+            is_maker=maker,
         )
+        return _derived(OrderFilled, self._update("orderFill", status, fill=figures))
 
     def cancelled(self) -> OrderCancelled:
-        raw, engine_time, recv = self._frame("orderCancelled", VenueStatus.CANCELLED)
-        return OrderCancelled(
-            source=Source.WS,
-            recv_time_us=recv,
-            venue_time_us=engine_time,
-            raw=raw,
-            symbol=self.market.symbol,
-            venue_id=self.venue_id,
-            client_id=self.client_id,
-            side=self.side,
-            order_type=self.order_type,
-            quantity=self.quantity,
-            price=self.price,
-            cum_quantity=self.executed,
-        )
+        return _derived(OrderCancelled, self._update("orderCancelled", VenueStatus.CANCELLED))
 
     def expired(self, reason: str) -> OrderExpired:
-        raw, engine_time, recv = self._frame("orderExpired", VenueStatus.EXPIRED, {"R": reason})
-        return OrderExpired(
-            source=Source.WS,
-            recv_time_us=recv,
-            venue_time_us=engine_time,
-            raw=raw,
-            symbol=self.market.symbol,
-            venue_id=self.venue_id,
-            client_id=self.client_id,
-            reason=reason,
-            side=self.side,
-            order_type=self.order_type,
-            quantity=self.quantity,
-            price=self.price,
-            cum_quantity=self.executed,
-        )
+        events = self._update("orderExpired", VenueStatus.EXPIRED, expiry_reason=reason)
+        return _derived(OrderExpired, events)
 
     # REST responses
-
-    def _order_object(self, status: VenueStatus) -> dict[str, Any]:
-        """The order object of an execute or cancel response (§2.3); createdAt in ms."""
-        assert self.created_ms is not None, "submit first"
-        body: dict[str, Any] = {
-            "clientId": self.client_id,
-            "createdAt": self.created_ms,
-            "executedQuantity": _dec(self.executed),
-            "executedQuoteQuantity": _dec(self.executed_quote),
-            "id": self.venue_id,
-            "orderType": "Market" if self.order_type is OrderType.MARKET else "Limit",
-        }
-        if self.order_type is not OrderType.MARKET:
-            body["postOnly"] = self.post_only
-            body["price"] = _dec(self.price) if self.price is not None else None
-        body |= {
-            "quantity": _dec(self.quantity),
-            "reduceOnly": self.reduce_only or None,
-            "relatedOrderId": None,
-            "selfTradePrevention": "RejectTaker",
-            "side": self.side.value,
-            "status": status.value,
-            "stopLossLimitPrice": None,
-            "stopLossTriggerBy": None,
-            "stopLossTriggerPrice": None,
-            "strategyId": None,
-            "symbol": self.market.symbol,
-            "takeProfitLimitPrice": None,
-            "takeProfitTriggerBy": None,
-            "takeProfitTriggerPrice": None,
-            "timeInForce": "GTC",
-            "triggerBy": None,
-            "triggerPrice": None,
-            "triggerQuantity": None,
-            "triggeredAt": None,
-        }
-        return body
 
     def answered(self, status: VenueStatus, *, executed: str = "0") -> OrderObserved:
         """The order object a REST answer carries (execute or cancel response), as the adapter
@@ -522,33 +382,19 @@ class OrderFeed:
         when the answer was made (`executed`, which may be behind the stream)."""
         saved = self.executed, self.executed_quote
         self.executed = Decimal(executed)
-        self.executed_quote = self.executed * (self.price or Decimal(0))
-        body = self._order_object(status)
-        observed = OrderObserved(
-            source=Source.REST,
-            recv_time_us=self.clock.local(60_000),
-            venue_time_us=body["createdAt"] * 1000,
-            raw=_json(body),
-            symbol=self.market.symbol,
-            status=status,
-            venue_id=self.venue_id,
-            client_id=self.client_id,
-            side=self.side,
-            order_type=self.order_type,
-            quantity=self.quantity,
-            price=self.price,
-            executed_quantity=self.executed,
-            executed_quote_quantity=self.executed_quote,
-        )
+        self.executed_quote = CTX.multiply(self.executed, self.price or Decimal(0))
+        body = frames.order_object(self._fields(status))
         self.executed, self.executed_quote = saved
-        return observed
+        recv = self.clock.local(60_000)
+        return _rest(OrderObserved, body, codec.order_object, source=Source.REST, recv=recv)
 
     def rejected(self, code: str, message: str) -> SubmitRejected:
-        """A 400 answer to the execute request: `{"code", "message"}` (§2.5)."""
+        """A 400 answer to the execute request: `{"code", "message"}` (§2.5). The session
+        records it from the HTTP error, not through the codec."""
         return SubmitRejected(
             source=Source.REST,
             recv_time_us=self.clock.local(45_000),
-            raw=_json({"code": code, "message": message}),
+            raw=_json(frames.error(code, message)),
             symbol=self.market.symbol,
             client_id=self.client_id,
             code=code,
@@ -561,9 +407,9 @@ class HistoryFill:
     """One fill as `GET /wapi/v1/history/fills` lists it."""
 
     trade_id: int
-    quantity: str
-    price: str
-    fee: str
+    quantity: Decimal
+    price: Decimal
+    fee: Decimal
     fee_asset: str
     maker: bool
     time_us: int
@@ -574,42 +420,28 @@ def fill_history(
 ) -> list[OrderFilled]:
     """A reconciliation pass over the fill history of one order: one event per item (the
     item is its raw). History items have no cumulative figures and no status."""
-    items = [
-        {
-            "clientId": str(feed.client_id),  # a string in fill history (fact sheet §2.3)
-            "fee": f.fee,
-            "feeSymbol": f.fee_asset,
-            "isMaker": f.maker,
-            "orderId": feed.venue_id,
-            "price": f.price,
-            "quantity": f.quantity,
-            "side": feed.side.value,
-            "symbol": feed.market.symbol,
-            "systemOrderType": None,
-            "timestamp": _iso(f.time_us),
-            "tradeId": f.trade_id,
-        }
-        for f in fills
-    ]
     recv = clock.local(80_000)
     return [
-        OrderFilled(
+        _rest(
+            OrderFilled,
+            frames.fill_item(
+                trade_id=f.trade_id,
+                order_id=feed.venue_id,
+                client_id=feed.client_id,
+                symbol=feed.market.symbol,
+                side=feed.side.value,
+                price=f.price,
+                quantity=f.quantity,
+                fee=f.fee,
+                fee_asset=f.fee_asset,
+                is_maker=f.maker,
+                time_us=f.time_us,
+            ),
+            codec.fill_history_item,
             source=Source.RECONCILE,
-            recv_time_us=recv,
-            venue_time_us=f.time_us // 1000 * 1000,  # the history keeps milliseconds
-            raw=_json(item),
-            symbol=feed.market.symbol,
-            venue_id=feed.venue_id,
-            trade_id=f.trade_id,
-            side=feed.side,
-            quantity=Decimal(f.quantity),
-            price=Decimal(f.price),
-            fee=Decimal(f.fee),
-            fee_asset=f.fee_asset,
-            maker=f.maker,
-            client_id=feed.client_id,
+            recv=recv,
         )
-        for f, item in zip(fills, items, strict=True)
+        for f in fills
     ]
 
 
@@ -934,9 +766,9 @@ def _reordered_parts() -> tuple[list[Event], list[Event]]:
         [
             HistoryFill(
                 trade_id=t.trade_id,
-                quantity=_dec(t.quantity),
-                price=_dec(t.price),
-                fee=_dec(t.fee),
+                quantity=t.quantity,
+                price=t.price,
+                fee=t.fee,
                 fee_asset=t.fee_asset,
                 maker=t.maker,
                 time_us=at,

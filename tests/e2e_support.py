@@ -27,6 +27,7 @@ from oms.core.values import ZERO, OrderStatus, OrderType, Side
 from oms.engine import Engine
 from oms.log import Fsync, LogReader
 from oms_backpack.session import BackpackSession, open_backpack_session
+from oms_backpack.signing import Credentials
 from oms_local_exchange import (
     DEFAULT_MARKETS,
     Faults,
@@ -352,7 +353,7 @@ async def open_session(
     try:
         async with open_backpack_session(
             engine,
-            exchange.credentials(),
+            Credentials(exchange.credentials().api_secret),
             venue="backpack_perpetual",
             symbols=list(symbols),
             rest_url=exchange.rest_url,

@@ -129,7 +129,8 @@ def test_venue_events_carry_matching_backpack_messages() -> None:
         assert data["s"] == event.symbol
         assert data["i"] == event.venue_id
         assert data["c"] == event.client_id
-        assert data["E"] == event.venue_time_us
+        assert data["T"] == event.venue_time_us  # the engine time, as the codec reads it
+        assert data["E"] > data["T"]
         assert event.venue_id is not None
         so_far = filled.get(event.venue_id, Decimal(0))
         if isinstance(event, OrderFilled):

@@ -22,6 +22,7 @@ from oms.core.state import Market
 from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce
 from oms_backpack import endpoints
 from oms_backpack.rest import BackpackRest, OutcomeUnknown
+from oms_backpack.signing import Credentials
 from oms_backpack.ws import BackpackStream
 from oms_local_exchange import Faults, LocalExchange, ManualClock, open_local_exchange
 
@@ -76,7 +77,7 @@ async def running(
         open_local_exchange(clock=clock, faults=faults, step_us=24 * 3_600_000_000) as exchange,
         BackpackRest(
             exchange.rest_url,
-            exchange.credentials(),
+            Credentials(exchange.credentials().api_secret),
             wall_clock_ms=lambda: clock.now_us // 1000,
             backoff_initial=0.01,
             backoff_max=0.05,
@@ -90,7 +91,7 @@ async def subscribed(
     exchange: LocalExchange, clock: ManualClock
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
     async with trio_websocket.open_websocket_url(exchange.ws_url) as ws:
-        frame = exchange.credentials().subscribe_frame(
+        frame = Credentials(exchange.credentials().api_secret).subscribe_frame(
             ["account.orderUpdate"], clock.now_us // 1000
         )
         await ws.send_message(json.dumps(frame))
@@ -122,7 +123,7 @@ async def test_dropped_connections_make_our_stream_reconnect() -> None:
     async with running() as (exchange, clock, rest):
         stream = BackpackStream(
             exchange.ws_url,
-            exchange.credentials(),
+            Credentials(exchange.credentials().api_secret),
             backoff_initial=0.01,
             backoff_max=0.02,
             wall_clock_ms=lambda: clock.now_us // 1000,

@@ -94,7 +94,7 @@ _client_ids = itertools.count(1)
 async def assert_serving(exchange: LocalExchange, clock: ManualClock) -> None:
     """A normal request and a normal subscription still work: a fresh account subscribes to
     its order stream, places an order over REST, and sees it accepted on the stream."""
-    own = exchange.add_account()
+    own = Credentials(exchange.add_account().api_secret)
     now = clock.now_us // 1000
     async with (
         trio_websocket.open_websocket_url(exchange.ws_url) as ws,
@@ -177,7 +177,9 @@ async def test_a_hostile_frame_gets_an_error_frame_and_the_exchange_keeps_servin
     build, request_id, code, message = HOSTILE_FRAMES[case]
     async with running(step_us=STEP_US) as (exchange, clock):
         async with trio_websocket.open_websocket_url(exchange.ws_url) as ws:
-            await ws.send_message(build(exchange.credentials(), clock.now_us // 1000))
+            await ws.send_message(
+                build(Credentials(exchange.credentials().api_secret), clock.now_us // 1000)
+            )
             reply = await next_frame(ws)
             assert reply == {"id": request_id, "error": {"code": code, "message": message}}
             assert exchange.subscribers() == 0
@@ -298,7 +300,7 @@ async def test_a_hostile_request_gets_a_4xx_and_the_exchange_keeps_serving(case:
         running(step_us=STEP_US) as (exchange, clock),
         httpx.AsyncClient(base_url=exchange.rest_url) as http,
     ):
-        request = build(exchange.credentials(), clock.now_us // 1000)
+        request = build(Credentials(exchange.credentials().api_secret), clock.now_us // 1000)
         response = await http.request(**request)
         if isinstance(expected, dict):
             assert (response.status_code, response.json()) == (401, expected)
@@ -314,7 +316,7 @@ async def test_a_resting_order_priced_near_the_bound_fills_when_the_market_cross
         running(step_us=STEP_US) as (exchange, clock),
         httpx.AsyncClient(base_url=exchange.rest_url) as http,
     ):
-        own = exchange.credentials()
+        own = Credentials(exchange.credentials().api_secret)
 
         async def order(**fields: str) -> dict[str, Any]:
             body = {"symbol": "SOL_USDC_PERP", **fields}
@@ -360,7 +362,9 @@ async def test_a_bug_met_by_one_client_ends_only_that_request_or_connection(
         )
         async with trio_websocket.open_websocket_url(exchange.ws_url) as ws:
             now = clock.now_us // 1000
-            frame = exchange.credentials().subscribe_frame(["account.positionUpdate"], now)
+            frame = Credentials(exchange.credentials().api_secret).subscribe_frame(
+                ["account.positionUpdate"], now
+            )
             await ws.send_message(json.dumps(frame))
             with pytest.raises(trio_websocket.ConnectionClosed) as closed:
                 await next_frame(ws)
@@ -596,7 +600,7 @@ async def send_rest(
     now = clock.now_us // 1000
     route = api.ROUTES.get((case.method, case.path))
     instruction = route.instruction if route is not None and route.instruction else "none"
-    own = exchange.credentials()
+    own = Credentials(exchange.credentials().api_secret)
     content: bytes | None = None
     if case.method == "GET":
         signed = own.headers(instruction, case.query, now)
@@ -706,7 +710,7 @@ def with_signature(text: str, own: Credentials, now_ms: int) -> str:
 async def send_frames(exchange: LocalExchange, clock: ManualClock, sent: list[str | bytes]) -> int:
     """Send hostile frames on a new connection, then one whose error marks the end; every
     frame before that must be an error frame or a stream message. Returns the error count."""
-    own = exchange.credentials()
+    own = Credentials(exchange.credentials().api_secret)
     now = clock.now_us // 1000
     errors = 0
     with trio.fail_after(30):

@@ -79,7 +79,7 @@ async def running(**kwargs: Any) -> AsyncIterator[tuple[LocalExchange, ManualClo
         open_local_exchange(clock=clock, **kwargs) as exchange,
         BackpackRest(
             exchange.rest_url,
-            exchange.credentials(),
+            Credentials(exchange.credentials().api_secret),
             wall_clock_ms=lambda: clock.now_us // 1000,
             backoff_initial=0.01,
             backoff_max=0.05,
@@ -272,7 +272,7 @@ async def test_signatures_and_timestamps_are_checked_like_the_venue() -> None:
         running() as (exchange, clock, _),
         httpx.AsyncClient(base_url=exchange.rest_url) as http,
     ):
-        own = exchange.credentials()
+        own = Credentials(exchange.credentials().api_secret)
         now = clock.now_us // 1000
 
         async def get(request: dict[str, Any], path: str = "/api/v1/capital") -> httpx.Response:
@@ -328,7 +328,7 @@ async def test_our_client_resyncs_after_an_expired_timestamp() -> None:
     async with running() as (exchange, clock, _):
         late = BackpackRest(
             exchange.rest_url,
-            exchange.credentials(),
+            Credentials(exchange.credentials().api_secret),
             wall_clock_ms=lambda: clock.now_us // 1000 - 20_000,
         )
         async with late:
@@ -346,7 +346,7 @@ async def test_unknown_paths_and_unparseable_payloads() -> None:
         running() as (exchange, clock, _),
         httpx.AsyncClient(base_url=exchange.rest_url) as http,
     ):
-        own = exchange.credentials()
+        own = Credentials(exchange.credentials().api_secret)
         now = clock.now_us // 1000
         nowhere = await http.get("/api/v1/nowhere")
         assert (nowhere.status_code, nowhere.json()) == (

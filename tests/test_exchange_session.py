@@ -42,7 +42,7 @@ async def test_the_engine_agrees_with_the_exchange_books() -> None:
         engine = Engine()
         async with open_backpack_session(
             engine,
-            exchange.credentials(),
+            Credentials(exchange.credentials().api_secret),
             rest_url=exchange.rest_url,
             ws_url=exchange.ws_url,
             poll_interval=0.2,

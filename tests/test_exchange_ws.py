@@ -26,6 +26,7 @@ from oms.core.events import (
     PositionObserved,
 )
 from oms_backpack import codec
+from oms_backpack.signing import Credentials
 from oms_local_exchange import LocalExchange, ManualClock, OrderRequest, open_local_exchange
 
 D = Decimal
@@ -54,7 +55,7 @@ async def subscribe(
     timestamp_ms: int | None = None,
 ) -> None:
     stamp = clock.now_us // 1000 if timestamp_ms is None else timestamp_ms
-    frame = exchange.credentials().subscribe_frame(streams, stamp)
+    frame = Credentials(exchange.credentials().api_secret).subscribe_frame(streams, stamp)
     await ws.send_message(json.dumps(frame))
 
 
@@ -201,7 +202,7 @@ async def test_subscription_errors() -> None:
         stale = clock.now_us // 1000 - 60_000
         await subscribe(ws, exchange, clock, ["account.orderUpdate"], timestamp_ms=stale)
         assert (await next_frame(ws))["error"]["message"] == "Request has expired"
-        forged = exchange.credentials().subscribe_frame(
+        forged = Credentials(exchange.credentials().api_secret).subscribe_frame(
             ["account.orderUpdate"], clock.now_us // 1000
         )
         signature = forged["signature"]

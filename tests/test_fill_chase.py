@@ -52,7 +52,7 @@ async def test_fills_whose_messages_are_lost_are_found_after_the_grace_period(
             exchange.faults.drop_private(event="orderFill", count=None)
             async with open_backpack_session(
                 engine,
-                exchange.credentials(),
+                Credentials(exchange.credentials().api_secret),
                 venue="backpack_perpetual",
                 symbols=[SPOT, PERP],
                 rest_url=exchange.rest_url,
@@ -92,7 +92,7 @@ async def test_a_clean_shutdown_records_fills_still_in_flight(tmp_path: Path) ->
         async with open_local_exchange(seed=7, tick_interval=0.05) as exchange:
             async with open_backpack_session(
                 engine,
-                exchange.credentials(),
+                Credentials(exchange.credentials().api_secret),
                 venue="backpack",
                 symbols=[SPOT],
                 rest_url=exchange.rest_url,

@@ -155,7 +155,7 @@ def test_regenerating_the_sessions_changes_nothing(tmp_path: Path) -> None:
 # --- raw venue messages agree with the events --------------------------------------------------
 
 # Every key of these frames is one letter (fact sheet §3.3, §3.4).
-ORDER_UPDATE_KEYS = set("eEscSofqpXRitlLmnNzZVTOry")
+ORDER_UPDATE_KEYS = set("eEscSofqQpXRitlLmnNzZVTOry")
 POSITION_KEYS = set("eEsbBfMmqQnilpPT")
 MICROS_2025 = (1_735_689_600_000_000, 1_767_225_600_000_000)  # 2025 in microseconds
 

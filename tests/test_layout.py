@@ -89,25 +89,8 @@ def _violations(module: str, imported: set[str]) -> list[str]:
     return bad
 
 
-# Not yet independent: these modules still import the engine's arithmetic (oms.core.values) or
-# the client's signing (oms_backpack.signing). Strict: each case fails once it is fixed.
-_NOT_YET = {
-    f"oms_local_exchange.{name}" for name in ("api", "auth", "model", "server", "venue", "wire")
-}
-
-
 def _cases() -> list[object]:
-    return [
-        pytest.param(
-            module,
-            path,
-            id=module,
-            marks=[pytest.mark.xfail(strict=True, reason="exchange not yet independent")]
-            if module in _NOT_YET
-            else [],
-        )
-        for module, path in _modules()
-    ]
+    return [pytest.param(module, path, id=module) for module, path in _modules()]
 
 
 @pytest.mark.parametrize(("module", "path"), _cases())

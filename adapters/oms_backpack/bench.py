@@ -13,8 +13,10 @@ The session is deterministic given the seed: markets first, a balance snapshot a
 baseline, then orders (submit, accept, fills with the venue's cumulative figures, often a
 cancel) on spot and perp markets, interleaved a few at a time, a balance snapshot every few
 thousand events and funding payments at each hourly boundary. Every venue event carries the
-Backpack message text it would have come from. The balances the snapshots report are those
-the events imply, so a correct replay records no anomaly.
+Backpack message text it would have come from, built by the local exchange's own frame
+builder (`oms_local_exchange.frames`), so the bench reads what the venue would send. The
+balances the snapshots report are those the events imply, so a correct replay records no
+anomaly.
 
 Timings use floats; money in the session is Decimal throughout. The targets are shown with
 PASS/MISS for information; the exit status is 0 whatever the figures (2 on a usage error).
@@ -32,7 +34,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Final, TextIO
@@ -65,6 +66,7 @@ from oms.core.values import (
 )
 from oms.log import EventLog, Fsync
 from oms.replay import replay_file
+from oms_local_exchange import frames
 
 __all__ = ["main", "session_events"]
 
@@ -97,14 +99,15 @@ _INITIAL_BALANCES: Final = (
     ("USDC", Decimal("1000000")),
 )
 
+_USER_ID: Final = 1_813_870
+
 _add = CTX.add
 _sub = CTX.subtract
 _mul = CTX.multiply
 
 
-def _text(value: Decimal) -> str:
-    """A Decimal as Backpack writes it: plain digits, never an exponent."""
-    return format(value, "f")
+def _json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 @attrs.frozen
@@ -219,26 +222,20 @@ class _Session:
             yield event
 
     def _market_info(self, market: _MarketSpec) -> MarketInfo:
-        tick = _text(market.price(1))
-        step = _text(market.quantity(1))
-        document: dict[str, object] = {
-            "symbol": market.symbol,
-            "baseSymbol": market.base,
-            "quoteSymbol": market.quote,
-            "marketType": market.market_type.value,
-            "filters": {
-                "price": {"minPrice": tick, "tickSize": tick},
-                "quantity": {"minQuantity": step, "stepSize": step},
-            },
-            "orderBookState": "Open",
-            "visible": True,
-        }
-        if not market.is_spot:
-            document["fundingInterval"] = 3_600_000
+        document = frames.market_object(
+            symbol=market.symbol,
+            base=market.base,
+            quote=market.quote,
+            market_type=market.market_type.value,
+            tick_size=market.price(1),
+            step_size=market.quantity(1),
+            min_quantity=market.quantity(1),
+            created_us=_START_US,
+        )
         return MarketInfo(
             source=Source.REST,
             recv_time_us=self._tick(),
-            raw=json.dumps(document, separators=(",", ":")),
+            raw=_json(document),
             symbol=market.symbol,
             base_asset=market.base,
             quote_asset=market.quote,
@@ -256,18 +253,14 @@ class _Session:
             if lock is not None:
                 locked[lock[0]] = _add(locked[lock[0]], lock[1])
         items = []
-        parts = []
         for asset in sorted(self.totals):
             available = _sub(self.totals[asset], locked[asset])
             items.append(AssetBalance(asset=asset, available=available, locked=locked[asset]))
-            parts.append(
-                f'"{asset}":{{"available":"{_text(available)}",'
-                f'"locked":"{_text(locked[asset])}","staked":"0"}}'
-            )
+        body = frames.capital((b.asset, b.available, b.locked, ZERO) for b in items)
         return BalanceObserved(
             source=Source.REST,
             recv_time_us=self._tick(),
-            raw="{" + ",".join(parts) + "}",
+            raw=_json(body),
             balances=tuple(items),
         )
 
@@ -275,7 +268,6 @@ class _Session:
         """Funding for every open perp position at the hourly boundary just passed."""
         end = self.next_funding
         self.next_funding += _HOUR_US
-        stamp = datetime.fromtimestamp(end // 1_000_000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
         for market in _MARKETS:
             net = self.net.get(market.symbol, ZERO)
             if market.is_spot or not net:
@@ -288,15 +280,17 @@ class _Session:
             if not amount:
                 continue
             self._move(market.quote, amount)
-            raw = (
-                f'{{"fundingRate":"{_text(rate)}","intervalEndTimestamp":"{stamp}",'
-                f'"quantity":"{_text(amount)}","subaccountId":"0","symbol":"{market.symbol}",'
-                '"userId":"1813870"}'
+            item = frames.funding_item(
+                symbol=market.symbol,
+                interval_end_ms=end // 1000,
+                rate=rate,
+                amount=amount,
+                user_id=_USER_ID,
             )
             yield FundingPaid(
                 source=Source.REST,
                 recv_time_us=self._tick(),
-                raw=raw,
+                raw=_json(item),
                 symbol=market.symbol,
                 interval_end_us=end,
                 amount=amount,
@@ -330,13 +324,13 @@ class _Session:
         post_only = False
         price: Decimal | None = None
         if is_market:
-            order_type, wire_type = OrderType.MARKET, "MARKET"
+            order_type, wire_type = OrderType.MARKET, "Market"
         else:
             offset = rng.randrange(0, 20)
             price = market.price(mid - offset if side is Side.BID else mid + offset)
             post_only = rng.random() < 0.3
             order_type = OrderType.LIMIT_MAKER if post_only else OrderType.LIMIT
-            wire_type = "LIMIT"
+            wire_type = "Limit"
         tif = TimeInForce.GTC
         live = _Live(market, side, quantity, price)
         self.live[client_id] = live
@@ -354,20 +348,33 @@ class _Session:
             post_only=post_only,
         )
 
-        # Fields every order update of this order repeats, in the docs' order.
-        price_field = "" if price is None else f',"p":"{_text(price)}"'
-        head = (
-            f'"s":"{symbol}","c":{client_id},"S":"{side.value}","o":"{wire_type}",'
-            f'"f":"{tif.value}","q":"{_text(quantity)}"{price_field}'
-        )
-        tail = f'"V":"RejectTaker","O":"USER","y":{"true" if post_only else "false"},"r":false'
-
-        def update(kind: str, venue_time: int, body: str) -> str:
-            return (
-                '{"stream":"account.orderUpdate","data":{'
-                f'"e":"{kind}","E":{venue_time},{head},{body},"i":"{venue_id}",'
-                f'"T":{venue_time - 1},{tail}}}}}'
+        def update(
+            kind: str,
+            venue_time: int,
+            status: VenueStatus,
+            cum_quote: Decimal,
+            fill: frames.FillFigures | None = None,
+        ) -> str:
+            """The `account.orderUpdate` frame of this order: `T` is the venue time."""
+            fields = frames.OrderFields(
+                id=venue_id,
+                symbol=symbol,
+                side=side.value,
+                order_type=wire_type,
+                status=status.value,
+                time_in_force=tif.value,
+                client_id=client_id,
+                quantity=quantity,
+                price=price,
+                executed_quantity=live.filled,
+                executed_quote_quantity=cum_quote,
+                post_only=post_only,
+                reduce_only=False,
             )
+            data = frames.order_update(
+                fields, kind, event_time_us=venue_time + 1, engine_time_us=venue_time, fill=fill
+            )
+            return frames.frame(frames.ORDER_STREAM, data)
 
         now = self._tick()
         venue_time = self._venue_time()
@@ -376,7 +383,7 @@ class _Session:
             source=Source.WS,
             recv_time_us=now,
             venue_time_us=venue_time,
-            raw=update("orderAccepted", venue_time, '"X":"New","t":null,"z":"0","Z":"0"'),
+            raw=update("orderAccepted", venue_time, VenueStatus.NEW, ZERO),
             symbol=symbol,
             venue_id=venue_id,
             client_id=client_id,
@@ -436,17 +443,19 @@ class _Session:
             self.trade_id += rng.randrange(1, 50)
             now = self._tick()
             venue_time = self._venue_time()
-            body = (
-                f'"X":"{status.value}","t":{self.trade_id},"l":"{_text(fill_quantity)}",'
-                f'"L":"{_text(fill_price)}","m":{"true" if maker else "false"},'
-                f'"n":"{_text(fee)}","N":"{fee_asset}","z":"{_text(live.filled)}",'
-                f'"Z":"{_text(cum_quote)}"'
+            figures = frames.FillFigures(
+                trade_id=self.trade_id,
+                quantity=fill_quantity,
+                price=fill_price,
+                fee=fee,
+                fee_asset=fee_asset,
+                is_maker=maker,
             )
             yield OrderFilled(
                 source=Source.WS,
                 recv_time_us=now,
                 venue_time_us=venue_time,
-                raw=update("orderFill", venue_time, body),
+                raw=update("orderFill", venue_time, status, cum_quote, figures),
                 symbol=symbol,
                 venue_id=venue_id,
                 trade_id=self.trade_id,
@@ -472,12 +481,11 @@ class _Session:
         del self.live[client_id]
         now = self._tick()
         venue_time = self._venue_time()
-        body = f'"X":"Cancelled","t":null,"z":"{_text(live.filled)}","Z":"{_text(cum_quote)}"'
         yield OrderCancelled(
             source=Source.WS,
             recv_time_us=now,
             venue_time_us=venue_time,
-            raw=update("orderCancelled", venue_time, body),
+            raw=update("orderCancelled", venue_time, VenueStatus.CANCELLED, cum_quote),
             symbol=symbol,
             venue_id=venue_id,
             client_id=client_id,

@@ -145,7 +145,8 @@ async def run_session(args: argparse.Namespace, out: IO[str]) -> tuple[State, Pa
     try:
         if args.venue == "local":
             async with open_local_exchange(seed=args.seed) as exchange:
-                credentials = Credentials(exchange.api_secret)
+                keys = exchange.credentials()
+                credentials = Credentials(keys.api_secret, keys.api_key)
                 async with open_backpack_session(
                     engine,
                     credentials,

@@ -15,8 +15,8 @@ from typing import Any, Final
 
 import attrs
 
-from oms_backpack.signing import ParamValue
 from oms_local_exchange import inputs, wire
+from oms_local_exchange.auth import SignedValue
 from oms_local_exchange.model import PERP, SPOT, ApiError, PayloadError
 from oms_local_exchange.venue import Venue
 
@@ -95,7 +95,7 @@ def parse_body(raw: bytes) -> JSON:
         raise PayloadError(f"Bad Request parse request payload error: {exc.reason}") from None
 
 
-def _flat(item: JSON) -> dict[str, ParamValue]:
+def _flat(item: JSON) -> dict[str, SignedValue]:
     if not isinstance(item, dict):
         raise PayloadError("Bad Request parse request payload error: expected an object")
     for key, value in item.items():
@@ -108,7 +108,7 @@ def _flat(item: JSON) -> dict[str, ParamValue]:
 
 def signed_params(
     route: Route, query: Mapping[str, str], body: JSON
-) -> dict[str, ParamValue] | list[dict[str, ParamValue]] | None:
+) -> dict[str, SignedValue] | list[dict[str, SignedValue]] | None:
     """What the signature covers: the body for writes, else the query."""
     if route.method == "GET":
         return dict(query)

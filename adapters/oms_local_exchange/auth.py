@@ -1,13 +1,22 @@
-"""Request and subscription authentication, checked as the venue checks it (fact sheet §1.3-§1.8).
+"""Request and subscription authentication, checked as the venue checks it (fact sheet §1.2-§1.8).
 
-Pure apart from the ED25519 verification itself. The signed text is rebuilt with the very
-function our client signs with (`oms_backpack.signing.signing_string`), from the
-parameters as they arrived: the query's decoded values, or the JSON body's values (booleans
-lowercase, numbers as written, nulls left out; a batch repeats the instruction per order).
+The exchange's own: it imports neither the engine nor the client, so a client that builds its
+signing string wrongly is refused here rather than agreed with. Pure apart from the ED25519
+arithmetic (pynacl).
+
+The text a client must have signed is rebuilt from the request as it arrived
+(`signing_string`): `instruction=<name>`, then the parameters sorted by key as `&key=value`
+(the query's decoded values for a GET, the JSON body's values otherwise: booleans
+lowercase, numbers and strings as written, nulls left out), then `&timestamp=<ms>&window=<ms>`.
+A batch body repeats `instruction=...&<sorted params>` per order, joined by `&`, with the
+timestamp and window once at the end.
 
 Timestamps and windows go through the exchange's strict integer parser (`inputs`). Every
 refusal is an `ApiError` with status 401 (the venue answers "Request has expired" with
 401 Unauthorized) and the venue's `{"code", "message"}` body.
+
+Keys: an API secret is a base64 ED25519 seed (32 bytes; of a 64-byte secret the first 32 are
+the seed), and its API key the base64 public key (`KeyPair`).
 """
 
 from __future__ import annotations
@@ -15,21 +24,84 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Final
 
+import attrs
 import nacl.exceptions
 import nacl.signing
 
-from oms_backpack.signing import DEFAULT_WINDOW_MS, MAX_WINDOW_MS, ParamValue, signing_string
 from oms_local_exchange import inputs
 from oms_local_exchange.model import ApiError
 
-__all__ = ["check_request", "check_subscription", "signature_valid"]
+__all__ = [
+    "DEFAULT_WINDOW_MS",
+    "MAX_WINDOW_MS",
+    "KeyPair",
+    "SignedValue",
+    "check_request",
+    "check_subscription",
+    "signature_valid",
+    "signing_string",
+]
 
 JSON = Any
+# A parameter value as a request carries it: text from a query, any JSON scalar from a body.
+SignedValue = str | int | bool | Decimal | None
+SignedParams = Mapping[str, SignedValue] | Sequence[Mapping[str, SignedValue]] | None
+DEFAULT_WINDOW_MS: Final = 5_000
+MAX_WINDOW_MS: Final = 60_000
 _CLIENT: Final = "INVALID_CLIENT_REQUEST"
 _MAX_KEY_TEXT: Final = 128  # a key is 44 characters of base64
+
+
+@attrs.frozen
+class KeyPair:
+    """An account's API key and secret (base64 public key and ED25519 seed), as a client is
+    configured with them. The secret is left out of the repr."""
+
+    api_key: str
+    api_secret: str = attrs.field(repr=False)
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        """A new random key pair."""
+        return cls.from_secret(base64.b64encode(bytes(nacl.signing.SigningKey.generate())).decode())
+
+    @classmethod
+    def from_secret(cls, api_secret: str) -> KeyPair:
+        """The pair of a given secret; `ValueError` if it is not a base64 seed."""
+        try:
+            seed = base64.b64decode(api_secret.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("the API secret is not valid base64") from None
+        if len(seed) not in (32, 64):
+            raise ValueError(f"the API secret decodes to {len(seed)} bytes, not a 32-byte seed")
+        public = nacl.signing.SigningKey(seed[:32]).verify_key
+        return cls(base64.b64encode(bytes(public)).decode("ascii"), api_secret)
+
+
+def _value_text(value: str | int | bool | Decimal) -> str:
+    if isinstance(value, bool):  # before int: a bool is an int to Python
+        return "true" if value else "false"
+    return str(value)
+
+
+def _sorted_params(params: Mapping[str, SignedValue]) -> str:
+    return "".join(
+        f"&{key}={_value_text(value)}" for key, value in sorted(params.items()) if value is not None
+    )
+
+
+def signing_string(instruction: str, params: SignedParams, timestamp: int, window: int) -> str:
+    """The text the venue expects signed for a request with these parameters (a list of
+    mappings for a batch)."""
+    if params is None or isinstance(params, Mapping):
+        body = f"instruction={instruction}{_sorted_params(params or {})}"
+    else:
+        body = "&".join(f"instruction={instruction}{_sorted_params(item)}" for item in params)
+    return f"{body}&timestamp={timestamp}&window={window}"
 
 
 def _refuse(message: str, code: str = _CLIENT) -> ApiError:
@@ -89,7 +161,7 @@ def _check_time(timestamp: int, window: int, now_ms: int) -> None:
 def check_request(
     headers: Mapping[str, str],
     instruction: str,
-    params: Mapping[str, ParamValue] | Sequence[Mapping[str, ParamValue]] | None,
+    params: SignedParams,
     now_ms: int,
     known: Callable[[str], bool],
 ) -> str:

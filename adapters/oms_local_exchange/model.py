@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import attrs
 
-from oms.core.values import CTX, ZERO
+from oms_local_exchange.arithmetic import VENUE, ZERO
 
 __all__ = [
     "DEFAULT_BALANCES",
@@ -35,6 +35,7 @@ __all__ = [
     "Outbound",
     "PayloadError",
     "Position",
+    "VenueTime",
 ]
 
 SPOT: Final = "SPOT"
@@ -84,6 +85,20 @@ class ManualClock:
         self.now_us += round(seconds * 1_000_000)
 
 
+class VenueTime:
+    """The venue's time, read from an injected clock (epoch microseconds) and never moving
+    backwards: a clock that steps back is taken as standing still. `now` is the time of the
+    latest read, which every record and message of one operation carries."""
+
+    def __init__(self, clock: Callable[[], int]) -> None:
+        self._clock = clock
+        self.now = clock()
+
+    def read(self) -> int:
+        self.now = max(self.now, self._clock())
+        return self.now
+
+
 @attrs.frozen(kw_only=True)
 class MarketSpec:
     """One market and the shape of its synthetic book.
@@ -114,10 +129,10 @@ class MarketSpec:
         return self.market_type == PERP
 
     def ticks(self, price: Decimal) -> int:
-        return int(CTX.divide(price, self.tick_size))
+        return int(VENUE.divide(price, self.tick_size))
 
     def price(self, ticks: int) -> Decimal:
-        return CTX.multiply(Decimal(ticks), self.tick_size)
+        return VENUE.multiply(Decimal(ticks), self.tick_size)
 
 
 def _d(text: str) -> Decimal:
@@ -204,7 +219,7 @@ class Order:
         """Quantity still to fill (zero for an order placed by quote quantity once done)."""
         if self.quantity is None:
             return ZERO
-        return CTX.subtract(self.quantity, self.executed_quantity)
+        return VENUE.subtract(self.quantity, self.executed_quantity)
 
     @property
     def is_resting(self) -> bool:
@@ -247,16 +262,16 @@ class Balance:
 
     @property
     def total(self) -> Decimal:
-        return CTX.add(CTX.add(self.available, self.locked), self.staked)
+        return VENUE.add(VENUE.add(self.available, self.locked), self.staked)
 
 
 @attrs.define(kw_only=True, eq=False)
 class Position:
-    """A one-way position, kept as the engine's reducer keeps one: `open_cost` is the exact sum
-    of quantity x price of the fills that opened it, `entry_price` is that over the quantity
-    (rounded by `CTX`) and stays put while the position is reduced (the cost then follows the
-    quantity). `realized_pnl` is the gross trading PnL of this position; `fees` and `funding`
-    (> 0 received) are the position's own, in the quote asset."""
+    """A one-way position: `open_cost` is the exact sum of quantity x price of the fills that
+    opened it, `entry_price` is that over the quantity (`arithmetic.entry_price`) and stays
+    put while the position is reduced (the cost then follows the quantity). `realized_pnl` is
+    the gross trading PnL of this position; `fees` and `funding` (> 0 received) are the
+    position's own, in the quote asset."""
 
     symbol: str
     position_id: int

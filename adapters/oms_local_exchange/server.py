@@ -2,8 +2,8 @@
 app) and a WebSocket server (trio-websocket), both on 127.0.0.1, around one `Venue`.
 
     async with open_local_exchange(seed=1) as exchange:
-        async with BackpackRest(exchange.rest_url, exchange.credentials()) as rest:
-            ...
+        keys = exchange.credentials()  # the funded account's API key and secret
+        ...  # point any Backpack client at exchange.rest_url and exchange.ws_url
 
 Everything runs in the caller's trio run, in one nursery. Venue operations are synchronous,
 so each request's state change and the stream messages it produces happen atomically; the
@@ -15,7 +15,6 @@ fill while nobody asks.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -31,13 +30,12 @@ from urllib.parse import parse_qsl
 import attrs
 import hypercorn.config
 import hypercorn.trio
-import nacl.signing
 import trio
 import trio_websocket
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
-from oms_backpack.signing import Credentials
-from oms_local_exchange import api, auth, inputs
+from oms_local_exchange import api, auth, frames, inputs
+from oms_local_exchange.auth import KeyPair
 from oms_local_exchange.faults import Faults
 from oms_local_exchange.model import (
     DEFAULT_MARKETS,
@@ -46,7 +44,7 @@ from oms_local_exchange.model import (
     Outbound,
     PayloadError,
 )
-from oms_local_exchange.venue import ORDER_STREAM, POSITION_STREAM, Venue
+from oms_local_exchange.venue import Venue
 
 __all__ = ["LocalExchange", "open_local_exchange"]
 
@@ -55,7 +53,7 @@ log = logging.getLogger(__name__)
 JSON = Any
 MAX_BODY: Final = 1 << 20
 _EXECUTE_PATHS: Final = frozenset({"/api/v1/order", "/api/v1/orders"})
-_PRIVATE: Final = (ORDER_STREAM, POSITION_STREAM)
+_PRIVATE: Final = (frames.ORDER_STREAM, frames.POSITION_STREAM)
 _PUBLIC_KINDS: Final = ("depth", "bookTicker", "trade", "markPrice")
 _DEPTH_INTERVALS: Final = ("200ms", "600ms", "1000ms")
 # Error codes of our own for WebSocket refusals other than the venue's 4006 "Invalid stream".
@@ -69,11 +67,6 @@ _MAX_ID_TEXT: Final = 128
 
 def _wall_clock_us() -> int:
     return time.time_ns() // 1000
-
-
-def _new_secret() -> str:
-    seed = bytes(nacl.signing.SigningKey.generate())
-    return base64.b64encode(seed).decode("ascii")
 
 
 @attrs.define(eq=False)
@@ -108,10 +101,11 @@ class LocalExchange:
 
     `rest_url` and `ws_url` point at the servers; `api_key`/`api_secret` are the funded
     account's credentials (the secret is a base64 ED25519 seed, never logged or shown in a
-    repr); `venue` is the core with the exchange's own books, `faults` the injection knobs,
-    `requests` every HTTP request served as (method, path, status), and `wire_log` the latest
-    writes in the order they went out: `("http", "POST /api/v1/order 200")` when a response
-    starts, `("ws", "<stream> <event>")` when a stream frame has been written.
+    repr; `credentials()` gives both as a `KeyPair`); `venue` is the core with the
+    exchange's own books, `faults` the injection knobs, `requests` every HTTP request served
+    as (method, path, status), and `wire_log` the latest writes in the order they went out:
+    `("http", "POST /api/v1/order 200")` when a response starts, `("ws", "<stream> <event>")`
+    when a stream frame has been written.
     """
 
     def __init__(
@@ -120,16 +114,15 @@ class LocalExchange:
         venue: Venue,
         faults: Faults,
         clock: Callable[[], int],
-        api_secret: str,
+        keys: KeyPair,
         tick_interval: float,
         ping_interval: float,
     ) -> None:
         self.venue = venue
         self.faults = faults
         self._clock = clock
-        credentials = Credentials(api_secret)
-        self.api_key: str = credentials.api_key
-        self.__secret = api_secret
+        self.api_key: str = keys.api_key
+        self.__keys = keys
         self.rest_url = ""
         self.ws_url = ""
         self.requests: deque[tuple[str, str, int]] = deque(maxlen=10_000)
@@ -140,7 +133,7 @@ class LocalExchange:
 
     @property
     def api_secret(self) -> str:
-        return self.__secret
+        return self.__keys.api_secret
 
     def __repr__(self) -> str:
         return (
@@ -148,15 +141,16 @@ class LocalExchange:
             f"api_key={self.api_key!r}, api_secret=<hidden>)"
         )
 
-    def credentials(self) -> Credentials:
-        """Credentials for the funded account, for `BackpackRest` and `BackpackStream`."""
-        return Credentials(self.__secret)
+    def credentials(self) -> KeyPair:
+        """The funded account's API key and secret: what a Backpack client is configured with
+        (the client builds its own credentials from them)."""
+        return self.__keys
 
-    def add_account(self, balances: Mapping[str, Decimal] | None = None) -> Credentials:
-        """Open another funded account; returns its credentials."""
-        credentials = Credentials(_new_secret())
-        self.venue.add_account(credentials.api_key, balances)
-        return credentials
+    def add_account(self, balances: Mapping[str, Decimal] | None = None) -> KeyPair:
+        """Open another funded account with a new key pair; returns the pair."""
+        keys = KeyPair.generate()
+        self.venue.add_account(keys.api_key, balances)
+        return keys
 
     def now_us(self) -> int:
         """The server clock: the injected clock plus `faults.clock_skew_ms`."""
@@ -193,7 +187,7 @@ class LocalExchange:
         delay = self.faults.private_delay if message.private else 0.0
         not_before = trio.current_time() + delay if delay > 0 else 0.0
         for conn, name in self._targets(message):
-            text = json.dumps({"data": message.data, "stream": name}, separators=(",", ":"))
+            text = frames.frame(name, message.data)
             sent = trio.Event()
             label = f"{name} {message.data.get('e', '')}".rstrip()
             conn.enqueue(_Frame(text, label, sent, not_before))
@@ -452,13 +446,12 @@ class LocalExchange:
         self.dispatch()
         conn.subscriptions.update(streams)
         for name in private:
-            if not name.startswith(POSITION_STREAM):
+            if not name.startswith(frames.POSITION_STREAM):
                 continue
             assert conn.api_key is not None
-            symbol = name[len(POSITION_STREAM) + 1 :] or None
+            symbol = name[len(frames.POSITION_STREAM) + 1 :] or None
             for data in self.venue.position_snapshot(conn.api_key, symbol):
-                text = json.dumps({"data": data, "stream": name}, separators=(",", ":"))
-                conn.enqueue(_Frame(text, f"{name} snapshot"))
+                conn.enqueue(_Frame(frames.frame(name, data), f"{name} snapshot"))
         self.dispatch()
 
     def _valid_stream(self, name: str) -> bool:
@@ -529,8 +522,8 @@ async def open_local_exchange(
 
     `clock()` gives epoch microseconds (default: the wall clock); `seed` fixes the price
     paths and funding rates; `balances` funds the account (default: generous amounts of USDC,
-    SOL and ETH); `api_secret` fixes the account's key (default: a new random key). Ports 0
-    let the OS choose.
+    SOL and ETH); `api_secret` fixes the account's key (default: a new random key; a secret
+    that is not a base64 ED25519 seed is a `ValueError`). Ports 0 let the OS choose.
     """
     knobs = faults if faults is not None else Faults()
     base_clock = clock if clock is not None else _wall_clock_us
@@ -543,7 +536,7 @@ async def open_local_exchange(
         venue=venue,
         faults=knobs,
         clock=base_clock,
-        api_secret=api_secret if api_secret is not None else _new_secret(),
+        keys=KeyPair.generate() if api_secret is None else KeyPair.from_secret(api_secret),
         tick_interval=tick_interval,
         ping_interval=ping_interval,
     )

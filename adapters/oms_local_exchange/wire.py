@@ -1,13 +1,7 @@
 """The local exchange's wire formats: venue records -> Backpack JSON, request payloads -> records.
 
-Pure. Field names, types and units follow the fact sheet (shared/backpack/api.md):
-
-- decimals are strings (`"0.0047325"`, zero is `"0"`), never JSON numbers;
-- REST order objects carry `createdAt` as integer milliseconds and explicit nulls;
-- order and fill history carry naive ISO times in UTC (`"2025-08-13T17:26:01.197"`), fills
-  carry `clientId` as a string and `tradeId` as an integer;
-- stream payloads carry microsecond `E`/`T`, upper-case order types and `t: null` on every
-  order event but fills; position payloads carry `B` = entry and `b` = break-even.
+Pure. The shapes themselves are `frames`' (shared with the benchmark and the recorded
+sessions); this module hands it the figures of the venue's own records.
 
 Payload parsing mirrors the venue's two kinds of refusal: a payload of the wrong shape or
 type is a `PayloadError` (the venue answers those in plain text), a well-formed but
@@ -18,12 +12,11 @@ exchange's strict parsers (`inputs`): ASCII digits, bounded magnitude and digit 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
-from oms.core.values import CTX, canonical_decimal
-from oms_local_exchange import inputs
+from oms_local_exchange import frames, inputs
+from oms_local_exchange.arithmetic import text
 from oms_local_exchange.inputs import UINT32_MAX
 from oms_local_exchange.model import (
     LIMIT,
@@ -41,9 +34,8 @@ __all__ = [
     "dec",
     "fill_item",
     "funding_item",
-    "iso_ms",
-    "iso_s",
     "market_object",
+    "order_fields",
     "order_history_item",
     "order_object",
     "order_update",
@@ -53,7 +45,6 @@ __all__ = [
 ]
 
 JSON = Any
-_EPOCH: Final = datetime(1970, 1, 1)
 _SIDES: Final = ("Bid", "Ask")
 _ORDER_TYPES: Final = (LIMIT, MARKET)
 _TIFS: Final = ("GTC", "IOC", "FOK")
@@ -77,205 +68,106 @@ _TRIGGER_KEYS: Final = frozenset(
 
 def dec(value: Decimal) -> str:
     """A decimal as the venue writes it: plain digits, no exponent, no trailing zeros."""
-    return canonical_decimal(value)
+    return text(value)
 
 
-def _dec_opt(value: Decimal | None) -> str | None:
-    return None if value is None else dec(value)
+# --- venue records as wire objects ------------------------------------------------------------
 
 
-def iso_ms(time_us: int) -> str:
-    """Naive ISO time in UTC with milliseconds (`2025-08-13T17:26:01.197`)."""
-    moment = _EPOCH + timedelta(microseconds=time_us - time_us % 1000)
-    return moment.isoformat(timespec="milliseconds")
-
-
-def iso_s(time_ms: int) -> str:
-    """Naive ISO time in UTC to the second (`2025-09-11T20:00:00`)."""
-    return (_EPOCH + timedelta(milliseconds=time_ms)).isoformat(timespec="seconds")
-
-
-# --- REST objects -----------------------------------------------------------------------------
-
-_NULL_EXTRAS: Final = (
-    "relatedOrderId", "stopLossLimitPrice", "stopLossTriggerBy", "stopLossTriggerPrice",
-    "strategyId", "takeProfitLimitPrice", "takeProfitTriggerBy", "takeProfitTriggerPrice",
-    "triggerBy", "triggerPrice", "triggerQuantity", "triggeredAt",
-)  # fmt: skip
-
-
-def _order_fields(order: Order) -> dict[str, JSON]:
-    fields: dict[str, JSON] = {
-        "clientId": order.client_id,
-        "executedQuantity": dec(order.executed_quantity),
-        "executedQuoteQuantity": dec(order.executed_quote_quantity),
-        "id": order.id,
-        "orderType": order.order_type,
-        "reduceOnly": order.reduce_only,
-        "selfTradePrevention": order.self_trade_prevention,
-        "side": order.side,
-        "status": order.status,
-        "symbol": order.symbol,
-        "timeInForce": order.time_in_force,
-    }
-    if order.order_type == LIMIT:
-        fields["postOnly"] = order.post_only
-        fields["price"] = _dec_opt(order.price)
-        fields["quantity"] = _dec_opt(order.quantity)
-    else:
-        quantity = order.quantity if order.quantity is not None else order.executed_quantity
-        quote = order.quote_quantity
-        if quote is None:
-            quote = order.executed_quote_quantity
-        fields["quantity"] = dec(quantity)
-        fields["quoteQuantity"] = dec(quote)
-    for key in _NULL_EXTRAS:
-        fields[key] = None
-    return fields
+def order_fields(order: Order) -> frames.OrderFields:
+    """What the venue reports of `order` now."""
+    return frames.OrderFields(
+        id=order.id,
+        symbol=order.symbol,
+        side=order.side,
+        order_type=order.order_type,
+        status=order.status,
+        time_in_force=order.time_in_force,
+        client_id=order.client_id,
+        quantity=order.quantity,
+        quote_quantity=order.quote_quantity,
+        price=order.price,
+        executed_quantity=order.executed_quantity,
+        executed_quote_quantity=order.executed_quote_quantity,
+        post_only=order.post_only,
+        reduce_only=order.reduce_only,
+        self_trade_prevention=order.self_trade_prevention,
+        created_us=order.created_us,
+        expiry_reason=order.expiry_reason,
+    )
 
 
 def order_object(order: Order) -> dict[str, JSON]:
     """The REST order object (execute, cancel, order query, open orders)."""
-    fields = _order_fields(order)
-    fields["createdAt"] = order.created_us // 1000
-    return dict(sorted(fields.items()))
+    return frames.order_object(order_fields(order))
 
 
 def order_history_item(order: Order) -> dict[str, JSON]:
-    """One item of `/wapi/v1/history/orders`: naive ISO `createdAt`, plus `expiryReason`,
-    `systemOrderType` and the order's notional as `quoteQuantity` for limit orders."""
-    fields = _order_fields(order)
-    fields["createdAt"] = iso_ms(order.created_us)
-    fields["expiryReason"] = order.expiry_reason
-    fields["systemOrderType"] = None
-    if order.order_type == LIMIT and order.price is not None and order.quantity is not None:
-        fields["quoteQuantity"] = dec(CTX.multiply(order.price, order.quantity))
-    return dict(sorted(fields.items()))
+    """One item of `/wapi/v1/history/orders`."""
+    return frames.order_history_item(order_fields(order))
 
 
 def fill_item(fill: Fill) -> dict[str, JSON]:
     """One item of `/wapi/v1/history/fills`."""
-    return {
-        "clientId": None if fill.client_id is None else str(fill.client_id),
-        "fee": dec(fill.fee),
-        "feeSymbol": fill.fee_asset,
-        "isMaker": fill.is_maker,
-        "orderId": fill.order_id,
-        "price": dec(fill.price),
-        "quantity": dec(fill.quantity),
-        "side": fill.side,
-        "symbol": fill.symbol,
-        "systemOrderType": None,
-        "timestamp": iso_ms(fill.time_us),
-        "tradeId": fill.trade_id,
-    }
+    return frames.fill_item(
+        trade_id=fill.trade_id,
+        order_id=fill.order_id,
+        client_id=fill.client_id,
+        symbol=fill.symbol,
+        side=fill.side,
+        price=fill.price,
+        quantity=fill.quantity,
+        fee=fill.fee,
+        fee_asset=fill.fee_asset,
+        is_maker=fill.is_maker,
+        time_us=fill.time_us,
+    )
 
 
 def funding_item(payment: FundingPayment) -> dict[str, JSON]:
     """One item of `/wapi/v1/history/funding`."""
-    return {
-        "fundingRate": dec(payment.rate),
-        "intervalEndTimestamp": iso_s(payment.interval_end_ms),
-        "quantity": dec(payment.amount),
-        "subaccountId": None,
-        "symbol": payment.symbol,
-        "userId": payment.user_id,
-    }
+    return frames.funding_item(
+        symbol=payment.symbol,
+        interval_end_ms=payment.interval_end_ms,
+        rate=payment.rate,
+        amount=payment.amount,
+        user_id=payment.user_id,
+    )
 
 
 def market_object(spec: MarketSpec, created_us: int) -> dict[str, JSON]:
     """One item of `/api/v1/markets`."""
-    price_filter: dict[str, JSON] = {
-        "minPrice": dec(spec.tick_size),
-        "maxPrice": None,
-        "tickSize": dec(spec.tick_size),
-        "maxMultiplier": "1.25",
-        "minMultiplier": "0.75",
-    }
-    item: dict[str, JSON] = {
-        "symbol": spec.symbol,
-        "baseSymbol": spec.base,
-        "quoteSymbol": spec.quote,
-        "marketType": spec.market_type,
-        "filters": {
-            "price": price_filter,
-            "quantity": {
-                "minQuantity": dec(spec.min_quantity),
-                "maxQuantity": None,
-                "stepSize": dec(spec.step_size),
-            },
-        },
-        "imfFunction": None,
-        "mmfFunction": None,
-        "fundingInterval": None,
-        "fundingRateUpperBound": None,
-        "fundingRateLowerBound": None,
-        "openInterestLimit": None,
-        "orderBookState": "Open",
-        "createdAt": iso_ms(created_us),
-        "visible": True,
-    }
-    if spec.is_perp:
-        item["imfFunction"] = {"base": "0.02", "factor": "0.0001", "type": "sqrt"}
-        item["mmfFunction"] = {"base": "0.0125", "factor": "0.00006", "type": "sqrt"}
-        item["fundingInterval"] = spec.funding_interval_ms
-        item["fundingRateUpperBound"] = "100"
-        item["fundingRateLowerBound"] = "-100"
-        item["openInterestLimit"] = "0"
-    return item
-
-
-# --- stream payloads ---------------------------------------------------------------------------
+    return frames.market_object(
+        symbol=spec.symbol,
+        base=spec.base,
+        quote=spec.quote,
+        market_type=spec.market_type,
+        tick_size=spec.tick_size,
+        step_size=spec.step_size,
+        min_quantity=spec.min_quantity,
+        created_us=created_us,
+        funding_interval_ms=spec.funding_interval_ms,
+    )
 
 
 def order_update(
     order: Order, event: str, time_us: int, fill: Fill | None = None
 ) -> dict[str, JSON]:
-    """An `account.orderUpdate` payload for `order` as it is after `event`.
-
-    `q` is the order's quantity (left out for orders placed by quote quantity), `Q` the
-    quote quantity (the limit notional, or a market order's quote budget), `p` the limit
-    price; `l`, `L`, `m`, `n`, `N` only on fills, `R` only on `orderExpired`.
-    """
-    data: dict[str, JSON] = {
-        "e": event,
-        "E": time_us + 1,
-        "s": order.symbol,
-        "S": order.side,
-        "o": order.order_type.upper(),
-        "f": order.time_in_force,
-        "X": order.status,
-        "i": order.id,
-        "t": None,
-        "z": dec(order.executed_quantity),
-        "Z": dec(order.executed_quote_quantity),
-        "V": order.self_trade_prevention,
-        "T": time_us,
-        "O": "USER",
-        "r": bool(order.reduce_only),
-        "y": order.post_only,
-    }
-    if order.client_id is not None:
-        data["c"] = order.client_id
-    if order.quantity is not None:
-        data["q"] = dec(order.quantity)
-    if order.order_type == LIMIT and order.price is not None and order.quantity is not None:
-        data["p"] = dec(order.price)
-        data["Q"] = dec(CTX.multiply(order.price, order.quantity))
-    elif order.quote_quantity is not None:
-        data["Q"] = dec(order.quote_quantity)
+    """An `account.orderUpdate` payload for `order` as it is after `event` at `time_us` (the
+    engine time `T`; the message is sent a microsecond later, `E`)."""
+    figures = None
     if fill is not None:
-        data.update(
-            t=fill.trade_id,
-            l=dec(fill.quantity),
-            L=dec(fill.price),
-            m=fill.is_maker,
-            n=dec(fill.fee),
-            N=fill.fee_asset,
+        figures = frames.FillFigures(
+            trade_id=fill.trade_id,
+            quantity=fill.quantity,
+            price=fill.price,
+            fee=fill.fee,
+            fee_asset=fill.fee_asset,
+            is_maker=fill.is_maker,
         )
-    if event == "orderExpired":
-        data["R"] = order.expiry_reason
-    return dict(sorted(data.items()))
+    return frames.order_update(
+        order_fields(order), event, event_time_us=time_us + 1, engine_time_us=time_us, fill=figures
+    )
 
 
 # --- payload parsing ---------------------------------------------------------------------------
