@@ -18,6 +18,7 @@ from typing import BinaryIO
 
 import attrs
 
+from oms.core.errors import ExternalError
 from oms.core.events import Event
 from oms.core.serialization import (
     LogFormatError,
@@ -58,8 +59,9 @@ def _one_line(text: str) -> str:
     return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
 
 
-class LogReadError(Exception):
-    """A log that cannot be read: `path:line: what is wrong` (the message one line)."""
+class LogReadError(ExternalError):
+    """A log that cannot be read: `path:line: what is wrong` (the message one line). The
+    input's fault, not the program's: an `oms.core.errors.ExternalError`."""
 
     def __init__(self, path: str | os.PathLike[str], line: int, message: str) -> None:
         message = _one_line(message)
@@ -176,8 +178,9 @@ class LogReader:
 class EventLog:
     """Appends events to a log file. One writer per file (the engine's single task).
 
-    Open with `EventLog.open`, which reads what is there first: the caller gets the events
-    through `replay_into` so that the state and the log agree before anything is appended.
+    Open with `EventLog.open`, which reads what is there first and hands each event to its
+    `on_event` callback (`Engine.open` folds them into the state), so that the state and the
+    log agree before anything is appended.
     """
 
     def __init__(

@@ -58,11 +58,16 @@ __all__ = ["main", "random_script", "run_session"]
 SESSION_LIMIT = 120  # seconds: a session that hangs counts as a crash
 
 
-def random_script(rng: random.Random, max_actions: int = 8) -> list[Action]:
-    """A script drawn like the e2e property test's: two order actions to one other."""
+def random_script(
+    rng: random.Random, max_actions: int = 8, fault_share: float = 0.0
+) -> list[Action]:
+    """A script drawn like the e2e property test's: two order actions to one other; with
+    `fault_share`, that share of the actions are faults on top."""
     script: list[Action] = []
     for _ in range(rng.randint(0, max_actions)):
-        if rng.random() < 2 / 3:
+        if rng.random() < fault_share:
+            script.append(("fault", rng.choice(FAULTS)))
+        elif rng.random() < 2 / 3:
             script.append(
                 (
                     "order",
@@ -152,13 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-actions", type=int, default=8)
+    parser.add_argument(
+        "--fault-share", type=float, default=0.0, help="extra share of actions that are faults"
+    )
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     figures: Counter[str] = Counter()
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         for n in range(args.sessions):
-            script = random_script(rng, args.max_actions)
+            script = random_script(rng, args.max_actions, args.fault_share)
             figures["sessions"] += 1
             figures["faults"] += sum(1 for a in script if a[0] == "fault")
             figures["orders"] += sum(1 for a in script if a[0] == "order")
@@ -187,7 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sessions", "orders", "faults", "lost", "lost_quantity", "doubled", "drifted",
         "in_doubt", "hash_mismatches", "unexplained_anomalies", "other_differences", "crashes",
     )  # fmt: skip
-    print(f"campaign seed {args.seed}, {elapsed:.0f} s")
+    print(
+        f"campaign seed {args.seed}, max actions {args.max_actions}, fault share "
+        f"{args.fault_share}, {elapsed:.0f} s"
+    )
     for key in keys:
         print(f"  {key:22} {figures[key]}")
     bad = sum(figures[k] for k in keys[3:])

@@ -17,6 +17,7 @@ import pytest
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
+from oms import ConfigurationError
 from oms.core.reducer import replay
 from oms.core.serialization import state_hash
 from oms.core.state import AnomalyKind
@@ -406,7 +407,7 @@ async def test_named_symbols_across_spot_and_perp_follow_positions_too() -> None
             assert session.perpetual
             await wait_for(lambda: venue.subscriptions == 1, "subscribe")
         nursery.cancel_scope.cancel()
-    with pytest.raises(InvalidOrder, match="no market BTC_USDC"):
+    with pytest.raises(ConfigurationError, match="no market BTC_USDC"):
         async with open_backpack_session(
             Engine(),
             Credentials(SECRET),

@@ -1,11 +1,18 @@
-"""The README's promises: its embedding example runs, and its commands exist."""
+"""The README's promises: its embedding example runs, its commands exist, and its examples
+use only the public API (what `oms` and `oms_backpack` list in `__all__`)."""
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+import oms
+import oms_backpack
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -38,3 +45,55 @@ def test_embedding_example_runs_and_records_the_session(tmp_path: Path) -> None:
     )
     assert replayed.returncode == 0, replayed.stderr
     assert '"status": "PendingNew"' in replayed.stdout
+
+
+PUBLIC = {"oms": set(oms.__all__), "oms_backpack": set(oms_backpack.__all__)}
+OURS = ("oms", "oms_backpack", "oms_local_exchange")
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+
+
+def _private_imports(source: str) -> list[str]:
+    """Each import in `source` that reaches past the public API of our packages."""
+    bad: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            bad += [
+                f"import {alias.name}"
+                for alias in node.names
+                if alias.name.split(".")[0] in OURS and alias.name not in PUBLIC
+            ]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level or module.split(".")[0] not in OURS:
+                continue  # the standard library, trio, ...
+            public = PUBLIC.get(module, set())
+            bad += [
+                f"from {module} import {alias.name}"
+                for alias in node.names
+                if alias.name not in public
+            ]
+    return bad
+
+
+def test_readme_has_python_examples_for_both_packages() -> None:
+    assert len(PYTHON_BLOCKS) >= 2
+    modules = {
+        node.module
+        for block in PYTHON_BLOCKS
+        for node in ast.walk(ast.parse(block))
+        if isinstance(node, ast.ImportFrom)
+    }
+    assert {"oms", "oms_backpack"} <= modules
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=lambda b: b.splitlines()[0][:40])
+def test_readme_examples_import_only_public_names(block: str) -> None:
+    assert _private_imports(block) == []
+
+
+def test_the_check_sees_a_private_import() -> None:
+    assert _private_imports("from oms.engine import Engine") == ["from oms.engine import Engine"]
+    assert _private_imports("from oms import Fold") == ["from oms import Fold"]
+    assert _private_imports("import oms.core.values") == ["import oms.core.values"]
+    assert _private_imports("from oms_local_exchange import Venue") != []
+    assert _private_imports("from decimal import Decimal\nimport oms\nimport trio") == []

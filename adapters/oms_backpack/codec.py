@@ -41,6 +41,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
+from oms.core.errors import ExternalError
 from oms.core.events import (
     AssetBalance,
     BalanceObserved,
@@ -96,8 +97,9 @@ JSON = Any
 _E = TypeVar("_E", bound=StrEnum)
 
 
-class BadMessage(ValueError):
-    """A venue message that does not have the shape the codec needs (internal)."""
+class BadMessage(ExternalError, ValueError):
+    """A venue message that does not have the shape the codec needs (internal: the codec
+    turns it into a `MessageNotUnderstood` event, it never reaches the caller)."""
 
 
 # Backpack messages nest fewer than 6 levels; far deeper is garbage or an attack on the stack.

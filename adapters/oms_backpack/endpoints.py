@@ -8,6 +8,8 @@ Order commands are checked against the market's filters first: a price that is n
 multiple of the tick size, a quantity that is not a multiple of the step size or is below
 the minimum, a missing price on a limit order: each raises `InvalidOrder` with a clear
 message, before anything is logged or sent. Nothing is rounded behind the caller's back.
+(`InvalidOrder` is `oms.core.errors.InvalidOrder`, a `ProgramError` and a `ValueError`; it is
+re-exported here for the code that imported it from this module.)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Final
 
 import attrs
 
+from oms.core.errors import InvalidOrder
 from oms.core.events import OrderSubmitted
 from oms.core.state import Market
 from oms.core.values import CTX, OrderType, Side, decimal_in_range
@@ -50,10 +53,6 @@ __all__ = [
 
 Param = str | int | bool
 UINT32_MAX: Final = 2**32 - 1
-
-
-class InvalidOrder(ValueError):
-    """An order the market cannot represent. Raised before anything is logged or sent."""
 
 
 @attrs.frozen(kw_only=True)

@@ -2,7 +2,11 @@
 
 `BackpackRest.call(spec)` sends one `RequestSpec` (from `oms_backpack.endpoints`) and
 returns the parsed JSON body (numbers as `Decimal`), or None for an empty body. It signs,
-rate-limits, retries and maps errors; it knows nothing about orders or state.
+rate-limits, retries and maps errors. The query helpers (`markets`, `capital`, `positions`,
+`open_orders`, `order_history`, `fill_history`, `funding_history`) also pass the body through
+the pure codec and return the events it yields (`MessageNotUnderstood` for an item it cannot
+read). The client only returns events; it never records them and keeps no order or account
+state: recording is the caller's (the session's, the reconciler's).
 
 What a caller can rely on:
 
@@ -44,6 +48,7 @@ import attrs
 import httpx
 import trio
 
+from oms.core.errors import ConfigurationError, ExternalError
 from oms.core.events import Event, MarketInfo, MessageNotUnderstood
 from oms.core.values import Source
 from oms_backpack import codec, endpoints
@@ -82,8 +87,9 @@ def _wall_clock_ms() -> int:
 # --- errors -------------------------------------------------------------------------------------
 
 
-class RestError(Exception):
-    """Base of the errors this client raises about the venue or the connection."""
+class RestError(ExternalError):
+    """Base of the errors this client raises about the venue or the connection: the
+    outside world's, so an `oms.core.errors.ExternalError`."""
 
 
 class VenueError(RestError):
@@ -137,8 +143,9 @@ class VenueUnavailable(RestError):
     """No answer after all retries, and the request cannot have taken effect."""
 
 
-class MissingCredentials(RuntimeError):
-    """A signed endpoint was called on a client built without credentials (our mistake)."""
+class MissingCredentials(ConfigurationError, RuntimeError):
+    """A signed endpoint was called on a client built without credentials: the program's
+    mistake (a `ConfigurationError`; still a `RuntimeError`, as it was before)."""
 
 
 def _is_clock_error(code: str, message: str) -> bool:
@@ -261,13 +268,13 @@ class BackpackRest:
         rng: random.Random | None = None,
     ) -> None:
         if not 0 < window_ms <= MAX_WINDOW_MS:
-            raise ValueError(f"window_ms must be in 1..{MAX_WINDOW_MS}, not {window_ms}")
+            raise ConfigurationError(f"window_ms must be in 1..{MAX_WINDOW_MS}, not {window_ms}")
         if max_requests_per_minute < 1:
-            raise ValueError("max_requests_per_minute must be at least 1")
+            raise ConfigurationError("max_requests_per_minute must be at least 1")
         if max_retries < 0:
-            raise ValueError("max_retries must not be negative")
+            raise ConfigurationError("max_retries must not be negative")
         if not 0 < backoff_initial <= backoff_max:
-            raise ValueError("backoff needs 0 < backoff_initial <= backoff_max")
+            raise ConfigurationError("backoff needs 0 < backoff_initial <= backoff_max")
         self._base_url = base_url
         self._credentials = credentials
         self._window_ms = window_ms

@@ -37,6 +37,7 @@ from typing import Final, Literal, Protocol
 import httpx
 import trio
 
+from oms.core.errors import ConfigurationError, DuplicateClientId, UnknownMarket
 from oms.core.events import (
     CancelRejected,
     CancelRequested,
@@ -418,20 +419,27 @@ class BackpackSession:
         quote_quantity: Decimal | None = None,
         time_in_force: TimeInForce | None = None,
         reduce_only: bool = False,
+        client_id: int | None = None,
     ) -> Order:
         """Place an order; returns it as the engine sees it after the venue's answer.
 
-        Raises `endpoints.InvalidOrder` (nothing logged, nothing sent) for an order the market
-        cannot represent. A venue refusal is recorded, not raised: check `order.status`.
+        `client_id` (a uint32) names the order; by default `next_client_id()` picks one.
+        Raises, before anything is logged or sent, a `ProgramError`: `InvalidOrder` for an
+        order the market cannot represent (`UnknownMarket` for a market the engine does not
+        know), `DuplicateClientId` for a client id an order in the state already has (an
+        order dropped by finished-order retention is no longer known, so its id is not
+        caught). A venue refusal is recorded, not raised: check `order.status`.
         """
         await self.reconciled.wait()
         market = self.engine.state.markets.get(symbol)
         if market is None:
-            raise endpoints.InvalidOrder(f"unknown market {symbol}")
+            raise UnknownMarket(f"unknown market {symbol}")
+        if client_id is None:
+            client_id = self.next_client_id()
         command = OrderSubmitted(
             source=Source.LOCAL,
             recv_time_us=self.now_us(),
-            client_id=self.next_client_id(),
+            client_id=client_id,
             symbol=symbol,
             side=side,
             order_type=order_type,
@@ -443,6 +451,9 @@ class BackpackSession:
             reduce_only=reduce_only,
         )
         spec = endpoints.execute_order(command, market)  # raises before anything is logged
+        # Checked last, with no await before `record`: no other task can take the id between.
+        if self.engine.state.order(client_id=client_id) is not None:
+            raise DuplicateClientId(client_id)
         self.engine.record(command)
         try:
             body = await self.rest.call(spec)
@@ -591,7 +602,8 @@ async def open_backpack_session(
     """Connect, load markets, subscribe, reconcile; yield the session; shut down cleanly.
 
     `venue` picks the markets (spot for `backpack`, perpetuals for `backpack_perpetual`)
-    unless `symbols` names them; positions are followed when any perpetual is traded.
+    unless `symbols` names them (a symbol the venue does not list raises `ConfigurationError`
+    before anything is recorded); positions are followed when any perpetual is traded.
     `transport` replaces httpx's network transport (tests); everything else is real.
     `fill_grace` and `fill_attempts` tune the fill chaser (see `FillChaser`).
 
@@ -615,7 +627,7 @@ async def open_backpack_session(
             wanted = [m for m in markets if isinstance(m, MarketInfo) and m.symbol in symbols]
             missing = sorted(set(symbols) - {m.symbol for m in wanted})
             if missing:
-                raise endpoints.InvalidOrder(f"the venue has no market {', '.join(missing)}")
+                raise ConfigurationError(f"the venue has no market {', '.join(missing)}")
             perpetual = perpetual or any(m.market_type.has_positions for m in wanted)
         streams = ["account.orderUpdate", *(["account.positionUpdate"] if perpetual else [])]
         for event in novel_events(engine.state, wanted):

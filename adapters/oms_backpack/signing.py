@@ -21,6 +21,8 @@ from typing import Final
 
 import nacl.signing
 
+from oms.core.errors import ConfigurationError
+
 __all__ = [
     "DEFAULT_WINDOW_MS",
     "MAX_WINDOW_MS",
@@ -36,8 +38,9 @@ MAX_WINDOW_MS: Final = 60000
 ParamValue = str | int | bool | Decimal | None
 
 
-class CredentialsError(ValueError):
-    """The API key or secret is unusable. The message never contains the secret."""
+class CredentialsError(ConfigurationError):
+    """The API key or secret is unusable (a `ConfigurationError`, and so a `ValueError`).
+    The message never contains the secret."""
 
 
 def _render(key: str, value: str | int | bool | Decimal) -> str:

@@ -32,6 +32,7 @@ from typing import Final
 import trio
 import trio_websocket
 
+from oms.core.errors import ConfigurationError
 from oms.core.events import Event, MessageNotUnderstood
 from oms.core.values import Source
 from oms_backpack import codec
@@ -105,21 +106,23 @@ class BackpackStream:
         private = tuple(private_streams)
         public = tuple(public_streams)
         if not private and not public:
-            raise ValueError("nothing to subscribe to: no private and no public streams")
+            raise ConfigurationError("nothing to subscribe to: no private and no public streams")
         for name in private:
             if not name.startswith(PRIVATE_PREFIX):
-                raise ValueError(f"private stream {name!r} does not start with {PRIVATE_PREFIX!r}")
+                raise ConfigurationError(
+                    f"private stream {name!r} does not start with {PRIVATE_PREFIX!r}"
+                )
         for name in public:
             if name.startswith(PRIVATE_PREFIX):
-                raise ValueError(f"stream {name!r} is private: list it in private_streams")
+                raise ConfigurationError(f"stream {name!r} is private: list it in private_streams")
         if private and credentials is None:
-            raise ValueError(f"private streams {list(private)} need credentials")
+            raise ConfigurationError(f"private streams {list(private)} need credentials")
         if not 0 < window_ms <= MAX_WINDOW_MS:
-            raise ValueError(f"window_ms must be in 1..{MAX_WINDOW_MS}, not {window_ms}")
+            raise ConfigurationError(f"window_ms must be in 1..{MAX_WINDOW_MS}, not {window_ms}")
         if not heartbeat_interval > 0 or not heartbeat_timeout > 0:
-            raise ValueError("heartbeat_interval and heartbeat_timeout must be positive")
+            raise ConfigurationError("heartbeat_interval and heartbeat_timeout must be positive")
         if not 0 < backoff_initial <= backoff_max:
-            raise ValueError(
+            raise ConfigurationError(
                 f"need 0 < backoff_initial <= backoff_max, got {backoff_initial}, {backoff_max}"
             )
         self._url = url

@@ -26,6 +26,7 @@ from typing import Any, Final
 import attrs
 import msgspec
 
+from oms.core.errors import ExternalError
 from oms.core.events import EVENT_TYPES, AssetBalance, BalanceObserved, Event
 from oms.core.state import Balance, Order, Position, State
 from oms.core.values import MAX_MAGNITUDE_EXPONENT, canonical_decimal, decimal_in_range
@@ -55,7 +56,7 @@ SCHEMA_VERSION: Final[dict[str, int]] = {name: 1 for name in EVENT_TYPES}
 UPGRADES: Final[dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]]] = {}
 
 
-class LogFormatError(ValueError):
+class LogFormatError(ExternalError, ValueError):
     """A line that is not a valid event-log line. The message says what is wrong."""
 
 

@@ -1,0 +1,75 @@
+"""The project's exceptions: one root, split by whose fault it is.
+
+    OmsError
+    ├── ProgramError        the embedding program's own mistake
+    │   ├── InvalidOrder        an order the market cannot represent (also a ValueError)
+    │   │   └── UnknownMarket   an order for a market the engine does not know
+    │   ├── DuplicateClientId   a client id already used in the log (also a ValueError)
+    │   └── ConfigurationError  unusable settings: keys, URLs, limits, symbols (also a ValueError)
+    └── ExternalError       the outside world's: the venue, the network or an input file
+
+A `ProgramError` is raised at once, before anything is logged or sent: fixing the call fixes
+it, and retrying the same call fails the same way. An `ExternalError` is about something the
+program does not control (a venue refusal, an answer that cannot be understood, a venue that
+cannot be reached, a log that cannot be read). Inside a session such input is recorded as an
+event or an anomaly, not raised; the errors below `ExternalError` reach the program only from
+the calls that read a file or ask the venue directly.
+
+The classes that raise them live with the code that knows the case:
+`oms.core.serialization.LogFormatError`, `oms.log.LogReadError`,
+and in the Backpack adapter `oms_backpack.rest.RestError` (and its subclasses),
+`oms_backpack.signing.CredentialsError`, `oms_backpack.rest.MissingCredentials`. Where a class
+was a `ValueError` or `RuntimeError` before this root existed, it still is.
+
+This module imports nothing, so any layer may use it (it lives in the pure core for that).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "DuplicateClientId",
+    "ExternalError",
+    "InvalidOrder",
+    "OmsError",
+    "ProgramError",
+    "UnknownMarket",
+]
+
+
+class OmsError(Exception):
+    """The root of every exception this project defines."""
+
+
+class ProgramError(OmsError):
+    """A mistake of the embedding program, raised before anything is logged or sent."""
+
+
+class ExternalError(OmsError):
+    """A failure that comes from outside the program: the venue's answer or refusal, the
+    network, or an input file (named for where the fault lies, not for how it arrives)."""
+
+
+class InvalidOrder(ProgramError, ValueError):
+    """An order the market cannot represent (a price off the tick, a quantity below the
+    minimum, a missing price on a limit order, ...). Nothing was logged or sent."""
+
+
+class UnknownMarket(InvalidOrder):
+    """An order for a symbol whose market the engine has not been told about."""
+
+
+class DuplicateClientId(ProgramError, ValueError):
+    """The client id given for a new order is already used by an order in the log."""
+
+    def __init__(self, client_id: int) -> None:
+        super().__init__(client_id)  # args stay (client_id,), so it pickles
+        self.client_id = client_id
+
+    def __str__(self) -> str:
+        return f"client id {self.client_id} is already used in this log"
+
+
+class ConfigurationError(ProgramError, ValueError):
+    """Settings that cannot work: missing or malformed keys, a symbol the venue does not
+    list, an out-of-range limit. Raised when the object is built or the session opens."""
