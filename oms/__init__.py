@@ -67,6 +67,7 @@ from oms.core.state import (
 )
 from oms.core.values import (
     MarketType,
+    OrderOrigin,
     OrderStatus,
     OrderType,
     Side,
@@ -106,6 +107,7 @@ __all__ = [
     "State",
     # values
     "MarketType",
+    "OrderOrigin",
     "OrderStatus",
     "OrderType",
     "Side",

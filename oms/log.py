@@ -268,6 +268,11 @@ class EventLog:
             self._handle.flush()
         return seq
 
+    @property
+    def unsynced(self) -> bool:
+        """Events are waiting for a group commit's fsync."""
+        return self._pending > 0
+
     def poll(self) -> None:
         """Group commit: sync if the oldest waiting event has waited `max_delay`."""
         if self._pending and self._clock() - self._pending_since >= self.fsync.max_delay:

@@ -12,7 +12,7 @@ allows, and checks that replaying the session's log gives the live state.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -22,10 +22,11 @@ import trio
 
 from oms.core.reducer import replay
 from oms.core.serialization import state_hash
-from oms.core.state import AnomalyKind, Order, State
+from oms.core.state import Anomaly, AnomalyKind, Order, State
 from oms.core.values import ZERO, OrderStatus, OrderType, Side
 from oms.engine import Engine
 from oms.log import Fsync, LogReader
+from oms_backpack.codec import venue_error_of
 from oms_backpack.session import BackpackSession, open_backpack_session
 from oms_backpack.signing import Credentials
 from oms_local_exchange import (
@@ -51,6 +52,7 @@ __all__ = [
     "book_differences",
     "open_harness",
     "open_session",
+    "refused_subscriptions",
     "wait_for",
 ]
 
@@ -193,8 +195,9 @@ def book_differences(
 
 
 async def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    """Poll state that other tasks move (neither the engine nor the exchange has an event to
-    wait on); fail naming `what` after 10 s. Callers wanting less wrap it in a cancel scope."""
+    """Poll what the exchange (or a client's counters) shows: it has no event to wait on;
+    fail naming `what` after 10 s. For the engine's state use `Harness.until`, which waits on
+    the engine's events."""
     with trio.move_on_after(10):
         while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.01)
@@ -233,9 +236,18 @@ class Harness:
         assert found is not None
         return found
 
-    def reaches(self, order: Order, status: OrderStatus) -> Callable[[], bool]:
-        """A predicate for `wait_for`: the engine has `order` in `status`."""
-        return lambda: self.now(order).status is status
+    async def until(self, order: Order, done: Callable[[Order], bool], what: str) -> Order:
+        """Wait (on the engine's events, no polling) until `done` holds for the engine's view
+        of `order`; fail naming `what` after 10 s."""
+
+        def holds(state: State) -> bool:
+            found = state.order(client_id=order.client_id, venue_id=order.venue_id)
+            return found is not None and done(found)
+
+        with trio.move_on_after(10):
+            await self.engine.wait_until(holds)
+            return self.now(order)
+        raise AssertionError(f"timed out waiting for {what}: the engine has {self.now(order)}")
 
     def mid(self, symbol: str) -> Decimal:
         """The exchange's mid price of `symbol` now (after catching up with its clock)."""
@@ -394,7 +406,19 @@ EXPLAINED: dict[str, set[AnomalyKind]] = {
     # (its error frame is recorded) and the stream subscribes again after a resync
     "skew": {AnomalyKind.NOT_UNDERSTOOD},
 }
-REFUSED = "venue error 4003: "
+# The code of the error frame with which the venue refuses a subscription whose signature
+# timestamp is outside its window (a clock jump).
+REFUSED = 4003
+
+
+def refused_subscriptions(path: Path, anomalies: Iterable[Anomaly]) -> list[bool]:
+    """For each `not_understood` anomaly of a session logged at `path`: whether the event that
+    caused it is the venue refusing a subscription (an error frame with code `REFUSED`)."""
+    wanted = [a.seq for a in anomalies if a.kind is AnomalyKind.NOT_UNDERSTOOD]
+    seqs = set(wanted)
+    logged = {seq: event for seq, event in LogReader(path) if seq in seqs}
+    errors = [venue_error_of(logged[seq]) for seq in wanted]
+    return [error is not None and error.code == REFUSED for error in errors]
 
 
 def _tick(price: Decimal) -> Decimal:

@@ -45,7 +45,15 @@ from oms.core.events import (
     TriggerFailed,
     TriggerPlaced,
 )
-from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms.core.values import (
+    MarketType,
+    OrderOrigin,
+    OrderType,
+    Side,
+    Source,
+    TimeInForce,
+    VenueStatus,
+)
 
 __all__ = [
     "EVENT_STRATEGIES",
@@ -78,14 +86,7 @@ __all__ = [
 SPOT: Final = "SOL_USDC"  # base SOL, quote USDC
 ETH_SOL: Final = "ETH_SOL"  # base ETH, quote SOL: SOL is locked by bids here, asks there
 PERP: Final = "SOL_USDC_PERP"
-ORIGINS: Final = (
-    "USER",
-    "LIQUIDATION_AUTOCLOSE",
-    "ADL_AUTOCLOSE",
-    "COLLATERAL_CONVERSION",
-    "SETTLEMENT_AUTOCLOSE",
-    "BACKSTOP_LIQUIDITY_PROVIDER",
-)
+ORIGINS: Final = tuple(OrderOrigin)  # USER first
 
 
 def market(
@@ -149,7 +150,7 @@ def accept(
     side: Side | None = None,
     quantity: Decimal | str | None = None,
     price: Decimal | str | None = None,
-    origin: str = "USER",
+    origin: OrderOrigin | str = OrderOrigin.USER,
 ) -> OrderAccepted:
     return OrderAccepted(
         source=Source.WS,
@@ -162,7 +163,7 @@ def accept(
         order_type=None if side is None else OrderType.LIMIT,
         quantity=None if quantity is None else Decimal(quantity),
         price=None if price is None else Decimal(price),
-        origin=origin,
+        origin=OrderOrigin(origin),
     )
 
 
@@ -179,7 +180,7 @@ def fill(
     cum: Decimal | str | None = None,
     status: VenueStatus | None = None,
     symbol: str = SPOT,
-    origin: str = "USER",
+    origin: OrderOrigin | str = OrderOrigin.USER,
     order_quantity: Decimal | str | None = None,
     order_price: Decimal | str | None = None,
 ) -> OrderFilled:
@@ -199,7 +200,7 @@ def fill(
         client_id=client_id,
         cum_quantity=None if cum is None else Decimal(cum),
         status=status,
-        origin=origin,
+        origin=OrderOrigin(origin),
         order_quantity=None if order_quantity is None else Decimal(order_quantity),
         order_price=None if order_price is None else Decimal(order_price),
     )
@@ -338,7 +339,8 @@ _meta: dict[str, st.SearchStrategy[Any]] = {
 }
 _sides = st.none() | st.sampled_from(Side)
 _types = st.none() | st.sampled_from(OrderType)
-_origins = st.sampled_from(ORIGINS) | texts
+# Known origins, and any text as an origin the venue may add later.
+_origins = st.sampled_from(ORIGINS) | texts.map(OrderOrigin)
 
 EVENT_STRATEGIES: Final[dict[type[Event], st.SearchStrategy[Event]]] = {
     OrderSubmitted: st.builds(

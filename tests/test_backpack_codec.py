@@ -34,6 +34,7 @@ from oms.core.values import (
     ID_LIMIT,
     SYNTHETIC_TRADE_ID_BASE,
     MarketType,
+    OrderOrigin,
     OrderType,
     Side,
     Source,
@@ -89,7 +90,7 @@ def test_real_order_accepted_limit() -> None:
         time_in_force=TimeInForce.GTC,
         post_only=False,
         reduce_only=False,
-        origin="USER",
+        origin=OrderOrigin.USER,
     )
 
 
@@ -260,6 +261,53 @@ def test_messages_it_cannot_understand_are_kept_not_raised(text: str, reason: st
     assert isinstance(event, MessageNotUnderstood)
     assert event.raw == text
     assert reason in event.reason
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "message"),
+    [
+        ('{"id":null,"error":{"code":4006,"message":"Invalid stream"}}', 4006, "Invalid stream"),
+        ('{"id":1,"error":{"code":"4003","message":"Expired"}}', 4003, "Expired"),
+        ('{"id":1,"error":{"message":"no code"}}', None, "no code"),
+        ('{"id":1,"error":{"code":4003}}', 4003, ""),
+        ('{"id":1,"error":"Invalid stream"}', None, "Invalid stream"),
+        ('{"id":1,"error":["odd"]}', None, '["odd"]'),
+    ],
+)
+def test_an_error_frame_is_recorded_and_its_venue_error_is_typed(
+    text: str, code: int | None, message: str
+) -> None:
+    decoded = codec.decode_ws_frame(text, RECV)
+    assert decoded.venue_error == codec.VenueErrorFrame(code=code, message=message)
+    recorded = only(list(decoded.events))
+    assert isinstance(recorded, MessageNotUnderstood) and recorded.raw == text
+    assert codec.ws_frame(text, RECV) == [recorded]
+    # Read back from the event alone (as a test or a tool reads a log): the same error.
+    assert codec.venue_error_of(recorded) == decoded.venue_error
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{not json",
+        '{"id":1,"error":null,"result":null}',
+        frame("account.balanceUpdate", {"x": 1}),
+        # A data frame whose text merely mentions an error is not an error frame.
+        frame("account.orderUpdate", {"e": "orderTeleported", "error": {"code": 1}}),
+    ],
+)
+def test_other_frames_carry_no_venue_error(text: str) -> None:
+    decoded = codec.decode_ws_frame(text, RECV)
+    assert decoded.venue_error is None
+    assert all(codec.venue_error_of(e) is None for e in decoded.events)
+
+
+def test_only_a_stream_frame_not_understood_names_a_venue_error() -> None:
+    text = '{"id":null,"error":{"code":4006,"message":"Invalid stream"}}'
+    recorded = only(codec.ws_frame(text, RECV))
+    assert codec.venue_error_of(attrs.evolve(recorded, source=Source.REST)) is None
+    accepted = only(codec.ws_frame(frame("account.orderUpdate", rust("orderAccepted")), RECV))
+    assert codec.venue_error_of(accepted) is None
 
 
 def test_acks_and_public_streams_give_no_events() -> None:
@@ -553,6 +601,46 @@ def test_a_fill_without_trade_id_or_time_is_not_understood() -> None:
     event = codec.fill_history_item(no_time, Source.RECONCILE, RECV)
     assert isinstance(event, MessageNotUnderstood)
     assert "cannot be keyed" in event.reason
+
+
+# --- origins ----------------------------------------------------------------------------------
+
+
+def test_history_names_a_system_order_by_the_streams_origin() -> None:
+    streamed = only(codec.ws_frame(frame("account.orderUpdate", ADL_STREAM), RECV))
+    from_history = codec.fill_history_item(ADL_HISTORY, Source.RECONCILE, RECV)
+    assert streamed.origin is from_history.origin is OrderOrigin.ADL_AUTOCLOSE
+    for venue, origin in [
+        ("LiquidatePositionOnBook", OrderOrigin.LIQUIDATION_AUTOCLOSE),
+        ("CollateralConversion", OrderOrigin.COLLATERAL_CONVERSION),
+        (None, OrderOrigin.USER),
+    ]:
+        event = codec.fill_history_item(
+            dict(ADL_HISTORY, systemOrderType=venue), Source.RECONCILE, RECV
+        )
+        assert isinstance(event, OrderFilled) and event.origin is origin
+
+
+def test_an_origin_the_venue_adds_later_is_kept_and_logged_as_sent() -> None:
+    streamed = only(
+        codec.ws_frame(frame("account.orderUpdate", dict(ADL_STREAM, O="FUTURE_ORIGIN")), RECV)
+    )
+    history = codec.order_object(
+        {"id": "8284661999", "symbol": "SOL_USDC_PERP", "status": "Filled",
+         "systemOrderType": "OrderBookClosed"},
+        Source.RECONCILE, RECV,
+    )  # fmt: skip
+    assert isinstance(streamed, OrderFilled) and isinstance(history, OrderObserved)
+    assert (streamed.origin, history.origin) == ("FUTURE_ORIGIN", "OrderBookClosed")
+    assert isinstance(streamed.origin, OrderOrigin) and not streamed.origin.is_known
+    assert OrderOrigin.USER.is_known and streamed.origin not in list(OrderOrigin)
+    line = encode_line(1, streamed)
+    assert b'"origin":"FUTURE_ORIGIN"' in line
+    assert decode_line(line) == (1, streamed)
+    # Not the user's: the venue's order is created without an unknown-order anomaly.
+    state = replay([streamed])
+    assert state.orders["v8284661999"].origin == "FUTURE_ORIGIN"
+    assert AnomalyKind.UNKNOWN_ORDER not in state.anomaly_counts
 
 
 def test_a_synthetic_trade_id_survives_the_log(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from decimal import Decimal
 
 import attrs
@@ -24,7 +23,7 @@ from oms.core.events import (
 from oms.core.state import AnomalyKind
 from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
 from oms.engine import Engine
-from oms_backpack.reconcile import Reconciler, novel_events
+from oms_backpack.reconcile import Reconciler
 
 R = Source.RECONCILE
 T0 = 1_750_000_000_000_000
@@ -111,11 +110,7 @@ def engine_with_live_order() -> Engine:
 
 
 def reconciler(engine: Engine, venue: FakeVenue, *, perpetual: bool = False) -> Reconciler:
-    async def submit(events: Sequence[Event]) -> None:
-        for event in events:
-            engine.record(event)
-
-    return Reconciler(venue, lambda: engine.state, submit, perpetual=perpetual, now_us=lambda: T0)
+    return Reconciler(venue, engine, perpetual=perpetual, now_us=lambda: T0)
 
 
 async def test_fills_missed_while_disconnected_are_recovered_once() -> None:
@@ -219,14 +214,13 @@ async def test_perp_positions_flat_symbols_and_funding() -> None:
     assert await rec.run_pass() == 0
 
 
-def test_novel_events_drop_what_the_state_already_has() -> None:
+def test_only_news_is_recorded() -> None:
     engine = engine_with_live_order()
     first = fill(1, "1", "100")
-    assert novel_events(engine.state, [first, first]) == [first]
-    engine.record(first)
-    assert novel_events(engine.state, [first]) == []
+    assert engine.record_news([first, first]) == [first]
+    assert engine.record_news([first]) == []
     observed = PositionObserved(source=R, recv_time_us=T0, symbol="X_PERP", net_quantity=Decimal(0))
-    assert novel_events(engine.state, [observed, observed]) == [observed]
+    assert engine.record_news([observed, observed]) == [observed]
 
 
 async def test_fill_history_items_it_cannot_read_are_recorded_once() -> None:

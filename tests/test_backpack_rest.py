@@ -140,7 +140,7 @@ async def test_execute_sends_the_signed_body_and_the_published_signature() -> No
         return reply(200, ORDER_OK)
 
     async with rest(handler, wall_clock_ms=lambda: 1614550000000) as client:
-        result = await client.execute(execute_spec())
+        result = await client.call(execute_spec())
     [request] = seen
     assert (request.method, request.url.path) == ("POST", "/api/v1/order")
     assert request.headers["Content-Type"] == "application/json; charset=utf-8"
@@ -168,8 +168,8 @@ async def test_cancel_and_batch_bodies_verify_against_the_public_key() -> None:
 
     batch = endpoints.execute_batch([(submit(1), SOL), (submit(2), SOL)])
     async with rest(handler) as client:
-        await client.cancel(endpoints.cancel_order("SOL_USDC", venue_id="8284661092"))
-        await client.execute(batch)
+        await client.call(endpoints.cancel_order("SOL_USDC", venue_id="8284661092"))
+        await client.call(batch)
     cancel, batch_request = seen
     assert cancel.method == "DELETE"
     assert json.loads(cancel.content) == {"symbol": "SOL_USDC", "orderId": "8284661092"}
@@ -212,7 +212,7 @@ async def test_patch_account_sends_the_leverage_string_and_an_empty_reply_is_non
         return httpx.Response(200)
 
     async with rest(handler) as client:
-        assert await client.update_account(Decimal("5.0")) is None
+        assert await client.call(endpoints.update_account(leverage_limit=Decimal("5.0"))) is None
     [request] = seen
     assert (request.method, request.content) == ("PATCH", b'{"leverageLimit":"5"}')
     verify_signature(request, "accountUpdate")
@@ -223,7 +223,7 @@ async def test_bare_json_numbers_arrive_as_exact_decimals() -> None:
         return httpx.Response(200, text='{"symbol":"SOL_USDC","lastPrice":0.1,"trades":12}')
 
     async with rest(handler) as client:
-        body = await client.ticker("SOL_USDC")
+        body = await client.call(endpoints.ticker("SOL_USDC"))
     assert body["lastPrice"] == Decimal("0.1")
     assert isinstance(body["lastPrice"], Decimal)
     assert body["trades"] == 12
@@ -276,7 +276,7 @@ async def test_error_bodies_map_to_status_code_and_message(
 
     async with rest(handler, max_retries=0) as client:
         with pytest.raises(VenueError) as caught:
-            await client.account()
+            await client.call(endpoints.account())
     assert type(caught.value) is kind
     assert (caught.value.status, caught.value.code, caught.value.message) == (
         status,
@@ -299,7 +299,7 @@ async def test_clock_error_resyncs_once_and_retries(autojump_clock: trio.abc.Clo
         return reply(200, ORDER_OK)
 
     async with rest(handler, wall_clock_ms=lambda: now[0]) as client:
-        await client.execute(execute_spec())
+        await client.call(execute_spec())
         assert client.clock_offset_ms == 4_000
     assert [r.url.path for r in seen] == ["/api/v1/order", "/api/v1/time", "/api/v1/order"]
     assert (seen[0].headers["X-Timestamp"], seen[2].headers["X-Timestamp"]) == ("5000", "9000")
@@ -355,7 +355,7 @@ async def test_backoff_is_capped(autojump_clock: trio.abc.Clock) -> None:
 
     async with rest(handler, backoff_initial=1.0, backoff_max=2.0, max_retries=4) as client:
         with pytest.raises(RateLimited):
-            await client.account()
+            await client.call(endpoints.account())
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(times) == 5
     assert all(gap <= 2.0 for gap in gaps)
@@ -372,7 +372,7 @@ async def test_get_503_twice_then_200_is_retried(autojump_clock: trio.abc.Clock)
         return reply(200, {"symbol": "SOL_USDC", "markPrice": "101.25"})
 
     async with rest(handler) as client:
-        body = await client.mark_prices("SOL_USDC")
+        body = await client.call(endpoints.mark_prices("SOL_USDC"))
     assert body["markPrice"] == "101.25"
     assert count[0] == 3
 
@@ -386,7 +386,7 @@ async def test_get_that_never_answers_is_unavailable(autojump_clock: trio.abc.Cl
 
     async with rest(handler, max_retries=2) as client:
         with pytest.raises(VenueUnavailable, match="3 attempts"):
-            await client.depth("SOL_USDC")
+            await client.call(endpoints.depth("SOL_USDC"))
     assert count[0] == 3
 
 
@@ -401,7 +401,7 @@ async def test_execute_503_is_outcome_unknown_without_retry(
 
     async with rest(handler) as client:
         with pytest.raises(OutcomeUnknown, match="SERVER_ERROR"):
-            await client.execute(execute_spec())
+            await client.call(execute_spec())
     assert count[0] == 1
 
 
@@ -419,7 +419,7 @@ async def test_execute_lost_after_sending_is_outcome_unknown(
 
     async with rest(handler) as client:
         with pytest.raises(OutcomeUnknown, match=failure.__name__):
-            await client.execute(execute_spec())
+            await client.call(execute_spec())
     assert count[0] == 1
 
 
@@ -433,7 +433,7 @@ async def test_execute_that_could_not_connect_is_retried(autojump_clock: trio.ab
         return reply(200, ORDER_OK)
 
     async with rest(handler) as client:
-        assert (await client.execute(execute_spec()))["status"] == "New"
+        assert (await client.call(execute_spec()))["status"] == "New"
     assert count[0] == 2
 
 
@@ -450,7 +450,7 @@ async def test_execute_429_then_duplicate_is_outcome_unknown(
 
     async with rest(handler) as client:
         with pytest.raises(OutcomeUnknown, match="duplicate"):
-            await client.execute(execute_spec())
+            await client.call(execute_spec())
     assert len(bodies) == 2
     assert json.loads(bodies[0])["clientId"] == json.loads(bodies[1])["clientId"] == 123
 
@@ -461,7 +461,7 @@ async def test_duplicate_on_the_first_attempt_is_a_rejection() -> None:
 
     async with rest(handler) as client:
         with pytest.raises(VenueError) as caught:
-            await client.execute(execute_spec())
+            await client.call(execute_spec())
     assert type(caught.value) is VenueError
     assert caught.value.duplicate_client_id
 
@@ -479,7 +479,7 @@ async def test_cancel_retries_and_reports_not_found_after_a_lost_reply(
 
     async with rest(handler) as client:
         with pytest.raises(NotFound):
-            await client.cancel(endpoints.cancel_order("SOL_USDC", client_id=7))
+            await client.call(endpoints.cancel_order("SOL_USDC", client_id=7))
     assert count[0] == 2
 
 
@@ -494,7 +494,7 @@ async def test_cancel_that_never_gets_an_answer_is_outcome_unknown(
 
     async with rest(handler, max_retries=2) as client:
         with pytest.raises(OutcomeUnknown, match="Bad Gateway"):
-            await client.cancel_all("SOL_USDC")
+            await client.call(endpoints.cancel_all("SOL_USDC"))
     assert count[0] == 3
 
 
@@ -513,7 +513,7 @@ async def test_rate_limiter_holds_the_sixth_request_for_a_minute(
     start = trio.current_time()
     async with rest(handler, max_requests_per_minute=5) as client:
         for _ in range(6):
-            await client.ticker("SOL_USDC")
+            await client.call(endpoints.ticker("SOL_USDC"))
     assert trio.current_time() - start >= 60
     assert all(t == start for t in times[:5])
     assert times[5] - start >= 60
@@ -531,7 +531,7 @@ async def test_rate_limiter_is_shared_by_concurrent_callers(
     start = trio.current_time()
     async with rest(handler, max_requests_per_minute=3) as client, trio.open_nursery() as nursery:
         for _ in range(7):
-            nursery.start_soon(client.ticker, "SOL_USDC")
+            nursery.start_soon(client.call, endpoints.ticker("SOL_USDC"))
     # 7 requests at 3 a minute: 3 now, 3 a minute later, 1 two minutes later.
     assert sorted(round(t - start) for t in times) == [0, 0, 0, 60, 60, 60, 120]
 
@@ -658,12 +658,12 @@ async def test_the_secret_never_reaches_exceptions_or_logs(
         cases: list[tuple[list[Step], Callable[[], Awaitable[object]]]] = [
             (
                 [answer(429, "slow down"), answer(503, "down")],
-                lambda: client.execute(execute_spec()),
+                lambda: client.call(execute_spec()),
             ),
-            ([timeout], lambda: client.execute(execute_spec())),
+            ([timeout], lambda: client.call(execute_spec())),
             ([answer(400, EXPIRED), answer(400, EXPIRED)], client.capital),
-            ([answer(400, DUPLICATE)], lambda: client.execute(execute_spec())),
-            ([timeout, timeout], client.account),
+            ([answer(400, DUPLICATE)], lambda: client.call(execute_spec())),
+            ([timeout, timeout], lambda: client.call(endpoints.account())),
         ]
         for steps, call in cases:
             script[:] = steps
@@ -739,7 +739,7 @@ async def test_round_trip_against_a_real_http_server(venue_url: str) -> None:
     async with BackpackRest(venue_url, Credentials(SECRET), wall_clock_ms=lambda: local[0]) as api:
         # A frozen local clock 1 s behind the venue: the offset is exactly 1000 ms.
         assert await api.sync_clock() == 1000
-        placed = await api.execute(execute_spec())
+        placed = await api.call(execute_spec())
         with pytest.raises(NotFound):
             await api.call(endpoints.markets())
     assert placed["ts"] == "1614550000000"
@@ -762,9 +762,9 @@ async def test_a_hostile_success_body_is_a_bad_response(body: str) -> None:
 
     async with rest(handler) as client:
         with pytest.raises(BadResponse, match="body is not JSON"):
-            await client.account()
+            await client.call(endpoints.account())
         with pytest.raises(OutcomeUnknown, match="body is not JSON"):
-            await client.execute(execute_spec())
+            await client.call(execute_spec())
 
 
 async def test_a_deeply_nested_error_body_keeps_the_status() -> None:
@@ -773,7 +773,7 @@ async def test_a_deeply_nested_error_body_keeps_the_status() -> None:
 
     async with rest(handler, max_retries=0) as client:
         with pytest.raises(VenueError) as caught:
-            await client.account()
+            await client.call(endpoints.account())
     assert (caught.value.status, caught.value.code) == (400, "HTTP_400")
 
 

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from oms.core.events import Event, MessageNotUnderstood
+from oms import engine as engine_module
+from oms.core.events import (
+    Event,
+    MarketInfo,
+    MessageNotUnderstood,
+    OrderFilled,
+    OrderObserved,
+    OrderSubmitted,
+)
 from oms.core.reducer import replay
 from oms.core.serialization import state_hash
-from oms.core.state import State
-from oms.core.values import OrderStatus, Source
+from oms.core.state import Order, State
+from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
 from oms.engine import Engine
 from oms.log import EventLog, Fsync, LogReader
 
@@ -147,7 +157,7 @@ async def test_run_syncs_a_quiet_stream_on_time(
     engine = Engine(log)
     send, receive = trio.open_memory_channel[Event](10)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(engine.run, receive, 0.1)
+        nursery.start_soon(engine.run, receive)
         await send.send(note(1))
         await trio.sleep(0.2)
         assert log.syncs == 0  # waiting for company
@@ -269,3 +279,134 @@ async def test_a_running_session_outlives_a_listener_that_raises(
     assert [event for _, event in LogReader(path)] == [note(n) for n in range(1, 6)]
     assert engine.listener_errors == 5
     assert len([r for r in caplog.records if r.name == "oms.engine"]) == 5
+
+
+async def test_the_group_commit_timer_sleeps_until_the_deadline(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Events recorded directly (no channel): the timer syncs them max_delay after the first,
+    # and a quiet engine does not wake at all (no periodic polling of the log).
+    log = EventLog.open(
+        tmp_path / "s.jsonl",
+        fsync=Fsync.group(max_events=1000, max_delay=0.5),
+        clock=trio.current_time,
+    )
+    engine = Engine(log)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(engine.run)
+        await trio.sleep(3600)
+        assert log.syncs == 0
+        engine.record(note(1))
+        engine.record(note(2))
+        await trio.sleep(0.4)
+        assert log.syncs == 0
+        await trio.sleep(0.2)
+        assert log.syncs == 1
+        before = trio.current_time()
+        await trio.sleep(3600)  # nothing to sync: the clock jumps straight to the end
+        assert log.syncs == 1 and trio.current_time() - before == pytest.approx(3600)
+        nursery.cancel_scope.cancel()
+    engine.close()
+
+
+def test_record_news_records_only_news_and_applies_each_event_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = Engine()
+    market = MarketInfo(
+        source=Source.REST, recv_time_us=1, symbol="SOL_USDC", base_asset="SOL",
+        quote_asset="USDC", market_type=MarketType.SPOT, tick_size=Decimal("0.01"),
+        step_size=Decimal("0.01"), min_quantity=Decimal("0.01"),
+    )  # fmt: skip
+    calls = 0
+    real_apply = engine_module.apply
+
+    def counting_apply(state: State, event: Event) -> State:
+        nonlocal calls
+        calls += 1
+        return real_apply(state, event)
+
+    monkeypatch.setattr(engine_module, "apply", counting_apply)
+    assert engine.record_news([market, market]) == [market]
+    assert engine.state.last_seq == 1
+    assert calls == 2  # one trial each; the kept trial is the state, not applied again
+    assert engine.record_news([market]) == []
+
+
+def _submitted(client_id: int) -> OrderSubmitted:
+    return OrderSubmitted(
+        source=Source.LOCAL, recv_time_us=1, client_id=client_id, symbol="SOL_USDC",
+        side=Side.BID, order_type=OrderType.MARKET, quantity=Decimal("2"),
+    )  # fmt: skip
+
+
+def _answer(client_id: int, status: VenueStatus, executed: str) -> OrderObserved:
+    return OrderObserved(
+        source=Source.REST, recv_time_us=2, symbol="SOL_USDC", status=status, venue_id="V1",
+        client_id=client_id, executed_quantity=Decimal(executed),
+    )  # fmt: skip
+
+
+def _fill(trade_id: int, quantity: str) -> OrderFilled:
+    return OrderFilled(
+        source=Source.WS, recv_time_us=3, symbol="SOL_USDC", venue_id="V1", client_id=7,
+        trade_id=trade_id, side=Side.BID, quantity=Decimal(quantity), price=Decimal("100"),
+        fee=Decimal(0), fee_asset="USDC", maker=False,
+    )  # fmt: skip
+
+
+async def test_waiting_for_an_order_to_be_answered_filled_and_done() -> None:
+    engine = Engine()
+    engine.record(_submitted(7))
+    seen: list[str] = []
+
+    async def waiter(name: str, wait: Callable[..., Awaitable[Order]]) -> None:
+        order = await wait(client_id=7)
+        seen.append(f"{name} {order.status.value} {order.filled_quantity.normalize()}")
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter, "answered", engine.wait_acknowledged)
+            nursery.start_soon(waiter, "counted", engine.wait_fills_counted)
+            nursery.start_soon(waiter, "done", engine.wait_done)
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == []
+            # The REST answer says Filled before any fill: answered, not yet counted or done.
+            engine.record(_answer(7, VenueStatus.FILLED, "2"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == ["answered Filled 0"]
+            engine.record(_fill(1, "1.5"))
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == ["answered Filled 0"]
+            engine.record(_fill(2, "0.5"))
+    assert sorted(seen[1:]) == ["counted Filled 2", "done Filled 2"]
+    # Already true: returns at once.
+    with trio.fail_after(1):
+        assert (await engine.wait_done(client_id=7)).filled_quantity == 2
+
+
+async def test_a_wait_times_out_where_the_caller_says_and_a_bad_predicate_raises_there() -> None:
+    engine = Engine()
+    with trio.move_on_after(0.05) as scope:
+        await engine.wait_acknowledged(client_id=99)
+    assert scope.cancelled_caught
+    assert engine._waiters == []  # a cancelled wait leaves nothing behind
+
+    def broken(state: State) -> bool:
+        if state.last_seq:
+            raise KeyError("bug in the predicate")
+        return False
+
+    async with trio.open_nursery() as nursery:
+        failures: list[BaseException] = []
+
+        async def wait() -> None:
+            try:
+                await engine.wait_until(broken)
+            except KeyError as exc:
+                failures.append(exc)
+
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        engine.record(_submitted(1))  # the writer is not disturbed
+    assert engine.state.last_seq == 1 and len(failures) == 1

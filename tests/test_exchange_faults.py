@@ -136,7 +136,7 @@ async def test_dropped_connections_make_our_stream_reconnect() -> None:
             await wait_until(lambda: stream.connects == 2 and exchange.subscribers() == 1)
             assert exchange.faults.drop_websockets(abrupt=True) == 1
             await wait_until(lambda: stream.connects == 3 and exchange.subscribers() == 1)
-            await rest.execute(resting_bid(77))
+            await rest.call(resting_bid(77))
             with trio.fail_after(5):
                 event = await receive.receive()
             assert isinstance(event, OrderAccepted) and event.client_id == 77
@@ -146,13 +146,13 @@ async def test_dropped_connections_make_our_stream_reconnect() -> None:
 async def test_dropped_and_duplicated_private_messages() -> None:
     async with running() as (exchange, clock, rest), subscribed(exchange, clock) as ws:
         exchange.faults.drop_private(event="orderFill")
-        await rest.execute(ioc(1))
+        await rest.call(ioc(1))
         assert await updates(ws, 2) == [("orderAccepted", 1), ("orderExpired", 1)]
         assert [m.data["e"] for m in exchange.faults.dropped] == ["orderFill"]
 
         exchange.faults.duplicate_private(client_id=2, count=None)
-        await rest.execute(ioc(2, Side.ASK))
-        await rest.execute(resting_bid(3))
+        await rest.call(ioc(2, Side.ASK))
+        await rest.call(resting_bid(3))
         assert await updates(ws, 7) == [
             ("orderAccepted", 2),
             ("orderAccepted", 2),
@@ -167,7 +167,7 @@ async def test_dropped_and_duplicated_private_messages() -> None:
 async def test_held_private_messages_arrive_out_of_order() -> None:
     async with running() as (exchange, clock, rest), subscribed(exchange, clock) as ws:
         exchange.faults.hold_private(event="orderFill")
-        await rest.execute(ioc(1))
+        await rest.call(ioc(1))
         assert await updates(ws, 2) == [("orderAccepted", 1), ("orderExpired", 1)]
         assert [m.data["e"] for m in exchange.faults.held] == ["orderFill"]
         assert exchange.faults.release_held() == 1
@@ -175,7 +175,7 @@ async def test_held_private_messages_arrive_out_of_order() -> None:
 
         # Released by itself after one later message.
         exchange.faults.hold_private(event="orderAccepted", client_id=2, release_after=1)
-        await rest.execute(ioc(2, Side.ASK))
+        await rest.call(ioc(2, Side.ASK))
         assert await updates(ws, 3) == [
             ("orderFill", 2),
             ("orderAccepted", 2),
@@ -186,13 +186,13 @@ async def test_held_private_messages_arrive_out_of_order() -> None:
 async def test_the_fill_can_be_written_before_the_rest_answer() -> None:
     async with running() as (exchange, clock, rest), subscribed(exchange, clock) as ws:
         exchange.faults.private_delay = 0.2
-        await rest.execute(ioc(1))
+        await rest.call(ioc(1))
         await updates(ws, 3)
         # Delayed stream, no coordination: the answer goes out first.
         assert [kind for kind, _ in exchange.wire_log][-4:] == ["http", "ws", "ws", "ws"]
 
         exchange.faults.ws_before_rest = True
-        await rest.execute(ioc(2, Side.ASK))
+        await rest.call(ioc(2, Side.ASK))
         await updates(ws, 3)
         assert list(exchange.wire_log)[-4:] == [
             ("ws", "account.orderUpdate orderAccepted"),
@@ -229,7 +229,7 @@ async def test_a_503_may_hide_an_order_that_was_placed() -> None:
     async with running() as (exchange, clock, rest), subscribed(exchange, clock) as ws:
         exchange.faults.fail_http(503, method="POST", path="/api/v1/order", after_execute=True)
         with pytest.raises(OutcomeUnknown):
-            await rest.execute(resting_bid(5))
+            await rest.call(resting_bid(5))
         # Placed all the same: the venue has it and the stream says so.
         (placed,) = exchange.venue.open_orders(exchange.api_key)
         assert (placed.client_id, placed.status) == (5, "New")
@@ -239,7 +239,7 @@ async def test_a_503_may_hide_an_order_that_was_placed() -> None:
         # Without after_execute the request never reaches the venue.
         exchange.faults.fail_http(503, method="POST", path="/api/v1/order")
         with pytest.raises(OutcomeUnknown):
-            await rest.execute(resting_bid(6))
+            await rest.call(resting_bid(6))
         assert [o.client_id for o in exchange.venue.open_orders(exchange.api_key)] == [5]
 
 

@@ -118,7 +118,7 @@ async def test_orders_round_trip_through_our_client() -> None:
         assert {m.symbol for m in markets if isinstance(m, MarketInfo)} == {
             "SOL_USDC", "ETH_USDC", "SOL_USDC_PERP", "ETH_USDC_PERP",
         }  # fmt: skip
-        placed = await rest.execute(order(SOL, 11, Side.BID, OrderType.LIMIT, "2", "149"))
+        placed = await rest.call(order(SOL, 11, Side.BID, OrderType.LIMIT, "2", "149"))
         assert placed["status"] == "New"
         assert isinstance(placed["createdAt"], int) and isinstance(placed["id"], str)
         assert placed["clientId"] == 11 and placed["price"] == "149"
@@ -132,7 +132,7 @@ async def test_orders_round_trip_through_our_client() -> None:
         usdc = next(b for b in capital.balances if b.asset == "USDC")
         assert (usdc.available, usdc.locked) == (D(1_000_000) - 298, D(298))
 
-        cancelled = await rest.cancel(endpoints.cancel_order("SOL_USDC", client_id=11))
+        cancelled = await rest.call(endpoints.cancel_order("SOL_USDC", client_id=11))
         assert cancelled["status"] == "Cancelled"
         with pytest.raises(NotFound) as missing:
             await rest.call(endpoints.order_query("SOL_USDC", client_id=11))
@@ -142,7 +142,7 @@ async def test_orders_round_trip_through_our_client() -> None:
             "Not Found",
         )
         with pytest.raises(NotFound):
-            await rest.cancel(endpoints.cancel_order("SOL_USDC", venue_id=placed["id"]))
+            await rest.call(endpoints.cancel_order("SOL_USDC", venue_id=placed["id"]))
 
         batch = endpoints.execute_batch(
             [
@@ -151,14 +151,14 @@ async def test_orders_round_trip_through_our_client() -> None:
                 (_submitted(13, Side.ASK, "1", "153"), SOL),
             ]
         )
-        results = await rest.execute(batch)
+        results = await rest.call(batch)
         assert [r["operation"] for r in results] == ["Ok", "Err", "Ok"]
         assert results[1] == {
             "operation": "Err",
             "code": "INVALID_ORDER",
             "message": "Order with client ID already exists: 11",
         }
-        swept = await rest.cancel_all("SOL_USDC")
+        swept = await rest.call(endpoints.cancel_all("SOL_USDC"))
         assert sorted(o["clientId"] for o in swept) == [12, 13]
         assert all(o["status"] == "Cancelled" for o in swept)
         assert exchange.venue.open_orders(exchange.api_key) == []
@@ -179,12 +179,12 @@ def _submitted(client_id: int, side: Side, quantity: str, price: str) -> OrderSu
 
 async def test_order_and_fill_history_filters() -> None:
     async with running() as (_, clock, rest):
-        first = await rest.execute(order(SOL, 1, Side.BID, OrderType.MARKET, "15"))
+        first = await rest.call(order(SOL, 1, Side.BID, OrderType.MARKET, "15"))
         clock.advance(2)
-        second = await rest.execute(
+        second = await rest.call(
             order(SOL, 2, Side.ASK, OrderType.LIMIT, "1", "140", time_in_force=TimeInForce.IOC)
         )
-        third = await rest.execute(order(SOL, 3, Side.BID, OrderType.LIMIT, "1", "100"))
+        third = await rest.call(order(SOL, 3, Side.BID, OrderType.LIMIT, "1", "100"))
         history = await rest.order_history()
         assert [(o.venue_id, o.status) for o in history if isinstance(o, OrderObserved)] == [
             (first["id"], VenueStatus.FILLED),
@@ -223,7 +223,7 @@ async def test_order_and_fill_history_filters() -> None:
 
 async def test_perp_positions_funding_account_and_collateral() -> None:
     async with running() as (exchange, clock, rest):
-        await rest.execute(order(SOL_PERP, 1, Side.BID, OrderType.MARKET, "2"))
+        await rest.call(order(SOL_PERP, 1, Side.BID, OrderType.MARKET, "2"))
         (position,) = await rest.positions()
         assert isinstance(position, PositionObserved)
         assert (position.net_quantity, position.entry_price, position.mark_price) == (
@@ -242,10 +242,12 @@ async def test_perp_positions_funding_account_and_collateral() -> None:
         mark = exchange.venue.mark_price("SOL_USDC_PERP")
         assert funding[0].amount == -(2 * mark * rate)
 
-        settings = await rest.account()
+        settings = await rest.call(endpoints.account())
         assert settings["leverageLimit"] == "10" and settings["futuresTakerFee"] == "5"
-        assert await rest.update_account(D(5)) is None  # 200, no body
-        assert (await rest.account())["leverageLimit"] == "5"
+        assert (
+            await rest.call(endpoints.update_account(leverage_limit=D(5))) is None
+        )  # 200, no body
+        assert (await rest.call(endpoints.account()))["leverageLimit"] == "5"
         collateral = await rest.call(endpoints.collateral())
         assert {"netEquity", "netEquityAvailable", "collateral", "pnlUnrealized"} <= set(collateral)
         assert D(collateral["netEquityAvailable"]) < D(collateral["netEquity"])
@@ -255,12 +257,12 @@ async def test_public_market_data() -> None:
     async with running() as (_, clock, rest):
         assert isinstance(await rest.call(endpoints.server_time()), int)
         assert await rest.call(endpoints.server_time()) == clock.now_us // 1000
-        depth = await rest.depth("SOL_USDC", 5)
+        depth = await rest.call(endpoints.depth("SOL_USDC", 5))
         assert depth["asks"][0] == ["150.01", "10"] and depth["bids"][-1] == ["149.99", "10"]
         assert len(depth["asks"]) == 5 and isinstance(depth["lastUpdateId"], str)
-        ticker = await rest.ticker("SOL_USDC")
+        ticker = await rest.call(endpoints.ticker("SOL_USDC"))
         assert ticker["symbol"] == "SOL_USDC" and ticker["trades"] == "0"
-        (mark,) = await rest.mark_prices("ETH_USDC_PERP")
+        (mark,) = await rest.call(endpoints.mark_prices("ETH_USDC_PERP"))
         assert mark["markPrice"] == "3000" and isinstance(mark["nextFundingTimestamp"], int)
 
 
@@ -395,7 +397,7 @@ async def test_post_only_rejection_reaches_our_client_as_a_venue_error() -> None
     async with running() as (_, _clock, rest):
         spec = order(SOL, 5, Side.BID, OrderType.LIMIT_MAKER, "1", "150.01")
         with pytest.raises(VenueError) as refused:
-            await rest.execute(spec)
+            await rest.call(spec)
         assert (refused.value.status, refused.value.code) == (400, "INVALID_ORDER")
         assert "Order would immediately match and take" in refused.value.message
 

@@ -74,6 +74,10 @@ def test_oms_exports_every_event_and_the_engines_essentials() -> None:
         "ProgramError",
         "ExternalError",
         "LogReadError",
+        "Side",
+        "OrderType",
+        "OrderStatus",
+        "OrderOrigin",
     } <= set(oms.__all__)
     assert {
         "open_backpack_session",

@@ -15,7 +15,7 @@ from oms.core.events import CancelRequested, Event, MessageNotUnderstood, Submit
 from oms.core.reducer import apply, replay
 from oms.core.serialization import state_hash
 from oms.core.state import AnomalyKind, Balance, Position, State
-from oms.core.values import MarketType, OrderStatus, Side, Source, VenueStatus
+from oms.core.values import MarketType, OrderOrigin, OrderStatus, Side, Source, VenueStatus
 from tests.strategies import (
     PERP,
     SPOT,
@@ -228,7 +228,7 @@ def perp_fills(*fills: tuple[Side, str, str]) -> list[Event]:
                 price,
                 symbol=PERP,
                 fee="0.1",
-                origin="LIQUIDATION_AUTOCLOSE",
+                origin=OrderOrigin.LIQUIDATION_AUTOCLOSE,
             )
             for n, (side, qty, price) in enumerate(fills, start=1)
         ),
@@ -317,7 +317,7 @@ def test_position_report_baseline_then_drift() -> None:
     state = apply(state, balances({"USDC": ("1000", "0")}))
     assert pos(state).drift_quantity == 0 and state.anomaly_total == 0
     state = apply(
-        state, fill("P2", 2, ASK, "0.5", "100", symbol=PERP, origin="ADL_AUTOCLOSE")
+        state, fill("P2", 2, ASK, "0.5", "100", symbol=PERP, origin=OrderOrigin.ADL_AUTOCLOSE)
     )  # derived 1.5
     state = apply(state, position("1.25", entry="100"))
     p = pos(state)
@@ -352,7 +352,9 @@ def test_a_first_report_on_an_untouched_position_is_adopted() -> None:
     assert (p.net_quantity, p.entry_price, p.drift_quantity) == (D("-0.01"), D("126.97"), D(0))
     assert p.open_cost == D("1.2697")
     # Later fills move it from there: buying back 0.01 at 120 realizes 0.0697.
-    state = apply(state, fill("P1", 1, BID, "0.01", "120", symbol=PERP, origin="ADL_AUTOCLOSE"))
+    state = apply(
+        state, fill("P1", 1, BID, "0.01", "120", symbol=PERP, origin=OrderOrigin.ADL_AUTOCLOSE)
+    )
     assert (pos(state).net_quantity, pos(state).realized_pnl) == (D(0), D("0.0697"))
 
 
@@ -414,7 +416,7 @@ def test_venue_originated_order_is_created_without_anomaly() -> None:
                 "3",
                 "50",
                 symbol=PERP,
-                origin="LIQUIDATION_AUTOCLOSE",
+                origin=OrderOrigin.LIQUIDATION_AUTOCLOSE,
                 order_quantity="3",
             ),
         ]
@@ -422,10 +424,25 @@ def test_venue_originated_order_is_created_without_anomaly() -> None:
     order = state.order(venue_id="L1")
     assert order is not None
     assert order.key == "vL1" and order.client_id is None
-    assert order.origin == "LIQUIDATION_AUTOCLOSE"
+    assert order.origin is OrderOrigin.LIQUIDATION_AUTOCLOSE
     assert order.status is OrderStatus.FILLED  # 3 of 3
     assert state.anomaly_total == 0
     assert pos(state).net_quantity == D(-3)
+
+
+def test_an_origin_the_venue_added_later_is_not_taken_for_ours() -> None:
+    # A new venue origin is still the venue's: its order is created without an anomaly, and
+    # only an unknown USER order is one.
+    state = replay(
+        [
+            PERP_MARKET,
+            fill("N1", 1, ASK, "1", "50", symbol=PERP, origin=OrderOrigin("NEW_KIND")),
+            fill("U1", 2, ASK, "1", "50", symbol=PERP),
+        ]
+    )
+    new = state.order(venue_id="N1")
+    assert new is not None and new.origin == "NEW_KIND" and not new.origin.is_known
+    assert [(a.kind, a.order_key) for a in state.anomalies] == [(AnomalyKind.UNKNOWN_ORDER, "vU1")]
 
 
 def test_user_report_on_an_unknown_order_is_an_anomaly() -> None:
@@ -655,12 +672,14 @@ def test_a_fill_older_than_the_adopted_position_does_not_move_it() -> None:
     # that report: its order counts it, the position does not move again.
     state = replay([*perp_fills((BID, "1", "100")), position("5", entry="98")])
     assert (pos(state).net_quantity, pos(state).baselined) == (D(5), True)
-    older = fill("P0", 0, BID, "2", "90", symbol=PERP, origin="ADL_AUTOCLOSE")
+    older = fill("P0", 0, BID, "2", "90", symbol=PERP, origin=OrderOrigin.ADL_AUTOCLOSE)
     state = apply(state, older)
     assert (pos(state).net_quantity, pos(state).entry_price) == (D(5), D(98))
     assert kinds_at(state) == [(state.last_seq, AnomalyKind.FILL_OUT_OF_ORDER)]
     order = state.order(venue_id="P0")
     assert order is not None and order.filled_quantity == 2
     # A newer fill moves it as usual.
-    state = apply(state, fill("P2", 11, ASK, "1", "100", symbol=PERP, origin="ADL_AUTOCLOSE"))
+    state = apply(
+        state, fill("P2", 11, ASK, "1", "100", symbol=PERP, origin=OrderOrigin.ADL_AUTOCLOSE)
+    )
     assert (pos(state).net_quantity, pos(state).realized_pnl) == (D(4), D(2))

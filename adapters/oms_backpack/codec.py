@@ -4,7 +4,9 @@ Tolerant where the venue is inconsistent (fact sheet §2.1, §3.3, §7): integer
 not, microsecond / millisecond / naive-ISO times, explicit nulls, absent optional keys,
 decimals as strings or bare numbers. A message it cannot understand becomes a
 `MessageNotUnderstood` event that keeps the raw text: the codec never raises on venue input,
-so a stream never stops on a surprise.
+so a stream never stops on a surprise. Its `reason` is for people; what a caller acts on is
+typed: `decode_ws_frame` returns a WebSocket error frame's `VenueErrorFrame` beside the events,
+and `venue_error_of` reads it back from a recorded event's raw text.
 
 Parse venue JSON with `parse_json`: JSON numbers become `Decimal` (never float), so a bare
 number such as `"b": 123.45` in a docs example keeps its exact value. It refuses (ValueError)
@@ -39,6 +41,7 @@ from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 
+import attrs
 import msgspec
 
 from oms.core.errors import ExternalError
@@ -64,6 +67,7 @@ from oms.core.values import (
     ID_LIMIT,
     SYNTHETIC_TRADE_ID_BASE,
     MarketType,
+    OrderOrigin,
     OrderType,
     Side,
     Source,
@@ -76,9 +80,12 @@ from oms.core.values import (
 __all__ = [
     "MAX_DEPTH",
     "BadMessage",
+    "VenueErrorFrame",
+    "WsFrame",
     "balances",
     "batch_results",
     "compact",
+    "decode_ws_frame",
     "fill_history_item",
     "funding_item",
     "market",
@@ -89,6 +96,7 @@ __all__ = [
     "position_update",
     "synthetic_trade_id",
     "timestamp_us",
+    "venue_error_of",
     "venue_int",
     "ws_frame",
 ]
@@ -457,20 +465,49 @@ def _guard(
 # --- WebSocket -------------------------------------------------------------------------------
 
 
-def ws_frame(text: str, recv_time_us: int) -> list[Event]:
-    """All events of one WebSocket text frame. Never raises.
+@attrs.frozen(kw_only=True)
+class VenueErrorFrame:
+    """A WebSocket error frame, `{"id": ..., "error": {"code": 4006, "message": "..."}}`: the
+    venue refused something we sent on the stream (a subscription, say).
+
+    `code` is None when the frame carries no integer code; `message` is the venue's text
+    (empty if none).
+    """
+
+    code: int | None
+    message: str
+
+    def __str__(self) -> str:
+        return f"venue error {self.code}: {self.message}"
+
+
+@attrs.frozen(kw_only=True)
+class WsFrame:
+    """What one WebSocket text frame holds: its events (an error frame is recorded as a
+    `MessageNotUnderstood`), and the venue's error if it was an error frame."""
+
+    events: tuple[Event, ...]
+    venue_error: VenueErrorFrame | None = None
+
+
+def decode_ws_frame(text: str, recv_time_us: int) -> WsFrame:
+    """The events of one WebSocket text frame, and its venue error if it is an error frame.
+    Never raises.
 
     Data frames are `{"stream": ..., "data": {...}}`. Subscribe acknowledgements and public
     streams the engine does not consume give no events; error frames and anything
     unrecognised give a `MessageNotUnderstood` with the frame.
     """
+    venue_error: VenueErrorFrame | None = None
 
     def build() -> list[Event]:
+        nonlocal venue_error
         frame = parse_json(text)
         if not isinstance(frame, dict):
             raise BadMessage("frame is not a JSON object")
-        if "error" in frame and frame["error"] is not None:
+        if frame.get("error") is not None:
             error = frame["error"]
+            venue_error = _error_frame(error)
             if isinstance(error, dict):
                 raise BadMessage(f"venue error {error.get('code')}: {error.get('message')}")
             raise BadMessage(f"venue error {error!r}")
@@ -488,7 +525,45 @@ def ws_frame(text: str, recv_time_us: int) -> list[Event]:
             raise BadMessage(f"private stream {stream!r} is not consumed")
         return []
 
-    return _guard(text, Source.WS, recv_time_us, build)
+    events = _guard(text, Source.WS, recv_time_us, build)
+    return WsFrame(events=tuple(events), venue_error=venue_error)
+
+
+def ws_frame(text: str, recv_time_us: int) -> list[Event]:
+    """The events of one WebSocket text frame (`decode_ws_frame` without the venue error).
+    Never raises."""
+    return list(decode_ws_frame(text, recv_time_us).events)
+
+
+def venue_error_of(event: Event) -> VenueErrorFrame | None:
+    """The venue error a recorded event reports: for a `MessageNotUnderstood` from the
+    WebSocket whose raw text is an error frame, that error (read from the frame, as
+    `decode_ws_frame` reads it); None for any other event. Never raises."""
+    if not isinstance(event, MessageNotUnderstood) or event.source is not Source.WS:
+        return None
+    try:
+        frame = parse_json(event.raw or "")
+    except ValueError:
+        return None
+    if not isinstance(frame, dict) or frame.get("error") is None:
+        return None
+    return _error_frame(frame["error"])
+
+
+def _error_frame(error: JSON) -> VenueErrorFrame:
+    """The `error` member of an error frame, whatever its shape."""
+    if not isinstance(error, dict):
+        return VenueErrorFrame(code=None, message=_text(error))
+    try:
+        code: int | None = venue_int(error.get("code"), "code")
+    except BadMessage:
+        code = None
+    message = error.get("message")
+    return VenueErrorFrame(code=code, message="" if message is None else _text(message))
+
+
+def _text(value: JSON) -> str:
+    return value if isinstance(value, str) else compact(value)
 
 
 _ORDER_EVENTS: Final = frozenset(
@@ -523,7 +598,7 @@ def order_update(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Event
     venue_id = _str_opt(data, "i")
     client_id = _client_id(data, "c")
     order_type = _order_type(data, "o", "y")
-    origin = _str_opt(data, "O") or "USER"
+    origin = OrderOrigin(_str_opt(data, "O") or OrderOrigin.USER)
     if kind == "orderFill":
         fill_venue_id = _str(data, "i")
         side = _side(data, "S")
@@ -644,6 +719,23 @@ def position_update(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Ev
 
 # --- REST --------------------------------------------------------------------------------------
 
+# REST names a venue-placed order by `systemOrderType`, in words of its own; those that are
+# plainly one of the stream's origins are read as it, so a fill's order has one origin whichever
+# copy arrives first. The others (FutureExpiry, LiquidatePositionOnBackstop, OrderBookClosed)
+# keep the venue's text.
+_SYSTEM_ORDER_ORIGINS: Final = {
+    "CollateralConversion": OrderOrigin.COLLATERAL_CONVERSION,
+    "LiquidatePositionOnAdl": OrderOrigin.ADL_AUTOCLOSE,
+    "LiquidatePositionOnBook": OrderOrigin.LIQUIDATION_AUTOCLOSE,
+}
+
+
+def _system_origin(data: Mapping[str, JSON], key: str) -> OrderOrigin:
+    value = _str_opt(data, key)
+    if not value:
+        return OrderOrigin.USER
+    return _SYSTEM_ORDER_ORIGINS.get(value) or OrderOrigin(value)
+
 
 def _rest_guard(
     item: JSON, source: Source, recv_time_us: int, build: Callable[[Mapping[str, JSON], str], Event]
@@ -678,7 +770,7 @@ def order_object(item: JSON, source: Source, recv_time_us: int) -> Event:
             executed_quantity=_dec_opt(data, "executedQuantity"),
             executed_quote_quantity=_dec_opt(data, "executedQuoteQuantity"),
             expiry_reason=_str_opt(data, "expiryReason"),
-            origin=_str_opt(data, "systemOrderType") or "USER",
+            origin=_system_origin(data, "systemOrderType"),
         )
 
     return _rest_guard(item, source, recv_time_us, build)
@@ -755,7 +847,7 @@ def fill_history_item(item: JSON, source: Source, recv_time_us: int) -> Event:
             fee=_dec_opt(data, "fee") or Decimal(0),
             fee_asset=_str_opt(data, "feeSymbol") or "",
             maker=_bool(data, "isMaker"),
-            origin=_str_opt(data, "systemOrderType") or "USER",
+            origin=_system_origin(data, "systemOrderType"),
         )
 
     return _rest_guard(item, source, recv_time_us, build)

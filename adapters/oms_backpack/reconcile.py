@@ -5,15 +5,15 @@ asks REST for what the venue knows (fills since the last one seen; open orders; 
 of every order the engine believes live or in doubt; positions; funding; balances) and
 turns every difference into events with source `reconcile`.
 
-Only *novel* events are sent: each candidate is tried against the state (with the pure
-`apply`) and kept only if it changes an order, a balance or a position, or records an
-anomaly not already recorded. So a pass over a state that already agrees adds nothing, and
-running a pass twice in a row adds nothing the second time.
+Only news is recorded (`Engine.record_news`): a candidate is kept only if it changes an
+order, a balance, a position or a market, or records an anomaly not already recorded. So a
+pass over a state that already agrees adds nothing, and running a pass twice in a row adds
+nothing the second time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from oms.core.events import (
@@ -24,11 +24,11 @@ from oms.core.events import (
     PositionObserved,
     SubmitRejected,
 )
-from oms.core.reducer import apply
-from oms.core.state import AnomalyKind, State
+from oms.core.state import State
 from oms.core.values import ZERO, OrderStatus, Source
+from oms.engine import Engine
 
-__all__ = ["ReconcileSource", "Reconciler", "novel_events"]
+__all__ = ["ReconcileSource", "Reconciler"]
 
 # Fills are fetched from a little before the newest order activity we know of: a fill may be
 # reported with an engine time slightly before a later event of the same order.
@@ -60,79 +60,36 @@ class ReconcileSource(Protocol):
     ) -> list[Event]: ...
 
 
-# What a reconciliation candidate that repeats known facts records: not news.
-_REPEATS = frozenset({AnomalyKind.DUPLICATE_FILL, AnomalyKind.DUPLICATE_FUNDING})
-
-
 def _fill_keys(events: Iterable[Event]) -> set[tuple[str, str, int]]:
     return {(e.symbol, e.venue_id, e.trade_id) for e in events if isinstance(e, OrderFilled)}
 
 
-def _anomaly_keys(state: State) -> set[tuple[str, str | None, str]]:
-    return {(a.kind.value, a.order_key, a.detail) for a in state.anomalies}
-
-
-def novel_events(state: State, candidates: Iterable[Event]) -> list[Event]:
-    """The candidates that would change `state`, each judged after the ones kept before it.
-
-    Changing means: an order, balance, position or market differs after applying it, or it
-    records an anomaly (kind, order, detail) not already recorded.
-    """
-    kept: list[Event] = []
-    known = _anomaly_keys(state)
-    for event in candidates:
-        trial = apply(state, event)
-        changed = any(
-            after is not before and after != before
-            for after, before in (
-                (trial.orders, state.orders),
-                (trial.balances, state.balances),
-                (trial.positions, state.positions),
-                (trial.markets, state.markets),
-            )
-        )
-        added = trial.anomaly_total - state.anomaly_total
-        recent = trial.anomalies[len(trial.anomalies) - added :] if added else ()
-        fresh = {
-            (a.kind.value, a.order_key, a.detail) for a in recent if a.kind not in _REPEATS
-        } - known
-        if changed or fresh:
-            kept.append(event)
-            state = trial
-            known |= fresh
-    return kept
-
-
 class Reconciler:
-    """Runs reconciliation passes for one account.
-
-    `state` returns the engine's current state; `submit` hands events to the engine's single
-    writer (and waits until they are applied, so the next step sees them).
-    """
+    """Runs reconciliation passes for one account of `engine` (its state and its
+    `record_news`, which records only the candidates that are news)."""
 
     def __init__(
         self,
         rest: ReconcileSource,
-        state: Callable[[], State],
-        submit: Callable[[Sequence[Event]], Awaitable[None]],
+        engine: Engine,
         *,
         perpetual: bool,
         now_us: Callable[[], int],
     ) -> None:
         self.rest = rest
-        self.state = state
-        self.submit = submit
+        self.engine = engine
         self.perpetual = perpetual
         self.now_us = now_us
         self.passes = 0
         self.started_us = now_us()
         self.synced_us: int | None = None  # when the last completed pass started
 
+    def state(self) -> State:
+        return self.engine.state
+
     async def _send(self, candidates: Iterable[Event]) -> int:
-        events = novel_events(self.state(), candidates)
-        if events:
-            await self.submit(events)
-        return len(events)
+        # Synchronous: the state each candidate is judged by is the state it is recorded in.
+        return len(self.engine.record_news(candidates))
 
     async def _positions(self, source: Source) -> list[Event]:
         """The venue's positions; a symbol we hold that it no longer lists is flat there."""

@@ -40,7 +40,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from decimal import Decimal
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -592,39 +591,6 @@ class BackpackRest:
             if not isinstance(body, list) or len(body) < page_size:
                 return events
             offset += len(body)
-
-    # --- raw passthroughs --------------------------------------------------------------------
-
-    async def execute(self, spec: RequestSpec) -> Any:
-        """`POST /api/v1/order` or `/api/v1/orders`; the order object (or batch array)."""
-        if spec.method.upper() != "POST" or spec.path not in _EXECUTE_PATHS:
-            raise ValueError(f"{spec.method} {spec.path} is not an order execute")
-        return await self.call(spec)
-
-    async def cancel(self, spec: RequestSpec) -> Any:
-        """`DELETE /api/v1/order`: the cancelled order object, or None (202, no body)."""
-        if spec.method.upper() != "DELETE":
-            raise ValueError(f"{spec.method} {spec.path} is not a cancel")
-        return await self.call(spec)
-
-    async def cancel_all(self, symbol: str) -> Any:
-        return await self.call(endpoints.cancel_all(symbol))
-
-    async def depth(self, symbol: str, limit: int | None = None) -> Any:
-        return await self.call(endpoints.depth(symbol, limit))
-
-    async def ticker(self, symbol: str) -> Any:
-        return await self.call(endpoints.ticker(symbol))
-
-    async def mark_prices(self, symbol: str | None = None) -> Any:
-        return await self.call(endpoints.mark_prices(symbol))
-
-    async def account(self) -> Any:
-        return await self.call(endpoints.account())
-
-    async def update_account(self, leverage: Decimal) -> Any:
-        """Set the account-wide leverage limit (the venue answers 200 with no body: None)."""
-        return await self.call(endpoints.update_account(leverage_limit=leverage))
 
 
 @attrs.frozen

@@ -56,7 +56,7 @@ from oms.core.state import Order, State
 from oms.core.values import OrderStatus, OrderType, Side, Source, TimeInForce, VenueStatus
 from oms.engine import Engine
 from oms_backpack import codec, endpoints
-from oms_backpack.reconcile import Reconciler, novel_events
+from oms_backpack.reconcile import Reconciler
 from oms_backpack.rest import (
     BackpackRest,
     OutcomeUnknown,
@@ -283,8 +283,7 @@ class FillChaser:
         candidates = [e for e in found if isinstance(e, OrderFilled | MessageNotUnderstood)]
         fills = 0
         # No await between judging and recording: nothing else can record in between.
-        for event in novel_events(self.engine.state, candidates):
-            self.engine.record(event)
+        for event in self.engine.record_news(candidates):
             fills += isinstance(event, OrderFilled)
         if fills:
             self.recovered += fills
@@ -323,8 +322,7 @@ class FillChaser:
             client_id=order.client_id,
             executed_quantity=order.venue_executed,
         )
-        for event in novel_events(self.engine.state, [restated]):
-            self.engine.record(event)
+        self.engine.record_news([restated])
 
 
 class BackpackSession:
@@ -353,15 +351,10 @@ class BackpackSession:
         self._reconcile_lock = trio.Lock()
         self.reconciler = Reconciler(
             rest,
-            lambda: engine.state,
-            self._record_all,
+            engine,
             perpetual=perpetual,
             now_us=self.venue_now_us,  # the fill window is asked in the venue's time
         )
-
-    async def _record_all(self, events: Sequence[Event]) -> None:
-        for event in events:
-            self.engine.record(event)
 
     async def resync_clock(self) -> None:
         """Measure the venue's clock again (before a reconnect signs its subscription)."""
@@ -482,7 +475,7 @@ class BackpackSession:
             )
         else:
             answer = codec.order_object(body, Source.REST, self.now_us())
-            await self._record_all(novel_events(self.engine.state, [answer]))
+            self.engine.record_news([answer])
         order = self.engine.state.order(client_id=command.client_id)
         assert order is not None
         return order
@@ -522,7 +515,7 @@ class BackpackSession:
         else:
             if isinstance(body, dict):  # 202 Accepted has no order: the stream will tell
                 answer = codec.order_object(body, Source.REST, self.now_us())
-                await self._record_all(novel_events(self.engine.state, [answer]))
+                self.engine.record_news([answer])
         return self.engine.state.order(client_id=client_id, venue_id=venue_id)
 
     async def cancel_all(self, symbol: str) -> None:
@@ -549,7 +542,7 @@ class BackpackSession:
             return
         if isinstance(body, list):
             answers = [codec.order_object(item, Source.REST, self.now_us()) for item in body]
-            await self._record_all(novel_events(self.engine.state, answers))
+            self.engine.record_news(answers)
 
     async def cancel_open_orders(self) -> None:
         symbols = sorted({o.symbol for o in self.engine.state.open_orders()})
@@ -630,8 +623,7 @@ async def open_backpack_session(
                 raise ConfigurationError(f"the venue has no market {', '.join(missing)}")
             perpetual = perpetual or any(m.market_type.has_positions for m in wanted)
         streams = ["account.orderUpdate", *(["account.positionUpdate"] if perpetual else [])]
-        for event in novel_events(engine.state, wanted):
-            engine.record(event)
+        engine.record_news(wanted)
         session = BackpackSession(
             engine, rest, perpetual=perpetual, fill_grace=fill_grace, fill_attempts=fill_attempts
         )

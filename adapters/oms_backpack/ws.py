@@ -1,4 +1,4 @@
-"""Backpack WebSocket client: the thin trio shell around `codec.ws_frame`.
+"""Backpack WebSocket client: the thin trio shell around `codec.decode_ws_frame`.
 
 `BackpackStream.run` keeps one connection open for as long as it runs. On every connection it
 sends a freshly signed SUBSCRIBE for the private (`account.*`) streams (fact sheet §1.7) and an
@@ -282,30 +282,25 @@ class BackpackStream:
 
     async def _deliver(
         self, message: str | bytes, send: trio.MemorySendChannel[Event]
-    ) -> tuple[bool, str | None]:
+    ) -> tuple[bool, codec.VenueErrorFrame | None]:
         """Send the events of one frame: (False if the engine is gone, the venue's error if the
         frame was an error frame)."""
         recv_time_us = self._recv_clock_us()
         self.frames += 1
+        refusal: codec.VenueErrorFrame | None = None
+        events: Sequence[Event]
         if isinstance(message, str):
-            events = codec.ws_frame(message, recv_time_us)
+            decoded = codec.decode_ws_frame(message, recv_time_us)
+            events, refusal = decoded.events, decoded.venue_error
         else:
-            events = [
+            events = (
                 MessageNotUnderstood(
                     source=Source.WS,
                     recv_time_us=recv_time_us,
                     raw=message.decode("utf-8", errors="backslashreplace"),
                     reason="binary frame (the venue sends text)",
-                )
-            ]
-        refusal = next(
-            (
-                e.reason
-                for e in events
-                if isinstance(e, MessageNotUnderstood) and e.reason.startswith("venue error")
-            ),
-            None,
-        )
+                ),
+            )
         try:
             for event in events:
                 await send.send(event)

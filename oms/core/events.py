@@ -22,7 +22,15 @@ from typing import Final
 
 import attrs
 
-from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms.core.values import (
+    MarketType,
+    OrderOrigin,
+    OrderType,
+    Side,
+    Source,
+    TimeInForce,
+    VenueStatus,
+)
 
 __all__ = [
     "EVENT_TYPES",
@@ -146,7 +154,7 @@ class OrderAccepted(_Meta):
     time_in_force: TimeInForce | None = None
     post_only: bool = False
     reduce_only: bool = False
-    origin: str = "USER"
+    origin: OrderOrigin = OrderOrigin.USER
 
 
 @attrs.frozen(kw_only=True)
@@ -176,7 +184,7 @@ class OrderFilled(_Meta):
     order_type: OrderType | None = None
     order_quantity: Decimal | None = None
     order_price: Decimal | None = None
-    origin: str = "USER"
+    origin: OrderOrigin = OrderOrigin.USER
 
 
 @attrs.frozen(kw_only=True)
@@ -191,7 +199,7 @@ class OrderCancelled(_Meta):
     quantity: Decimal | None = None
     price: Decimal | None = None
     cum_quantity: Decimal | None = None
-    origin: str = "USER"
+    origin: OrderOrigin = OrderOrigin.USER
 
 
 @attrs.frozen(kw_only=True)
@@ -210,7 +218,7 @@ class OrderExpired(_Meta):
     quantity: Decimal | None = None
     price: Decimal | None = None
     cum_quantity: Decimal | None = None
-    origin: str = "USER"
+    origin: OrderOrigin = OrderOrigin.USER
 
 
 @attrs.frozen(kw_only=True)
@@ -270,7 +278,7 @@ class OrderObserved(_Meta):
     executed_quantity: Decimal | None = None
     executed_quote_quantity: Decimal | None = None
     expiry_reason: str | None = None
-    origin: str = "USER"
+    origin: OrderOrigin = OrderOrigin.USER
 
 
 # --- account and market -----------------------------------------------------------------------

@@ -69,6 +69,7 @@ from oms.core.values import (
     PNL_QUANTUM,
     SYNTHETIC_TRADE_ID_BASE,
     ZERO,
+    OrderOrigin,
     OrderStatus,
     Side,
     Source,
@@ -76,7 +77,7 @@ from oms.core.values import (
 )
 from oms.core.values import canonical_decimal as _d
 
-__all__ = ["Fold", "apply", "replay"]
+__all__ = ["Fold", "apply", "is_news", "replay"]
 
 _add = CTX.add
 _sub = CTX.subtract
@@ -88,6 +89,41 @@ def apply(state: State, event: Event) -> State:
     draft = Fold(state)
     draft.step(event)
     return draft.freeze()
+
+
+# Anomalies that only say a known fact came again: a candidate recording one is not news.
+_REPEATS = frozenset({AnomalyKind.DUPLICATE_FILL, AnomalyKind.DUPLICATE_FUNDING})
+
+
+def is_news(before: State, after: State) -> bool:
+    """Whether `after` (the state after one more event) says anything `before` did not.
+
+    News is an order, balance, position or market that differs, or an anomaly whose (kind,
+    order, detail) is not among those kept in `before` (a repeated fill or funding payment is
+    no news). Reconciliation and the answers to our own commands offer the engine facts it may
+    already have; only news is recorded, so running a pass twice records nothing the second
+    time.
+    """
+    changed = any(
+        new is not old and new != old
+        for new, old in (
+            (after.orders, before.orders),
+            (after.balances, before.balances),
+            (after.positions, before.positions),
+            (after.markets, before.markets),
+        )
+    )
+    if changed:
+        return True
+    added = after.anomaly_total - before.anomaly_total
+    if not added:
+        return False
+    recent = after.anomalies[len(after.anomalies) - added :]
+    fresh = [a for a in recent if a.kind not in _REPEATS]
+    if not fresh:
+        return False
+    known = {(a.kind, a.order_key, a.detail) for a in before.anomalies}
+    return any((a.kind, a.order_key, a.detail) not in known for a in fresh)
 
 
 def replay(events: Iterable[Event], state: State | None = None) -> State:
@@ -308,8 +344,9 @@ class Fold:
                 f"{type(event).__name__} on {event.symbol} names no order (no client or venue id)",
             )
             return None
-        origin = getattr(event, "origin", "USER")
-        if origin == "USER":
+        # Events without an `origin` field (OrderModified, Trigger*) report user orders.
+        origin: OrderOrigin = getattr(event, "origin", OrderOrigin.USER)
+        if origin == OrderOrigin.USER:
             # Venue-originated orders (liquidation, ADL) are expected to be new to us.
             self._anomaly(
                 AnomalyKind.UNKNOWN_ORDER,

@@ -29,7 +29,12 @@ import msgspec
 from oms.core.errors import ExternalError
 from oms.core.events import EVENT_TYPES, AssetBalance, BalanceObserved, Event
 from oms.core.state import Balance, Order, Position, State
-from oms.core.values import MAX_MAGNITUDE_EXPONENT, canonical_decimal, decimal_in_range
+from oms.core.values import (
+    MAX_MAGNITUDE_EXPONENT,
+    OrderOrigin,
+    canonical_decimal,
+    decimal_in_range,
+)
 
 __all__ = [
     "FORMAT",
@@ -168,12 +173,14 @@ def _scrub_text(text: str) -> str:
 
 def scrub(event: Event) -> Event:
     """The event with every string made valid Unicode (lone surrogates become U+FFFD)."""
-    changes: dict[str, Any] = {
-        a.name: _scrub_text(value)
-        for a in attrs.fields(type(event))
-        # Exactly str: enum members are str too and must stay enum members.
-        if type(value := getattr(event, a.name)) is str
-    }
+    changes: dict[str, Any] = {}
+    for a in attrs.fields(type(event)):
+        value = getattr(event, a.name)
+        if type(value) is str:
+            changes[a.name] = _scrub_text(value)
+        elif isinstance(value, OrderOrigin) and not value.is_known:
+            # An origin the venue added is a member made from its text; it stays a member.
+            changes[a.name] = OrderOrigin(_scrub_text(value.value))
     return attrs.evolve(event, **changes)
 
 

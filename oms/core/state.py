@@ -17,7 +17,16 @@ import attrs
 import msgspec
 from immutables import Map
 
-from oms.core.values import CTX, ZERO, MarketType, OrderStatus, OrderType, Side, TimeInForce
+from oms.core.values import (
+    CTX,
+    ZERO,
+    MarketType,
+    OrderOrigin,
+    OrderStatus,
+    OrderType,
+    Side,
+    TimeInForce,
+)
 
 __all__ = [
     "DEFAULT_RETAIN_FINISHED",
@@ -103,7 +112,7 @@ class Order(msgspec.Struct, frozen=True, kw_only=True):
     time_in_force: TimeInForce | None = None
     post_only: bool = False
     reduce_only: bool = False
-    origin: str = "USER"
+    origin: OrderOrigin = OrderOrigin.USER
     filled_quantity: Decimal = ZERO
     filled_quote: Decimal = ZERO
     venue_executed: Decimal | None = None

@@ -24,6 +24,7 @@ __all__ = [
     "SYNTHETIC_TRADE_ID_BASE",
     "ZERO",
     "MarketType",
+    "OrderOrigin",
     "OrderStatus",
     "OrderType",
     "Side",
@@ -124,6 +125,38 @@ _TERMINAL = frozenset(
     }
 )
 _RESTING = frozenset({OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED})
+
+
+class OrderOrigin(StrEnum):
+    """Who placed an order: the user, or the venue for one of its own reasons (Backpack's `O`
+    on the order stream).
+
+    Open: a value Backpack adds later is not refused but becomes a member of its own (not in
+    `list(OrderOrigin)`, never identical to a known member, equal to its text), so a new
+    origin neither stops a stream nor breaks an old log, and is written back unchanged.
+    """
+
+    USER = "USER"
+    LIQUIDATION_AUTOCLOSE = "LIQUIDATION_AUTOCLOSE"
+    ADL_AUTOCLOSE = "ADL_AUTOCLOSE"
+    COLLATERAL_CONVERSION = "COLLATERAL_CONVERSION"
+    SETTLEMENT_AUTOCLOSE = "SETTLEMENT_AUTOCLOSE"
+    BACKSTOP_LIQUIDITY_PROVIDER = "BACKSTOP_LIQUIDITY_PROVIDER"
+
+    @classmethod
+    def _missing_(cls, value: object) -> OrderOrigin | None:
+        if not isinstance(value, str):
+            return None
+        # Not cached in the value map: hostile input cannot grow it.
+        member = str.__new__(cls, value)
+        member._name_ = value
+        member._value_ = value
+        return member
+
+    @property
+    def is_known(self) -> bool:
+        """One of the origins listed here (not one the venue added since)."""
+        return self._value_ in OrderOrigin._value2member_map_
 
 
 class MarketType(StrEnum):
