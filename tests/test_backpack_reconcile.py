@@ -23,6 +23,7 @@ from oms.core.events import (
 from oms.core.state import AnomalyKind
 from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
 from oms.engine import Engine
+from oms_backpack.clock import VenueClock
 from oms_backpack.reconcile import Reconciler
 
 R = Source.RECONCILE
@@ -110,7 +111,9 @@ def engine_with_live_order() -> Engine:
 
 
 def reconciler(engine: Engine, venue: FakeVenue, *, perpetual: bool = False) -> Reconciler:
-    return Reconciler(venue, engine, perpetual=perpetual, now_us=lambda: T0)
+    return Reconciler(
+        venue, engine, perpetual=perpetual, clock=VenueClock(local_ns=lambda: T0 * 1_000)
+    )
 
 
 async def test_fills_missed_while_disconnected_are_recovered_once() -> None:

@@ -34,6 +34,7 @@ from oms.core.events import (
 from oms.core.state import Market
 from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce
 from oms_backpack import endpoints
+from oms_backpack.clock import VenueClock
 from oms_backpack.rest import (
     BackpackRest,
     BadResponse,
@@ -139,7 +140,9 @@ async def test_execute_sends_the_signed_body_and_the_published_signature() -> No
         seen.append(request)
         return reply(200, ORDER_OK)
 
-    async with rest(handler, wall_clock_ms=lambda: 1614550000000) as client:
+    async with rest(
+        handler, clock=VenueClock(local_ns=lambda: (1614550000000) * 1_000_000)
+    ) as client:
         result = await client.call(execute_spec())
     [request] = seen
     assert (request.method, request.url.path) == ("POST", "/api/v1/order")
@@ -189,7 +192,9 @@ async def test_signed_query_verifies_and_the_timestamp_carries_the_clock_offset(
             return httpx.Response(200, text="1700000000000")
         return reply(200, [])
 
-    async with rest(handler, wall_clock_ms=lambda: now[0], window_ms=60000) as client:
+    async with rest(
+        handler, clock=VenueClock(local_ns=lambda: (now[0]) * 1_000_000), window_ms=60000
+    ) as client:
         offset = await client.sync_clock()
         await client.fill_history(symbol="SOL_USDC", from_ms=1, page_size=50)
     # Sent at 1_000_000, received at 1_000_100: the venue's 1_700_000_000_000 is the midpoint.
@@ -298,9 +303,9 @@ async def test_clock_error_resyncs_once_and_retries(autojump_clock: trio.abc.Clo
             return reply(400, EXPIRED)
         return reply(200, ORDER_OK)
 
-    async with rest(handler, wall_clock_ms=lambda: now[0]) as client:
+    async with rest(handler, clock=VenueClock(local_ns=lambda: (now[0]) * 1_000_000)) as client:
         await client.call(execute_spec())
-        assert client.clock_offset_ms == 4_000
+        assert client.clock.offset_ms == 4_000
     assert [r.url.path for r in seen] == ["/api/v1/order", "/api/v1/time", "/api/v1/order"]
     assert (seen[0].headers["X-Timestamp"], seen[2].headers["X-Timestamp"]) == ("5000", "9000")
     verify_signature(seen[2], "orderExecute")
@@ -736,7 +741,9 @@ def venue_url() -> Iterator[str]:
 
 async def test_round_trip_against_a_real_http_server(venue_url: str) -> None:
     local = [1614549999000]
-    async with BackpackRest(venue_url, Credentials(SECRET), wall_clock_ms=lambda: local[0]) as api:
+    async with BackpackRest(
+        venue_url, Credentials(SECRET), clock=VenueClock(local_ns=lambda: (local[0]) * 1_000_000)
+    ) as api:
         # A frozen local clock 1 s behind the venue: the offset is exactly 1000 ms.
         assert await api.sync_clock() == 1000
         placed = await api.call(execute_spec())
@@ -785,7 +792,7 @@ async def test_a_server_time_out_of_range_is_a_bad_response(body: str) -> None:
     async with rest(handler) as client:
         with pytest.raises(BadResponse, match="server time is not a number"):
             await client.sync_clock()
-        assert client.clock_offset_ms == 0
+        assert client.clock.offset_ms == 0
 
 
 async def test_fill_history_items_with_a_huge_trade_id_are_kept_as_not_understood() -> None:

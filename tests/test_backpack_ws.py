@@ -28,6 +28,7 @@ from trio_websocket import WebSocketConnection, WebSocketRequest, serve_websocke
 
 from oms.core.events import Event, MessageNotUnderstood, OrderAccepted, OrderFilled
 from oms.core.values import OrderType, Side, Source, VenueStatus
+from oms_backpack.clock import VenueClock
 from oms_backpack.signing import Credentials
 from oms_backpack.ws import BackpackStream
 
@@ -41,6 +42,8 @@ SUBSCRIBE_SIGNATURE_AT_TS = (
 )
 CREDENTIALS = Credentials(HB_SECRET)
 RECV_US = 1_754_939_110_200_000
+# Frames received at RECV_US; subscriptions signed at TS (the venue's clock, ahead of ours).
+AT_TS = VenueClock(local_ns=lambda: RECV_US * 1_000, offset_ms=TS - RECV_US // 1_000)
 
 # The ccxt orderAccepted / orderFill pair for one spot market order (api.md §3.3).
 ACCEPTED = {
@@ -231,7 +234,7 @@ def verify_subscribe(frame: dict[str, Any], streams: Sequence[str]) -> tuple[str
 
 
 def stream_for(url: str, **kwargs: Any) -> BackpackStream:
-    kwargs.setdefault("recv_clock_us", lambda: RECV_US)
+    kwargs.setdefault("clock", VenueClock(local_ns=lambda: RECV_US * 1_000))
     kwargs.setdefault("rng", random.Random(7))
     return BackpackStream(url, CREDENTIALS, **kwargs)
 
@@ -250,7 +253,7 @@ async def test_subscribe_frame_is_signed_and_lists_the_private_streams() -> None
                 url,
                 private_streams=private,
                 public_streams=("bookTicker.SOL_USDC",),
-                wall_clock_ms=lambda: TS,
+                clock=AT_TS,
             )
             await nursery.start(stream.run, send)
             assert stream.connects == 1
@@ -393,7 +396,7 @@ async def test_dropped_connection_resubscribes_with_a_fresh_signature() -> None:
         async with trio.open_nursery() as nursery:
             url = await start_venue(nursery, venue)
             # A stalled wall clock: a fresh signature must not depend on time moving.
-            stream = stream_for(url, wall_clock_ms=lambda: TS, backoff_initial=0.01)
+            stream = stream_for(url, clock=AT_TS, backoff_initial=0.01)
             await nursery.start(partial(stream.run, send, on_connect=on_connect))
             first = await venue.frame_from(0)
             accepted = await receive.receive()
@@ -413,11 +416,15 @@ async def test_dropped_connection_resubscribes_with_a_fresh_signature() -> None:
 async def test_timestamps_follow_the_wall_clock_when_it_moves() -> None:
     venue = Venue(send_then_drop(), hold_open)
     send, _receive = trio.open_memory_channel[Event](100)
-    clock = iter([TS, TS + 2500])
+    ticks = itertools.chain([TS], itertools.repeat(TS + 2500))
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             url = await start_venue(nursery, venue)
-            stream = stream_for(url, wall_clock_ms=lambda: next(clock), backoff_initial=0.01)
+            stream = stream_for(
+                url,
+                clock=VenueClock(local_ns=lambda: next(ticks) * 1_000_000),
+                backoff_initial=0.01,
+            )
             await nursery.start(stream.run, send)
             first = await venue.frame_from(0)
             second = await venue.frame_from(1)

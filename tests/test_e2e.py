@@ -338,7 +338,7 @@ async def test_skewed_server_clock(tmp_path: Path) -> None:
     faults.clock_skew_ms = 40_000
     with trio.fail_after(LIMIT):
         async with open_harness(tmp_path / "k.jsonl", faults=faults) as h:
-            assert abs(h.session.rest.clock_offset_ms - 40_000) < 1_000
+            assert abs(h.session.rest.clock.offset_ms - 40_000) < 1_000
             first = await h.submit(SPOT, Side.BID, OrderType.MARKET, quantity="1")
             assert first.status is OrderStatus.FILLED
             faults.clock_skew_ms = -30_000
@@ -346,7 +346,7 @@ async def test_skewed_server_clock(tmp_path: Path) -> None:
             assert second.status is OrderStatus.FILLED
             executes = [r for r in h.exchange.requests if r[:2] == ("POST", "/api/v1/order")]
             assert [status for _, _, status in executes] == [200, 401, 200]
-            assert abs(h.session.rest.clock_offset_ms + 30_000) < 1_000
+            assert abs(h.session.rest.clock.offset_ms + 30_000) < 1_000
             await h.finish()
 
 

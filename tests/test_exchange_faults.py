@@ -21,6 +21,7 @@ from oms.core.events import BalanceObserved, Event, OrderAccepted, OrderSubmitte
 from oms.core.state import Market
 from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce
 from oms_backpack import endpoints
+from oms_backpack.clock import VenueClock
 from oms_backpack.rest import BackpackRest, OutcomeUnknown
 from oms_backpack.signing import Credentials
 from oms_backpack.ws import BackpackStream
@@ -78,7 +79,7 @@ async def running(
         BackpackRest(
             exchange.rest_url,
             Credentials(exchange.credentials().api_secret),
-            wall_clock_ms=lambda: clock.now_us // 1000,
+            clock=VenueClock(local_ns=lambda: (clock.now_us // 1000) * 1_000_000),
             backoff_initial=0.01,
             backoff_max=0.05,
         ) as rest,
@@ -126,7 +127,7 @@ async def test_dropped_connections_make_our_stream_reconnect() -> None:
             Credentials(exchange.credentials().api_secret),
             backoff_initial=0.01,
             backoff_max=0.02,
-            wall_clock_ms=lambda: clock.now_us // 1000,
+            clock=VenueClock(local_ns=lambda: (clock.now_us // 1000) * 1_000_000),
         )
         send, receive = trio.open_memory_channel[Event](100)
         async with trio.open_nursery() as nursery:
@@ -249,7 +250,7 @@ async def test_a_skewed_server_clock() -> None:
         assert await rest.call(endpoints.server_time()) == clock.now_us // 1000 + 30_000
         capital = await rest.capital()  # rejected as expired once, then resynced
         assert isinstance(capital, BalanceObserved)
-        assert rest.clock_offset_ms == 30_000
+        assert rest.clock.offset_ms == 30_000
         assert [status for _, path, status in exchange.requests if path == "/api/v1/capital"] == [
             401,
             200,

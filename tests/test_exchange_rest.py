@@ -32,6 +32,7 @@ from oms.core.events import (
 from oms.core.state import Market
 from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
 from oms_backpack import endpoints
+from oms_backpack.clock import VenueClock
 from oms_backpack.rest import BackpackRest, NotFound, VenueError
 from oms_backpack.signing import Credentials
 from oms_local_exchange import LocalExchange, ManualClock, open_local_exchange
@@ -80,7 +81,7 @@ async def running(**kwargs: Any) -> AsyncIterator[tuple[LocalExchange, ManualClo
         BackpackRest(
             exchange.rest_url,
             Credentials(exchange.credentials().api_secret),
-            wall_clock_ms=lambda: clock.now_us // 1000,
+            clock=VenueClock(local_ns=lambda: (clock.now_us // 1000) * 1_000_000),
             backoff_initial=0.01,
             backoff_max=0.05,
         ) as rest,
@@ -331,7 +332,7 @@ async def test_our_client_resyncs_after_an_expired_timestamp() -> None:
         late = BackpackRest(
             exchange.rest_url,
             Credentials(exchange.credentials().api_secret),
-            wall_clock_ms=lambda: clock.now_us // 1000 - 20_000,
+            clock=VenueClock(local_ns=lambda: (clock.now_us // 1000 - 20_000) * 1_000_000),
         )
         async with late:
             capital = await late.capital()

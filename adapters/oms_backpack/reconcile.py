@@ -13,7 +13,7 @@ nothing the second time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Protocol
 
 from oms.core.events import (
@@ -27,6 +27,7 @@ from oms.core.events import (
 from oms.core.state import State
 from oms.core.values import ZERO, OrderStatus, Source
 from oms.engine import Engine
+from oms_backpack.clock import VenueClock
 
 __all__ = ["ReconcileSource", "Reconciler"]
 
@@ -74,14 +75,15 @@ class Reconciler:
         engine: Engine,
         *,
         perpetual: bool,
-        now_us: Callable[[], int],
+        clock: VenueClock,
     ) -> None:
         self.rest = rest
         self.engine = engine
         self.perpetual = perpetual
-        self.now_us = now_us
+        self.clock = clock
         self.passes = 0
-        self.started_us = now_us()
+        # The fill window is asked in the venue's time; events are stamped in ours.
+        self.started_us = clock.venue_us()
         self.synced_us: int | None = None  # when the last completed pass started
 
     def state(self) -> State:
@@ -97,7 +99,7 @@ class Reconciler:
         listed = {e.symbol for e in reported if isinstance(e, PositionObserved)}
         flat = [
             PositionObserved(
-                source=source, recv_time_us=self.now_us(), symbol=symbol, net_quantity=ZERO
+                source=source, recv_time_us=self.clock.local_us(), symbol=symbol, net_quantity=ZERO
             )
             for symbol, position in sorted(self.state().positions.items())
             if symbol not in listed and position.net_quantity
@@ -109,7 +111,7 @@ class Reconciler:
         source = Source.RECONCILE
         added = 0
         # 1. Fills since the last activity we know of.
-        started_us = self.now_us()
+        started_us = self.clock.venue_us()
         state = self.state()
         if self.synced_us is not None:
             # Everything up to the start of the last completed pass was reconciled then.
@@ -156,7 +158,7 @@ class Reconciler:
                     [
                         SubmitRejected(
                             source=source,
-                            recv_time_us=self.now_us(),
+                            recv_time_us=self.clock.local_us(),
                             symbol=order.symbol,
                             client_id=order.client_id,
                             code="NOT_FOUND",

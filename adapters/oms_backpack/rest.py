@@ -12,7 +12,8 @@ What a caller can rely on:
 
 - **Signed exactly as sent.** A JSON body is the spec's own values serialised compactly; the
   signature covers those same values (`Credentials.headers`), so nothing is re-formatted in
-  between. `X-Timestamp` is the local wall clock plus the offset measured by `sync_clock()`.
+  between. `X-Timestamp` is the venue's time as the session's `VenueClock` knows it (the
+  local wall clock plus the offset `sync_clock()` measures).
 - **Never a guess about an order.** A POST (order execute) is retried only when the venue
   certainly did not act on it: HTTP 429, a clock rejection, or a connection that could not
   be opened. A timeout, a connection lost after sending, a 5xx, or a "client ID already
@@ -37,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -51,6 +51,7 @@ from oms.core.errors import ConfigurationError, ExternalError
 from oms.core.events import Event, MarketInfo, MessageNotUnderstood
 from oms.core.values import Source
 from oms_backpack import codec, endpoints
+from oms_backpack.clock import VenueClock
 from oms_backpack.endpoints import Param, RequestSpec
 from oms_backpack.signing import MAX_WINDOW_MS, Credentials
 
@@ -77,10 +78,6 @@ _MAX_MESSAGE: Final = 500
 # Failures raised before any byte of the request left this process: the venue never saw it.
 _NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _EXECUTE_PATHS: Final = frozenset({"/api/v1/order", "/api/v1/orders"})
-
-
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -263,7 +260,7 @@ class BackpackRest:
         max_retries: int = 4,
         backoff_initial: float = 0.25,
         backoff_max: float = 8.0,
-        wall_clock_ms: Callable[[], int] = _wall_clock_ms,
+        clock: VenueClock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if not 0 < window_ms <= MAX_WINDOW_MS:
@@ -281,10 +278,9 @@ class BackpackRest:
         self._max_retries = max_retries
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
-        self._wall_clock_ms = wall_clock_ms
+        self.clock = clock if clock is not None else VenueClock()
         self._rng = rng if rng is not None else random.Random()
         self._limiter = _SlidingWindow(max_requests_per_minute, RATE_PERIOD_S)
-        self._offset_ms = 0
         self._client: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> Self:
@@ -305,13 +301,8 @@ class BackpackRest:
         if client is not None:
             await client.aclose()
 
-    @property
-    def clock_offset_ms(self) -> int:
-        """Venue time minus local wall-clock time, as last measured (0 before any sync)."""
-        return self._offset_ms
-
     def _now_us(self) -> int:
-        return self._wall_clock_ms() * 1000
+        return self.clock.local_us()
 
     # --- core --------------------------------------------------------------------------------
 
@@ -333,10 +324,11 @@ class BackpackRest:
             server_ms = codec.venue_int(reply.body, "server time")
         except codec.BadMessage as exc:
             raise BadResponse(200, "BAD_RESPONSE", f"server time is not a number: {exc}") from None
-        midpoint = (reply.sent_ms + reply.received_ms) // 2
-        self._offset_ms = server_ms - midpoint
-        log.info("Backpack clock offset %+d ms", self._offset_ms)
-        return self._offset_ms
+        offset = self.clock.measure(
+            sent_ms=reply.sent_ms, venue_ms=server_ms, received_ms=reply.received_ms
+        )
+        log.info("Backpack clock offset %+d ms", offset)
+        return offset
 
     def _delay(self, retry: int) -> float:
         # Exponential, capped, with "equal jitter": half fixed, half random, so successive
@@ -365,7 +357,7 @@ class BackpackRest:
         headers: dict[str, str] = {}
         if spec.instruction is not None:
             assert self._credentials is not None  # checked by _call
-            timestamp = self._wall_clock_ms() + self._offset_ms
+            timestamp = self.clock.venue_ms()
             headers.update(
                 self._credentials.headers(
                     spec.instruction, spec.signed_params, timestamp, self._window_ms
@@ -376,11 +368,11 @@ class BackpackRest:
             content = _json_body(spec.body)
             headers["Content-Type"] = JSON_CONTENT_TYPE
         params = _query_params(spec.query) if spec.query else None
-        sent_ms = self._wall_clock_ms()
+        sent_ms = self.clock.local_ms()
         response = await client.request(
             spec.method, spec.path, params=params, content=content, headers=headers
         )
-        received_ms = self._wall_clock_ms()
+        received_ms = self.clock.local_ms()
         return _Reply(response.status_code, response.content, response.text, sent_ms, received_ms)
 
     async def _call(self, spec: RequestSpec) -> _Result:

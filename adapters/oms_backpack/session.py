@@ -27,8 +27,7 @@ import json
 import logging
 import math
 import os
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -56,6 +55,7 @@ from oms.core.state import Order, State
 from oms.core.values import OrderStatus, OrderType, Side, Source, TimeInForce, VenueStatus
 from oms.engine import Engine
 from oms_backpack import codec, endpoints
+from oms_backpack.clock import VenueClock
 from oms_backpack.reconcile import Reconciler
 from oms_backpack.rest import (
     BackpackRest,
@@ -128,10 +128,6 @@ def _refusal(exc: VenueError | VenueUnavailable) -> tuple[str, str]:
     return "UNAVAILABLE", str(exc)
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
 class FillSource(Protocol):
     """What the chaser needs from the REST client (`BackpackRest.fill_history`)."""
 
@@ -182,7 +178,7 @@ class FillChaser:
         grace: float = DEFAULT_FILL_GRACE,
         attempts: int = DEFAULT_FILL_ATTEMPTS,
         backoff: float = FILL_RETRY_BACKOFF,
-        now_us: Callable[[], int] = _now_us,
+        clock: VenueClock | None = None,
     ) -> None:
         if not grace >= 0 or attempts < 1 or not backoff > 0:
             raise ValueError(
@@ -193,7 +189,7 @@ class FillChaser:
         self.grace = grace
         self.attempts = attempts
         self.backoff = backoff
-        self.now_us = now_us
+        self.clock = clock if clock is not None else VenueClock()
         self.recovered = 0
         self.gaps = 0
         self.errors = 0
@@ -265,7 +261,7 @@ class FillChaser:
                     venue_id=order.venue_id, symbol=order.symbol, source=Source.RECONCILE
                 )
             else:
-                since_us = (order.venue_time_us or self.now_us()) - FILL_LOOKBACK_US
+                since_us = (order.venue_time_us or self.clock.venue_us()) - FILL_LOOKBACK_US
                 found = [
                     e
                     for e in await self.rest.fill_history(
@@ -315,7 +311,7 @@ class FillChaser:
             return  # not a status a venue report could restate; the log line must do
         restated = OrderObserved(
             source=Source.RECONCILE,
-            recv_time_us=self.now_us(),
+            recv_time_us=self.clock.local_us(),
             symbol=order.symbol,
             status=status,
             venue_id=order.venue_id,
@@ -334,16 +330,15 @@ class BackpackSession:
         rest: BackpackRest,
         *,
         perpetual: bool,
-        now_us: Callable[[], int] = _now_us,
         fill_grace: float = DEFAULT_FILL_GRACE,
         fill_attempts: int = DEFAULT_FILL_ATTEMPTS,
     ) -> None:
         self.engine = engine
         self.rest = rest
         self.perpetual = perpetual
-        self.now_us = now_us
+        self.clock = rest.clock  # one clock for REST, the stream and the session
         self.chaser = FillChaser(
-            engine, rest, grace=fill_grace, attempts=fill_attempts, now_us=now_us
+            engine, rest, grace=fill_grace, attempts=fill_attempts, clock=self.clock
         )
         self.stream: BackpackStream | None = None
         self.errors = 0  # REST failures of reconciliation and polling (retried)
@@ -353,7 +348,7 @@ class BackpackSession:
             rest,
             engine,
             perpetual=perpetual,
-            now_us=self.venue_now_us,  # the fill window is asked in the venue's time
+            clock=self.clock,
         )
 
     async def resync_clock(self) -> None:
@@ -363,10 +358,6 @@ class BackpackSession:
         except RestError as exc:
             self.errors += 1
             _log.warning("clock resync failed (%s); signing with the last offset", exc)
-
-    def venue_now_us(self) -> int:
-        """The venue's time as this process best knows it (local clock + measured offset)."""
-        return self.now_us() + self.rest.clock_offset_ms * 1000
 
     async def on_connect(self) -> None:
         """Called by the WebSocket task after every (re)connect: reconcile, retrying with
@@ -398,7 +389,7 @@ class BackpackSession:
         """A uint32 never used in this account's log: above the last one used, and above the
         current time in seconds, so a lost log after a restart does not reuse recent ids."""
         last = self.engine.state.last_client_id
-        candidate = max(0 if last is None else last + 1, int(self.now_us() // 1_000_000))
+        candidate = max(0 if last is None else last + 1, int(self.clock.local_us() // 1_000_000))
         return candidate % UINT32
 
     async def submit(
@@ -431,7 +422,7 @@ class BackpackSession:
             client_id = self.next_client_id()
         command = OrderSubmitted(
             source=Source.LOCAL,
-            recv_time_us=self.now_us(),
+            recv_time_us=self.clock.local_us(),
             client_id=client_id,
             symbol=symbol,
             side=side,
@@ -454,7 +445,7 @@ class BackpackSession:
             self.engine.record(
                 SubmitUnknown(
                     source=Source.REST,
-                    recv_time_us=self.now_us(),
+                    recv_time_us=self.clock.local_us(),
                     symbol=symbol,
                     client_id=command.client_id,
                     reason=str(exc),
@@ -466,7 +457,7 @@ class BackpackSession:
             self.engine.record(
                 SubmitRejected(
                     source=Source.REST,
-                    recv_time_us=self.now_us(),
+                    recv_time_us=self.clock.local_us(),
                     symbol=symbol,
                     client_id=command.client_id,
                     code=code,
@@ -474,7 +465,7 @@ class BackpackSession:
                 )
             )
         else:
-            answer = codec.order_object(body, Source.REST, self.now_us())
+            answer = codec.order_object(body, Source.REST, self.clock.local_us())
             self.engine.record_news([answer])
         order = self.engine.state.order(client_id=command.client_id)
         assert order is not None
@@ -488,7 +479,7 @@ class BackpackSession:
         self.engine.record(
             CancelRequested(
                 source=Source.LOCAL,
-                recv_time_us=self.now_us(),
+                recv_time_us=self.clock.local_us(),
                 symbol=symbol,
                 client_id=client_id,
                 venue_id=venue_id,
@@ -501,7 +492,7 @@ class BackpackSession:
             self.engine.record(
                 CancelRejected(
                     source=Source.REST,
-                    recv_time_us=self.now_us(),
+                    recv_time_us=self.clock.local_us(),
                     symbol=symbol,
                     client_id=client_id,
                     venue_id=venue_id,
@@ -514,7 +505,7 @@ class BackpackSession:
             pass
         else:
             if isinstance(body, dict):  # 202 Accepted has no order: the stream will tell
-                answer = codec.order_object(body, Source.REST, self.now_us())
+                answer = codec.order_object(body, Source.REST, self.clock.local_us())
                 self.engine.record_news([answer])
         return self.engine.state.order(client_id=client_id, venue_id=venue_id)
 
@@ -527,7 +518,7 @@ class BackpackSession:
                 self.engine.record(
                     CancelRequested(
                         source=Source.LOCAL,
-                        recv_time_us=self.now_us(),
+                        recv_time_us=self.clock.local_us(),
                         symbol=symbol,
                         client_id=order.client_id,
                         venue_id=None if order.client_id is not None else order.venue_id,
@@ -541,7 +532,9 @@ class BackpackSession:
             _log.warning("cancel all on %s failed: %s", symbol, exc)
             return
         if isinstance(body, list):
-            answers = [codec.order_object(item, Source.REST, self.now_us()) for item in body]
+            answers = [
+                codec.order_object(item, Source.REST, self.clock.local_us()) for item in body
+            ]
             self.engine.record_news(answers)
 
     async def cancel_open_orders(self) -> None:
@@ -591,6 +584,7 @@ async def open_backpack_session(
     symbols: Sequence[str] | None = None,
     fill_grace: float = DEFAULT_FILL_GRACE,
     fill_attempts: int = DEFAULT_FILL_ATTEMPTS,
+    clock: VenueClock | None = None,
 ) -> AsyncIterator[BackpackSession]:
     """Connect, load markets, subscribe, reconcile; yield the session; shut down cleanly.
 
@@ -598,7 +592,9 @@ async def open_backpack_session(
     unless `symbols` names them (a symbol the venue does not list raises `ConfigurationError`
     before anything is recorded); positions are followed when any perpetual is traded.
     `transport` replaces httpx's network transport (tests); everything else is real.
-    `fill_grace` and `fill_attempts` tune the fill chaser (see `FillChaser`).
+    `fill_grace` and `fill_attempts` tune the fill chaser (see `FillChaser`). `clock` is the
+    session's one clock (`VenueClock`: the wall clock and the measured venue offset), shared
+    by the REST client, the stream and the session; tests pass one with a clock of their own.
 
     On the way out, within `shutdown_timeout` seconds and shielded from cancellation: open
     orders are cancelled if `cancel_on_shutdown`; then, only when the body exited normally,
@@ -606,7 +602,7 @@ async def open_backpack_session(
     """
     perpetual = venue == "backpack_perpetual"
     async with BackpackRest(
-        rest_url, credentials, window_ms=window_ms, transport=transport
+        rest_url, credentials, window_ms=window_ms, transport=transport, clock=clock
     ) as rest:
         await rest.sync_clock()
         markets = await rest.markets()
@@ -634,7 +630,7 @@ async def open_backpack_session(
             window_ms=window_ms,
             heartbeat_interval=heartbeat_interval,
             # Sign subscriptions with the venue's clock, as REST requests are.
-            wall_clock_ms=lambda: time.time_ns() // 1_000_000 + rest.clock_offset_ms,
+            clock=rest.clock,
         )
         session.stream = stream
         send, receive = trio.open_memory_channel[Event](1024)

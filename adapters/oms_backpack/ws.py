@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
@@ -36,19 +35,12 @@ from oms.core.errors import ConfigurationError
 from oms.core.events import Event, MessageNotUnderstood
 from oms.core.values import Source
 from oms_backpack import codec
+from oms_backpack.clock import VenueClock
 from oms_backpack.signing import MAX_WINDOW_MS, Credentials
 
 __all__ = ["PRIVATE_PREFIX", "BackpackStream"]
 
 PRIVATE_PREFIX: Final = "account."
-
-
-def _wall_clock_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _recv_clock_us() -> int:
-    return time.time_ns() // 1_000
 
 
 class _Connection:
@@ -98,8 +90,7 @@ class BackpackStream:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         rng: random.Random | None = None,
-        wall_clock_ms: Callable[[], int] = _wall_clock_ms,
-        recv_clock_us: Callable[[], int] = _recv_clock_us,
+        clock: VenueClock | None = None,
     ) -> None:
         if isinstance(private_streams, str) or isinstance(public_streams, str):
             raise TypeError("streams are given as a sequence of names, not one string")
@@ -135,8 +126,8 @@ class BackpackStream:
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._rng = rng if rng is not None else random.Random()
-        self._wall_clock_ms = wall_clock_ms
-        self._recv_clock_us = recv_clock_us
+        # Subscriptions are signed in the venue's time; frames are stamped in ours.
+        self.clock = clock if clock is not None else VenueClock()
         self._last_timestamp_ms = 0
 
         self.connects = 0
@@ -232,7 +223,7 @@ class BackpackStream:
 
     def _next_timestamp_ms(self) -> int:
         # Strictly increasing, so that every SUBSCRIBE carries a new signature.
-        timestamp = max(self._wall_clock_ms(), self._last_timestamp_ms + 1)
+        timestamp = max(self.clock.venue_ms(), self._last_timestamp_ms + 1)
         self._last_timestamp_ms = timestamp
         return timestamp
 
@@ -285,7 +276,7 @@ class BackpackStream:
     ) -> tuple[bool, codec.VenueErrorFrame | None]:
         """Send the events of one frame: (False if the engine is gone, the venue's error if the
         frame was an error frame)."""
-        recv_time_us = self._recv_clock_us()
+        recv_time_us = self.clock.local_us()
         self.frames += 1
         refusal: codec.VenueErrorFrame | None = None
         events: Sequence[Event]
