@@ -8,13 +8,13 @@ the local exchange's frame builder (`oms_local_exchange.frames`, the one that wr
 exchange's own messages: `account.orderUpdate` and `account.positionUpdate` frames, REST
 bodies), and the event is what the adapter's codec (`oms_backpack.codec`) derives from that
 text. So `raw` and the event cannot disagree, and a codec that misreads a message changes the
-sessions (tests/test_golden.py notices). Our own commands (submit, cancel) and a refused
+sessions (tests/shell/test_golden.py notices). Our own commands (submit, cancel) and a refused
 submit are built directly, as the session records them. Times are fixed (no clock): the
-sessions are byte-for-byte reproducible, and tests/test_golden.py checks that running this
+sessions are byte-for-byte reproducible, and tests/shell/test_golden.py checks that running this
 script again changes nothing.
 
 The figures (fills, fees, PnL, funding) are chosen so that every expected number can be
-worked out by hand; tests/test_golden.py does so.
+worked out by hand; tests/shell/test_golden.py does so.
 """
 
 from __future__ import annotations
@@ -812,7 +812,7 @@ def reordered_duplicates_converge() -> list[Event]:
 def reordered_natural_order() -> list[Event]:
     """The distinct facts of `reordered_duplicates_converge` (the same event objects) in the
     order they happened at the venue, each once. Replaying it gives the same order and
-    balances; tests/test_golden.py checks so."""
+    balances; tests/shell/test_golden.py checks so."""
     return _reordered_parts()[0]
 
 

@@ -19,7 +19,7 @@ the first difference it counts them:
 - unexplained anomalies: anomaly kinds that none of the session's faults explains;
 - crashes: a session that raised (printed with its script, so it can be replayed).
 
-The tests run a few such sessions (tests/test_e2e.py); this runs as many as asked.
+The tests run a few such sessions (tests/system/test_e2e.py); this runs as many as asked.
 """
 
 from __future__ import annotations

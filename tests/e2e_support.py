@@ -37,6 +37,7 @@ from oms_local_exchange import (
     open_local_exchange,
 )
 from oms_local_exchange import Order as VenueOrder
+from tests.helpers import wait_for
 
 __all__ = [
     "EXPLAINED",
@@ -53,7 +54,6 @@ __all__ = [
     "open_harness",
     "open_session",
     "refused_subscriptions",
-    "wait_for",
 ]
 
 SPOT = "SOL_USDC"
@@ -192,17 +192,6 @@ def book_differences(
                 f"engine {engine_funding}"
             )
     return out
-
-
-async def wait_for(predicate: Callable[[], bool], what: str) -> None:
-    """Poll what the exchange (or a client's counters) shows: it has no event to wait on;
-    fail naming `what` after 10 s. For the engine's state use `Harness.until`, which waits on
-    the engine's events."""
-    with trio.move_on_after(10):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.01)
-        return
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @attrs.define(eq=False)

@@ -1,7 +1,7 @@
 """Example counts for the fuzz tests: small by default, so CI stays quick; larger on request.
 
-    OMS_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest tests/test_codec_fuzz.py \
-        tests/test_log_fuzz.py
+    OMS_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest tests/backpack/test_codec_fuzz.py \
+        tests/shell/test_log_fuzz.py
 
 runs every fuzz test with that many examples instead of its default.
 """

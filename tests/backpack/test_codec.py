@@ -43,8 +43,9 @@ from oms.core.values import (
 )
 from oms.log import EventLog, Fsync, LogReader
 from oms_backpack import codec
+from tests.helpers import DATA
 
-SAMPLES = Path(__file__).resolve().parent / "data" / "backpack"  # see tests/data/README.md
+SAMPLES = DATA / "backpack"  # see tests/data/README.md
 RUST: list[dict[str, Any]] = json.loads(
     (SAMPLES / "bpx_api_client_rust_tests.json").read_text(encoding="utf-8")
 )["samples"]

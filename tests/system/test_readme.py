@@ -13,8 +13,8 @@ import pytest
 
 import oms
 import oms_backpack
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 import oms
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 OUR_NAMES = {"oms", "oms_backpack", "oms_local_exchange"}
 SCRIPTS = {"oms-replay", "oms-run", "oms-bench", "oms-local-exchange"}
 GOLDEN = "spot_limit_partial_cancel"

@@ -8,7 +8,6 @@ day unless a test says otherwise), so every price below is the books' opening sh
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -27,44 +26,16 @@ from oms.core.events import (
 )
 from oms_backpack import codec
 from oms_backpack.signing import Credentials
-from oms_local_exchange import LocalExchange, ManualClock, OrderRequest, open_local_exchange
+from oms_local_exchange import LocalExchange, OrderRequest
+from tests.helpers import local_exchange, next_frame, subscribe
 
 D = Decimal
-DAY_US = 24 * 3_600_000_000
-
-
-@asynccontextmanager
-async def running(**kwargs: Any) -> AsyncIterator[tuple[LocalExchange, ManualClock]]:
-    clock = ManualClock(time.time_ns() // 1000)
-    kwargs.setdefault("step_us", DAY_US)
-    async with open_local_exchange(clock=clock, **kwargs) as exchange:
-        yield exchange, clock
 
 
 @asynccontextmanager
 async def connected(exchange: LocalExchange) -> AsyncIterator[trio_websocket.WebSocketConnection]:
     async with trio_websocket.open_websocket_url(exchange.ws_url) as ws:
         yield ws
-
-
-async def subscribe(
-    ws: trio_websocket.WebSocketConnection,
-    exchange: LocalExchange,
-    clock: ManualClock,
-    streams: list[str],
-    timestamp_ms: int | None = None,
-) -> None:
-    stamp = clock.now_us // 1000 if timestamp_ms is None else timestamp_ms
-    frame = Credentials(exchange.credentials().api_secret).subscribe_frame(streams, stamp)
-    await ws.send_message(json.dumps(frame))
-
-
-async def next_frame(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
-    with trio.fail_after(5):
-        message = await ws.get_message()
-    assert isinstance(message, str)
-    frame: dict[str, Any] = json.loads(message)
-    return frame
 
 
 def events_of(frame: dict[str, Any]) -> list[Any]:
@@ -86,7 +57,7 @@ async def settle() -> None:
 
 
 async def test_order_updates_are_frames_our_codec_understands() -> None:
-    async with running() as (exchange, clock), connected(exchange) as ws:
+    async with local_exchange() as (exchange, clock), connected(exchange) as ws:
         await subscribe(ws, exchange, clock, ["account.orderUpdate"])
         await settle()
         place(exchange, symbol="SOL_USDC", side="Bid", order_type="Limit", quantity=D(15),
@@ -122,7 +93,7 @@ async def test_order_updates_are_frames_our_codec_understands() -> None:
 
 
 async def test_a_symbol_subscription_sees_only_that_symbol() -> None:
-    async with running() as (exchange, clock), connected(exchange) as ws:
+    async with local_exchange() as (exchange, clock), connected(exchange) as ws:
         await subscribe(ws, exchange, clock, ["account.orderUpdate.ETH_USDC"])
         await settle()
         place(exchange, symbol="SOL_USDC", side="Bid", order_type="Limit", quantity=D(1),
@@ -135,7 +106,7 @@ async def test_a_symbol_subscription_sees_only_that_symbol() -> None:
 
 
 async def test_position_stream_sends_the_open_positions_on_subscribe() -> None:
-    async with running() as (exchange, clock), connected(exchange) as ws:
+    async with local_exchange() as (exchange, clock), connected(exchange) as ws:
         place(exchange, symbol="SOL_USDC_PERP", side="Ask", order_type="Market", quantity=D(2))
         await subscribe(ws, exchange, clock, ["account.positionUpdate"])
         snapshot = await next_frame(ws)
@@ -155,7 +126,7 @@ async def test_position_stream_sends_the_open_positions_on_subscribe() -> None:
 
 
 async def test_public_streams() -> None:
-    async with running(step_us=1_000_000) as (exchange, clock), connected(exchange) as ws:
+    async with local_exchange(step_us=1_000_000) as (exchange, clock), connected(exchange) as ws:
         streams = [
             "trade.SOL_USDC",
             "depth.SOL_USDC",
@@ -188,7 +159,7 @@ async def test_public_streams() -> None:
 
 
 async def test_subscription_errors() -> None:
-    async with running() as (exchange, clock), connected(exchange) as ws:
+    async with local_exchange() as (exchange, clock), connected(exchange) as ws:
         await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": ["nonsense.SOL"]}))
         assert await next_frame(ws) == {
             "id": None,

@@ -28,6 +28,7 @@ from oms_backpack.endpoints import InvalidOrder
 from oms_backpack.rest import BackpackRest
 from oms_backpack.session import BackpackSession, load_credentials, open_backpack_session
 from oms_backpack.signing import Credentials, CredentialsError
+from tests.helpers import wait_for, wait_state
 
 SECRET = "sKmC5939f6W9/viyhwyaNHa0f7j5wSMvZsysW5BB9L4="
 T0_MS = 1_760_000_000_000
@@ -169,13 +170,6 @@ async def _session(venue: ScriptedVenue, engine: Engine, nursery: trio.Nursery) 
     return f"ws://127.0.0.1:{server.port}", server
 
 
-async def wait_for(predicate: Any, what: str) -> None:
-    """Poll a condition set by other tasks (the scripted venue has no events to wait on)."""
-    with trio.fail_after(10):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.01)
-
-
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 async def test_a_dropped_stream_loses_no_fill_once_reconciled(tmp_path: Path) -> None:
     venue = ScriptedVenue()
@@ -210,9 +204,10 @@ async def _dropped_stream_scenario(venue: ScriptedVenue, engine: Engine) -> None
             await venue.connections[0].send(
                 json.dumps({"stream": "account.orderUpdate", "data": first})
             )
-            await wait_for(
-                lambda: (
-                    (o := engine.state.order(client_id=order.client_id)) is not None
+            await wait_state(
+                engine,
+                lambda state: (
+                    (o := state.order(client_id=order.client_id)) is not None
                     and o.filled_quantity == Decimal("0.5")
                 ),
                 "first fill",
@@ -220,9 +215,10 @@ async def _dropped_stream_scenario(venue: ScriptedVenue, engine: Engine) -> None
             venue.fill(2, "1.5", "99.5")
             await venue.connections[0].send("DROP")
             await wait_for(lambda: venue.subscriptions == 2, "re-subscribe")
-            await wait_for(
-                lambda: (
-                    (o := engine.state.order(client_id=order.client_id)) is not None
+            await wait_state(
+                engine,
+                lambda state: (
+                    (o := state.order(client_id=order.client_id)) is not None
                     and o.status is OrderStatus.FILLED
                 ),
                 "reconciled",
@@ -352,9 +348,10 @@ async def test_the_perpetual_connector_follows_positions() -> None:
                          "Q": "0.01", "T": 1769366599828078, "b": "126.9307", "f": "0.02",
                          "i": 28563667732, "l": "0", "m": "0.0135", "n": "1.215", "p": "0.0650",
                          "q": "-0.01", "s": "SOL_USDC_PERP"}}))  # fmt: skip
-            await wait_for(
-                lambda: (
-                    (o := engine.state.positions["SOL_USDC_PERP"].observed) is not None
+            await wait_state(
+                engine,
+                lambda state: (
+                    (o := state.positions["SOL_USDC_PERP"].observed) is not None
                     and (o.mark_price, o.realized_pnl) == (Decimal("121.5"), Decimal("0.065"))
                 ),
                 "position update",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,11 +25,10 @@ from oms_local_exchange.auth import (
     signature_valid,
     signing_string,
 )
+from tests.helpers import DATA
 
 VECTORS: dict[str, Any] = json.loads(
-    (
-        Path(__file__).parent / "data" / "backpack" / "self_computed_signature_vectors.json"
-    ).read_text(encoding="utf-8")
+    (DATA / "backpack" / "self_computed_signature_vectors.json").read_text(encoding="utf-8")
 )
 HUMMINGBOT = VECTORS["hummingbot_test_secret"]
 STAMP = 1_614_550_000_000

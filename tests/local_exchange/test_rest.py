@@ -9,10 +9,6 @@ client reads the same clock, and the synthetic mid steps only once a day.
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -32,10 +28,10 @@ from oms.core.events import (
 from oms.core.state import Market
 from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
 from oms_backpack import endpoints
-from oms_backpack.clock import VenueClock
 from oms_backpack.rest import BackpackRest, NotFound, VenueError
 from oms_backpack.signing import Credentials
-from oms_local_exchange import LocalExchange, ManualClock, open_local_exchange
+from oms_local_exchange import open_local_exchange
+from tests.helpers import local_exchange_and_rest, signed_request, venue_clock
 
 D = Decimal
 SOL = Market(
@@ -72,49 +68,11 @@ def order(  # noqa: PLR0917 (reads as the order line it builds)
     return endpoints.execute_order(command, market)
 
 
-@asynccontextmanager
-async def running(**kwargs: Any) -> AsyncIterator[tuple[LocalExchange, ManualClock, BackpackRest]]:
-    clock = ManualClock(time.time_ns() // 1000)
-    kwargs.setdefault("step_us", 24 * 3_600_000_000)  # books hold still while the clock moves
-    async with (
-        open_local_exchange(clock=clock, **kwargs) as exchange,
-        BackpackRest(
-            exchange.rest_url,
-            Credentials(exchange.credentials().api_secret),
-            clock=VenueClock(local_ns=lambda: (clock.now_us // 1000) * 1_000_000),
-            backoff_initial=0.01,
-            backoff_max=0.05,
-        ) as rest,
-    ):
-        yield exchange, clock, rest
-
-
-def signed_request(
-    credentials: Credentials,
-    method: str,
-    path: str,
-    instruction: str,
-    timestamp_ms: int,
-    *,
-    query: Mapping[str, str] | None = None,
-    body: Any = None,
-    window: int = 5000,
-    sign_params: Any = None,
-) -> dict[str, Any]:
-    params = sign_params if sign_params is not None else (body if body is not None else query)
-    headers = credentials.headers(instruction, params, timestamp_ms, window)
-    request: dict[str, Any] = {"headers": headers, "params": query}
-    if body is not None:
-        request["content"] = json.dumps(body)
-        headers["Content-Type"] = "application/json; charset=utf-8"
-    return request
-
-
 # --- our client against the exchange -----------------------------------------------------------
 
 
 async def test_orders_round_trip_through_our_client() -> None:
-    async with running() as (exchange, _, rest):
+    async with local_exchange_and_rest() as (exchange, _, rest):
         markets = await rest.markets()
         assert {m.symbol for m in markets if isinstance(m, MarketInfo)} == {
             "SOL_USDC", "ETH_USDC", "SOL_USDC_PERP", "ETH_USDC_PERP",
@@ -179,7 +137,7 @@ def _submitted(client_id: int, side: Side, quantity: str, price: str) -> OrderSu
 
 
 async def test_order_and_fill_history_filters() -> None:
-    async with running() as (_, clock, rest):
+    async with local_exchange_and_rest() as (_, clock, rest):
         first = await rest.call(order(SOL, 1, Side.BID, OrderType.MARKET, "15"))
         clock.advance(2)
         second = await rest.call(
@@ -223,7 +181,7 @@ async def test_order_and_fill_history_filters() -> None:
 
 
 async def test_perp_positions_funding_account_and_collateral() -> None:
-    async with running() as (exchange, clock, rest):
+    async with local_exchange_and_rest() as (exchange, clock, rest):
         await rest.call(order(SOL_PERP, 1, Side.BID, OrderType.MARKET, "2"))
         (position,) = await rest.positions()
         assert isinstance(position, PositionObserved)
@@ -255,7 +213,7 @@ async def test_perp_positions_funding_account_and_collateral() -> None:
 
 
 async def test_public_market_data() -> None:
-    async with running() as (_, clock, rest):
+    async with local_exchange_and_rest() as (_, clock, rest):
         assert isinstance(await rest.call(endpoints.server_time()), int)
         assert await rest.call(endpoints.server_time()) == clock.now_us // 1000
         depth = await rest.call(endpoints.depth("SOL_USDC", 5))
@@ -272,7 +230,7 @@ async def test_public_market_data() -> None:
 
 async def test_signatures_and_timestamps_are_checked_like_the_venue() -> None:
     async with (
-        running() as (exchange, clock, _),
+        local_exchange_and_rest() as (exchange, clock, _),
         httpx.AsyncClient(base_url=exchange.rest_url) as http,
     ):
         own = Credentials(exchange.credentials().api_secret)
@@ -328,11 +286,11 @@ async def test_signatures_and_timestamps_are_checked_like_the_venue() -> None:
 
 
 async def test_our_client_resyncs_after_an_expired_timestamp() -> None:
-    async with running() as (exchange, clock, _):
+    async with local_exchange_and_rest() as (exchange, clock, _):
         late = BackpackRest(
             exchange.rest_url,
             Credentials(exchange.credentials().api_secret),
-            clock=VenueClock(local_ns=lambda: (clock.now_us // 1000 - 20_000) * 1_000_000),
+            clock=venue_clock(clock, behind_ms=20_000),
         )
         async with late:
             capital = await late.capital()
@@ -346,7 +304,7 @@ async def test_our_client_resyncs_after_an_expired_timestamp() -> None:
 
 async def test_unknown_paths_and_unparseable_payloads() -> None:
     async with (
-        running() as (exchange, clock, _),
+        local_exchange_and_rest() as (exchange, clock, _),
         httpx.AsyncClient(base_url=exchange.rest_url) as http,
     ):
         own = Credentials(exchange.credentials().api_secret)
@@ -395,7 +353,7 @@ async def test_unknown_paths_and_unparseable_payloads() -> None:
 
 
 async def test_post_only_rejection_reaches_our_client_as_a_venue_error() -> None:
-    async with running() as (_, _clock, rest):
+    async with local_exchange_and_rest() as (_, _clock, rest):
         spec = order(SOL, 5, Side.BID, OrderType.LIMIT_MAKER, "1", "150.01")
         with pytest.raises(VenueError) as refused:
             await rest.call(spec)

@@ -7,7 +7,6 @@ from timing: two sockets give no order guarantee at the client.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -21,11 +20,11 @@ from oms.core.events import BalanceObserved, Event, OrderAccepted, OrderSubmitte
 from oms.core.state import Market
 from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce
 from oms_backpack import endpoints
-from oms_backpack.clock import VenueClock
-from oms_backpack.rest import BackpackRest, OutcomeUnknown
+from oms_backpack.rest import OutcomeUnknown
 from oms_backpack.signing import Credentials
 from oms_backpack.ws import BackpackStream
-from oms_local_exchange import Faults, LocalExchange, ManualClock, open_local_exchange
+from oms_local_exchange import LocalExchange, ManualClock
+from tests.helpers import local_exchange_and_rest, subscribe, venue_clock, wait_for
 
 D = Decimal
 SOL = Market(
@@ -70,33 +69,12 @@ def resting_bid(client_id: int) -> endpoints.RequestSpec:
 
 
 @asynccontextmanager
-async def running(
-    faults: Faults | None = None,
-) -> AsyncIterator[tuple[LocalExchange, ManualClock, BackpackRest]]:
-    clock = ManualClock(time.time_ns() // 1000)
-    async with (
-        open_local_exchange(clock=clock, faults=faults, step_us=24 * 3_600_000_000) as exchange,
-        BackpackRest(
-            exchange.rest_url,
-            Credentials(exchange.credentials().api_secret),
-            clock=VenueClock(local_ns=lambda: (clock.now_us // 1000) * 1_000_000),
-            backoff_initial=0.01,
-            backoff_max=0.05,
-        ) as rest,
-    ):
-        yield exchange, clock, rest
-
-
-@asynccontextmanager
 async def subscribed(
     exchange: LocalExchange, clock: ManualClock
 ) -> AsyncIterator[trio_websocket.WebSocketConnection]:
     async with trio_websocket.open_websocket_url(exchange.ws_url) as ws:
-        frame = Credentials(exchange.credentials().api_secret).subscribe_frame(
-            ["account.orderUpdate"], clock.now_us // 1000
-        )
-        await ws.send_message(json.dumps(frame))
-        await wait_until(lambda: exchange.subscribers() == 1)
+        await subscribe(ws, exchange, clock, ["account.orderUpdate"])
+        await wait_for(lambda: exchange.subscribers() == 1, "the subscription")
         yield ws
 
 
@@ -110,33 +88,32 @@ async def updates(ws: trio_websocket.WebSocketConnection, count: int) -> list[tu
     return out
 
 
-async def wait_until(predicate: Any) -> None:
-    """Poll state that the exchange's tasks change (it has no event to wait on)."""
-    with trio.fail_after(5):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.01)
-
-
 # --- WebSocket faults ------------------------------------------------------------------------
 
 
 async def test_dropped_connections_make_our_stream_reconnect() -> None:
-    async with running() as (exchange, clock, rest):
+    async with local_exchange_and_rest() as (exchange, clock, rest):
         stream = BackpackStream(
             exchange.ws_url,
             Credentials(exchange.credentials().api_secret),
             backoff_initial=0.01,
             backoff_max=0.02,
-            clock=VenueClock(local_ns=lambda: (clock.now_us // 1000) * 1_000_000),
+            clock=venue_clock(clock),
         )
         send, receive = trio.open_memory_channel[Event](100)
         async with trio.open_nursery() as nursery:
             await nursery.start(stream.run, send)
-            await wait_until(lambda: exchange.connections == 1 and exchange.subscribers() == 1)
+            await wait_for(
+                lambda: exchange.connections == 1 and exchange.subscribers() == 1, "the stream"
+            )
             assert exchange.faults.drop_websockets() == 1
-            await wait_until(lambda: stream.connects == 2 and exchange.subscribers() == 1)
+            await wait_for(
+                lambda: stream.connects == 2 and exchange.subscribers() == 1, "a reconnect"
+            )
             assert exchange.faults.drop_websockets(abrupt=True) == 1
-            await wait_until(lambda: stream.connects == 3 and exchange.subscribers() == 1)
+            await wait_for(
+                lambda: stream.connects == 3 and exchange.subscribers() == 1, "a second reconnect"
+            )
             await rest.call(resting_bid(77))
             with trio.fail_after(5):
                 event = await receive.receive()
@@ -145,7 +122,10 @@ async def test_dropped_connections_make_our_stream_reconnect() -> None:
 
 
 async def test_dropped_and_duplicated_private_messages() -> None:
-    async with running() as (exchange, clock, rest), subscribed(exchange, clock) as ws:
+    async with (
+        local_exchange_and_rest() as (exchange, clock, rest),
+        subscribed(exchange, clock) as ws,
+    ):
         exchange.faults.drop_private(event="orderFill")
         await rest.call(ioc(1))
         assert await updates(ws, 2) == [("orderAccepted", 1), ("orderExpired", 1)]
@@ -166,7 +146,10 @@ async def test_dropped_and_duplicated_private_messages() -> None:
 
 
 async def test_held_private_messages_arrive_out_of_order() -> None:
-    async with running() as (exchange, clock, rest), subscribed(exchange, clock) as ws:
+    async with (
+        local_exchange_and_rest() as (exchange, clock, rest),
+        subscribed(exchange, clock) as ws,
+    ):
         exchange.faults.hold_private(event="orderFill")
         await rest.call(ioc(1))
         assert await updates(ws, 2) == [("orderAccepted", 1), ("orderExpired", 1)]
@@ -185,7 +168,10 @@ async def test_held_private_messages_arrive_out_of_order() -> None:
 
 
 async def test_the_fill_can_be_written_before_the_rest_answer() -> None:
-    async with running() as (exchange, clock, rest), subscribed(exchange, clock) as ws:
+    async with (
+        local_exchange_and_rest() as (exchange, clock, rest),
+        subscribed(exchange, clock) as ws,
+    ):
         exchange.faults.private_delay = 0.2
         await rest.call(ioc(1))
         await updates(ws, 3)
@@ -207,7 +193,7 @@ async def test_the_fill_can_be_written_before_the_rest_answer() -> None:
 
 
 async def test_rate_limited_requests_are_retried_by_our_client() -> None:
-    async with running() as (exchange, _, rest):
+    async with local_exchange_and_rest() as (exchange, _, rest):
         exchange.faults.fail_http(429, path="/api/v1/capital", count=2)
         assert isinstance(await rest.capital(), BalanceObserved)
         assert list(exchange.requests) == [("GET", "/api/v1/capital", s) for s in (429, 429, 200)]
@@ -227,7 +213,10 @@ async def _raw_status(exchange: LocalExchange, status: int, path: str) -> Any:
 
 
 async def test_a_503_may_hide_an_order_that_was_placed() -> None:
-    async with running() as (exchange, clock, rest), subscribed(exchange, clock) as ws:
+    async with (
+        local_exchange_and_rest() as (exchange, clock, rest),
+        subscribed(exchange, clock) as ws,
+    ):
         exchange.faults.fail_http(503, method="POST", path="/api/v1/order", after_execute=True)
         with pytest.raises(OutcomeUnknown):
             await rest.call(resting_bid(5))
@@ -245,7 +234,7 @@ async def test_a_503_may_hide_an_order_that_was_placed() -> None:
 
 
 async def test_a_skewed_server_clock() -> None:
-    async with running() as (exchange, clock, rest):
+    async with local_exchange_and_rest() as (exchange, clock, rest):
         exchange.faults.clock_skew_ms = 30_000
         assert await rest.call(endpoints.server_time()) == clock.now_us // 1000 + 30_000
         capital = await rest.capital()  # rejected as expired once, then resynced

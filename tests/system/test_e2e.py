@@ -43,8 +43,8 @@ from tests.e2e_support import (
     open_harness,
     open_session,
     refused_subscriptions,
-    wait_for,
 )
+from tests.helpers import deadline, wait_for, wait_state
 
 D = Decimal
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -145,8 +145,8 @@ async def test_perp_flow(tmp_path: Path) -> None:
         async with open_harness(tmp_path / "p.jsonl", markets=_fast_funding()) as h:
             account = h.exchange.venue.accounts[h.exchange.api_key]
 
-            def net() -> Decimal:
-                position = h.state.positions.get(PERP)
+            def net(state: State) -> Decimal:
+                position = state.positions.get(PERP)
                 return position.net_quantity if position is not None else D(0)
 
             steps = [
@@ -160,12 +160,16 @@ async def test_perp_flow(tmp_path: Path) -> None:
                     PERP, side, OrderType.MARKET, quantity=quantity, reduce_only=reduce_only
                 )
                 await h.until(order, lambda o: o.status is OrderStatus.FILLED, "the fill")
-                await wait_for(lambda: net() == expected, f"position {expected}")  # noqa: B023
+                await wait_state(
+                    h.engine,
+                    lambda s: net(s) == expected,  # noqa: B023
+                    f"position {expected}",
+                )
             # Hold the short across funding intervals, then close it with a reduce-only buy.
             await wait_for(lambda: len(account.funding) >= 2, "two funding payments")
             close = await h.submit(PERP, Side.BID, OrderType.MARKET, quantity="3", reduce_only=True)
             await h.until(close, lambda o: o.status is OrderStatus.FILLED, "the close")
-            await wait_for(lambda: net() == 0, "flat")
+            await wait_state(h.engine, lambda s: net(s) == 0, "flat")
             await h.finish()
             assert h.state.positions[PERP].funding == sum(p.amount for p in account.funding)
             assert h.state.positions[PERP].realized_pnl != 0
@@ -426,7 +430,8 @@ async def test_stream_resubscribes_after_a_clock_jump(tmp_path: Path) -> None:
             faults.clock_skew_ms = 30_000
             faults.drop_websockets()
             await wait_for(lambda: stream.connects == 2, "the reconnect")
-            await wait_for(h.session.reconciled.is_set, "the reconciliation")
+            with deadline("the reconciliation"):
+                await h.session.reconciled.wait()
             order = await h.submit(SPOT, Side.BID, OrderType.MARKET, quantity="1")
             with trio.move_on_after(1.5):
                 await h.until(order, lambda o: o.trade_ids != frozenset(), "the stream")

@@ -29,7 +29,8 @@ from oms_backpack.rest import BackpackRest
 from oms_backpack.session import FillChaser, open_backpack_session
 from oms_backpack.signing import Credentials
 from oms_local_exchange import open_local_exchange
-from tests.e2e_support import NO_POLLING, PERP, SPOT, book_differences, wait_for
+from tests.e2e_support import NO_POLLING, PERP, SPOT, book_differences
+from tests.helpers import deadline
 
 D = Decimal
 SECRET = "sKmC5939f6W9/viyhwyaNHa0f7j5wSMvZsysW5BB9L4="
@@ -68,10 +69,9 @@ async def test_fills_whose_messages_are_lost_are_found_after_the_grace_period(
                     now = _order(engine, placed)
                     assert (now.status, now.filled_quantity) == (OrderStatus.FILLED, D(0))
                     assert now.awaiting_fills and now.venue_executed == placed.quantity
-                await wait_for(
-                    lambda: not any(_order(engine, o).awaiting_fills for o in (spot, perp)),
-                    "the chased fills",
-                )
+                with deadline("the chased fills"):
+                    for placed in (spot, perp):
+                        await engine.wait_fills_counted(client_id=placed.client_id)
                 dropped = len(exchange.faults.dropped)
                 assert dropped >= 3 and session.chaser.recovered == dropped
                 assert session.chaser.gaps == 0

@@ -31,6 +31,7 @@ from oms.core.values import OrderType, Side, Source, VenueStatus
 from oms_backpack.clock import VenueClock
 from oms_backpack.signing import Credentials
 from oms_backpack.ws import BackpackStream
+from tests.helpers import wait_for
 
 # Hummingbot's literal test secret and the key and subscribe signature the fact sheet
 # derives from it (api.md §1.6, computed there with `cryptography`, not with our signer).
@@ -679,8 +680,7 @@ async def test_an_engine_gone_while_a_dead_connection_is_dropped_ends_the_stream
             url = await start_venue(nursery, venue)
             stream = stream_for(url, heartbeat_interval=5.0, heartbeat_timeout=2.0)
             await nursery.start(run_stream)
-            while stream.connected:  # noqa: ASYNC110 (the stream has no event for this)
-                await trio.sleep(0.01)
+            await wait_for(lambda: not stream.connected, "the dead connection dropped")
             # Found dead; the queued frames are being handed over (nobody takes them).
             handed_over = stream.frames
             await receive.aclose()

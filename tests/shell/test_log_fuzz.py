@@ -27,8 +27,8 @@ from oms.engine import Engine
 from oms.log import LogReadError
 from oms.replay import main
 from tests.fuzz_settings import fuzz
+from tests.helpers import ROOT
 
-ROOT: Final = Path(__file__).resolve().parent.parent
 SESSIONS: Final = sorted((ROOT / "replay").glob("*.jsonl"))
 LOGS: Final = {path.name: path.read_bytes() for path in SESSIONS}
 

@@ -12,15 +12,14 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 from oms.core.events import EVENT_TYPES
 from oms.core.lifecycle import TRANSITIONS, Kind, Transition
 from oms.core.serialization import decode_header, decode_line, encode_header, encode_line
 from oms.core.state import AnomalyKind
 from oms.core.values import OrderStatus
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import pickle
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from oms_backpack.signing import Credentials, CredentialsError, signing_string
+from tests.helpers import DATA
 
-SAMPLES = Path(__file__).resolve().parent / "data" / "backpack"  # see tests/data/README.md
+SAMPLES = DATA / "backpack"  # see tests/data/README.md
 VECTORS: dict[str, Any] = json.loads(
     (SAMPLES / "self_computed_signature_vectors.json").read_text(encoding="utf-8")
 )

@@ -10,35 +10,23 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import trio
 
-from oms.core.state import AnomalyKind
+from oms.core.state import AnomalyKind, State
 from oms.core.values import OrderStatus, OrderType, Side
 from oms.engine import Engine
 from oms_backpack.session import open_backpack_session
 from oms_backpack.signing import Credentials
-from oms_local_exchange import ManualClock, open_local_exchange
+from tests.helpers import ROOT, local_exchange, wait_state
 
 D = Decimal
-ROOT = Path(__file__).resolve().parent.parent
-
-
-async def wait_for(predicate: object, what: str) -> None:
-    """Poll engine state that other tasks move (the engine has no event to wait on)."""
-    assert callable(predicate)
-    with trio.fail_after(10):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.02)
 
 
 async def test_the_engine_agrees_with_the_exchange_books() -> None:
-    clock = ManualClock(time.time_ns() // 1000)
-    async with open_local_exchange(clock=clock, step_us=24 * 3_600_000_000) as exchange:
+    async with local_exchange() as (exchange, _):
         engine = Engine()
         async with open_backpack_session(
             engine,
@@ -56,14 +44,13 @@ async def test_the_engine_agrees_with_the_exchange_books() -> None:
             )
             await session.cancel("SOL_USDC", client_id=resting.client_id)
 
-            def settled() -> bool:
-                state = engine.state
+            def settled(state: State) -> bool:
                 orders = [state.order(client_id=o.client_id) for o in (bought, resting, sold)]
                 return all(o is not None and o.status.is_terminal for o in orders) and all(
                     b.observed is not None for b in state.balances.values()
                 )
 
-            await wait_for(settled, "orders final and balances polled")
+            await wait_state(engine, settled, "orders final and balances polled")
             await trio.sleep(0.3)  # one more poll after the last change
             state = engine.state
             account = exchange.venue.accounts[exchange.api_key]

@@ -43,8 +43,8 @@ from oms.engine import Engine
 from oms.log import Fsync, LogReader
 from oms.replay import main as replay_main
 from oms_backpack import codec
+from tests.helpers import REPLAY_DIR
 
-REPLAY_DIR = Path(__file__).resolve().parent.parent / "replay"
 NAMES = [
     "spot_limit_partial_cancel",
     "spot_market_buy_multi_fill",

@@ -17,8 +17,8 @@ from oms.core.events import Event, MessageNotUnderstood, OrderExpired, OrderFill
 from oms.core.serialization import LogFormatError, encode_header, encode_line
 from oms.core.values import Side, Source, VenueStatus
 from oms.log import EventLog, Fsync, LogReader, LogReadError
+from tests.helpers import REPLAY_DIR
 
-REPLAY_DIR = Path(__file__).resolve().parent.parent / "replay"
 T0 = 1_757_620_800_000_000
 
 

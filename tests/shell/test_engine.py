@@ -25,8 +25,7 @@ from oms.core.state import Order, State
 from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
 from oms.engine import Engine
 from oms.log import EventLog, Fsync, LogReader
-
-REPLAY_DIR = Path(__file__).resolve().parent.parent / "replay"
+from tests.helpers import REPLAY_DIR
 
 
 def session(name: str) -> list[Event]:

@@ -14,8 +14,8 @@ import pytest
 from oms.core.events import Event, OrderFilled
 from oms.core.reducer import Fold
 from oms.replay import main
+from tests.helpers import REPLAY_DIR
 
-REPLAY_DIR = Path(__file__).resolve().parent.parent / "replay"
 TOP_KEYS = {
     "format",
     "version",

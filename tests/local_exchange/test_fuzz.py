@@ -32,8 +32,7 @@ from hypothesis import strategies as st
 
 from oms_backpack.signing import Credentials
 from oms_local_exchange import LocalExchange, ManualClock, api
-from tests.test_exchange_rest import signed_request
-from tests.test_exchange_ws import next_frame, running
+from tests.helpers import local_exchange, next_frame, signed_request
 
 REST_EXAMPLES = int(os.environ.get("OMS_FUZZ_EXAMPLES", "0")) or 250
 WS_EXAMPLES = int(os.environ.get("OMS_FUZZ_EXAMPLES", "0")) or 150
@@ -175,7 +174,7 @@ async def test_a_hostile_frame_gets_an_error_frame_and_the_exchange_keeps_servin
     case: str,
 ) -> None:
     build, request_id, code, message = HOSTILE_FRAMES[case]
-    async with running(step_us=STEP_US) as (exchange, clock):
+    async with local_exchange(step_us=STEP_US) as (exchange, clock):
         async with trio_websocket.open_websocket_url(exchange.ws_url) as ws:
             await ws.send_message(
                 build(Credentials(exchange.credentials().api_secret), clock.now_us // 1000)
@@ -297,7 +296,7 @@ HOSTILE_REQUESTS = {
 async def test_a_hostile_request_gets_a_4xx_and_the_exchange_keeps_serving(case: str) -> None:
     build, expected = HOSTILE_REQUESTS[case]
     async with (
-        running(step_us=STEP_US) as (exchange, clock),
+        local_exchange(step_us=STEP_US) as (exchange, clock),
         httpx.AsyncClient(base_url=exchange.rest_url) as http,
     ):
         request = build(Credentials(exchange.credentials().api_secret), clock.now_us // 1000)
@@ -313,7 +312,7 @@ async def test_a_resting_order_priced_near_the_bound_fills_when_the_market_cross
     """A perp bid at 9E+40 that closes a short: its PnL is a 43-digit figure, which rounding
     to 1e-18 once refused (InvalidOperation in the market's tick, which stopped the exchange)."""
     async with (
-        running(step_us=STEP_US) as (exchange, clock),
+        local_exchange(step_us=STEP_US) as (exchange, clock),
         httpx.AsyncClient(base_url=exchange.rest_url) as http,
     ):
         own = Credentials(exchange.credentials().api_secret)
@@ -350,7 +349,7 @@ async def test_a_bug_met_by_one_client_ends_only_that_request_or_connection(
         raise RuntimeError("a bug")
 
     async with (
-        running(step_us=STEP_US) as (exchange, clock),
+        local_exchange(step_us=STEP_US) as (exchange, clock),
         httpx.AsyncClient(base_url=exchange.rest_url) as http,
     ):
         monkeypatch.setattr(exchange.venue, "ticker", broken)
@@ -629,7 +628,7 @@ class Tally:
 async def test_malformed_rest_requests_get_4xx_never_5xx() -> None:
     tally = Tally()
     async with (
-        running(step_us=STEP_US) as (exchange, clock),
+        local_exchange(step_us=STEP_US) as (exchange, clock),
         httpx.AsyncClient(base_url=exchange.rest_url) as http,
     ):
 
@@ -740,7 +739,7 @@ async def send_frames(exchange: LocalExchange, clock: ManualClock, sent: list[st
 
 async def test_malformed_websocket_frames_get_error_frames_never_a_crash() -> None:
     tally = Tally()
-    async with running(step_us=STEP_US) as (exchange, clock):
+    async with local_exchange(step_us=STEP_US) as (exchange, clock):
 
         async def one(sent: list[str | bytes]) -> None:
             errors = await send_frames(exchange, clock, sent)
