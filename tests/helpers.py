@@ -19,6 +19,7 @@ from typing import Any
 import trio
 import trio_websocket
 
+from oms.core.events import Event
 from oms.core.state import State
 from oms.engine import Engine
 from oms_backpack.clock import VenueClock
@@ -27,6 +28,7 @@ from oms_backpack.signing import Credentials
 from oms_local_exchange import LocalExchange, ManualClock, open_local_exchange
 
 __all__ = [
+    "Inbox",
     "DATA",
     "DAY_US",
     "REPLAY_DIR",
@@ -164,3 +166,23 @@ async def next_frame(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
     assert isinstance(message, str)
     frame: dict[str, Any] = json.loads(message)
     return frame
+
+
+class Inbox:
+    """A `record` for the stream that keeps what it is given; `receive` waits for the next."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._taken = 0
+        self._arrived = trio.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        self._arrived.set()
+
+    async def receive(self) -> Event:
+        while self._taken >= len(self.events):
+            self._arrived = trio.Event()
+            await self._arrived.wait()
+        self._taken += 1
+        return self.events[self._taken - 1]

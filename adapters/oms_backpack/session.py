@@ -4,8 +4,8 @@
         order = await session.submit("SOL_USDC", Side.BID, OrderType.LIMIT,
                                      quantity=Decimal("1"), price=Decimal("150"))
 
-One nursery holds: the engine's writer task (draining the WebSocket's events), the
-WebSocket task (subscribe, read, reconnect), the balance/position poller and the fill chaser.
+One nursery holds: the engine's group-commit timer (`Engine.run`), the WebSocket task
+(subscribe, read, reconnect), the balance/position poller and the fill chaser.
 Every connect and reconnect runs a reconciliation pass; new submits wait until it has
 completed. An order the venue reports executed beyond the fills counted is chased in the
 venue's fill history after a short grace period (`FillChaser`), and a clean exit runs one more
@@ -17,8 +17,10 @@ outcome is recorded after: the venue's answer (`OrderObserved`), a refusal
 `SubmitUnknown`: the order then stays in doubt until a venue report or reconciliation
 resolves it. Nothing is guessed.
 
-Recording is synchronous (`Engine.record` has no await), so under trio each event is
-logged and applied atomically, in one order, whichever task produced it.
+Every producer records through the engine's synchronous entries: the stream and our commands
+with `Engine.record`, reconciliation, the answers to commands and the chaser with
+`Engine.record_news`. Neither awaits, so under trio each event is logged and applied
+atomically, in one order, whichever task produced it.
 """
 
 from __future__ import annotations
@@ -633,14 +635,13 @@ async def open_backpack_session(
             clock=rest.clock,
         )
         session.stream = stream
-        send, receive = trio.open_memory_channel[Event](1024)
         unsubscribe = engine.subscribe(session.chaser.notice)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(engine.run, receive)
+                nursery.start_soon(engine.run)  # keeps the group commit on time
                 await nursery.start(
                     lambda task_status=trio.TASK_STATUS_IGNORED: stream.run(
-                        send,
+                        engine.record,
                         on_connect=session.on_connect,
                         before_connect=session.resync_clock,
                         task_status=task_status,

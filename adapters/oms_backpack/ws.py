@@ -2,8 +2,10 @@
 
 `BackpackStream.run` keeps one connection open for as long as it runs. On every connection it
 sends a freshly signed SUBSCRIBE for the private (`account.*`) streams (fact sheet §1.7) and an
-unsigned one for any public streams, then turns every frame it receives into events and sends
-them to the engine. It never stops on the venue's account: a lost connection (closed, refused,
+unsigned one for any public streams, then turns every frame it receives into events and hands
+each to `record` (the session passes `Engine.record`: synchronous, so a frame's events are
+logged and applied before the next frame is read, through the same entry as every other
+producer). It never stops on the venue's account: a lost connection (closed, refused,
 an OS error, no pong to our ping) is closed and reopened after an exponential backoff with
 jitter; a frame it cannot understand becomes a `MessageNotUnderstood` event.
 
@@ -51,7 +53,6 @@ class _Connection:
         self.scope = trio.CancelScope()
         self.lost: str | None = None
         self.dead = False  # lost to a missing pong: don't wait for a closing handshake
-        self.engine_gone = False
         self.healthy = False
         self.data_frames = 0  # frames that carried something other than a venue error
 
@@ -145,21 +146,21 @@ class BackpackStream:
 
     async def run(
         self,
-        send: trio.MemorySendChannel[Event],
+        record: Callable[[Event], object],
         *,
         on_connect: Callable[[], Awaitable[None]] | None = None,
         before_connect: Callable[[], Awaitable[None]] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Stream events into `send` until cancelled, reconnecting whenever needed.
+        """Hand every event to `record` until cancelled, reconnecting whenever needed.
 
         Reports started (for `nursery.start`) once the first connection is subscribed.
         `on_connect` runs after every subscribe while frames are being read; if the
         connection drops meanwhile it is cancelled, and runs again on the next connection.
-        Returns quietly when `send` is closed or its receiver is gone. `run` owns `send`
-        and closes it on the way out, so pass a clone if you keep sending on it elsewhere.
-        An exception from `on_connect` is the caller's and propagates. `before_connect` runs
-        before every reconnect (the session resyncs the clock the subscription is signed with).
+        An exception from `record` (the log cannot be written) or from `on_connect` is the
+        caller's and propagates: the stream does not read on when it cannot record.
+        `before_connect` runs before every reconnect (the session resyncs the clock the
+        subscription is signed with).
         """
         backoff = self._backoff_initial
         started = False
@@ -170,26 +171,23 @@ class BackpackStream:
                 started = True
                 task_status.started()
 
-        async with send:
-            while True:
-                if before_connect is not None and self.connects:
-                    await before_connect()
-                conn = await self._connect_once(send, on_connect, subscribed)
-                if conn is not None:
-                    if conn.engine_gone:
-                        return
-                    if conn.lost is not None:
-                        self.last_error = conn.lost
-                    if conn.healthy:
-                        backoff = self._backoff_initial
-                self.last_delay = self._rng.uniform(backoff / 2, backoff)
-                backoff = min(backoff * 2, self._backoff_max)
-                self.reconnects += 1
-                await trio.sleep(self.last_delay)
+        while True:
+            if before_connect is not None and self.connects:
+                await before_connect()
+            conn = await self._connect_once(record, on_connect, subscribed)
+            if conn is not None:
+                if conn.lost is not None:
+                    self.last_error = conn.lost
+                if conn.healthy:
+                    backoff = self._backoff_initial
+            self.last_delay = self._rng.uniform(backoff / 2, backoff)
+            backoff = min(backoff * 2, self._backoff_max)
+            self.reconnects += 1
+            await trio.sleep(self.last_delay)
 
     async def _connect_once(
         self,
-        send: trio.MemorySendChannel[Event],
+        record: Callable[[Event], object],
         on_connect: Callable[[], Awaitable[None]] | None,
         subscribed: Callable[[], None],
     ) -> _Connection | None:
@@ -207,11 +205,11 @@ class BackpackStream:
                 self.connected = True
                 subscribed()
                 try:
-                    await self._serve(conn, send, on_connect)
+                    await self._serve(conn, record, on_connect)
                 finally:
                     self.connected = False
                 if conn.dead:
-                    await self._abort(conn, send)
+                    await self._abort(conn, record)
         except (trio_websocket.HandshakeError, trio_websocket.ConnectionClosed) as exc:
             self.last_error = _describe(exc)
         except OSError as exc:
@@ -241,28 +239,24 @@ class BackpackStream:
     async def _serve(
         self,
         conn: _Connection,
-        send: trio.MemorySendChannel[Event],
+        record: Callable[[Event], object],
         on_connect: Callable[[], Awaitable[None]] | None,
     ) -> None:
         with conn.scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._read, conn, send)
+                nursery.start_soon(self._read, conn, record)
                 nursery.start_soon(self._heartbeat, conn)
                 if on_connect is not None:
                     await on_connect()
 
-    async def _read(self, conn: _Connection, send: trio.MemorySendChannel[Event]) -> None:
+    async def _read(self, conn: _Connection, record: Callable[[Event], object]) -> None:
         while True:
             try:
                 message = await conn.ws.get_message()
             except trio_websocket.ConnectionClosed as exc:
                 conn.lose(_describe(exc))
                 return
-            delivered, refusal = await self._deliver(message, send)
-            if not delivered:
-                conn.engine_gone = True
-                conn.lose("the event channel is closed")
-                return
+            refusal = self._deliver(message, record)
             if refusal is None:
                 conn.data_frames += 1
             elif conn.data_frames == 0:
@@ -271,11 +265,11 @@ class BackpackStream:
                 conn.lose(f"the venue refused the subscription: {refusal}")
                 return
 
-    async def _deliver(
-        self, message: str | bytes, send: trio.MemorySendChannel[Event]
-    ) -> tuple[bool, codec.VenueErrorFrame | None]:
-        """Send the events of one frame: (False if the engine is gone, the venue's error if the
-        frame was an error frame)."""
+    def _deliver(
+        self, message: str | bytes, record: Callable[[Event], object]
+    ) -> codec.VenueErrorFrame | None:
+        """Record the events of one frame; returns the venue's error if it was an error frame.
+        Synchronous: no other task records between two events of one frame."""
         recv_time_us = self.clock.local_us()
         self.frames += 1
         refusal: codec.VenueErrorFrame | None = None
@@ -292,36 +286,26 @@ class BackpackStream:
                     reason="binary frame (the venue sends text)",
                 ),
             )
-        try:
-            for event in events:
-                await send.send(event)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return False, refusal
-        return True, refusal
+        for event in events:
+            record(event)
+        return refusal
 
-    async def _abort(self, conn: _Connection, send: trio.MemorySendChannel[Event]) -> None:
+    async def _abort(self, conn: _Connection, record: Callable[[Event], object]) -> None:
         """Drop a connection whose peer stopped answering, without a closing handshake.
 
         Closing the socket wakes trio-websocket's reader unless it is parked on its full
         message queue, where it would never notice, so take what the queue holds until the
         reader reports the end (finite: the socket is closed). Those frames were received,
-        so they are delivered while there is time; past `heartbeat_timeout` (a stalled
-        engine) they are dropped, and the next connection's reconciliation covers them.
+        so they are recorded (at once: recording does not wait).
         """
         await _close_transport(conn.ws)
-        deadline = trio.current_time() + self._heartbeat_timeout
         while True:
             try:
                 message = await conn.ws.get_message()
             except trio_websocket.ConnectionClosed:
                 return
-            if conn.engine_gone:
-                continue
-            with trio.move_on_at(deadline):
-                # A venue error frame changes nothing now: the connection is already lost.
-                delivered, _refusal = await self._deliver(message, send)
-                if not delivered:
-                    conn.engine_gone = True
+            # A venue error frame changes nothing now: the connection is already lost.
+            self._deliver(message, record)
 
     async def _heartbeat(self, conn: _Connection) -> None:
         while True:

@@ -16,7 +16,7 @@ import pytest
 import trio
 import trio_websocket
 
-from oms.core.events import BalanceObserved, Event, OrderAccepted, OrderSubmitted
+from oms.core.events import BalanceObserved, OrderAccepted, OrderSubmitted
 from oms.core.state import Market
 from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce
 from oms_backpack import endpoints
@@ -24,7 +24,7 @@ from oms_backpack.rest import OutcomeUnknown
 from oms_backpack.signing import Credentials
 from oms_backpack.ws import BackpackStream
 from oms_local_exchange import LocalExchange, ManualClock
-from tests.helpers import local_exchange_and_rest, subscribe, venue_clock, wait_for
+from tests.helpers import Inbox, local_exchange_and_rest, subscribe, venue_clock, wait_for
 
 D = Decimal
 SOL = Market(
@@ -100,9 +100,9 @@ async def test_dropped_connections_make_our_stream_reconnect() -> None:
             backoff_max=0.02,
             clock=venue_clock(clock),
         )
-        send, receive = trio.open_memory_channel[Event](100)
+        inbox = Inbox()
         async with trio.open_nursery() as nursery:
-            await nursery.start(stream.run, send)
+            await nursery.start(stream.run, inbox)
             await wait_for(
                 lambda: exchange.connections == 1 and exchange.subscribers() == 1, "the stream"
             )
@@ -116,7 +116,7 @@ async def test_dropped_connections_make_our_stream_reconnect() -> None:
             )
             await rest.call(resting_bid(77))
             with trio.fail_after(5):
-                event = await receive.receive()
+                event = await inbox.receive()
             assert isinstance(event, OrderAccepted) and event.client_id == 77
             nursery.cancel_scope.cancel()
 
