@@ -4,6 +4,7 @@ use only the public API (what `oms` and `oms_backpack` list in `__all__`)."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -97,3 +98,61 @@ def test_the_check_sees_a_private_import() -> None:
     assert _private_imports("import oms.core.values") == ["import oms.core.values"]
     assert _private_imports("from oms_local_exchange import Venue") != []
     assert _private_imports("from decimal import Decimal\nimport oms\nimport trio") == []
+
+
+def test_the_backpack_example_trades_on_the_local_exchange(tmp_path: Path) -> None:
+    # The README's Backpack program, unchanged, against `python -m oms_local_exchange`: its keys
+    # come from the environment as the README says, and only the venue's URLs are pointed at
+    # the local exchange (a two-line prelude; the example names no URL).
+    example = next(b for b in PYTHON_BLOCKS if "open_backpack_session" in b)
+    exchange = subprocess.Popen(
+        [sys.executable, "-m", "oms_local_exchange"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert exchange.stdout is not None
+        shown: dict[str, str] = {}
+        for line in exchange.stdout:
+            if line.startswith("Serving"):
+                break
+            found = re.match(r"(REST|WebSocket|API key|API secret)\s+(\S+)$", line.strip())
+            if found:
+                shown[found.group(1)] = found.group(2)
+        prelude = (
+            "import functools, oms_backpack\n"
+            "oms_backpack.open_backpack_session = functools.partial(\n"
+            f"    oms_backpack.open_backpack_session, rest_url={shown['REST']!r},\n"
+            f"    ws_url={shown['WebSocket']!r})\n"
+        )
+        script = tmp_path / "trade.py"
+        script.write_text(prelude + example, encoding="utf-8")
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("BACKPACK_")},
+            "BACKPACK_API_KEY": shown["API key"],
+            "BACKPACK_API_SECRET": shown["API secret"],
+        }
+        result = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        exchange.terminate()
+        exchange.communicate(timeout=30)  # reads what is left and closes the pipe
+    assert result.returncode == 0, result.stderr
+    # A post-only bid well under the market rests (New), then the example cancels it.
+    assert result.stdout.strip() == "New"
+    replayed = subprocess.run(
+        [sys.executable, "-m", "oms.replay", str(tmp_path / "backpack.jsonl"), "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert '"status": "Cancelled"' in replayed.stdout
