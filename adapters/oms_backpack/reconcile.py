@@ -16,8 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+import attrs
+
 from oms.core.events import (
     Event,
+    FundingPaid,
     MessageNotUnderstood,
     OrderFilled,
     OrderObserved,
@@ -85,13 +88,26 @@ class Reconciler:
         # The fill window is asked in the venue's time; events are stamped in ours.
         self.started_us = clock.venue_us()
         self.synced_us: int | None = None  # when the last completed pass started
+        # Fills and funding payments the engine has recorded: a baseline is adopted only if
+        # none was recorded while its snapshots were being taken.
+        self._moved = 0
+        engine.subscribe(self._count_moves)
 
     def state(self) -> State:
         return self.engine.state
 
     async def _send(self, candidates: Iterable[Event]) -> int:
-        # Synchronous: the state each candidate is judged by is the state it is recorded in.
+        return self._send_now(candidates)
+
+    def _send_now(self, candidates: Iterable[Event]) -> int:
+        # Synchronous: the state each candidate is judged by is the state it is recorded in,
+        # and no other task records between two of them.
         return len(self.engine.record_news(candidates))
+
+    def _count_moves(self, event: Event, state: State) -> None:
+        """Engine listener: counts the recorded fills and funding payments (by anyone)."""
+        if isinstance(event, OrderFilled | FundingPaid):
+            self._moved += 1
 
     async def _positions(self, source: Source) -> list[Event]:
         """The venue's positions; a symbol we hold that it no longer lists is flat there."""
@@ -166,35 +182,48 @@ class Reconciler:
                         )
                     ]
                 )
-        # 4-6. Positions, funding and balances. Their snapshots count every fill up to the
-        # moment they were taken. Until the account has a baseline (its first balance
-        # snapshot) they are adopted, so they must agree with the fills counted: a fill
-        # that happened while they were taken would be counted twice (in the snapshot and
-        # when it arrives) or lost (counted, then overwritten). So a second look at the fill
-        # history follows them, and they are adopted only if it shows no fill the first look
-        # did not: otherwise the new fills are sent and the snapshots taken again. If the
-        # account never goes quiet, the baseline waits for the next pass.
+        # 4-6. Funding, then positions and balances. Snapshots count every fill and payment up
+        # to the moment they were taken. Until the account has a baseline (its first balance
+        # snapshot) they are adopted, so they must agree with what the engine has counted: a
+        # fill or payment that happened while they were taken would be counted twice (in the
+        # snapshot and when it arrives) or lost (counted, then overwritten). So they are
+        # adopted only if a second look at the fill (and funding) history shows nothing the
+        # first did not, and nothing moved the engine's fills or funding meanwhile (the
+        # stream keeps recording while this pass awaits); otherwise what is new is recorded
+        # and the snapshots are taken again. They are then recorded together, with no await
+        # in between. If the account never goes quiet, the baseline waits for the next pass.
+        if self.perpetual:
+            added += await self._send(await self.rest.funding_history(source=source))
         seen = _fill_keys(fills)
         snapshots: list[Event] = []
-        balance: Event | None = None
+        # Fills before the first look's window were not looked at: a baseline includes them.
+        looked_from_us = max(since_us, 0) // 1000 * 1000
         for _ in range(BRACKET_TRIES):
+            moved = self._moved
             snapshots = await self._positions(source) if self.perpetual else []
-            balance = await self.rest.capital(source=source)
+            snapshots.append(await self.rest.capital(source=source))
             if self.state().baseline_seq is not None:
                 break  # compared, not adopted: nothing to bracket
+            snapshots = [
+                attrs.evolve(e, covers_fills_before_us=looked_from_us)
+                if isinstance(e, PositionObserved)
+                else e
+                for e in snapshots
+            ]
             again = await self.rest.fill_history(from_ms=max(since_us, 0) // 1000, source=source)
-            if _fill_keys(again) <= seen:
-                break
+            paid: list[Event] = []
+            if self.perpetual:
+                paid = await self.rest.funding_history(source=source)
+            quiet = _fill_keys(again) <= seen and self._moved == moved
             seen |= _fill_keys(again)
             added += await self._send(e for e in again if isinstance(e, OrderFilled))
-            snapshots, balance = [], None
-        added += await self._send(snapshots)
-        if self.perpetual:
-            # Funding payments not yet recorded.
-            added += await self._send(await self.rest.funding_history(source=source))
+            if self._send_now(paid):
+                quiet = False
+            if quiet:
+                break
+            snapshots = []
         # Balances last: the snapshot then covers every fill and payment above.
-        if balance is not None:
-            added += await self._send([balance])
+        added += self._send_now(snapshots)
         self.passes += 1
         self.synced_us = started_us
         return added

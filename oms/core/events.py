@@ -306,6 +306,10 @@ class PositionObserved(_Meta):
     """The venue's view of one perp position (REST `/position`, or `account.positionUpdate`).
 
     `net_quantity` is signed: positive long, negative short, zero flat.
+    `covers_fills_before_us`, set by reconciliation on a report it sends as the account's
+    baseline: every fill with an earlier venue time is inside these figures (the fill history
+    looked at before it reached back to that time), so one that turns up later does not move
+    the adopted position again.
     """
 
     symbol: str
@@ -315,6 +319,7 @@ class PositionObserved(_Meta):
     mark_price: Decimal | None = None
     realized_pnl: Decimal | None = None
     unrealized_pnl: Decimal | None = None
+    covers_fills_before_us: int | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -583,6 +583,8 @@ class Fold:
         if market.market_type.has_positions:
             # Perps settle in the quote asset as they go: realized PnL in, the fee out.
             realized = self._position_fill(event)
+            if realized is None:
+                return  # inside the adopted baseline: its PnL and fee are in the venue's figures
             if realized:
                 self._move(market.quote_asset, realized, ZERO)
             if event.fee:
@@ -656,8 +658,9 @@ class Fold:
 
     # --- positions --------------------------------------------------------------------------
 
-    def _position_fill(self, event: OrderFilled) -> Decimal:
-        """Count one fill in its position; returns the change in realized PnL.
+    def _position_fill(self, event: OrderFilled) -> Decimal | None:
+        """Count one fill in its position; returns the change in realized PnL, or None for a
+        fill inside the adopted baseline (the venue's figures include it).
 
         The position is re-derived from the set of its fills in the venue's matching order:
         a fill that arrives after a newer one (recovered late by reconciliation) takes its
@@ -668,12 +671,28 @@ class Fold:
         base = position.checkpoint
         recent = position.recent
         newest = recent[-1].key if recent else base.key
+        synthetic = position.synthetic_fills
         if event.trade_id >= SYNTHETIC_TRADE_ID_BASE:
-            # No trade id from the venue: placed after the newest fill counted so far.
-            key: FillKey = (newest[0] if newest else 0, event.trade_id, event.venue_id)
+            # No trade id from the venue: placed after the newest fill counted so far, and
+            # after every earlier fill without one (the derived id is a hash: no order).
+            synthetic += 1
+            key: FillKey = (newest[0] if newest else 0, synthetic, event.venue_id)
         else:
             key = (event.trade_id, 0, event.venue_id)
         fill = PositionFill(key=key, delta=delta, price=event.price)
+        if (position.baseline_key is not None and key <= position.baseline_key) or (
+            position.baseline_before_us is not None
+            and event.venue_time_us is not None
+            and event.venue_time_us < position.baseline_before_us
+        ):
+            # Older than the adopted venue report, which includes it: the order counts it,
+            # the position (and the balance) do not move again.
+            self._anomaly(
+                AnomalyKind.FILL_OUT_OF_ORDER,
+                f"fill {event.trade_id} on {event.symbol} predates the adopted venue "
+                "position, which includes it: position not moved",
+            )
+            return None
         if newest is None or key > newest:
             # In order (the usual case): one step on top of the current figures.
             current = _position_step(_figures(position), fill)
@@ -682,15 +701,6 @@ class Fold:
                 base = _position_step(base, recent[0])
                 recent = recent[1:]
         elif base.key is not None and key <= base.key:
-            if position.baseline_key is not None and key <= position.baseline_key:
-                # At or before the newest fill counted when the venue's report was adopted:
-                # that report includes it (the order counts it; the position does not move).
-                self._anomaly(
-                    AnomalyKind.FILL_OUT_OF_ORDER,
-                    f"fill {event.trade_id} on {event.symbol} predates the adopted venue "
-                    "position, which includes it: position not moved",
-                )
-                return ZERO
             # Older than the window: counted just after the checkpoint, and reported.
             self._anomaly(
                 AnomalyKind.FILL_OUT_OF_ORDER,
@@ -721,6 +731,7 @@ class Fold:
                 fees=fees,
                 checkpoint=base,
                 recent=recent,
+                synthetic_fills=synthetic,
             ),
         )
         return _sub(current.realized_pnl, position.realized_pnl)
@@ -791,8 +802,10 @@ class Fold:
                     recent=(),
                     baselined=True,
                     baseline_key=newest,
+                    baseline_before_us=event.covers_fills_before_us,
                     observed=observed,
                     drift_quantity=ZERO,
+                    drift_reported=ZERO,
                 ),
             )
             return

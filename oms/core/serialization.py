@@ -336,7 +336,13 @@ def _balance_doc(balance: Balance) -> dict[str, Any]:
 
 
 # A position's bookkeeping for re-deriving it in matching order: in the hash, not the document.
-_POSITION_BOOKS = ("checkpoint", "recent", "baseline_key")
+_POSITION_BOOKS = (
+    "checkpoint",
+    "recent",
+    "baseline_key",
+    "synthetic_fills",
+    "baseline_before_us",
+)
 
 
 def _position_doc(position: Position) -> dict[str, Any]:

@@ -198,7 +198,8 @@ POSITION_WINDOW: Final = 256
 
 # A fill's place in the venue's matching order: (trade id, 0, venue order id) for a fill with
 # a trade id; a fill without one (a derived id >= SYNTHETIC_TRADE_ID_BASE) is placed just
-# after the newest fill counted when it arrived: (that fill's trade id, derived id, order id).
+# after the newest fill counted when it arrived, and after every earlier fill without one:
+# (that fill's trade id, n, order id) for the position's n-th such fill.
 FillKey = tuple[int, int, str]
 
 
@@ -239,7 +240,8 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
     the figures after the older fills, `recent` the newest (at most `POSITION_WINDOW`, sorted),
     and the figures above are the checkpoint with `recent` folded in. A `baselined` position
     adopted a venue report when the account was first reconciled; every fill at or before
-    `baseline_key` (the newest fill counted then) is inside the venue's figures.
+    `baseline_key` (the newest fill counted then), and every fill with a venue time before
+    `baseline_before_us`, is inside the venue's figures.
     """
 
     symbol: str
@@ -257,6 +259,8 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
     recent: tuple[PositionFill, ...] = ()
     baselined: bool = False
     baseline_key: FillKey | None = None
+    synthetic_fills: int = 0  # fills without a trade id counted (they are placed by arrival)
+    baseline_before_us: int | None = None  # fills older than this are inside the baseline
 
 
 @attrs.frozen(kw_only=True)

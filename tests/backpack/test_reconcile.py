@@ -326,3 +326,76 @@ async def test_a_position_from_before_the_log_is_adopted_once_with_recent_fills_
     await rec.run_pass()
     position = engine.state.positions[PERP]
     assert (position.net_quantity, position.drift_quantity) == (Decimal(6), Decimal(1))
+
+
+def usdc(amount: str) -> BalanceObserved:
+    return BalanceObserved(source=R, recv_time_us=T0, balances=(
+        AssetBalance(asset="USDC", available=Decimal(amount), locked=Decimal(0)),))  # fmt: skip
+
+
+class StreamFillDuringSecondLook(FakeVenue):
+    """The snapshots are taken, then a fill happens: the venue's second look at the fill
+    history was answered just before it, and its stream message is recorded while that answer
+    is on its way (the stream keeps recording while the pass awaits REST)."""
+
+    def __init__(self, engine: Engine, landing: OrderFilled) -> None:
+        super().__init__()
+        self.engine = engine
+        self.landing = landing
+        self.positions_now = [perp_report("2", "100")]
+        self.balance = usdc("1000")
+
+    async def fill_history(
+        self, *, symbol: str | None = None, from_ms: int | None = None, source: Source
+    ) -> list[Event]:
+        answer = await super().fill_history(symbol=symbol, from_ms=from_ms, source=source)
+        if len(self.fill_queries) == 2:
+            self.engine.record(attrs.evolve(self.landing, source=Source.WS))
+            # From now on the venue's books include the fill.
+            self.fills.append(self.landing)
+            self.positions_now = [perp_report("1", "100")]
+            self.balance = usdc("1009.999")
+        return answer
+
+
+async def test_a_stream_fill_recorded_while_the_pass_waits_is_not_overwritten() -> None:
+    engine = Engine()
+    engine.record(market(PERP, MarketType.PERP))
+    landing = fill(8, "1", "110", venue_id="80", side=Side.ASK, symbol=PERP, fee_asset="USDC")
+    await reconciler(engine, StreamFillDuringSecondLook(engine, landing), perpetual=True).run_pass()
+    # The snapshots taken before the fill are not adopted; the ones after it are.
+    position = engine.state.positions[PERP]
+    assert (position.net_quantity, position.drift_quantity) == (Decimal(1), Decimal(0))
+    assert engine.state.balances["USDC"].available == Decimal("1009.999")
+
+
+class PaymentDuringSnapshots(FakeVenue):
+    """A funding payment lands just after the venue answered the balance snapshot (which so
+    does not include it), before the pass asks for the funding history."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positions_now = [perp_report("2", "100")]
+        self.balance = usdc("1000")
+        self.payment = FundingPaid(source=R, recv_time_us=T0, symbol=PERP,
+                                   interval_end_us=T0 + 1, amount=Decimal("-3"))  # fmt: skip
+
+    async def capital(self, *, source: Source) -> Event:
+        answer = await super().capital(source=source)
+        if not self.funding:
+            self.funding = [self.payment]
+            self.balance = usdc("997")
+        return answer
+
+
+async def test_a_funding_payment_during_the_snapshots_is_counted_once() -> None:
+    engine = Engine()
+    engine.record(market(PERP, MarketType.PERP))
+    venue = PaymentDuringSnapshots()
+    rec = reconciler(engine, venue, perpetual=True)
+    await rec.run_pass()
+    assert engine.state.balances["USDC"].available == Decimal(997)
+    assert engine.state.positions[PERP].funding == Decimal(-3)
+    await rec.run_pass()
+    balance = engine.state.balances["USDC"]
+    assert (balance.available, balance.drift_available) == (Decimal(997), Decimal(0))

@@ -11,11 +11,25 @@ from decimal import Decimal
 
 import attrs
 
-from oms.core.events import CancelRequested, Event, MessageNotUnderstood, SubmitRejected
+from oms.core.events import (
+    CancelRequested,
+    Event,
+    MessageNotUnderstood,
+    PositionObserved,
+    SubmitRejected,
+)
 from oms.core.reducer import apply, replay
 from oms.core.serialization import state_hash
 from oms.core.state import AnomalyKind, Balance, Position, State
-from oms.core.values import MarketType, OrderOrigin, OrderStatus, Side, Source, VenueStatus
+from oms.core.values import (
+    SYNTHETIC_TRADE_ID_BASE,
+    MarketType,
+    OrderOrigin,
+    OrderStatus,
+    Side,
+    Source,
+    VenueStatus,
+)
 from tests.strategies import (
     PERP,
     SPOT,
@@ -683,3 +697,67 @@ def test_a_fill_older_than_the_adopted_position_does_not_move_it() -> None:
         state, fill("P2", 11, ASK, "1", "100", symbol=PERP, origin=OrderOrigin.ADL_AUTOCLOSE)
     )
     assert (pos(state).net_quantity, pos(state).realized_pnl) == (D(4), D(2))
+
+
+def test_fills_without_a_trade_id_keep_their_arrival_order_after_a_baseline() -> None:
+    # Their derived ids are hashes, in no order: a later one with a smaller hash must still
+    # come after the earlier one, and after a baseline that counted the earlier one.
+    hi, lo = SYNTHETIC_TRADE_ID_BASE + 1000, SYNTHETIC_TRADE_ID_BASE + 10
+    events = [
+        PERP_MARKET,
+        fill("P1", 5, BID, "1", "100", symbol=PERP, origin="ADL_AUTOCLOSE"),
+        fill("L1", hi, BID, "1", "100", symbol=PERP, origin="LIQUIDATION_AUTOCLOSE"),
+        position("2", entry="100"),
+        balances({"USDC": ("1000", "0")}),
+        fill("L2", lo, ASK, "1", "110", symbol=PERP, origin="LIQUIDATION_AUTOCLOSE"),
+    ]
+    state = replay(events)
+    assert (pos(state).net_quantity, pos(state).realized_pnl) == (D(1), D(10))
+    assert state.balances["USDC"].available == D(1010)
+    assert state.anomaly_total == 0
+    # Without a baseline too: the second is placed after the first, whatever their hashes.
+    state = replay([*events[:3], events[-1]])
+    assert [f.key[1] for f in pos(state).recent] == [0, 1, 2]
+
+
+def test_a_drift_reported_before_the_baseline_does_not_hide_one_after_it() -> None:
+    def stream(quantity: str, entry: str) -> PositionObserved:
+        return attrs.evolve(position(quantity, entry=entry), source=Source.WS)
+
+    state = replay(
+        [
+            PERP_MARKET,
+            stream("1", "100"),
+            stream("1", "101"),  # a drift of 1, two reports running: reported
+            position("5", entry="100"),  # the baseline
+            balances({"USDC": ("1000", "0")}),
+            position("6", entry="100"),
+            position("6", entry="102"),  # a new drift of 1, two reports running
+        ]
+    )
+    assert state.anomaly_counts[AnomalyKind.POSITION_DRIFT] == 2
+    assert pos(state).drift_reported == 1
+
+
+def test_a_fill_from_before_the_baseline_window_does_not_move_the_position_or_balance() -> None:
+    # The baseline came from a pass whose fill history looked back to 1,000 µs: the venue's
+    # report includes every older fill. One such fill turning up later (the chaser finding an
+    # old partial fill of an order resting since before the log) is counted on its order only.
+    baseline = attrs.evolve(position("1", entry="100"), covers_fills_before_us=1_000)
+    state = replay([PERP_MARKET, baseline, balances({"USDC": ("1000", "0")})])
+    old = attrs.evolve(
+        fill("P0", 3, BID, "1", "90", symbol=PERP, fee="0.5", origin="ADL_AUTOCLOSE"),
+        venue_time_us=999,
+    )
+    state = apply(state, old)
+    assert (pos(state).net_quantity, state.balances["USDC"].available) == (D(1), D(1000))
+    assert kinds_at(state) == [(state.last_seq, AnomalyKind.FILL_OUT_OF_ORDER)]
+    order = state.order(venue_id="P0")
+    assert order is not None and order.filled_quantity == 1
+    # A fill from inside the window moves both, as usual (sells 1 at 110: +10, fee 0.5).
+    new = attrs.evolve(
+        fill("P1", 4, ASK, "1", "110", symbol=PERP, fee="0.5", origin="ADL_AUTOCLOSE"),
+        venue_time_us=1_000,
+    )
+    state = apply(state, new)
+    assert (pos(state).net_quantity, state.balances["USDC"].available) == (D(0), D("1009.5"))
