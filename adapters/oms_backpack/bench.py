@@ -64,8 +64,10 @@ from oms.core.values import (
     TimeInForce,
     VenueStatus,
 )
+from oms.engine import Engine
 from oms.log import EventLog, Fsync
 from oms.replay import replay_file
+from oms_backpack import codec
 from oms_local_exchange import frames
 
 __all__ = ["main", "session_events"]
@@ -74,10 +76,15 @@ DEFAULT_EVENTS: Final = 1_000_000
 DEFAULT_SEED: Final = 1
 MIN_EVENTS: Final = 100
 
-# Targets from the issue; informational only.
-TARGET_REPLAY_RATE: Final = 250_000.0  # events/s
+# Targets of the speed issue (9); informational only: the exit status ignores them.
+TARGET_REPLAY_RATE: Final = 100_000.0  # events/s
 TARGET_RATIO: Final = 0.8  # replay rate / json.loads rate
-TARGET_RSS_MB: Final = 200.0
+TARGET_RSS_MB: Final = 100.0  # peak RSS of a replay of 1,000,000 events
+TARGET_GROUP_APPEND: Final = 200_000.0  # events/s
+TARGET_LIVE_P50_US: Final = 50.0  # a WebSocket frame in hand -> applied and appended
+TARGET_LIVE_P99_US: Final = 150.0
+QUICK_EVENTS: Final = 100_000
+LIVE_FRAMES: Final = 20_000  # frames timed on the live path
 
 EVERY_EVENT_COUNT: Final = 2_000  # fsync per event is slow: a smaller sample
 GROUP_COUNT: Final = 200_000
@@ -580,6 +587,37 @@ def _append(path: Path, events: Iterable[Event], fsync: Fsync, label: str) -> tu
     return _Append(label, count, spent), time.perf_counter() - started
 
 
+def _live_path(path: Path, events: Iterable[Event], frames_wanted: int) -> list[int]:
+    """Nanoseconds from a WebSocket frame in hand to its events applied and appended (group
+    commit), one figure per frame: the session's own path, `codec.decode_ws_frame` then
+    `Engine.record` for each event. The session's other events are recorded untimed, so each
+    frame meets the state it would meet live."""
+    if path.exists():
+        path.unlink()
+    engine = Engine.open(path, fsync=Fsync.group())
+    clock = time.perf_counter_ns
+    timings: list[int] = []
+    try:
+        for event in events:
+            if event.source is Source.WS and event.raw is not None:
+                begin = clock()
+                for decoded in codec.decode_ws_frame(event.raw, event.recv_time_us).events:
+                    engine.record(decoded)
+                timings.append(clock() - begin)
+                if len(timings) >= frames_wanted:
+                    break
+            else:
+                engine.record(event)
+    finally:
+        engine.close()
+    return timings
+
+
+def _percentile(values: Sequence[int], share: float) -> float:
+    ordered = sorted(values)
+    return float(ordered[min(len(ordered) - 1, int(share * len(ordered)))])
+
+
 def _best(runs: int, work: Callable[[], object]) -> float:
     best = float("inf")
     for _ in range(runs):
@@ -665,13 +703,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--seed", type=int, default=DEFAULT_SEED, help=f"session seed (default {DEFAULT_SEED})"
     )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_EVENTS:,} events, one run of each (under a minute; the RSS target is "
+        "for 1,000,000 events)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    count: int = args.events
+    count: int = QUICK_EVENTS if args.quick else args.events
     seed: int = args.seed
     if count < MIN_EVENTS:
         parser.error(f"--events must be at least {MIN_EVENTS}")
@@ -679,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="oms-bench-") as scratch_name:
         scratch = Path(scratch_name)
         path: Path = args.keep if args.keep is not None else scratch / "session.jsonl"
-        runs = 3 if count <= SMALL_RUN else 1
+        runs = 3 if count <= SMALL_RUN and not args.quick else 1
         out.write(f"oms bench: {count:,} events, seed {seed}, best of {runs} run(s)\n")
         out.write(f"session file: {path}{'' if args.keep else ' (temporary)'}\n")
         out.flush()
@@ -728,6 +772,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "group()",
         )
 
+        live = _live_path(
+            scratch / "live.jsonl", session_events(count, seed), min(count, LIVE_FRAMES)
+        )
+        live_p50 = _percentile(live, 0.5) / 1000
+        live_p99 = _percentile(live, 0.99) / 1000
+
         rows = [
             ["figure", "value", "target", ""],
             [
@@ -751,15 +801,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
             ["  python + oms imports alone", f"{base_mb:.1f} MB", "", ""],
         ]
+        rows.append(
+            [
+                f"live: frame -> applied+appended p50 ({len(live):,} frames)",
+                f"{live_p50:,.1f} µs",
+                f"< {TARGET_LIVE_P50_US:.0f} µs",
+                _verdict(live_p50 < TARGET_LIVE_P50_US),
+            ]
+        )
+        rows.append(
+            [
+                "live: frame -> applied+appended p99",
+                f"{live_p99:,.1f} µs",
+                f"< {TARGET_LIVE_P99_US:.0f} µs",
+                _verdict(live_p99 < TARGET_LIVE_P99_US),
+            ]
+        )
         for item in (every, group, never):
+            target, verdict = "", ""
+            if item is group:
+                target = f">= {TARGET_GROUP_APPEND:,.0f}"
+                verdict = _verdict(item.rate >= TARGET_GROUP_APPEND)
             rows.append(
                 [
-                    f"append, Fsync.{item.label}",
+                    f"append, Fsync.{item.label} ({item.events:,} events)",
                     f"{item.rate:,.0f} events/s",
-                    f"({item.events:,} events)",
-                    "",
+                    target,
+                    verdict,
                 ]
             )
+        rows.append(
+            [
+                "Engine.open 2M vs 200k events, submit() -> socket",
+                "not measured yet",
+                "(issue 9)",
+                "",
+            ]
+        )
         rows.append(["file size", f"{size / 1e6:,.1f} MB", "", ""])
         rows.append(["bytes per event", f"{size / count:,.0f}", "", ""])
         out.write("\n")

@@ -38,13 +38,17 @@ def test_main_prints_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
 
     expected = [
-        rf"replay \(read\+decode\+reduce\)\s+{NUMBER} events/s\s+>= 250,000\s+(PASS|MISS)",
+        rf"replay \(read\+decode\+reduce\)\s+{NUMBER} events/s\s+>= 100,000\s+(PASS|MISS)",
         rf"json\.loads per line\s+{NUMBER} lines/s",
         rf"ratio replay / json\s+{NUMBER}\s+>= 0\.8\s+(PASS|MISS)",
-        rf"replay peak RSS\s+{NUMBER} MB\s+< 200 MB\s+(PASS|MISS)",
-        rf"append, Fsync\.every_event\(\)\s+{NUMBER} events/s\s+\(2,000 events\)",
-        rf"append, Fsync\.group\(\)\s+{NUMBER} events/s\s+\(2,000 events\)",
-        rf"append, Fsync\.never\(\)\s+{NUMBER} events/s\s+\(2,000 events\)",
+        rf"replay peak RSS\s+{NUMBER} MB\s+< 100 MB\s+(PASS|MISS)",
+        rf"live: frame -> applied\+appended p50 \({NUMBER} frames\)\s+{NUMBER} µs\s+"
+        r"< 50 µs\s+(PASS|MISS)",
+        rf"live: frame -> applied\+appended p99\s+{NUMBER} µs\s+< 150 µs\s+(PASS|MISS)",
+        rf"append, Fsync\.every_event\(\) \(2,000 events\)\s+{NUMBER} events/s",
+        rf"append, Fsync\.group\(\) \(2,000 events\)\s+{NUMBER} events/s\s+>= 200,000\s+"
+        r"(PASS|MISS)",
+        rf"append, Fsync\.never\(\) \(2,000 events\)\s+{NUMBER} events/s",
         rf"file size\s+{NUMBER} MB",
         rf"bytes per event\s+{NUMBER}",
     ]
