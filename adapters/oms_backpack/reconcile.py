@@ -91,7 +91,7 @@ class Reconciler:
         # Fills and funding payments the engine has recorded: a baseline is adopted only if
         # none was recorded while its snapshots were being taken.
         self._moved = 0
-        engine.subscribe(self._count_moves)
+        self.close = engine.subscribe(self._count_moves)  # call when the session ends
 
     def state(self) -> State:
         return self.engine.state

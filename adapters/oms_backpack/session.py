@@ -669,3 +669,4 @@ async def open_backpack_session(
                     nursery.cancel_scope.cancel()
         finally:
             unsubscribe()
+            session.reconciler.close()

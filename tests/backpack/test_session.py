@@ -357,6 +357,8 @@ async def test_the_perpetual_connector_follows_positions() -> None:
                 "position update",
             )
             assert engine.state.anomaly_total == 0
+        # The session leaves no listener behind on the engine (a program may open another).
+        assert engine._listeners == []
         nursery.cancel_scope.cancel()
 
 
