@@ -96,10 +96,7 @@ class Reconciler:
     def state(self) -> State:
         return self.engine.state
 
-    async def _send(self, candidates: Iterable[Event]) -> int:
-        return self._send_now(candidates)
-
-    def _send_now(self, candidates: Iterable[Event]) -> int:
+    def _send(self, candidates: Iterable[Event]) -> int:
         # Synchronous: the state each candidate is judged by is the state it is recorded in,
         # and no other task records between two of them.
         return len(self.engine.record_news(candidates))
@@ -137,12 +134,10 @@ class Reconciler:
             since_us = (max(times) if times else self.started_us) - FILL_LOOKBACK_US
         fills = await self.rest.fill_history(from_ms=max(since_us, 0) // 1000, source=source)
         # Items the codec could not read are sent too: recorded once as not understood.
-        added += await self._send(
-            e for e in fills if isinstance(e, OrderFilled | MessageNotUnderstood)
-        )
+        added += self._send(e for e in fills if isinstance(e, OrderFilled | MessageNotUnderstood))
         # 2. What rests on the book now.
         open_now = await self.rest.open_orders(source=source)
-        added += await self._send(open_now)
+        added += self._send(open_now)
         resting = {e.venue_id for e in open_now if isinstance(e, OrderObserved) and e.venue_id}
         resting_clients = {
             e.client_id
@@ -165,12 +160,12 @@ class Reconciler:
                     if isinstance(e, OrderObserved) and e.client_id == order.client_id
                 ]
             found = [e for e in history if isinstance(e, OrderObserved)]
-            added += await self._send(e for e in history if isinstance(e, MessageNotUnderstood))
+            added += self._send(e for e in history if isinstance(e, MessageNotUnderstood))
             if found:
-                added += await self._send(found)
+                added += self._send(found)
             elif order.status is OrderStatus.IN_DOUBT and order.client_id is not None:
                 # Not resting and not in the venue's history: the submit never took effect.
-                added += await self._send(
+                added += self._send(
                     [
                         SubmitRejected(
                             source=source,
@@ -193,7 +188,7 @@ class Reconciler:
         # and the snapshots are taken again. They are then recorded together, with no await
         # in between. If the account never goes quiet, the baseline waits for the next pass.
         if self.perpetual:
-            added += await self._send(await self.rest.funding_history(source=source))
+            added += self._send(await self.rest.funding_history(source=source))
         seen = _fill_keys(fills)
         snapshots: list[Event] = []
         # Fills before the first look's window were not looked at: a baseline includes them.
@@ -216,14 +211,14 @@ class Reconciler:
                 paid = await self.rest.funding_history(source=source)
             quiet = _fill_keys(again) <= seen and self._moved == moved
             seen |= _fill_keys(again)
-            added += await self._send(e for e in again if isinstance(e, OrderFilled))
-            if self._send_now(paid):
+            added += self._send(e for e in again if isinstance(e, OrderFilled))
+            if self._send(paid):
                 quiet = False
             if quiet:
                 break
             snapshots = []
         # Balances last: the snapshot then covers every fill and payment above.
-        added += self._send_now(snapshots)
+        added += self._send(snapshots)
         self.passes += 1
         self.synced_us = started_us
         return added

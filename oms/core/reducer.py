@@ -693,13 +693,11 @@ class Fold:
                 "position, which includes it: position not moved",
             )
             return None
+        current: PositionFigures | None = None
         if newest is None or key > newest:
             # In order (the usual case): one step on top of the current figures.
             current = _position_step(_figures(position), fill)
             recent = (*recent, fill)
-            if len(recent) > POSITION_WINDOW:
-                base = _position_step(base, recent[0])
-                recent = recent[1:]
         elif base.key is not None and key <= base.key:
             # Older than the window: counted just after the checkpoint, and reported.
             self._anomaly(
@@ -708,14 +706,14 @@ class Fold:
                 f"{POSITION_WINDOW} fills kept: applied out of order",
             )
             base = _position_step(base, replace(fill, key=base.key))
-            current = _fold_fills(base, recent)
         else:
-            # Late but within the window: insert at its place and fold the newer fills again.
+            # Late but within the window: insert at its place; the newer fills fold again.
             at = bisect.bisect_left([f.key for f in recent], key)
             recent = (*recent[:at], fill, *recent[at:])
-            if len(recent) > POSITION_WINDOW:
-                base = _position_step(base, recent[0])
-                recent = recent[1:]
+        if len(recent) > POSITION_WINDOW:
+            base = _position_step(base, recent[0])
+            recent = recent[1:]
+        if current is None:
             current = _fold_fills(base, recent)
         fees = position.fees
         if event.fee:
