@@ -21,11 +21,13 @@ import attrs
 from oms.core.errors import ExternalError
 from oms.core.events import Event
 from oms.core.serialization import (
+    FORMAT_VERSION,
+    READABLE_VERSIONS,
     LogFormatError,
     decode_header,
-    decode_line,
     encode_header,
     encode_line,
+    line_decoder,
 )
 
 # A duration for the shell's timers (fsync delays, polling, the status view), as trio counts
@@ -123,6 +125,7 @@ class LogReader:
         self.torn: TornTail | None = None
         self.has_header = False
         self.missing_newline = False
+        self.version = FORMAT_VERSION  # the format its header names, once read
 
     def __iter__(self) -> Iterator[tuple[int, Event]]:
         try:
@@ -140,15 +143,19 @@ class LogReader:
         offset = 0
         expected = 1
         path = self.path
-        header = encode_header()
+        headers = [encode_header(version) for version in READABLE_VERSIONS]
+        decode_line = line_decoder(FORMAT_VERSION)
         for number, line in enumerate(handle, start=1):
             complete = line.endswith(b"\n")
             # A torn first line is a header cut short by a crash while creating the log; any
             # other unfinished first line means this is not our file, and must not be cut.
-            tearable = not complete and (number > 1 or header.startswith(line))
+            tearable = not complete and (
+                number > 1 or any(header.startswith(line) for header in headers)
+            )
             try:
                 if number == 1:
-                    decode_header(line)
+                    self.version = decode_header(line)
+                    decode_line = line_decoder(self.version)
                     self.has_header = True
                 else:
                     seq, event = decode_line(line)
@@ -192,8 +199,12 @@ class EventLog:
         fsync: Fsync,
         clock: Callable[[], float],
         torn: TornTail | None,
+        version: int = FORMAT_VERSION,
     ) -> None:
         self.path = path
+        # The line format appended in: the one the file's header names (an old log stays
+        # in its own format; a new one gets the current format).
+        self.version = version
         self._handle = handle
         self.last_seq = last_seq
         self.fsync = fsync
@@ -245,12 +256,13 @@ class EventLog:
             fsync=fsync or Fsync.every_event(),
             clock=clock,
             torn=reader.torn,
+            version=reader.version if reader.has_header else FORMAT_VERSION,
         )
 
     def append(self, event: Event) -> int:
         """Write `event` as the next seq and return that seq (durable per the policy)."""
         seq = self.last_seq + 1
-        self._handle.write(encode_line(seq, event))
+        self._handle.write(encode_line(seq, event, self.version))
         self.last_seq = seq
         policy = self.fsync
         if policy.max_events == 0:

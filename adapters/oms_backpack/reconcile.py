@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-import attrs
+import msgspec
 
 from oms.core.events import (
     Event,
@@ -200,7 +200,7 @@ class Reconciler:
             if self.state().baseline_seq is not None:
                 break  # compared, not adopted: nothing to bracket
             snapshots = [
-                attrs.evolve(e, covers_fills_before_us=looked_from_us)
+                msgspec.structs.replace(e, covers_fills_before_us=looked_from_us)
                 if isinstance(e, PositionObserved)
                 else e
                 for e in snapshots

@@ -18,9 +18,9 @@ venue-originated orders (liquidations, ADL) have only the venue id.
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Final
+from typing import Annotated, Final
 
-import attrs
+import msgspec
 
 from oms.core.values import (
     MarketType,
@@ -58,28 +58,46 @@ __all__ = [
 ]
 
 
-@attrs.frozen(kw_only=True)
-class _Meta:
-    """Fields every event carries (see the module docstring). Only events derive from it."""
+# An integer the log holds as a signed 64-bit number (times, client ids): the decoder refuses
+# any other, so a damaged or hostile line cannot carry a number thousands of digits long.
+# Trade ids are wider (the synthetic ids of fills without one go up to 2**64 - 1) and are
+# checked by the log codec itself.
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
+class _Meta(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    tag_field="type",
+    tag=True,
+):
+    """Fields every event carries (see the module docstring). Only events derive from it.
+
+    Events are frozen `msgspec.Struct`s tagged with their class name in a `type` field, so a
+    log line decodes in one pass into the right class (`oms.core.serialization`), with any
+    unknown field refused by the decoder itself. Fields at their default are not written.
+    """
 
     source: Source
-    recv_time_us: int
-    venue_time_us: int | None = None
+    recv_time_us: Int64
+    venue_time_us: Int64 | None = None
     raw: str | None = None
 
 
 # --- local commands, logged before they are sent -------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
-class OrderSubmitted(_Meta):
+class OrderSubmitted(_Meta, frozen=True):
     """We are about to send a new order. `client_id` is a uint32 unique in the account's log.
 
     LIMIT and LIMIT_MAKER need `price` and `quantity`; MARKET needs `quantity` or
     `quote_quantity` (spend or receive at most this much quote).
     """
 
-    client_id: int
+    client_id: Int64
     symbol: str
     side: Side
     order_type: OrderType
@@ -91,61 +109,56 @@ class OrderSubmitted(_Meta):
     reduce_only: bool = False
 
 
-@attrs.frozen(kw_only=True)
-class CancelRequested(_Meta):
+class CancelRequested(_Meta, frozen=True):
     """We are about to ask the venue to cancel an order."""
 
     symbol: str
-    client_id: int | None = None
+    client_id: Int64 | None = None
     venue_id: str | None = None
 
 
 # --- outcomes of our commands ---------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
-class SubmitRejected(_Meta):
+class SubmitRejected(_Meta, frozen=True):
     """The venue refused a submit (a definitive error answer such as INVALID_ORDER)."""
 
     symbol: str
-    client_id: int
+    client_id: Int64
     code: str
     message: str
 
 
-@attrs.frozen(kw_only=True)
-class SubmitUnknown(_Meta):
+class SubmitUnknown(_Meta, frozen=True):
     """A submit got no definitive answer (timeout, 5xx, connection lost after sending).
 
     The order is in doubt until a venue report or reconciliation resolves it; never a guess.
     """
 
     symbol: str
-    client_id: int
+    client_id: Int64
     reason: str
 
 
-@attrs.frozen(kw_only=True)
-class CancelRejected(_Meta):
+class CancelRejected(_Meta, frozen=True):
     """The venue refused a cancel (for example RESOURCE_NOT_FOUND: already finished)."""
 
     symbol: str
     code: str
     message: str
-    client_id: int | None = None
+    client_id: Int64 | None = None
     venue_id: str | None = None
 
 
 # --- venue order reports ----------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
-class OrderAccepted(_Meta):
+class OrderAccepted(_Meta, frozen=True):
     """The order is on the venue (`orderAccepted`, or an execute response with status New)."""
 
     symbol: str
     venue_id: str
-    client_id: int | None = None
+    client_id: Int64 | None = None
     side: Side | None = None
     order_type: OrderType | None = None
     quantity: Decimal | None = None
@@ -157,8 +170,7 @@ class OrderAccepted(_Meta):
     origin: OrderOrigin = OrderOrigin.USER
 
 
-@attrs.frozen(kw_only=True)
-class OrderFilled(_Meta):
+class OrderFilled(_Meta, frozen=True):
     """One fill (`orderFill`, or an item of the fill history).
 
     `quantity`/`price` are this fill (`l`/`L`); `fee` is a flat amount in `fee_asset` (`n`/`N`).
@@ -177,7 +189,7 @@ class OrderFilled(_Meta):
     fee: Decimal
     fee_asset: str
     maker: bool
-    client_id: int | None = None
+    client_id: Int64 | None = None
     cum_quantity: Decimal | None = None
     cum_quote: Decimal | None = None
     status: VenueStatus | None = None
@@ -187,13 +199,12 @@ class OrderFilled(_Meta):
     origin: OrderOrigin = OrderOrigin.USER
 
 
-@attrs.frozen(kw_only=True)
-class OrderCancelled(_Meta):
+class OrderCancelled(_Meta, frozen=True):
     """The order left the book by a cancel (`orderCancelled`, or a cancel response)."""
 
     symbol: str
     venue_id: str | None = None
-    client_id: int | None = None
+    client_id: Int64 | None = None
     side: Side | None = None
     order_type: OrderType | None = None
     quantity: Decimal | None = None
@@ -202,8 +213,7 @@ class OrderCancelled(_Meta):
     origin: OrderOrigin = OrderOrigin.USER
 
 
-@attrs.frozen(kw_only=True)
-class OrderExpired(_Meta):
+class OrderExpired(_Meta, frozen=True):
     """The venue expired the order (`orderExpired`): IOC/FOK remainder, post-only taker, ...
 
     `reason` is the venue's text (`R` on the stream, `expiryReason` over REST).
@@ -211,7 +221,7 @@ class OrderExpired(_Meta):
 
     symbol: str
     venue_id: str | None = None
-    client_id: int | None = None
+    client_id: Int64 | None = None
     reason: str | None = None
     side: Side | None = None
     order_type: OrderType | None = None
@@ -221,19 +231,17 @@ class OrderExpired(_Meta):
     origin: OrderOrigin = OrderOrigin.USER
 
 
-@attrs.frozen(kw_only=True)
-class OrderModified(_Meta):
+class OrderModified(_Meta, frozen=True):
     """A resting reduce-only order's quantity was decreased by the venue (`orderModified`)."""
 
     symbol: str
     quantity: Decimal
     venue_id: str | None = None
-    client_id: int | None = None
+    client_id: Int64 | None = None
     price: Decimal | None = None
 
 
-@attrs.frozen(kw_only=True)
-class TriggerPlaced(_Meta):
+class TriggerPlaced(_Meta, frozen=True):
     """A conditional order waits for its trigger (`triggerPlaced`).
 
     `trigger_quantity` is text: Backpack allows a percentage such as `"80%"`.
@@ -241,7 +249,7 @@ class TriggerPlaced(_Meta):
 
     symbol: str
     venue_id: str | None = None
-    client_id: int | None = None
+    client_id: Int64 | None = None
     side: Side | None = None
     order_type: OrderType | None = None
     trigger_price: Decimal | None = None
@@ -249,17 +257,15 @@ class TriggerPlaced(_Meta):
     price: Decimal | None = None
 
 
-@attrs.frozen(kw_only=True)
-class TriggerFailed(_Meta):
+class TriggerFailed(_Meta, frozen=True):
     """A conditional order's trigger could not be turned into an order (`triggerFailed`)."""
 
     symbol: str
     venue_id: str | None = None
-    client_id: int | None = None
+    client_id: Int64 | None = None
 
 
-@attrs.frozen(kw_only=True)
-class OrderObserved(_Meta):
+class OrderObserved(_Meta, frozen=True):
     """An order as a REST query or the order history shows it (reconciliation's view).
 
     It carries the venue status and cumulative executed figures but no individual fills:
@@ -269,7 +275,7 @@ class OrderObserved(_Meta):
     symbol: str
     status: VenueStatus
     venue_id: str | None = None
-    client_id: int | None = None
+    client_id: Int64 | None = None
     side: Side | None = None
     order_type: OrderType | None = None
     quantity: Decimal | None = None
@@ -284,8 +290,7 @@ class OrderObserved(_Meta):
 # --- account and market -----------------------------------------------------------------------
 
 
-@attrs.frozen(kw_only=True)
-class AssetBalance:
+class AssetBalance(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One asset of a balance snapshot (`GET /api/v1/capital`)."""
 
     asset: str
@@ -294,15 +299,13 @@ class AssetBalance:
     staked: Decimal = Decimal(0)
 
 
-@attrs.frozen(kw_only=True)
-class BalanceObserved(_Meta):
+class BalanceObserved(_Meta, frozen=True):
     """A complete balance snapshot: an asset absent from it is observed as zero."""
 
     balances: tuple[AssetBalance, ...]
 
 
-@attrs.frozen(kw_only=True)
-class PositionObserved(_Meta):
+class PositionObserved(_Meta, frozen=True):
     """The venue's view of one perp position (REST `/position`, or `account.positionUpdate`).
 
     `net_quantity` is signed: positive long, negative short, zero flat.
@@ -319,24 +322,22 @@ class PositionObserved(_Meta):
     mark_price: Decimal | None = None
     realized_pnl: Decimal | None = None
     unrealized_pnl: Decimal | None = None
-    covers_fills_before_us: int | None = None
+    covers_fills_before_us: Int64 | None = None
 
 
-@attrs.frozen(kw_only=True)
-class FundingPaid(_Meta):
+class FundingPaid(_Meta, frozen=True):
     """A funding payment on a perp position. `amount` > 0 received, < 0 paid (quote asset).
 
     Keyed by (symbol, interval_end_us): the same interval twice is counted once.
     """
 
     symbol: str
-    interval_end_us: int
+    interval_end_us: Int64
     amount: Decimal
     rate: Decimal | None = None
 
 
-@attrs.frozen(kw_only=True)
-class MarketInfo(_Meta):
+class MarketInfo(_Meta, frozen=True):
     """A market's definition (`GET /api/v1/markets`): assets, type and filters."""
 
     symbol: str
@@ -348,8 +349,7 @@ class MarketInfo(_Meta):
     min_quantity: Decimal
 
 
-@attrs.frozen(kw_only=True)
-class MessageNotUnderstood(_Meta):
+class MessageNotUnderstood(_Meta, frozen=True):
     """A venue message the codec could not turn into events; `raw` keeps it, `reason` says why.
 
     Recorded so that nothing received is lost and the stream never stops on it.

@@ -8,7 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import attrs
+import msgspec
 import pytest
 
 from oms.core.events import (
@@ -306,7 +306,7 @@ def test_other_frames_carry_no_venue_error(text: str) -> None:
 def test_only_a_stream_frame_not_understood_names_a_venue_error() -> None:
     text = '{"id":null,"error":{"code":4006,"message":"Invalid stream"}}'
     recorded = only(codec.ws_frame(text, RECV))
-    assert codec.venue_error_of(attrs.evolve(recorded, source=Source.REST)) is None
+    assert codec.venue_error_of(msgspec.structs.replace(recorded, source=Source.REST)) is None
     accepted = only(codec.ws_frame(frame("account.orderUpdate", rust("orderAccepted")), RECV))
     assert codec.venue_error_of(accepted) is None
 
@@ -647,7 +647,7 @@ def test_an_origin_the_venue_adds_later_is_kept_and_logged_as_sent() -> None:
 def test_a_synthetic_trade_id_survives_the_log(tmp_path: Path) -> None:
     event = codec.fill_history_item(ADL_HISTORY, Source.RECONCILE, RECV)
     assert isinstance(event, OrderFilled) and event.trade_id >= 2**63
-    top = attrs.evolve(event, trade_id=2**64 - 1)
+    top = msgspec.structs.replace(event, trade_id=2**64 - 1)
     with EventLog.open(tmp_path / "s.jsonl", fsync=Fsync.never()) as log:
         log.append(event)
         log.append(top)

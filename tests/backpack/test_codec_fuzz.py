@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 import attrs
+import msgspec
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -39,7 +40,7 @@ _INT_BOUNDS: Final = {
 def check_events(events: list[Event]) -> None:
     for produced in events:
         assert type(produced).__name__ in EVENT_TYPES
-        for field in attrs.fields(type(produced)):
+        for field in msgspec.structs.fields(type(produced)):
             value = getattr(produced, field.name)
             if isinstance(value, Decimal):
                 assert decimal_in_range(value), (field.name, value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-import attrs
+import msgspec
 
 from oms.core.events import (
     AssetBalance,
@@ -277,7 +277,7 @@ async def test_a_fill_in_flight_during_the_first_snapshot_is_counted_once() -> N
     position = engine.state.positions[PERP]
     assert (position.net_quantity, position.entry_price) == (Decimal(3), Decimal(110))
     # The held stream message arrives now: a duplicate, the position does not move.
-    engine.record(attrs.evolve(landing, source=Source.WS))
+    engine.record(msgspec.structs.replace(landing, source=Source.WS))
     position = engine.state.positions[PERP]
     assert (position.net_quantity, position.drift_quantity) == (Decimal(3), Decimal(0))
     assert engine.state.balances["USDC"].available == Decimal("500")
@@ -350,7 +350,7 @@ class StreamFillDuringSecondLook(FakeVenue):
     ) -> list[Event]:
         answer = await super().fill_history(symbol=symbol, from_ms=from_ms, source=source)
         if len(self.fill_queries) == 2:
-            self.engine.record(attrs.evolve(self.landing, source=Source.WS))
+            self.engine.record(msgspec.structs.replace(self.landing, source=Source.WS))
             # From now on the venue's books include the fill.
             self.fills.append(self.landing)
             self.positions_now = [perp_report("1", "100")]

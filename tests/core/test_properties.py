@@ -107,7 +107,7 @@ def stories(draw: st.DrawFn) -> Story:
         cuts = sorted(set(cuts))
     sign = -1 if side is Side.BID else 1
     reports: list[Event] = [
-        attrs.evolve(
+        msgspec.structs.replace(
             accept("V1", client_id=1, symbol=symbol, side=side, quantity=qty, price=price),
             venue_time_us=1_000,
         )
@@ -116,7 +116,7 @@ def stories(draw: st.DrawFn) -> Story:
     for n, cut in enumerate(cuts, start=1):
         improvement = draw(st.integers(0, 3)) * STEP
         reports.append(
-            attrs.evolve(
+            msgspec.structs.replace(
                 fill(
                     "V1",
                     100 + n,
@@ -137,7 +137,7 @@ def stories(draw: st.DrawFn) -> Story:
     ending = None if done == steps else draw(st.sampled_from([None, cancel, expire]))
     if ending is not None:
         reports.append(
-            attrs.evolve(
+            msgspec.structs.replace(
                 ending(venue_id="V1", client_id=1, symbol=symbol, cum=done * STEP),
                 venue_time_us=2_000,
             )
@@ -429,7 +429,7 @@ def _respell(event: Event) -> Event:
         if isinstance(value, Decimal):
             return value.quantize(Decimal(1).scaleb(value.as_tuple().exponent - 3))  # type: ignore[operator]
         if isinstance(value, AssetBalance):
-            return attrs.evolve(
+            return msgspec.structs.replace(
                 value,
                 available=longer(value.available),
                 locked=longer(value.locked),
@@ -439,17 +439,17 @@ def _respell(event: Event) -> Event:
             return tuple(longer(v) for v in value)
         return value
 
-    changes = {a.name: longer(getattr(event, a.name)) for a in attrs.fields(type(event))}
-    return attrs.evolve(event, **changes)
+    changes = {a.name: longer(getattr(event, a.name)) for a in msgspec.structs.fields(type(event))}
+    return msgspec.structs.replace(event, **changes)
 
 
 def _nudge(event: Event) -> Event | None:
     """The event with its first decimal figure moved by 0.01, or None if it has none."""
-    for a in attrs.fields(type(event)):
+    for a in msgspec.structs.fields(type(event)):
         value = getattr(event, a.name)
         if isinstance(value, Decimal):
             changes: dict[str, Any] = {a.name: value + STEP}
-            return attrs.evolve(event, **changes)
+            return msgspec.structs.replace(event, **changes)
     return None
 
 
@@ -490,7 +490,7 @@ def test_fill_is_keyed_by_trade_id_not_by_content() -> None:
     # Two distinct trades with identical figures both count.
     base: list[Event] = [market(), submit(1, Side.BID, "2", "10")]
     first = fill("V1", 1, Side.BID, "1", "10", client_id=1)
-    second: OrderFilled = attrs.evolve(first, trade_id=2)
+    second: OrderFilled = msgspec.structs.replace(first, trade_id=2)
     state = replay([*base, first, second])
     order = state.order(client_id=1)
     assert order is not None and order.filled_quantity == 2

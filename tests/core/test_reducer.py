@@ -10,6 +10,7 @@ import decimal
 from decimal import Decimal
 
 import attrs
+import msgspec
 
 from oms.core.events import (
     CancelRequested,
@@ -343,16 +344,16 @@ def test_position_report_baseline_then_drift() -> None:
     # The same report again is nothing new.
     assert apply(state, position("1.25", entry="100")) == replace_seq(state)
     # A fresh report showing the same difference: now it is an anomaly.
-    later = attrs.evolve(position("1.25", entry="100"), mark_price=D("101"))
+    later = msgspec.structs.replace(position("1.25", entry="100"), mark_price=D("101"))
     state = apply(state, later)
     assert kinds_at(state) == [(state.last_seq, AnomalyKind.POSITION_DRIFT)]
     assert pos(state).net_quantity == D("1.5")
     # The difference persisting is not news again: reports whose mark alone moves add nothing,
     # and a changed report that shows the same difference records no second anomaly.
     for mark in ("102", "103"):
-        moved = apply(state, attrs.evolve(later, mark_price=D(mark)))
+        moved = apply(state, msgspec.structs.replace(later, mark_price=D(mark)))
         assert moved == replace_seq(state)
-    state = apply(state, attrs.evolve(later, entry_price=D("100.5")))
+    state = apply(state, msgspec.structs.replace(later, entry_price=D("100.5")))
     assert state.anomaly_counts[AnomalyKind.POSITION_DRIFT] == 1
     # A report that agrees again clears the drift.
     state = apply(state, position("1.5", entry="100"))
@@ -667,10 +668,12 @@ def test_a_repeated_expiry_or_reject_changes_nothing() -> None:
 
 
 def test_order_venue_time_is_the_latest_reported_not_the_last_to_arrive() -> None:
-    accepted = attrs.evolve(accept("V1", client_id=1), venue_time_us=1_000)
+    accepted = msgspec.structs.replace(accept("V1", client_id=1), venue_time_us=1_000)
     # Stream reports on our orders carry our client id as well.
-    filled = attrs.evolve(fill("V1", 1, BID, "1", "10", client_id=1), venue_time_us=1_500)
-    cancelled = attrs.evolve(cancel(venue_id="V1", client_id=1), venue_time_us=2_000)
+    filled = msgspec.structs.replace(
+        fill("V1", 1, BID, "1", "10", client_id=1), venue_time_us=1_500
+    )
+    cancelled = msgspec.structs.replace(cancel(venue_id="V1", client_id=1), venue_time_us=2_000)
     arrivals: list[list[Event]] = [[accepted, filled, cancelled], [cancelled, filled, accepted]]
     for reports in arrivals:
         state = funded(submit(1, BID, "2", "10"), *reports)
@@ -722,7 +725,7 @@ def test_fills_without_a_trade_id_keep_their_arrival_order_after_a_baseline() ->
 
 def test_a_drift_reported_before_the_baseline_does_not_hide_one_after_it() -> None:
     def stream(quantity: str, entry: str) -> PositionObserved:
-        return attrs.evolve(position(quantity, entry=entry), source=Source.WS)
+        return msgspec.structs.replace(position(quantity, entry=entry), source=Source.WS)
 
     state = replay(
         [
@@ -743,9 +746,9 @@ def test_a_fill_from_before_the_baseline_window_does_not_move_the_position_or_ba
     # The baseline came from a pass whose fill history looked back to 1,000 µs: the venue's
     # report includes every older fill. One such fill turning up later (the chaser finding an
     # old partial fill of an order resting since before the log) is counted on its order only.
-    baseline = attrs.evolve(position("1", entry="100"), covers_fills_before_us=1_000)
+    baseline = msgspec.structs.replace(position("1", entry="100"), covers_fills_before_us=1_000)
     state = replay([PERP_MARKET, baseline, balances({"USDC": ("1000", "0")})])
-    old = attrs.evolve(
+    old = msgspec.structs.replace(
         fill("P0", 3, BID, "1", "90", symbol=PERP, fee="0.5", origin="ADL_AUTOCLOSE"),
         venue_time_us=999,
     )
@@ -755,7 +758,7 @@ def test_a_fill_from_before_the_baseline_window_does_not_move_the_position_or_ba
     order = state.order(venue_id="P0")
     assert order is not None and order.filled_quantity == 1
     # A fill from inside the window moves both, as usual (sells 1 at 110: +10, fee 0.5).
-    new = attrs.evolve(
+    new = msgspec.structs.replace(
         fill("P1", 4, ASK, "1", "110", symbol=PERP, fee="0.5", origin="ADL_AUTOCLOSE"),
         venue_time_us=1_000,
     )

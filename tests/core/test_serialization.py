@@ -6,11 +6,12 @@ import json
 import re
 import types
 import typing
+import zlib
 from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-import attrs
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -208,7 +209,7 @@ def test_round_trip_keeps_every_field_and_decimal_text(event: Event) -> None:
     assert back == event
     assert type(back) is type(event)
     # Exactly equal is not enough for Decimals: 0.010 must stay 0.010 (the venue's text).
-    for field in attrs.fields(type(event)):
+    for field in msgspec.structs.fields(type(event)):
         value = getattr(event, field.name)
         if isinstance(value, Decimal):
             assert str(getattr(back, field.name)) == str(value)
@@ -217,96 +218,184 @@ def test_round_trip_keeps_every_field_and_decimal_text(event: Event) -> None:
 
 @pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: type(e).__name__)
 def test_line_layout(event: Event) -> None:
-    document = json.loads(encode_line(3, event))
-    assert set(document) == {"seq", "type", "v", "event"}
-    assert document["type"] == type(event).__name__
+    line = encode_line(3, event)
+    document = json.loads(line)
+    assert list(document) == ["seq", "v", "event", "crc"]
+    assert document["seq"] == 3
     assert document["v"] == 1
     payload = document["event"]
+    assert payload["type"] == type(event).__name__
     assert payload["source"] == event.source.value
     assert isinstance(payload["recv_time_us"], int)
-    for field in attrs.fields(type(event)):
+    for field in msgspec.structs.fields(type(event)):
         value = getattr(event, field.name)
-        if isinstance(value, Decimal):
+        if field.name not in payload:
+            assert value == field.default  # only defaults are left out
+        elif isinstance(value, Decimal):
             assert payload[field.name] == str(value)  # decimals are strings, never numbers
         elif isinstance(value, Enum):
             assert payload[field.name] == value.value
+    # The checksum covers every byte before `,"crc"`.
+    covered = line[: line.rindex(b',"crc":"')]
+    assert document["crc"] == f"{zlib.crc32(covered):08x}"
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: type(e).__name__)
+def test_version_1_lines_still_read(event: Event) -> None:
+    line = encode_line(3, event, version=1)
+    document = json.loads(line)
+    assert list(document) == ["seq", "type", "v", "event"]
+    assert document["type"] == type(event).__name__
+    assert set(document["event"]) == set(event.__struct_fields__)  # every field written
+    assert decode_line(line, version=1) == (3, event)
+    with pytest.raises(LogFormatError):
+        decode_line(line)  # not a version 2 line
 
 
 def test_header() -> None:
     header = encode_header()
     assert json.loads(header) == {"format": FORMAT, "version": FORMAT_VERSION}
+    assert FORMAT_VERSION == 2
     assert header.endswith(b"\n")
-    decode_header(header)
+    assert decode_header(header) == 2
+    assert decode_header(encode_header(1)) == 1
     with pytest.raises(LogFormatError, match="not an oms event log"):
         decode_header(b'{"format":"something-else","version":1}\n')
-    with pytest.raises(LogFormatError, match="version 2 is not supported"):
-        decode_header(b'{"format":"oms-event-log","version":2}\n')
+    with pytest.raises(LogFormatError, match="version 3 is not supported"):
+        decode_header(b'{"format":"oms-event-log","version":3}\n')
     with pytest.raises(LogFormatError):
         decode_header(b"hello\n")
     with pytest.raises(LogFormatError):
-        decode_header(b'{"format":"oms-event-log","version":1,"extra":true}\n')
+        decode_header(b'{"format":"oms-event-log","version":2,"extra":true}\n')
 
 
 # --- strict decoding ------------------------------------------------------------------------
 
-FILL_LINE = encode_line(5, EXAMPLES[6]).decode()
+FILL_V1 = encode_line(5, EXAMPLES[6], version=1).decode()
+FILL_V2 = encode_line(5, EXAMPLES[6]).decode()
 
 
-def _edit(payload_change: dict[str, Any], drop: tuple[str, ...] = (), **envelope: Any) -> str:
-    document = json.loads(FILL_LINE)
-    document["event"].update(payload_change)
-    for name in drop:
-        del document["event"][name]
-    document.update(envelope)
-    return json.dumps(document)
+def _signed(document: dict[str, Any]) -> str:
+    """A version 2 line written as the writer writes it, with a checksum that matches."""
+    body = {key: value for key, value in document.items() if key != "crc"}
+    head = json.dumps(body, separators=(",", ":"))[:-1]
+    return f'{head},"crc":"{zlib.crc32(head.encode()):08x}"}}'
 
 
-@pytest.mark.parametrize(
-    ("line", "message"),
-    [
-        ("{not json", "malformed"),
-        ("[1, 2]", "object"),
-        ('"just a string"', "object"),
-        (_edit({}, type="OrderTeleported"), "unknown event type 'OrderTeleported'"),
-        (_edit({}, v=2), "schema version 2 is newer"),
-        (_edit({}, v=0), "schema version 0 is not known"),
-        (_edit({}, drop=("trade_id",)), "missing required field trade_id"),
-        (_edit({}, drop=("source",)), "missing required field source"),
-        (_edit({"trade_id": "2888471"}), "trade_id"),
-        (_edit({"maker": "false"}), "maker"),
-        (_edit({"side": "Buy"}), "side"),
-        (_edit({"quantity": "lots"}), "quantity"),
-        (_edit({"colour": "red"}), "unknown field(s) colour"),
-        (_edit({"price": "NaN"}), "price is not a decimal in range"),
-        (_edit({"cum_quantity": "Infinity"}), "cum_quantity is not a decimal in range"),
-        (_edit({"fee": "-sNaN"}), "fee is not a decimal in range"),
-        (_edit({"price": "1E+41"}), "price is not a decimal in range"),
-        (_edit({"quantity": "1E-41"}), "quantity is not a decimal in range"),
-        (_edit({}, seq="5"), "seq"),
-        (_edit({}, extra=1), "extra"),
-        (json.dumps({"seq": 1, "type": "OrderFilled", "v": 1}), "event"),
-        (_edit({}, event=5), "object"),
-    ],
-)
-def test_bad_lines_say_what_is_wrong(line: str, message: str) -> None:
+def _edit(
+    payload_change: dict[str, Any], drop: tuple[str, ...] = (), **envelope: Any
+) -> tuple[str, str]:
+    """The fill line edited, as (version 1 line, version 2 line with a valid checksum)."""
+    lines: list[str] = []
+    for line in (FILL_V1, FILL_V2):
+        document = json.loads(line)
+        document["event"].update(payload_change)
+        for name in drop:
+            del document["event"][name]
+        if "type" in envelope and "type" not in document:
+            document["event"]["type"] = envelope["type"]
+            lines.append(_signed(document | {k: v for k, v in envelope.items() if k != "type"}))
+            continue
+        document.update(envelope)
+        lines.append(json.dumps(document) if line is FILL_V1 else _signed(document))
+    return lines[0], lines[1]
+
+
+_BAD_EDITS: list[tuple[tuple[str, str], str]] = [
+    (("{not json",) * 2, "malformed"),
+    (("[1, 2]",) * 2, "object"),
+    (('"just a string"',) * 2, "object"),
+    (_edit({}, type="OrderTeleported"), "unknown event type 'OrderTeleported'"),
+    (_edit({}, v=2), "schema version 2 is newer"),
+    (_edit({}, v=0), "schema version 0 is not known"),
+    (_edit({}, drop=("trade_id",)), "missing required field trade_id"),
+    (_edit({}, drop=("source",)), "missing required field source"),
+    (_edit({"trade_id": "2888471"}), "trade_id"),
+    (_edit({"maker": "false"}), "maker"),
+    (_edit({"side": "Buy"}), "side"),
+    (_edit({"quantity": "lots"}), "quantity"),
+    (_edit({"colour": "red"}), "unknown field(s) colour"),
+    (_edit({}, seq="5"), "seq"),
+    (_edit({}, extra=1), "extra"),
+    (
+        (
+            json.dumps({"seq": 1, "type": "OrderFilled", "v": 1}),
+            json.dumps({"seq": 1, "v": 1, "crc": "00000000"}),
+        ),
+        "event",
+    ),
+    (_edit({}, event=5), "object"),
+]
+# Values out of range: a version 1 line is checked value by value; in version 2 the writer
+# checks them and the checksum guards the line, so a damaged one fails its checksum.
+_OUT_OF_RANGE: list[tuple[dict[str, Any], str]] = [
+    ({"price": "NaN"}, "price is not a decimal in range"),
+    ({"cum_quantity": "Infinity"}, "cum_quantity is not a decimal in range"),
+    ({"fee": "-sNaN"}, "fee is not a decimal in range"),
+    ({"price": "1E+41"}, "price is not a decimal in range"),
+    ({"quantity": "1E-41"}, "quantity is not a decimal in range"),
+    ({"trade_id": 2**64}, "trade_id is not a 64-bit integer"),
+]
+
+
+@pytest.mark.parametrize(("lines", "message"), _BAD_EDITS)
+@pytest.mark.parametrize("version", [1, 2])
+def test_bad_lines_say_what_is_wrong(lines: tuple[str, str], message: str, version: int) -> None:
     with pytest.raises(LogFormatError, match="(?i)" + re.escape(message)):
-        decode_line(line)
+        decode_line(lines[version - 1], version)
+
+
+@pytest.mark.parametrize(("change", "message"), _OUT_OF_RANGE)
+def test_version_1_values_out_of_range_are_refused(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(LogFormatError, match=re.escape(message)):
+        decode_line(_edit(change)[0], 1)
+
+
+@pytest.mark.parametrize(("change", "message"), _OUT_OF_RANGE)
+def test_the_writer_refuses_values_out_of_range(change: dict[str, Any], message: str) -> None:
+    ((name, value),) = change.items()
+    raw = Decimal(value) if isinstance(value, str) else value
+    event = msgspec.structs.replace(EXAMPLES[6], **{name: raw})
+    with pytest.raises(LogFormatError, match=re.escape(message)):
+        encode_line(1, event)
+
+
+def test_any_damage_to_a_version_2_line_fails_its_checksum() -> None:
+    line = FILL_V2.encode()
+    for at in range(len(line)):
+        for replacement in (b"0", b"7", b"x", b" "):
+            damaged = line[:at] + replacement + line[at + 1 :]
+            if damaged == line:
+                continue
+            with pytest.raises(LogFormatError):
+                decode_line(damaged)
+    price = FILL_V2.replace('"price":"4299.16"', '"price":"4299.17"')
+    assert price != FILL_V2
+    with pytest.raises(LogFormatError, match="checksum mismatch"):
+        decode_line(price)
 
 
 def test_non_finite_balance_is_rejected() -> None:
-    document = json.loads(encode_line(1, EXAMPLES[13]))
+    document = json.loads(encode_line(1, EXAMPLES[13], version=1))
     document["event"]["balances"][1]["locked"] = "Infinity"
     with pytest.raises(LogFormatError, match="kPEPE is not a decimal in range"):
-        decode_line(json.dumps(document))
+        decode_line(json.dumps(document), 1)
+    event = EXAMPLES[13]
+    assert isinstance(event, BalanceObserved)
+    infinite = msgspec.structs.replace(event.balances[1], locked=Decimal("Infinity"))
+    with pytest.raises(LogFormatError, match="kPEPE is not a decimal in range"):
+        encode_line(1, msgspec.structs.replace(event, balances=(event.balances[0], infinite)))
 
 
-def test_every_schema_version_is_known() -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_every_schema_version_is_known(version: int) -> None:
     # Each type decodes at the version encode_line writes; nothing else is silently read.
     for event in EXAMPLES:
-        document = json.loads(encode_line(1, event))
+        document = json.loads(encode_line(1, event, version))
         document["v"] += 1
+        line = json.dumps(document) if version == 1 else _signed(document)
         with pytest.raises(LogFormatError, match="newer than this program knows"):
-            decode_line(json.dumps(document))
+            decode_line(line, version)
 
 
 # --- property: any event round-trips ------------------------------------------------------
@@ -333,14 +422,14 @@ def _strategy(hint: Any) -> st.SearchStrategy[Any]:
     if typing.get_origin(hint) is tuple:
         (item, _ellipsis) = typing.get_args(hint)
         return st.lists(_strategy(item), max_size=3).map(tuple)
-    if attrs.has(hint):
+    if isinstance(hint, type) and issubclass(hint, msgspec.Struct):
         return _builds(hint)
     raise AssertionError(f"no strategy for {hint!r}")
 
 
 def _builds(cls: type) -> st.SearchStrategy[Any]:
     hints = typing.get_type_hints(cls)
-    return st.builds(cls, **{f.name: _strategy(hints[f.name]) for f in attrs.fields(cls)})
+    return st.builds(cls, **{f.name: _strategy(hints[f.name]) for f in msgspec.structs.fields(cls)})
 
 
 ANY_EVENT: st.SearchStrategy[Event] = st.one_of([_builds(cls) for cls in EVENT_TYPES.values()])
@@ -358,10 +447,10 @@ def test_any_event_round_trips(seq: int, event: Event) -> None:
 def _state_with(quantity: str, price: str) -> Any:
     market = EXAMPLES[16]
     assert isinstance(market, MarketInfo)
-    spot = attrs.evolve(market, symbol="SOL_USDC", market_type=MarketType.SPOT)
+    spot = msgspec.structs.replace(market, symbol="SOL_USDC", market_type=MarketType.SPOT)
     first = EXAMPLES[0]
     assert isinstance(first, OrderSubmitted)
-    submit = attrs.evolve(first, quantity=D(quantity), price=D(price))
+    submit = msgspec.structs.replace(first, quantity=D(quantity), price=D(price))
     return replay([spot, submit])
 
 

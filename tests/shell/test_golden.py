@@ -564,3 +564,38 @@ def test_every_prefix_of_the_reordered_session_keeps_balances_whole() -> None:
         state = replay(events[:end])
         for b in state.balances.values():
             assert b.locked >= 0 and b.available >= 0
+
+
+# --- logs of format version 1 (written before 0.2) still replay ------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_version_1_sessions_replay_to_their_expected_hashes(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = REPLAY_DIR / "v1" / f"{name}.jsonl"
+    assert old.read_bytes().startswith(b'{"format":"oms-event-log","version":1}\n')
+    reader = LogReader(old)
+    events = list(reader.events())
+    assert reader.version == 1
+    assert events == session_events(name)
+    assert state_hash(replay(events)) == expected(name)["state_hash"]
+    assert replay_main([str(old), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["state_hash"] == expected(name)["state_hash"]
+
+
+def test_a_version_1_log_is_appended_to_in_version_1(tmp_path: Path) -> None:
+    name = NAMES[0]
+    old = (REPLAY_DIR / "v1" / f"{name}.jsonl").read_bytes()
+    events = session_events(name)
+    path = tmp_path / "old.jsonl"
+    path.write_bytes(old)
+    engine = Engine.open(path, fsync=Fsync.never())
+    engine.record(events[-1])  # a repeat: recorded again, and harmless
+    engine.close()
+    written = path.read_bytes()
+    assert written.startswith(old)
+    assert b'"type":' in written[len(old) :] and b'"crc"' not in written[len(old) :]
+    reader = LogReader(path)
+    assert list(reader.events()) == [*events, events[-1]]
+    assert reader.version == 1

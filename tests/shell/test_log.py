@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 import tracemalloc
+import zlib
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
-import attrs
+import msgspec
 import pytest
 
 from oms.core.events import Event, MessageNotUnderstood, OrderExpired, OrderFilled
@@ -432,15 +433,15 @@ def test_an_integer_beyond_64_bits_is_refused_before_anything_is_written(
     with EventLog.open(path, fsync=Fsync.never()) as log:
         log.append(fill(1))
         with pytest.raises(LogFormatError, match="trade_id is not a 64-bit integer"):
-            log.append(attrs.evolve(fill(2), trade_id=trade_id))
+            log.append(msgspec.structs.replace(fill(2), trade_id=trade_id))
         assert log.last_seq == 1
     assert [seq for seq, _ in LogReader(path)] == [1]
 
 
 def test_the_64_bit_extremes_round_trip(tmp_path: Path) -> None:
     events: list[Event] = [
-        attrs.evolve(fill(1), trade_id=2**64 - 1),
-        attrs.evolve(fill(2), trade_id=-(2**63)),
+        msgspec.structs.replace(fill(1), trade_id=2**64 - 1),
+        msgspec.structs.replace(fill(2), trade_id=-(2**63)),
     ]
     write_log(tmp_path / "s.jsonl", events)
     assert list(LogReader(tmp_path / "s.jsonl").events()) == events
@@ -460,7 +461,8 @@ def test_a_huge_or_deep_value_in_a_line_is_a_log_read_error(
     path = tmp_path / "s.jsonl"
     write_log(path, [fill(1), fill(2)])
     lines = lines_of(path)
-    lines[1] = lines[1].replace(b'"trade_id":1', damage)
+    # Forged: the checksum is made to match, so the value itself must be refused.
+    lines[1] = _resigned(lines[1].replace(b'"trade_id":1', damage))
     path.write_bytes(b"".join(lines))
     with pytest.raises(LogReadError) as caught:
         EventLog.open(path)
@@ -468,3 +470,21 @@ def test_a_huge_or_deep_value_in_a_line_is_a_log_read_error(
     assert message in caught.value.message
     assert len(caught.value.message) <= 300
     assert path.read_bytes() == b"".join(lines)  # corruption is reported, never cut
+
+
+def _resigned(line: bytes) -> bytes:
+    """A version 2 line with its checksum recomputed over its (edited) content."""
+    head = line[: line.rindex(b',"crc":"')]
+    return head + b',"crc":"%08x"}\n' % zlib.crc32(head)
+
+
+def test_a_damaged_line_fails_its_checksum(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    write_log(path, [fill(1), fill(2), fill(3)])
+    lines = lines_of(path)
+    assert b'"quantity":"0.01"' in lines[2]
+    lines[2] = lines[2].replace(b'"quantity":"0.01"', b'"quantity":"0.07"')  # still valid JSON
+    path.write_bytes(b"".join(lines))
+    with pytest.raises(LogReadError, match="checksum mismatch") as caught:
+        EventLog.open(path)
+    assert caught.value.line == 3

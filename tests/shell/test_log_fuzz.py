@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import zlib
 from decimal import Decimal
 from pathlib import Path
 from typing import Final
@@ -29,8 +30,12 @@ from oms.replay import main
 from tests.fuzz_settings import fuzz
 from tests.helpers import ROOT
 
-SESSIONS: Final = sorted((ROOT / "replay").glob("*.jsonl"))
-LOGS: Final = {path.name: path.read_bytes() for path in SESSIONS}
+# The golden sessions in both line formats: version 2 (checksummed lines, the format written
+# now) and version 1 (read value by value).
+SESSIONS: Final = sorted((ROOT / "replay").glob("*.jsonl")) + sorted(
+    (ROOT / "replay" / "v1").glob("*.jsonl")
+)
+LOGS: Final = {path.relative_to(ROOT / "replay").as_posix(): path.read_bytes() for path in SESSIONS}
 
 # A JSON token: a string, a number, or a literal.
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null')
@@ -117,6 +122,7 @@ def _damage(draw: st.DrawFn, data: bytes) -> bytes:
                 "number",
                 "deep",
                 "drop newline",
+                "forge",
             ]
         )
     )
@@ -149,11 +155,20 @@ def _damage(draw: st.DrawFn, data: bytes) -> bytes:
             token = draw(st.sampled_from(tokens))
             value = draw(st.sampled_from(ODD_VALUES) | st.just(_deep(draw(st.integers(1, 3000)))))
             lines[i] = lines[i][: token.start()] + value + lines[i][token.end() :]
+    elif kind == "forge":  # any value, and the line's checksum made to match: decoder and
+        # reducer must cope with what a checksum cannot catch (a line written on purpose)
+        tokens = list(_TOKEN.finditer(lines[i]))
+        if tokens:
+            token = draw(st.sampled_from(tokens))
+            value = draw(st.sampled_from(ODD_VALUES) | _in_range)
+            lines[i] = _resigned(lines[i][: token.start()] + value + lines[i][token.end() :])
     elif kind == "number":  # another figure the reader accepts: the reducer must cope
         numbers = list(_NUMBER.finditer(lines[i]))
         if numbers:
             token = draw(st.sampled_from(numbers))
-            lines[i] = lines[i][: token.start()] + draw(_in_range) + lines[i][token.end() :]
+            lines[i] = _resigned(
+                lines[i][: token.start()] + draw(_in_range) + lines[i][token.end() :]
+            )
     else:  # deep: a nested value and an extra key after some key of the line
         colons = [m.end() for m in re.finditer(rb'":', lines[i])]
         if colons:
@@ -161,6 +176,14 @@ def _damage(draw: st.DrawFn, data: bytes) -> bytes:
             inject = _deep(draw(st.integers(30, 5000))) + b',"zz":'
             lines[i] = lines[i][:at] + inject + lines[i][at:]
     return b"".join(lines)
+
+
+def _resigned(line: bytes) -> bytes:
+    """A version 2 line with its checksum recomputed over its content (others unchanged)."""
+    at = line.rfind(b',"crc":"')
+    if at < 0:
+        return line
+    return line[:at] + b',"crc":"%08x"}\n' % zlib.crc32(line[:at])
 
 
 def _replay(path: Path) -> tuple[int, str, str]:
@@ -187,7 +210,7 @@ def _check_outcome(path: Path, code: int, err: str) -> None:
 def test_any_damage_gives_exit_0_or_one_clear_line(sample: tuple[str, bytes]) -> None:
     name, data = sample
     with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory) / name
+        path = Path(directory) / name.replace("/", "_")
         path.write_bytes(data)
         code, _out, err = _replay(path)
         event(f"exit {code}" + (" (torn tail)" if code == 0 and err else ""))
@@ -198,13 +221,13 @@ def test_any_damage_gives_exit_0_or_one_clear_line(sample: tuple[str, bytes]) ->
 # --- the bugs this pins, one by one ------------------------------------------------------------
 
 
-MARKET_LINE: Final = LOGS["perp_position_lifecycle.jsonl"].splitlines(keepends=True)[1]
+MARKET_LINE: Final = LOGS["v1/perp_position_lifecycle.jsonl"].splitlines(keepends=True)[1]
 assert b'"type":"MarketInfo"' in MARKET_LINE
 
 
 def _with_line(tmp_path: Path, number: int, line: bytes) -> Path:
     """The perp session with its line `number` (1-based) replaced."""
-    lines = LOGS["perp_position_lifecycle.jsonl"].splitlines(keepends=True)
+    lines = LOGS["v1/perp_position_lifecycle.jsonl"].splitlines(keepends=True)
     lines[number - 1] = line
     path = tmp_path / "damaged.jsonl"
     path.write_bytes(b"".join(lines))
@@ -268,7 +291,7 @@ def test_a_reason_with_a_newline_stays_on_one_line(tmp_path: Path) -> None:
 
 
 def test_damaged_logs_as_a_process_show_no_traceback(tmp_path: Path) -> None:
-    line3 = LOGS["perp_position_lifecycle.jsonl"].splitlines(keepends=True)[2]
+    line3 = LOGS["v1/perp_position_lifecycle.jsonl"].splitlines(keepends=True)[2]
     damaged = {
         "deep": _deep_line(2),
         "huge seq": b'{"seq":1' + b"0" * 5000 + b',"type":"X","v":1,"event":{}}\n',

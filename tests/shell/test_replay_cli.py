@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,11 @@ def _lines(name: str) -> list[bytes]:
     return (REPLAY_DIR / f"{name}.jsonl").read_bytes().splitlines(keepends=True)
 
 
+def _resigned(line: bytes) -> bytes:
+    head = line[: line.rindex(b',"crc":"')]
+    return head + b',"crc":"%08x"}\n' % zlib.crc32(head)
+
+
 def _broken(kind: str) -> bytes:
     """The spot session with its line 4 (seq 3, OrderSubmitted) broken one way."""
     lines = _lines("spot_limit_partial_cancel")
@@ -202,7 +208,8 @@ def _broken(kind: str) -> bytes:
         "bad UTF-8": line.replace(b'"SOL_USDC"', b'"SOL\xc3_USDC"'),
         "missing field": line.replace(b'"client_id":1001,', b""),
         "mistyped field": line.replace(b'"client_id":1001', b'"client_id":"1001"'),
-        "seq gap": line.replace(b'"seq":3', b'"seq":5'),
+        # A well-formed line (its checksum made to match) in the wrong place.
+        "seq gap": _resigned(line.replace(b'"seq":3', b'"seq":5')),
     }[kind]
     assert lines[3] != line
     return b"".join(lines)
