@@ -19,13 +19,16 @@ freezes. Both run the same step code, so they agree bit for bit.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+import typing
+from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Any, assert_never
+from typing import Any, Final, TypeAlias, TypeVar
 
+from immutables import Map, MapMutation
 from msgspec.structs import replace
 
 from oms.core.events import (
+    EVENT_TYPES,
     BalanceObserved,
     CancelRejected,
     CancelRequested,
@@ -47,7 +50,7 @@ from oms.core.events import (
     TriggerFailed,
     TriggerPlaced,
 )
-from oms.core.lifecycle import Kind, kind_of_venue_status, transition
+from oms.core.lifecycle import TRANSITIONS, Kind, kind_of_venue_status
 from oms.core.state import (
     ANOMALIES_KEPT,
     POSITION_WINDOW,
@@ -69,6 +72,7 @@ from oms.core.values import (
     PNL_QUANTUM,
     SYNTHETIC_TRADE_ID_BASE,
     ZERO,
+    MarketType,
     OrderOrigin,
     OrderStatus,
     Side,
@@ -154,6 +158,21 @@ def _round_pnl(value: Decimal) -> Decimal:
     return value
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+# A map of the state while a fold writes to it: the state's own, or a mutation of it.
+_Table: TypeAlias = Map[_K, _V] | MapMutation[_K, _V]
+
+
+def _mutation(table: _Table[_K, _V]) -> MapMutation[_K, _V]:
+    assert isinstance(table, Map)
+    return table.mutate()
+
+
+def _frozen(table: _Table[_K, _V]) -> Map[_K, _V]:
+    return table if isinstance(table, Map) else table.finish()
+
+
 class Fold:
     """An incremental `replay`: `step(event)` for each event, `freeze()` for the state.
 
@@ -163,33 +182,81 @@ class Fold:
 
     def __init__(self, state: State) -> None:
         self.seq = state.last_seq
-        self.orders = state.orders
-        self.by_client = state.by_client
-        self.by_venue = state.by_venue
-        self.balances = state.balances
-        self.positions = state.positions
+        # The maps are read where they are (a Map, or the mutation made at its first write)
+        # and written through `_w_*`, which makes a mutation once: replaying writes in place,
+        # and `freeze` finishes only the maps that changed, so an unchanged map stays the same
+        # object (`is_news` relies on that).
+        self.orders: _Table[str, Order] = state.orders
+        self.by_client: _Table[int, str] = state.by_client
+        self.by_venue: _Table[str, str] = state.by_venue
+        self.balances: _Table[str, Balance] = state.balances
+        self.positions: _Table[str, Position] = state.positions
+        self.finished: _Table[int, str] = state.finished
+        self._orders_m: MapMutation[str, Order] | None = None
+        self._by_client_m: MapMutation[int, str] | None = None
+        self._by_venue_m: MapMutation[str, str] | None = None
+        self._balances_m: MapMutation[str, Balance] | None = None
+        self._positions_m: MapMutation[str, Position] | None = None
+        self._finished_m: MapMutation[int, str] | None = None
         self.markets = state.markets
         self.anomalies = state.anomalies
         self.anomaly_counts = state.anomaly_counts
-        self.finished = state.finished
         self.finished_head = state.finished_head
         self.finished_tail = state.finished_tail
         self.retain_finished = state.retain_finished
         self.last_client_id = state.last_client_id
         self.baseline_seq = state.baseline_seq
 
+    def _w_orders(self) -> MapMutation[str, Order]:
+        if self._orders_m is None:
+            self._orders_m = self.orders = _mutation(self.orders)
+        return self._orders_m
+
+    def _w_by_client(self) -> MapMutation[int, str]:
+        if self._by_client_m is None:
+            self._by_client_m = self.by_client = _mutation(self.by_client)
+        return self._by_client_m
+
+    def _w_by_venue(self) -> MapMutation[str, str]:
+        if self._by_venue_m is None:
+            self._by_venue_m = self.by_venue = _mutation(self.by_venue)
+        return self._by_venue_m
+
+    def _w_balances(self) -> MapMutation[str, Balance]:
+        if self._balances_m is None:
+            self._balances_m = self.balances = _mutation(self.balances)
+        return self._balances_m
+
+    def _w_positions(self) -> MapMutation[str, Position]:
+        if self._positions_m is None:
+            self._positions_m = self.positions = _mutation(self.positions)
+        return self._positions_m
+
+    def _w_finished(self) -> MapMutation[int, str]:
+        if self._finished_m is None:
+            self._finished_m = self.finished = _mutation(self.finished)
+        return self._finished_m
+
     def freeze(self) -> State:
+        orders = self.orders = _frozen(self.orders)
+        by_client = self.by_client = _frozen(self.by_client)
+        by_venue = self.by_venue = _frozen(self.by_venue)
+        balances = self.balances = _frozen(self.balances)
+        positions = self.positions = _frozen(self.positions)
+        finished = self.finished = _frozen(self.finished)
+        self._orders_m = self._by_client_m = self._by_venue_m = None
+        self._balances_m = self._positions_m = self._finished_m = None
         return State(
             last_seq=self.seq,
-            orders=self.orders,
-            by_client=self.by_client,
-            by_venue=self.by_venue,
-            balances=self.balances,
-            positions=self.positions,
+            orders=orders,
+            by_client=by_client,
+            by_venue=by_venue,
+            balances=balances,
+            positions=positions,
             markets=self.markets,
             anomalies=self.anomalies,
             anomaly_counts=self.anomaly_counts,
-            finished=self.finished,
+            finished=finished,
             finished_head=self.finished_head,
             finished_tail=self.finished_tail,
             retain_finished=self.retain_finished,
@@ -201,46 +268,24 @@ class Fold:
 
     def step(self, event: Event) -> None:
         self.seq += 1
-        match event:
-            case (
-                OrderSubmitted()
-                | CancelRequested()
-                | SubmitRejected()
-                | SubmitUnknown()
-                | CancelRejected()
-                | OrderAccepted()
-                | OrderFilled()
-                | OrderCancelled()
-                | OrderExpired()
-                | OrderModified()
-                | TriggerPlaced()
-                | TriggerFailed()
-                | OrderObserved()
-            ):
-                self._order_event(event)
-            case BalanceObserved():
-                self._balances_observed(event)
-            case PositionObserved():
-                self._position_observed(event)
-            case FundingPaid():
-                self._funding(event)
-            case MarketInfo():
-                self.markets = self.markets.set(
-                    event.symbol,
-                    Market(
-                        symbol=event.symbol,
-                        base_asset=event.base_asset,
-                        quote_asset=event.quote_asset,
-                        market_type=event.market_type,
-                        tick_size=event.tick_size,
-                        step_size=event.step_size,
-                        min_quantity=event.min_quantity,
-                    ),
-                )
-            case MessageNotUnderstood():
-                self._anomaly(AnomalyKind.NOT_UNDERSTOOD, event.reason)
-            case _:
-                assert_never(event)
+        _STEPS[type(event)](self, event)
+
+    def _market_info(self, event: MarketInfo) -> None:
+        self.markets = self.markets.set(
+            event.symbol,
+            Market(
+                symbol=event.symbol,
+                base_asset=event.base_asset,
+                quote_asset=event.quote_asset,
+                market_type=event.market_type,
+                tick_size=event.tick_size,
+                step_size=event.step_size,
+                min_quantity=event.min_quantity,
+            ),
+        )
+
+    def _not_understood(self, event: MessageNotUnderstood) -> None:
+        self._anomaly(AnomalyKind.NOT_UNDERSTOOD, event.reason)
 
     def _anomaly(self, kind: AnomalyKind, detail: str, order_key: str | None = None) -> None:
         record = Anomaly(seq=self.seq, kind=kind, detail=detail, order_key=order_key)
@@ -294,19 +339,19 @@ class Fold:
             if created is None:
                 return
             key = created
-        order = self.orders[key]
+        order = stored = self.orders[key]
         # Index ids the order did not have yet (the venue id arrives with the first report).
         if venue_id is not None and order.venue_id is None:
             order = replace(order, venue_id=venue_id)
-            self.by_venue = self.by_venue.set(venue_id, key)
+            self._w_by_venue().set(venue_id, key)
         if client_id is not None and order.client_id is None:
             order = replace(order, client_id=client_id)
-            self.by_client = self.by_client.set(client_id, key)
-        if order is not self.orders[key]:
+            self._w_by_client().set(client_id, key)
+        if order is not stored:
             # Store the ids now: `_advance` may return early (an absorbed report, a duplicate
             # fill), and an index entry for an id the order does not carry would outlive the
             # order when retention drops it (a later report then finds a missing key).
-            self.orders = self.orders.set(key, order)
+            self._w_orders().set(key, order)
         self._advance(order, event)
 
     def _submit(self, event: OrderSubmitted) -> None:
@@ -327,8 +372,8 @@ class Fold:
             created_seq=self.seq,
             updated_seq=self.seq,
         )
-        self.orders = self.orders.set(key, order)
-        self.by_client = self.by_client.set(event.client_id, key)
+        self._w_orders().set(key, order)
+        self._w_by_client().set(event.client_id, key)
 
     def _create_from_report(
         self, event: OrderEvent, client_id: int | None, venue_id: str | None
@@ -373,106 +418,33 @@ class Fold:
             created_seq=self.seq,
             updated_seq=self.seq,
         )
-        self.orders = self.orders.set(key, order)
+        self._w_orders().set(key, order)
         if client_id is not None:
-            self.by_client = self.by_client.set(client_id, key)
+            self._w_by_client().set(client_id, key)
         if venue_id is not None:
-            self.by_venue = self.by_venue.set(venue_id, key)
+            self._w_by_venue().set(venue_id, key)
         return key
 
     def _advance(self, order: Order, event: OrderEvent) -> None:
         before = order
+        cls = type(event)
+        # The report's own changes to the order (None: nothing more to do, e.g. a duplicate).
+        changed = _REPORTS[cls](self, order, event)
+        if changed is None:
+            return
+        order = changed
         reported: VenueStatus | None = None
-        match event:
-            case OrderSubmitted():
-                kind = Kind.SUBMITTED
-            case SubmitRejected():
-                kind = Kind.SUBMIT_REJECTED
-                order = replace(order, reject_code=event.code, reject_message=event.message)
-            case SubmitUnknown():
-                kind = Kind.SUBMIT_UNKNOWN
-            case CancelRequested():
-                kind = Kind.CANCEL_REQUESTED
-                if not order.cancel_requested:
-                    order = replace(order, cancel_requested=True)
-            case CancelRejected():
-                kind = Kind.CANCEL_REJECTED
-                if order.cancel_requested:
-                    order = replace(order, cancel_requested=False)
-            case OrderAccepted():
-                kind = Kind.ACCEPTED
-                order = _fill_in(
-                    order,
-                    side=event.side,
-                    order_type=event.order_type,
-                    quantity=event.quantity,
-                    quote_quantity=event.quote_quantity,
-                    price=event.price,
-                )
-                order = _venue_cap(order, event.quantity)
-            case OrderFilled():
-                kind = Kind.FILL
-                reported = event.status
-                if event.trade_id in order.trade_ids:
-                    self._anomaly(
-                        AnomalyKind.DUPLICATE_FILL,
-                        f"trade {event.trade_id} of order {order.key} on {order.symbol} "
-                        "already counted",
-                        order.key,
-                    )
-                    return
-                order = self._fill(order, event)
-            case OrderCancelled():
-                kind = Kind.CANCELLED
-                order = self._cumulative(order, event.cum_quantity)
-            case OrderExpired():
-                kind = Kind.EXPIRED
-                if event.reason is not None:
-                    order = replace(order, expiry_reason=event.reason)
-                order = self._cumulative(order, event.cum_quantity)
-            case OrderModified():
-                kind = Kind.MODIFIED
-                if order.quantity is None or event.quantity < order.quantity:
-                    # Only ever a decrease; the smallest quantity reported wins in any order.
-                    order = replace(order, quantity=event.quantity)
-                    if event.quantity < order.filled_quantity:
-                        self._anomaly(
-                            AnomalyKind.OVERFILL,
-                            f"order {order.key} modified to {_d(event.quantity)}, below the "
-                            f"{_d(order.filled_quantity)} already filled",
-                            order.key,
-                        )
-            case TriggerPlaced():
-                kind = Kind.TRIGGER_PLACED
-                order = _fill_in(
-                    order, side=event.side, order_type=event.order_type, price=event.price
-                )
-            case TriggerFailed():
-                kind = Kind.TRIGGER_FAILED
-            case OrderObserved():
-                kind = kind_of_venue_status(event.status)
-                reported = event.status
-                order = _fill_in(
-                    order,
-                    side=event.side,
-                    order_type=event.order_type,
-                    quantity=event.quantity,
-                    quote_quantity=event.quote_quantity,
-                    price=event.price,
-                )
-                order = _venue_cap(order, event.quantity)
-                if event.expiry_reason is not None and order.expiry_reason is None:
-                    order = replace(order, expiry_reason=event.expiry_reason)
-                # An answer to our own command (source rest) often runs ahead of the stream's
-                # fills: a normal race, so only other observations are checked for a gap.
-                order = self._cumulative(
-                    order, event.executed_quantity, check=event.source is not Source.REST
-                )
-            case _:
-                assert_never(event)
-
-        rule = transition(order.status, kind)
-        status = order.status
+        if cls is OrderFilled:
+            kind = Kind.FILL
+            reported = event.status  # type: ignore[union-attr]
+        elif cls is OrderObserved:
+            reported = event.status  # type: ignore[union-attr]
+            kind = kind_of_venue_status(reported)  # type: ignore[arg-type]
+        else:
+            kind = _KINDS[cls]
+        old_status = order.status
+        rule = TRANSITIONS[(old_status, kind)]
+        status = old_status
         if rule.to is not None:
             status = rule.to
         elif rule.follow_fills:
@@ -480,35 +452,124 @@ class Fold:
         if rule.anomaly:
             self._anomaly(
                 AnomalyKind.FORBIDDEN_TRANSITION,
-                f"can't apply {type(event).__name__} to order {order.key} in state "
-                f"{order.status.value}",
+                f"can't apply {cls.__name__} to order {order.key} in state {old_status.value}",
                 order.key,
             )
-        if status is not order.status:
-            order = replace(order, status=status)
-        if event.venue_time_us is not None and (
-            order.venue_time_us is None or event.venue_time_us > order.venue_time_us
+        venue_time = event.venue_time_us
+        if venue_time is not None and (
+            order.venue_time_us is None or venue_time > order.venue_time_us
         ):
             # The latest venue time of any report on the order, absorbed ones included, not
             # the time of the last to arrive: arrival order must not change the order.
-            order = replace(order, venue_time_us=event.venue_time_us)
-        if order == before:
+            if status is not old_status:
+                order = replace(order, status=status, venue_time_us=venue_time)
+            else:
+                order = replace(order, venue_time_us=venue_time)
+        elif status is not old_status:
+            order = replace(order, status=status)
+        if cls is not OrderFilled and order == before:
             # Equality, not identity: a repeated report rebuilds fields with the same values
             # (an expiry reason, a reject code); it must not count as a change, or applying
-            # it twice would bump `updated_seq` and break idempotence.
+            # it twice would bump `updated_seq` and break idempotence. (A fill counted always
+            # changes the order: its trade id is new.)
             return
-        order = self._relock(order)
-        finishing = order.status.is_terminal and not before.status.is_terminal
+        locked, lock_asset = self._relock(order, status)
+        was_terminal = before.status in _TERMINAL
+        finishing = status in _TERMINAL and not was_terminal
         if finishing:
-            order = replace(order, updated_seq=self.seq, finished_at=self.finished_tail)
-        elif before.status.is_terminal and not order.status.is_terminal:
+            finished_at: int | None = self.finished_tail
+        elif was_terminal and status not in _TERMINAL:
             # Reopened by the venue (a rejected order it accepts): no longer in the queue.
-            order = replace(order, updated_seq=self.seq, finished_at=None)
+            finished_at = None
         else:
-            order = replace(order, updated_seq=self.seq)
-        self.orders = self.orders.set(order.key, order)
+            finished_at = order.finished_at
+        order = replace(
+            order,
+            updated_seq=self.seq,
+            finished_at=finished_at,
+            locked=locked,
+            lock_asset=lock_asset,
+        )
+        self._w_orders()[order.key] = order
         if finishing:
             self._finished(order.key)
+
+    # --- what each report changes in its order, before the status moves ---------------------
+
+    def _report_submitted(self, order: Order, event: OrderSubmitted) -> Order | None:
+        return order
+
+    def _report_submit_rejected(self, order: Order, event: SubmitRejected) -> Order | None:
+        return replace(order, reject_code=event.code, reject_message=event.message)
+
+    def _report_cancel_requested(self, order: Order, event: CancelRequested) -> Order | None:
+        return order if order.cancel_requested else replace(order, cancel_requested=True)
+
+    def _report_cancel_rejected(self, order: Order, event: CancelRejected) -> Order | None:
+        return replace(order, cancel_requested=False) if order.cancel_requested else order
+
+    def _report_accepted(self, order: Order, event: OrderAccepted) -> Order | None:
+        order = _fill_in(
+            order,
+            side=event.side,
+            order_type=event.order_type,
+            quantity=event.quantity,
+            quote_quantity=event.quote_quantity,
+            price=event.price,
+        )
+        return _venue_cap(order, event.quantity)
+
+    def _report_filled(self, order: Order, event: OrderFilled) -> Order | None:
+        if event.trade_id in order.trade_ids:
+            self._anomaly(
+                AnomalyKind.DUPLICATE_FILL,
+                f"trade {event.trade_id} of order {order.key} on {order.symbol} already counted",
+                order.key,
+            )
+            return None
+        return self._fill(order, event)
+
+    def _report_cancelled(self, order: Order, event: OrderCancelled) -> Order | None:
+        return self._cumulative(order, event.cum_quantity)
+
+    def _report_expired(self, order: Order, event: OrderExpired) -> Order | None:
+        if event.reason is not None:
+            order = replace(order, expiry_reason=event.reason)
+        return self._cumulative(order, event.cum_quantity)
+
+    def _report_modified(self, order: Order, event: OrderModified) -> Order | None:
+        if order.quantity is None or event.quantity < order.quantity:
+            # Only ever a decrease; the smallest quantity reported wins in any order.
+            order = replace(order, quantity=event.quantity)
+            if event.quantity < order.filled_quantity:
+                self._anomaly(
+                    AnomalyKind.OVERFILL,
+                    f"order {order.key} modified to {_d(event.quantity)}, below the "
+                    f"{_d(order.filled_quantity)} already filled",
+                    order.key,
+                )
+        return order
+
+    def _report_trigger_placed(self, order: Order, event: TriggerPlaced) -> Order | None:
+        return _fill_in(order, side=event.side, order_type=event.order_type, price=event.price)
+
+    def _report_observed(self, order: Order, event: OrderObserved) -> Order | None:
+        order = _fill_in(
+            order,
+            side=event.side,
+            order_type=event.order_type,
+            quantity=event.quantity,
+            quote_quantity=event.quote_quantity,
+            price=event.price,
+        )
+        order = _venue_cap(order, event.quantity)
+        if event.expiry_reason is not None and order.expiry_reason is None:
+            order = replace(order, expiry_reason=event.expiry_reason)
+        # An answer to our own command (source rest) often runs ahead of the stream's fills: a
+        # normal race, so only other observations are checked for a gap.
+        return self._cumulative(
+            order, event.executed_quantity, check=event.source is not Source.REST
+        )
 
     def _cumulative(self, order: Order, cumulative: Decimal | None, *, check: bool = True) -> Order:
         """Compare a venue cumulative executed quantity with the fills counted."""
@@ -580,55 +641,75 @@ class Fold:
                 order.key,
             )
             return
-        if market.market_type.has_positions:
+        fee = event.fee
+        fee_asset = event.fee_asset
+        if market.market_type in _POSITION_MARKETS:
             # Perps settle in the quote asset as they go: realized PnL in, the fee out.
             realized = self._position_fill(event)
             if realized is None:
                 return  # inside the adopted baseline: its PnL and fee are in the venue's figures
+            if fee and fee_asset == market.quote_asset:
+                realized = _sub(realized, fee)
+                fee = ZERO
             if realized:
-                self._move(market.quote_asset, realized, ZERO)
-            if event.fee:
-                self._move(event.fee_asset, event.fee.copy_negate(), ZERO)
+                self._move_available(market.quote_asset, realized)
+            if fee:
+                self._move_available(fee_asset, fee.copy_negate())
             return
+        # Spot: one move per asset, the fee folded into the move of its asset.
         if event.side is Side.BID:
-            self._move(market.base_asset, event.quantity, ZERO)
-            self._move(market.quote_asset, notional.copy_negate(), ZERO)
+            base, quote = event.quantity, notional.copy_negate()
         else:
-            self._move(market.base_asset, event.quantity.copy_negate(), ZERO)
-            self._move(market.quote_asset, notional, ZERO)
-        if event.fee:
-            self._move(event.fee_asset, event.fee.copy_negate(), ZERO)
+            base, quote = event.quantity.copy_negate(), notional
+        if fee:
+            if fee_asset == market.quote_asset:
+                quote = _sub(quote, fee)
+            elif fee_asset == market.base_asset:
+                base = _sub(base, fee)
+            else:
+                self._move_available(fee_asset, fee.copy_negate())
+        self._move_available(market.base_asset, base)
+        self._move_available(market.quote_asset, quote)
 
-    def _relock(self, order: Order) -> Order:
-        """Hold exactly what a resting spot order can still spend; release the rest."""
+    def _relock(self, order: Order, status: OrderStatus) -> tuple[Decimal, str | None]:
+        """Hold exactly what a resting spot order (in `status`) can still spend; release the
+        rest. Returns the order's new (locked, lock_asset)."""
         asset: str | None = None
         amount = ZERO
-        market = self.markets.get(order.symbol)
-        if (
-            market is not None
-            and not market.market_type.has_positions
-            and order.status.is_open
-            and order.quantity is not None
-        ):
-            remaining = _sub(order.quantity, order.filled_quantity)
-            if remaining > 0:
-                if order.side is Side.ASK:
-                    asset, amount = market.base_asset, remaining
-                elif order.side is Side.BID and order.price is not None:
-                    asset, amount = market.quote_asset, _mul(remaining, order.price)
-        if asset == order.lock_asset and amount == order.locked:
-            return order
-        if order.lock_asset is not None and order.locked:
-            self._move(order.lock_asset, order.locked, order.locked.copy_negate())
+        if status in _RESTING and order.quantity is not None:
+            market = self.markets.get(order.symbol)
+            if market is not None and market.market_type not in _POSITION_MARKETS:
+                remaining = _sub(order.quantity, order.filled_quantity)
+                if remaining > 0:
+                    if order.side is Side.ASK:
+                        asset, amount = market.base_asset, remaining
+                    elif order.side is Side.BID and order.price is not None:
+                        asset, amount = market.quote_asset, _mul(remaining, order.price)
+        held, held_asset = order.locked, order.lock_asset
+        if asset == held_asset and amount == held:
+            return held, held_asset
+        if held_asset is not None and held:
+            if held_asset == asset:
+                # The same asset (the usual case: a fill of a resting order): one move.
+                change = _sub(held, amount)
+                self._move(asset, change, change.copy_negate())
+                return amount, asset if amount else None
+            self._move(held_asset, held, held.copy_negate())
         if asset is not None and amount:
             self._move(asset, amount.copy_negate(), amount)
-        return replace(order, locked=amount, lock_asset=asset if amount else None)
+        return amount, asset if amount else None
+
+    def _move_available(self, asset: str, change: Decimal) -> None:
+        balance = self.balances.get(asset)
+        if balance is None:
+            balance = Balance(asset=asset)
+        self._w_balances()[asset] = replace(balance, available=_add(balance.available, change))
 
     def _move(self, asset: str, d_available: Decimal, d_locked: Decimal) -> None:
         balance = self.balances.get(asset)
         if balance is None:
             balance = Balance(asset=asset)
-        self.balances = self.balances.set(
+        self._w_balances().set(
             asset,
             replace(
                 balance,
@@ -638,11 +719,11 @@ class Fold:
         )
 
     def _finished(self, key: str) -> None:
-        self.finished = self.finished.set(self.finished_tail, key)
+        self._w_finished().set(self.finished_tail, key)
         self.finished_tail += 1
         while self.finished_tail - self.finished_head > self.retain_finished:
             old_key = self.finished[self.finished_head]
-            self.finished = self.finished.delete(self.finished_head)
+            del self._w_finished()[self.finished_head]
             self.finished_head += 1
             old = self.orders.get(old_key)
             if old is None or old.finished_at != self.finished_head - 1:
@@ -650,11 +731,11 @@ class Fold:
                 # order the venue accepts): an open order is never dropped, and one that
                 # finished again is dropped at its newer place in the queue.
                 continue
-            self.orders = self.orders.delete(old_key)
+            del self._w_orders()[old_key]
             if old.client_id is not None and self.by_client.get(old.client_id) == old_key:
-                self.by_client = self.by_client.delete(old.client_id)
+                del self._w_by_client()[old.client_id]
             if old.venue_id is not None and self.by_venue.get(old.venue_id) == old_key:
-                self.by_venue = self.by_venue.delete(old.venue_id)
+                del self._w_by_venue()[old.venue_id]
 
     # --- positions --------------------------------------------------------------------------
 
@@ -679,7 +760,6 @@ class Fold:
             key: FillKey = (newest[0] if newest else 0, synthetic, event.venue_id)
         else:
             key = (event.trade_id, 0, event.venue_id)
-        fill = PositionFill(key=key, delta=delta, price=event.price)
         if (position.baseline_key is not None and key <= position.baseline_key) or (
             position.baseline_before_us is not None
             and event.venue_time_us is not None
@@ -693,32 +773,41 @@ class Fold:
                 "position, which includes it: position not moved",
             )
             return None
-        current: PositionFigures | None = None
+        price = event.price
         if newest is None or key > newest:
             # In order (the usual case): one step on top of the current figures.
-            current = _position_step(_figures(position), fill)
-            recent = (*recent, fill)
-        elif base.key is not None and key <= base.key:
-            # Older than the window: counted just after the checkpoint, and reported.
-            self._anomaly(
-                AnomalyKind.FILL_OUT_OF_ORDER,
-                f"fill {event.trade_id} on {event.symbol} is older than the "
-                f"{POSITION_WINDOW} fills kept: applied out of order",
-            )
-            base = _position_step(base, replace(fill, key=base.key))
+            current = _position_step(recent[-1].after if recent else base, key, delta, price)
+            fill = PositionFill(key=key, delta=delta, price=price, after=current)
+            if len(recent) >= POSITION_WINDOW:
+                # The checkpoint moves past the oldest fill, whose figures are at hand.
+                base = recent[0].after
+                recent = (*recent[1:], fill)
+            else:
+                recent = (*recent, fill)
         else:
-            # Late but within the window: insert at its place; the newer fills fold again.
-            at = bisect.bisect_left([f.key for f in recent], key)
-            recent = (*recent[:at], fill, *recent[at:])
-        if len(recent) > POSITION_WINDOW:
-            base = _position_step(base, recent[0])
-            recent = recent[1:]
-        if current is None:
-            current = _fold_fills(base, recent)
+            if base.key is not None and key <= base.key:
+                # Older than the window: counted just after the checkpoint, and reported.
+                self._anomaly(
+                    AnomalyKind.FILL_OUT_OF_ORDER,
+                    f"fill {event.trade_id} on {event.symbol} is older than the "
+                    f"{POSITION_WINDOW} fills kept: applied out of order",
+                )
+                base = _position_step(base, base.key, delta, price)
+                recent = _refold(base, recent)
+            else:
+                # Late but within the window: insert at its place; the newer fills fold again.
+                at = bisect.bisect_left([f.key for f in recent], key)
+                after = _position_step(recent[at - 1].after if at else base, key, delta, price)
+                fill = PositionFill(key=key, delta=delta, price=price, after=after)
+                recent = (*recent[:at], fill, *_refold(after, recent[at:]))
+                if len(recent) > POSITION_WINDOW:
+                    base = recent[0].after
+                    recent = recent[1:]
+            current = recent[-1].after if recent else base
         fees = position.fees
         if event.fee:
             fees = _fees_plus(fees, event.fee_asset, event.fee)
-        self.positions = self.positions.set(
+        self._w_positions().set(
             event.symbol,
             replace(
                 position,
@@ -743,7 +832,7 @@ class Fold:
                 "already counted",
             )
             return
-        self.positions = self.positions.set(
+        self._w_positions().set(
             event.symbol,
             replace(
                 position,
@@ -753,7 +842,7 @@ class Fold:
         )
         market = self.markets.get(event.symbol)
         if market is not None:  # funding settles in the quote asset
-            self._move(market.quote_asset, event.amount, ZERO)
+            self._move_available(market.quote_asset, event.amount)
 
     def _position_observed(self, event: PositionObserved) -> None:
         position = self.positions.get(event.symbol) or Position(symbol=event.symbol)
@@ -789,7 +878,7 @@ class Fold:
                     open_cost=_mul(entry, event.net_quantity.copy_abs()),
                     realized_pnl=position.realized_pnl,
                 )
-            self.positions = self.positions.set(
+            self._w_positions().set(
                 event.symbol,
                 replace(
                     position,
@@ -840,7 +929,7 @@ class Fold:
             reported = drift
         elif not drift:
             reported = ZERO
-        self.positions = self.positions.set(
+        self._w_positions().set(
             event.symbol,
             replace(position, observed=observed, drift_quantity=drift, drift_reported=reported),
         )
@@ -857,7 +946,9 @@ class Fold:
         baseline = self.baseline_seq is None
         if baseline:
             self.baseline_seq = self.seq
-        for asset in sorted(set(seen) | set(self.balances.keys())):
+        balances = self.balances = _frozen(self.balances)  # a mutation cannot list its keys
+        self._balances_m = None
+        for asset in sorted(set(seen) | set(balances.keys())):
             balance = self.balances.get(asset) or Balance(asset=asset)
             reported = seen.get(asset)
             observed = ObservedBalance(
@@ -868,7 +959,7 @@ class Fold:
             if baseline:
                 if balance.observed == observed and balance.available == observed.available:
                     continue
-                self.balances = self.balances.set(
+                self._w_balances().set(
                     asset,
                     replace(
                         balance,
@@ -895,7 +986,7 @@ class Fold:
                     f"{_d(observed.locked)}, derived available {_d(balance.available)} locked "
                     f"{_d(balance.locked)}",
                 )
-            self.balances = self.balances.set(
+            self._w_balances().set(
                 asset,
                 replace(
                     balance,
@@ -904,6 +995,56 @@ class Fold:
                     drift_locked=drift_locked,
                 ),
             )
+
+
+# What a report does to its order (see `Fold._advance`), and the kind of report it is for the
+# transition table (fills and REST observations carry theirs with them).
+_REPORTS: Final[dict[type[OrderEvent], Callable[[Fold, Order, Any], Order | None]]] = {
+    OrderSubmitted: Fold._report_submitted,
+    SubmitRejected: Fold._report_submit_rejected,
+    SubmitUnknown: Fold._report_submitted,
+    CancelRequested: Fold._report_cancel_requested,
+    CancelRejected: Fold._report_cancel_rejected,
+    OrderAccepted: Fold._report_accepted,
+    OrderFilled: Fold._report_filled,
+    OrderCancelled: Fold._report_cancelled,
+    OrderExpired: Fold._report_expired,
+    OrderModified: Fold._report_modified,
+    TriggerPlaced: Fold._report_trigger_placed,
+    TriggerFailed: Fold._report_submitted,
+    OrderObserved: Fold._report_observed,
+}
+_KINDS: Final[dict[type[OrderEvent], Kind]] = {
+    OrderSubmitted: Kind.SUBMITTED,
+    SubmitRejected: Kind.SUBMIT_REJECTED,
+    SubmitUnknown: Kind.SUBMIT_UNKNOWN,
+    CancelRequested: Kind.CANCEL_REQUESTED,
+    CancelRejected: Kind.CANCEL_REJECTED,
+    OrderAccepted: Kind.ACCEPTED,
+    OrderCancelled: Kind.CANCELLED,
+    OrderExpired: Kind.EXPIRED,
+    OrderModified: Kind.MODIFIED,
+    TriggerPlaced: Kind.TRIGGER_PLACED,
+    TriggerFailed: Kind.TRIGGER_FAILED,
+}
+assert set(_REPORTS) == set(typing.get_args(OrderEvent))
+# Status and market-type sets, looked up directly (an enum property costs a call each time).
+_TERMINAL: Final = frozenset(s for s in OrderStatus if s.is_terminal)
+_RESTING: Final = frozenset(s for s in OrderStatus if s.is_open)
+_POSITION_MARKETS: Final = frozenset(t for t in MarketType if t.has_positions)
+
+
+# One handler per event class: `step` dispatches on the exact type (a dictionary lookup, not a
+# chain of isinstance tests; events are final classes).
+_STEPS: Final[dict[type[Event], Callable[[Fold, Any], None]]] = {
+    **{cls: Fold._order_event for cls in typing.get_args(OrderEvent)},
+    BalanceObserved: Fold._balances_observed,
+    PositionObserved: Fold._position_observed,
+    FundingPaid: Fold._funding,
+    MarketInfo: Fold._market_info,
+    MessageNotUnderstood: Fold._not_understood,
+}
+assert set(_STEPS) == set(EVENT_TYPES.values())
 
 
 def _venue_cap(order: Order, quantity: Decimal | None) -> Order:
@@ -944,41 +1085,46 @@ def _figures(position: Position) -> PositionFigures:
     )
 
 
-def _fold_fills(base: PositionFigures, fills: Iterable[PositionFill]) -> PositionFigures:
+def _refold(figures: PositionFigures, fills: tuple[PositionFill, ...]) -> tuple[PositionFill, ...]:
+    """`fills` with their figures after derived again on top of `figures`."""
+    out = []
     for fill in fills:
-        base = _position_step(base, fill)
-    return base
+        figures = _position_step(figures, fill.key, fill.delta, fill.price)
+        out.append(replace(fill, after=figures))
+    return tuple(out)
 
 
-def _position_step(figures: PositionFigures, fill: PositionFill) -> PositionFigures:
-    """The figures after one more fill (in matching order)."""
+def _position_step(
+    figures: PositionFigures, key: FillKey, delta: Decimal, price: Decimal
+) -> PositionFigures:
+    """The figures after one more fill at `key` of signed quantity `delta` at `price` (in
+    matching order)."""
     qty = figures.net_quantity
     entry = figures.entry_price
     cost = figures.open_cost
     realized = figures.realized_pnl
-    delta = fill.delta
     size = delta.copy_abs()
     new_qty = _add(qty, delta)
     if not qty or (qty > 0) == (delta > 0):
         # Opening or increasing: the entry is the open cost over the open quantity.
-        cost = _add(cost, _mul(size, fill.price))
+        cost = _add(cost, _mul(size, price))
         if new_qty:  # a zero-quantity fill on a flat position opens nothing (and 0/0 traps)
             entry = CTX.divide(cost, new_qty.copy_abs())
     else:
         closed = min(size, qty.copy_abs())
-        pnl = _round_pnl(_mul(closed, _sub(fill.price, entry)))
+        pnl = _round_pnl(_mul(closed, _sub(price, entry)))
         realized = _add(realized, pnl if qty > 0 else pnl.copy_negate())
         if not new_qty:
             entry = cost = ZERO
         elif (new_qty > 0) != (qty > 0):
             # Through zero: the remainder opens the other side at the fill price.
-            entry = fill.price
-            cost = _mul(fill.price, new_qty.copy_abs())
+            entry = price
+            cost = _mul(price, new_qty.copy_abs())
         else:
             # Reducing keeps the average entry; the open cost follows the quantity.
             cost = _mul(entry, new_qty.copy_abs())
     return PositionFigures(
-        key=fill.key,
+        key=key,
         net_quantity=new_qty,
         entry_price=entry,
         open_cost=cost,

@@ -481,6 +481,16 @@ def _position_doc(position: Position) -> dict[str, Any]:
     return doc
 
 
+def _position_books(position: Position) -> dict[str, Any]:
+    books = {name: _plain(getattr(position, name)) for name in _POSITION_BOOKS}
+    # Each fill's `after` figures follow from the checkpoint and the fills: not hashed.
+    books["recent"] = [
+        {"key": _plain(fill.key), "delta": _plain(fill.delta), "price": _plain(fill.price)}
+        for fill in position.recent
+    ]
+    return books
+
+
 def state_document(state: State, *, finished_limit: int | None = None) -> dict[str, Any]:
     """The state as one JSON-ready document (the schema of `docs/replay.md`).
 
@@ -522,8 +532,7 @@ def state_hash(state: State) -> str:
     """
     document = state_document(state)
     document["position_books"] = {
-        symbol: {name: _plain(getattr(position, name)) for name in _POSITION_BOOKS}
-        for symbol, position in sorted(state.positions.items())
+        symbol: _position_books(position) for symbol, position in sorted(state.positions.items())
     }
     document["baseline_seq"] = state.baseline_seq
     document["retention"] = {

@@ -203,14 +203,6 @@ POSITION_WINDOW: Final = 256
 FillKey = tuple[int, int, str]
 
 
-class PositionFill(msgspec.Struct, frozen=True, kw_only=True):
-    """One fill as a position needs it: its place, signed quantity (bid > 0) and price."""
-
-    key: FillKey
-    delta: Decimal
-    price: Decimal
-
-
 class PositionFigures(msgspec.Struct, frozen=True, kw_only=True):
     """The order-dependent part of a position after some prefix of its fills.
 
@@ -222,6 +214,21 @@ class PositionFigures(msgspec.Struct, frozen=True, kw_only=True):
     entry_price: Decimal = ZERO
     open_cost: Decimal = ZERO
     realized_pnl: Decimal = ZERO
+
+
+class PositionFill(msgspec.Struct, frozen=True, kw_only=True):
+    """One fill as a position needs it: its place, signed quantity (bid > 0) and price.
+
+    `after` is the position's figures with this fill folded in (on top of the checkpoint and
+    every older fill of the window). It follows from the rest, so the state hash leaves it
+    out; it is kept so that a fill in order, and moving the checkpoint past the oldest fill,
+    each cost one step instead of a fold.
+    """
+
+    key: FillKey
+    delta: Decimal
+    price: Decimal
+    after: PositionFigures
 
 
 class Position(msgspec.Struct, frozen=True, kw_only=True):

@@ -764,3 +764,20 @@ def test_a_fill_from_before_the_baseline_window_does_not_move_the_position_or_ba
     )
     state = apply(state, new)
     assert (pos(state).net_quantity, state.balances["USDC"].available) == (D(0), D("1009.5"))
+
+
+# --- what apply leaves alone -------------------------------------------------------------------
+
+
+def test_apply_keeps_every_map_an_event_does_not_touch_as_the_same_object() -> None:
+    # `is_news` and the engine's listeners rely on identity to see that nothing changed: a
+    # fold that copied an untouched map would make every reconciliation pass look like news.
+    state = funded(submit(1, BID, "2", "10"))
+    request = CancelRequested(source=Source.LOCAL, recv_time_us=50, symbol=SPOT, client_id=1)
+    after = apply(state, request)  # only the order's cancel flag moves
+    assert after.orders is not state.orders
+    for name in ("balances", "positions", "markets", "by_client", "by_venue", "finished"):
+        assert getattr(after, name) is getattr(state, name), name
+    again = apply(after, request)  # the same request again changes nothing
+    assert again.orders is after.orders
+    assert again.balances is after.balances
