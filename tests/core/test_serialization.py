@@ -465,3 +465,14 @@ def test_state_document_is_json_with_canonical_decimals() -> None:
     (order,) = document["orders"]["open"]
     assert order["quantity"] == "1.5" and order["price"] == "150.25"
     assert set(document) >= {"last_seq", "orders", "balances", "positions", "anomalies"}
+
+
+@pytest.mark.parametrize("field", ["recv_time_us", "venue_time_us", "client_id"])
+def test_the_writer_refuses_an_int64_field_in_the_unsigned_half(field: str) -> None:
+    # The reader refuses these above 2**63 - 1; the writer must not write what it cannot read.
+    with pytest.raises(LogFormatError, match=f"field {field} is not a 64-bit integer"):
+        encode_line(1, msgspec.structs.replace(EXAMPLES[6], **{field: 2**63}))
+    top = msgspec.structs.replace(EXAMPLES[6], **{field: 2**63 - 1})
+    assert decode_line(encode_line(1, top)) == (1, top)
+    wide = msgspec.structs.replace(EXAMPLES[6], trade_id=2**64 - 1)  # a synthetic trade id
+    assert decode_line(encode_line(1, wide)) == (1, wide)
