@@ -497,7 +497,203 @@ def decode_ws_frame(text: str, recv_time_us: int) -> WsFrame:
     Data frames are `{"stream": ..., "data": {...}}`. Subscribe acknowledgements and public
     streams the engine does not consume give no events; error frames and anything
     unrecognised give a `MessageNotUnderstood` with the frame.
+
+    The order stream's usual frames take a fast path (`_fast_order_update`); anything it does
+    not take gives the same events through the tolerant readers.
     """
+    event = _fast_order_update(text, recv_time_us)
+    if event is not None:
+        return WsFrame(events=(event,))
+    return _decode_tolerant(text, recv_time_us)
+
+
+# --- the fast path for the order stream --------------------------------------------------------
+#
+# Fills, accepts, cancels and expiries on `account.orderUpdate` are most of what a session
+# receives. Their usual shape (decimals as strings, integers as numbers, nothing missing) is
+# decoded by msgspec in one typed pass, and the event is built with the same rules as
+# `order_update`. Anything else (a field of another type or out of range, a key the tolerant
+# reader needs and the frame lacks, a fill without a trade id, another event kind, an extra
+# top-level key such as `error`) makes the fast path return None, and the tolerant readers
+# decide: so the fast path can only ever give the events the tolerant path gives, which
+# `tests/backpack/test_codec_fast_path.py` checks on generated and recorded frames.
+
+
+class _FastOrderData(msgspec.Struct):
+    """The keys of an order update that `order_update` reads (others are ignored by both)."""
+
+    e: str
+    s: str
+    E: int | None = None
+    T: int | None = None
+    i: str | None = None
+    c: int | None = None
+    o: str | None = None
+    y: bool | None = None
+    O: str | None = None  # noqa: E741 (the venue's key)
+    S: Side | None = None
+    q: Decimal | None = None
+    p: Decimal | None = None
+    Q: Decimal | None = None
+    f: str | None = None
+    r: bool | None = None
+    t: int | None = None
+    l: Decimal | None = None  # noqa: E741 (the venue's key)
+    L: Decimal | None = None
+    n: Decimal | None = None
+    N: str | None = None
+    m: bool | None = None
+    z: Decimal | None = None
+    Z: Decimal | None = None
+    X: str | None = None
+    R: str | None = None
+
+
+class _FastFrame(msgspec.Struct, forbid_unknown_fields=True):
+    stream: str
+    data: _FastOrderData
+
+
+_fast_decoder = msgspec.json.Decoder(_FastFrame)
+_FAST_KINDS: Final = frozenset({"orderFill", "orderAccepted", "orderCancelled", "orderExpired"})
+_STATUS_OF: Final = {status.value: status for status in VenueStatus}
+_TIF_OF: Final = {tif.value: tif for tif in TimeInForce}
+
+
+class _NotFast(Exception):
+    """The frame is not one the fast path takes."""
+
+
+def _in_range(value: Decimal | None) -> Decimal | None:
+    if value is not None and not decimal_in_range(value):
+        raise _NotFast
+    return value
+
+
+def _fast_order_update(text: str, recv_time_us: int) -> Event | None:
+    try:
+        frame = _fast_decoder.decode(text)
+    except Exception:  # any failure means: not the usual shape
+        return None
+    data = frame.data
+    kind = data.e
+    if kind not in _FAST_KINDS or not frame.stream.startswith("account.orderUpdate"):
+        return None
+    try:
+        return _fast_event(data, kind, text, recv_time_us)
+    except (_NotFast, BadMessage):
+        return None
+
+
+def _fast_event(data: _FastOrderData, kind: str, raw: str, recv_time_us: int) -> Event:
+    # As `order_update` reads them, in the same order of precedence.
+    time = data.T if data.T is not None else data.E
+    venue_time_us = None if time is None else timestamp_us(time, "T" if data.T is not None else "E")
+    client_id = data.c
+    if client_id is not None and not 0 <= client_id < 2**32:
+        raise _NotFast
+    order_type: OrderType | None = None
+    if data.o is not None:
+        upper = data.o.upper()
+        if upper == "MARKET":
+            order_type = OrderType.MARKET
+        elif upper == "LIMIT":
+            order_type = OrderType.LIMIT_MAKER if data.y else OrderType.LIMIT
+    origin = OrderOrigin(data.O or OrderOrigin.USER)
+    if kind == "orderFill":
+        trade_id = data.t
+        venue_id, side, quantity, price = data.i, data.S, _in_range(data.l), _in_range(data.L)
+        if (
+            venue_id is None
+            or side is None
+            or quantity is None
+            or price is None
+            or not trade_id  # none, or the old placeholder 0: the tolerant path keys it
+            or not 0 < trade_id < ID_LIMIT
+        ):
+            raise _NotFast
+        status = data.X
+        return OrderFilled(
+            source=Source.WS,
+            recv_time_us=recv_time_us,
+            venue_time_us=venue_time_us,
+            raw=raw,
+            symbol=data.s,
+            venue_id=venue_id,
+            client_id=client_id,
+            trade_id=trade_id,
+            side=side,
+            quantity=quantity,
+            price=price,
+            fee=_in_range(data.n) or Decimal(0),
+            fee_asset=data.N or "",
+            maker=bool(data.m),
+            cum_quantity=_in_range(data.z),
+            cum_quote=_in_range(data.Z),
+            status=None if status is None else _STATUS_OF.get(status),
+            order_type=order_type,
+            order_quantity=_in_range(data.q),
+            order_price=_in_range(data.p),
+            origin=origin,
+        )
+    if kind == "orderAccepted":
+        if data.i is None:
+            raise _NotFast
+        tif = data.f
+        return OrderAccepted(
+            source=Source.WS,
+            recv_time_us=recv_time_us,
+            venue_time_us=venue_time_us,
+            raw=raw,
+            symbol=data.s,
+            venue_id=data.i,
+            client_id=client_id,
+            side=data.S,
+            order_type=order_type,
+            quantity=_in_range(data.q),
+            quote_quantity=_in_range(data.Q) if order_type is OrderType.MARKET else None,
+            price=_in_range(data.p),
+            time_in_force=None if tif is None else _TIF_OF.get(tif),
+            post_only=bool(data.y),
+            reduce_only=bool(data.r),
+            origin=origin,
+        )
+    if kind == "orderCancelled":
+        return OrderCancelled(
+            source=Source.WS,
+            recv_time_us=recv_time_us,
+            venue_time_us=venue_time_us,
+            raw=raw,
+            symbol=data.s,
+            venue_id=data.i,
+            client_id=client_id,
+            side=data.S,
+            order_type=order_type,
+            quantity=_in_range(data.q),
+            price=_in_range(data.p),
+            cum_quantity=_in_range(data.z),
+            origin=origin,
+        )
+    return OrderExpired(
+        source=Source.WS,
+        recv_time_us=recv_time_us,
+        venue_time_us=venue_time_us,
+        raw=raw,
+        symbol=data.s,
+        venue_id=data.i,
+        client_id=client_id,
+        reason=data.R,
+        side=data.S,
+        order_type=order_type,
+        quantity=_in_range(data.q),
+        price=_in_range(data.p),
+        cum_quantity=_in_range(data.z),
+        origin=origin,
+    )
+
+
+def _decode_tolerant(text: str, recv_time_us: int) -> WsFrame:
+    """`decode_ws_frame` through the tolerant readers only."""
     venue_error: VenueErrorFrame | None = None
 
     def build() -> list[Event]:
