@@ -455,19 +455,19 @@ class Fold:
                 f"can't apply {cls.__name__} to order {order.key} in state {old_status.value}",
                 order.key,
             )
-        venue_time = event.venue_time_us
-        if venue_time is not None and (
-            order.venue_time_us is None or venue_time > order.venue_time_us
+        venue_time = order.venue_time_us
+        if event.venue_time_us is not None and (
+            venue_time is None or event.venue_time_us > venue_time
         ):
             # The latest venue time of any report on the order, absorbed ones included, not
             # the time of the last to arrive: arrival order must not change the order.
-            if status is not old_status:
-                order = replace(order, status=status, venue_time_us=venue_time)
-            else:
-                order = replace(order, venue_time_us=venue_time)
-        elif status is not old_status:
-            order = replace(order, status=status)
-        if cls is not OrderFilled and order == before:
+            venue_time = event.venue_time_us
+        if (
+            cls is not OrderFilled
+            and status is old_status
+            and venue_time == before.venue_time_us
+            and order == before
+        ):
             # Equality, not identity: a repeated report rebuilds fields with the same values
             # (an expiry reason, a reject code); it must not count as a change, or applying
             # it twice would bump `updated_seq` and break idempotence. (A fill counted always
@@ -485,6 +485,8 @@ class Fold:
             finished_at = order.finished_at
         order = replace(
             order,
+            status=status,
+            venue_time_us=venue_time,
             updated_seq=self.seq,
             finished_at=finished_at,
             locked=locked,
@@ -589,6 +591,34 @@ class Fold:
     def _fill(self, order: Order, event: OrderFilled) -> Order:
         notional = _mul(event.quantity, event.price)
         filled = _add(order.filled_quantity, event.quantity)
+        quantity = order.quantity if order.quantity is not None else event.order_quantity
+        executed = order.venue_executed
+        cumulative = event.cum_quantity
+        if cumulative is not None:
+            if cumulative > filled:
+                self._anomaly(
+                    AnomalyKind.FILL_GAP,
+                    f"trade {event.trade_id}: venue reports {_d(cumulative)} executed on "
+                    f"order {order.key}, fills counted {_d(filled)}",
+                    order.key,
+                )
+            elif cumulative < filled and (executed is None or cumulative >= executed):
+                # Only the newest cumulative report can contradict the fills counted: an older
+                # one (a reordered fill) naturally counts fewer.
+                self._anomaly(
+                    AnomalyKind.CUM_MISMATCH,
+                    f"trade {event.trade_id}: venue reports {_d(cumulative)} executed on "
+                    f"order {order.key}, below the {_d(filled)} counted",
+                    order.key,
+                )
+            if executed is None or cumulative > executed:
+                executed = cumulative
+        if quantity is not None and quantity and filled > quantity:
+            self._anomaly(
+                AnomalyKind.OVERFILL,
+                f"order {order.key} filled {_d(filled)} of {_d(quantity)}",
+                order.key,
+            )
         order = replace(
             order,
             trade_ids=order.trade_ids | {event.trade_id},
@@ -597,36 +627,10 @@ class Fold:
             fees=_fees_plus(order.fees, event.fee_asset, event.fee) if event.fee else order.fees,
             side=order.side or event.side,
             order_type=order.order_type or event.order_type,
-            quantity=order.quantity if order.quantity is not None else event.order_quantity,
+            quantity=quantity,
             price=order.price if order.price is not None else event.order_price,
+            venue_executed=executed,
         )
-        if event.cum_quantity is not None:
-            if event.cum_quantity > filled:
-                self._anomaly(
-                    AnomalyKind.FILL_GAP,
-                    f"trade {event.trade_id}: venue reports {_d(event.cum_quantity)} executed on "
-                    f"order {order.key}, fills counted {_d(filled)}",
-                    order.key,
-                )
-            elif event.cum_quantity < filled and (
-                order.venue_executed is None or event.cum_quantity >= order.venue_executed
-            ):
-                # Only the newest cumulative report can contradict the fills counted: an older
-                # one (a reordered fill) naturally counts fewer.
-                self._anomaly(
-                    AnomalyKind.CUM_MISMATCH,
-                    f"trade {event.trade_id}: venue reports {_d(event.cum_quantity)} executed on "
-                    f"order {order.key}, below the {_d(filled)} counted",
-                    order.key,
-                )
-            if order.venue_executed is None or event.cum_quantity > order.venue_executed:
-                order = replace(order, venue_executed=event.cum_quantity)
-        if order.quantity is not None and order.quantity and filled > order.quantity:
-            self._anomaly(
-                AnomalyKind.OVERFILL,
-                f"order {order.key} filled {_d(filled)} of {_d(order.quantity)}",
-                order.key,
-            )
         self._money(order, event, notional)
         return order
 
