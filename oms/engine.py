@@ -32,7 +32,7 @@ from oms.core.reducer import Fold, apply, is_news
 from oms.core.serialization import LogFormatError, scrub
 from oms.core.state import DEFAULT_RETAIN_FINISHED, Order, State
 from oms.core.values import OrderStatus
-from oms.log import EventLog, Fsync, LogReadError, TornTail
+from oms.log import EventLog, Fsync, LogReadError, TornTail, _one_line
 from oms.snapshot import (
     DEFAULT_KEEP,
     IgnoredSnapshot,
@@ -123,14 +123,15 @@ class Engine:
             draft = Fold(resume.state)
             try:
                 log = EventLog.open(path, fsync=fsync, on_event=draft.step, start=resume.mark)
-            except LogReadError:
-                raise  # the log is bad after the snapshot: reading all of it fails there too
+            except (LogReadError, OSError):
+                # A bad line after the snapshot, or a log that cannot be read or opened for
+                # writing: reading all of it fails the same way.
+                raise
             except Exception as exc:
                 # It passed every check, yet the log does not go on from it (changed since
                 # the check), or its state trips the reducer: trust none of it.
-                item = IgnoredSnapshot(
-                    resume.path, f"resuming from it failed: {type(exc).__name__}: {exc}"
-                )
+                reason = f"resuming from it failed: {type(exc).__name__}: {exc}"
+                item = IgnoredSnapshot(resume.path, _one_line(reason))
                 ignored.append(item)
                 _snapshot_log.warning("%s; replaying the full log", item)
                 resume = None

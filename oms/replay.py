@@ -102,8 +102,8 @@ def _replay_file(
     if resume is not None:
         try:
             return (*_replay(path, until, retain_finished, progress, resume), ignored)
-        except LogReadError:
-            raise  # the log is bad after the snapshot: reading all of it fails there too
+        except (LogReadError, OSError):
+            raise  # the log is bad after the snapshot: reading all of it fails the same way
         except Exception as exc:
             # Valid when checked, yet the log does not go on from it (changed meanwhile) or
             # its state trips the reducer: read the whole log instead.

@@ -207,16 +207,34 @@ def test_resume_at_any_cut_equals_full_replay(events: list[Event], data: st.Data
         assert_same(replayed, replay(events))
 
 
+@functools.cache
+def trading_log() -> tuple[bytes, tuple[LogMark, ...], State]:
+    """3,000 bench events logged: the file's bytes, the mark of each seq, the final state."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "session.jsonl"
+        marks = []
+        with EventLog.open(path, fsync=Fsync.never()) as log:
+            for event in bench(3000):
+                log.append(event)
+                mark = log.mark()
+                assert mark is not None
+                marks.append(mark)
+        return path.read_bytes(), tuple(marks), full_replay(path)
+
+
 @given(cut=st.integers(1, 3000))
 @settings(max_examples=25)
 def test_resume_at_any_cut_of_a_trading_session_equals_full_replay(cut: int) -> None:
-    events = bench(3000)
+    data, marks, final = trading_log()
     with tempfile.TemporaryDirectory() as scratch:
-        path, _ = session_with_snapshot(Path(scratch), events, cut)
+        path = Path(scratch) / "session.jsonl"
+        path.write_bytes(data)
+        write_snapshot(path, replay(bench(3000)[:cut]), marks[cut - 1])
         engine = open_engine(path)
         try:
             assert engine.resumed_from is not None, engine.snapshot_report
-            assert_same(engine.state, full_replay(path))
+            assert engine.replayed_at_open == 3000 - cut
+            assert_same(engine.state, final)
         finally:
             engine.close()
 
@@ -415,6 +433,30 @@ def test_the_newest_valid_snapshot_is_used(tmp_path: Path) -> None:
         assert engine.replayed_at_open == 200
         assert [i.path for i in engine.snapshot_report] == [newest]
         assert_same(engine.state, replay(events))
+    finally:
+        engine.close()
+
+
+def test_a_snapshot_the_log_does_not_go_on_from_is_dropped_for_the_full_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Valid when checked, but the log changed before it was read on from (simulated: the
+    check's answer names a line the log does not hold there): the whole log is read."""
+    path, snap = session_with_snapshot(tmp_path, cut=300)
+    resume, _ = find_snapshot(path, retain_finished=10_000)
+    assert resume is not None
+    stale = attrs.evolve(resume, mark=attrs.evolve(resume.mark, line=b"{}\n"))
+    for module in ("oms.engine", "oms.replay"):
+        monkeypatch.setattr(f"{module}.find_snapshot", lambda *a, **k: (stale, []))
+
+    out = _cli(path, "--json", expect_err=f"{snap}: snapshot ignored: resuming from it failed")
+    assert out == _cli(path, "--json", "--full")
+    engine = open_engine(path)
+    try:
+        assert engine.resumed_from is None and engine.replayed_at_open == 400
+        (item,) = engine.snapshot_report
+        assert item.path == snap and item.reason.startswith("resuming from it failed: ValueError")
+        assert_same(engine.state, replay(bench(400)))
     finally:
         engine.close()
 
