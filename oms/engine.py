@@ -7,13 +7,23 @@ and `record_news` (facts that are recorded only if they are news to the state). 
 there is one thread, and neither entry awaits, so no two records interleave: the engine is the
 single writer without a task of its own. `run` keeps a group-commit log synced on time (and
 can drain a memory channel for programs that prefer to hand events over that way).
+
+Snapshots (docs/snapshots.md): `open` resumes from the newest valid snapshot beside the log
+and reads only the events after it. Writing one takes time (encoding the state, fsyncs), so
+`record` never does: it only notes that one is due, every `SnapshotPolicy.every` events.
+`run` then writes it from a worker thread (the state is immutable, so the writer goes on
+meanwhile); a program that does not run `run` calls `write_snapshot` when `snapshot_due`
+says so, and `close` writes one that is due.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import trio
 
@@ -22,12 +32,24 @@ from oms.core.reducer import Fold, apply, is_news
 from oms.core.serialization import LogFormatError, scrub
 from oms.core.state import DEFAULT_RETAIN_FINISHED, Order, State
 from oms.core.values import OrderStatus
-from oms.log import EventLog, Fsync, TornTail
+from oms.log import EventLog, Fsync, LogReadError, TornTail, _one_line
+from oms.snapshot import (
+    DEFAULT_KEEP,
+    IgnoredSnapshot,
+    SnapshotPolicy,
+    find_snapshot,
+    remove_files,
+    stray_files,
+    write_snapshot,
+)
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "IgnoredSnapshot", "SnapshotPolicy"]
 
 Listener = Callable[[Event, State], None]
 _log = logging.getLogger(__name__)
+_snapshot_log = logging.getLogger("oms.snapshot")
+_NEVER = sys.maxsize  # no snapshot due at any seq
+_DEFAULT_SNAPSHOTS = SnapshotPolicy()
 
 
 class Engine:
@@ -35,6 +57,13 @@ class Engine:
 
     `listener_errors` counts the exceptions raised by listeners (see `subscribe`);
     `last_listener_error` is the most recent one, with its traceback.
+
+    Snapshots (set by `open`): `snapshots` is the policy (None: none read or written);
+    `resumed_from` the snapshot the state was resumed from (None: the whole log was read);
+    `replayed_at_open` the events read from the log at open (after that snapshot);
+    `snapshot_report` the snapshots passed over at open, each with the reason;
+    `last_snapshot` the newest written; `snapshot_errors` and `last_snapshot_error` count and
+    keep the failures to write one (a failure is logged and the engine goes on).
     """
 
     def __init__(self, log: EventLog | None = None, state: State | None = None) -> None:
@@ -50,6 +79,17 @@ class Engine:
         self._waiters: list[_Waiter] = []
         self.listener_errors = 0
         self.last_listener_error: Exception | None = None
+        self.snapshots: SnapshotPolicy | None = None
+        self.resumed_from: Path | None = None
+        self.replayed_at_open = 0
+        self.snapshot_report: list[IgnoredSnapshot] = []
+        self.last_snapshot: Path | None = None
+        self.snapshot_errors = 0
+        self.last_snapshot_error: Exception | None = None
+        self._snapshot_seq = 0  # the seq of the newest snapshot (resumed from or written)
+        self._snapshot_next = _NEVER  # the seq at which `record` marks one due
+        self._snapshot_wanted = trio.Event()  # set when one is due: `run` writes it
+        self._snapshot_writing = False
 
     @classmethod
     def open(
@@ -58,11 +98,137 @@ class Engine:
         *,
         fsync: Fsync | None = None,
         retain_finished: int = DEFAULT_RETAIN_FINISHED,
+        snapshots: SnapshotPolicy | None = _DEFAULT_SNAPSHOTS,
     ) -> Engine:
-        """Open or create a recorded session: replay what is in it, then append to it."""
-        draft = Fold(State(retain_finished=retain_finished))
-        log = EventLog.open(path, fsync=fsync, on_event=draft.step)
-        return cls(log, draft.freeze())
+        """Open or create a recorded session: replay what is in it, then append to it.
+
+        Resumes from the newest valid snapshot in `PATH.snapshots/` and reads only the
+        events after it; a snapshot that is not valid for this log is passed over (see
+        `snapshot_report`), and without one the whole log is read. The state is the same
+        either way. `snapshots` says when to write them (default: every 100,000 events,
+        keeping 2); None reads and writes none. A bad log raises `LogReadError` as before;
+        a bad snapshot never raises.
+        """
+        path = Path(path)
+        resume, ignored = (
+            (None, [])
+            if snapshots is None
+            else find_snapshot(path, retain_finished=retain_finished)
+        )
+        for item in ignored:
+            _snapshot_log.warning("%s", item)
+        log: EventLog | None = None
+        state = State(retain_finished=retain_finished)
+        if resume is not None:
+            draft = Fold(resume.state)
+            try:
+                log = EventLog.open(path, fsync=fsync, on_event=draft.step, start=resume.mark)
+            except (LogReadError, OSError):
+                # A bad line after the snapshot, or a log that cannot be read or opened for
+                # writing: reading all of it fails the same way.
+                raise
+            except Exception as exc:
+                # It passed every check, yet the log does not go on from it (changed since
+                # the check), or its state trips the reducer: trust none of it.
+                reason = f"resuming from it failed: {type(exc).__name__}: {exc}"
+                item = IgnoredSnapshot(resume.path, _one_line(reason))
+                ignored.append(item)
+                _snapshot_log.warning("%s; replaying the full log", item)
+                resume = None
+            else:
+                state = draft.freeze()
+        if log is None:
+            draft = Fold(state)
+            try:
+                log = EventLog.open(path, fsync=fsync, on_event=draft.step)
+            except (ArithmeticError, ValueError) as exc:
+                if draft.seq == state.last_seq:
+                    raise  # not from the reducer
+                # A line the reducer cannot apply (its checksum matches, so it was written
+                # on purpose with a figure out of range): the log's fault, said as such.
+                raise LogReadError(
+                    path, draft.seq + 1, f"cannot apply seq {draft.seq}: {type(exc).__name__}"
+                ) from None
+            state = draft.freeze()
+        engine = cls(log, state)
+        engine.snapshot_report = ignored
+        if resume is not None:
+            engine.resumed_from = resume.path
+            engine._snapshot_seq = resume.mark.seq
+        engine.replayed_at_open = state.last_seq - engine._snapshot_seq
+        if snapshots is not None:
+            engine._start_snapshots(snapshots, ignored)
+        return engine
+
+    def _start_snapshots(self, policy: SnapshotPolicy, ignored: list[IgnoredSnapshot]) -> None:
+        self.snapshots = policy
+        if policy.every == 0 or self.log is None:
+            return
+        # The writer keeps the directory tidy: a snapshot passed over can never serve this log
+        # (it only grows from here), and a temporary file is a write a crash cut short.
+        remove_files([item.path for item in ignored] + stray_files(self.log.path))
+        self._schedule_snapshot()
+
+    def _schedule_snapshot(self) -> None:
+        """Mark a snapshot due now, or note the seq at which `record` should."""
+        policy = self.snapshots
+        if policy is None or policy.every == 0:
+            return
+        self._snapshot_next = self._snapshot_seq + policy.every
+        if self.state.last_seq >= self._snapshot_next:
+            self._snapshot_next = _NEVER
+            self._snapshot_wanted.set()
+
+    @property
+    def snapshot_due(self) -> bool:
+        """At least `snapshots.every` events were recorded since the newest snapshot."""
+        policy = self.snapshots
+        return (
+            policy is not None
+            and policy.every > 0
+            and self.log is not None
+            and not self.log.closed
+            and self.state.last_seq - self._snapshot_seq >= policy.every
+        )
+
+    def write_snapshot(self) -> Path | None:
+        """Write a snapshot of the state now, in the calling thread; returns its path (None
+        if there is nothing to cover: no log, no event, or a snapshot of this seq already).
+
+        It syncs the log first (a snapshot never names a position the disk may not hold),
+        then encodes the state and writes the file atomically: tens of milliseconds to about
+        a second for a large state. For a program that does not run `Engine.run`; `run`
+        writes due snapshots from a worker thread itself. Raises what writing raises.
+        """
+        log = self.log
+        mark = None if log is None else log.mark()
+        if log is None or mark is None or mark.seq == self._snapshot_seq:
+            return None
+        log.sync()
+        keep = DEFAULT_KEEP if self.snapshots is None else self.snapshots.keep
+        path = write_snapshot(log.path, self.state, mark, keep=keep)
+        self._snapshot_written(path, mark.seq)
+        return path
+
+    def _snapshot_written(self, path: Path, seq: int) -> None:
+        self.last_snapshot = path
+        self._snapshot_seq = max(self._snapshot_seq, seq)
+        self._schedule_snapshot()
+
+    def _snapshot_failed(self, exc: Exception) -> None:
+        self.snapshot_errors += 1
+        self.last_snapshot_error = exc
+        _snapshot_log.warning(
+            "writing a snapshot of %s failed (%s: %s); the engine goes on, and tries again "
+            "after another %s events",
+            None if self.log is None else self.log.path,
+            type(exc).__name__,
+            exc,
+            None if self.snapshots is None else self.snapshots.every,
+        )
+        if self.snapshots is not None and self.snapshots.every > 0:
+            # Not at the next event: a full disk would be hammered with large writes.
+            self._snapshot_next = self.state.last_seq + self.snapshots.every
 
     @property
     def torn(self) -> TornTail | None:
@@ -115,6 +281,9 @@ class Engine:
             if self.log.unsynced:
                 self._unsynced.set()
         self.state = after
+        if after.last_seq >= self._snapshot_next:
+            self._snapshot_next = _NEVER  # until this one is written
+            self._snapshot_wanted.set()
         if self._waiters:
             self._wake(after)
         for listener in list(self._listeners):
@@ -221,6 +390,8 @@ class Engine:
         """
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_synced)
+            if self.snapshots is not None and self.snapshots.every > 0:
+                nursery.start_soon(self._keep_snapshots)
             if events is not None:
                 async with events:
                     async for event in events:
@@ -238,8 +409,50 @@ class Engine:
             await trio.sleep(self.log.fsync.max_delay)
             self.log.sync()
 
+    async def _keep_snapshots(self) -> None:
+        """Write each snapshot that falls due, from a worker thread."""
+        while True:
+            await self._snapshot_wanted.wait()
+            self._snapshot_wanted = trio.Event()
+            log = self.log
+            mark = None if log is None or log.closed else log.mark()
+            if log is None or mark is None or not self.snapshot_due:
+                continue
+            state = self.state  # immutable: the writer goes on while it is encoded
+            keep = DEFAULT_KEEP if self.snapshots is None else self.snapshots.keep
+            self._snapshot_writing = True
+            try:
+                # The log is fsynced up to the mark before the snapshot is written, in the
+                # worker, through a descriptor of its own (the log may be closed meanwhile).
+                log.flush()
+                fd = os.dup(log.fileno())
+                try:
+                    path = await trio.to_thread.run_sync(
+                        functools.partial(
+                            write_snapshot, log.path, state, mark, keep=keep, sync_log_fd=fd
+                        )
+                    )
+                finally:
+                    os.close(fd)
+            except Exception as exc:
+                self._snapshot_failed(exc)
+            else:
+                self._snapshot_written(path, mark.seq)
+            finally:
+                self._snapshot_writing = False
+
     def close(self) -> None:
-        if self.log is not None:
+        """Close the log, writing a snapshot first if one is due (a failure to write it is
+        logged and counted, and the log is closed all the same)."""
+        if self.log is None:
+            return
+        try:
+            if self.snapshot_due and not self._snapshot_writing:
+                try:
+                    self.write_snapshot()
+                except Exception as exc:
+                    self._snapshot_failed(exc)
+        finally:
             self.log.close()
 
 

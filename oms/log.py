@@ -34,10 +34,10 @@ from oms.core.serialization import (
 # time. Never a price, quantity, fee or PnL: those are Decimal, and the pure core has no float.
 Seconds = float
 
-__all__ = ["EventLog", "Fsync", "LogReadError", "LogReader", "Seconds", "TornTail"]
+__all__ = ["EventLog", "Fsync", "LogMark", "LogReadError", "LogReader", "Seconds", "TornTail"]
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make a new file's directory entry durable too (POSIX; a no-op where unsupported)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -84,6 +84,19 @@ class TornTail:
 
 
 @attrs.frozen(kw_only=True)
+class LogMark:
+    """The end of event `seq` in a log: `offset` bytes into the file, just after `line`
+    (that event's whole line, newline included), in a log of line format `version`. A
+    snapshot names one; `LogReader` can start there, and checks first that the file still holds
+    `line` there."""
+
+    seq: int
+    offset: int
+    line: bytes
+    version: int = FORMAT_VERSION
+
+
+@attrs.frozen(kw_only=True)
 class Fsync:
     """When appended events are forced to disk.
 
@@ -115,22 +128,35 @@ class LogReader:
     """Iterate `(seq, event)` over a log file, streaming; checks seqs run 1, 2, 3, ...
 
     After iterating: `last_seq`, `end_offset` (bytes of valid content), `torn` (a dropped
-    torn last line, or None), `has_header`. A missing or empty file reads as empty.
+    torn last line, or None), `has_header`, `last_line` (the last event line's bytes). A
+    missing or empty file reads as empty.
+
+    With `start` (a `LogMark`, from a snapshot), the header is read and checked as usual,
+    then reading goes on just after event `start.seq`: the events up to it are not read
+    again, and the first one yielded is seq `start.seq + 1`. The file must still hold
+    `start.line` right before `start.offset`, at the start of a line; if it does not (or the
+    file ends before), iterating raises `ValueError` before yielding anything, so that the
+    caller can read the whole log instead. Everything after the mark is read exactly as in a
+    full read (line numbers, torn last line, `end_offset` in the whole file).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, start: LogMark | None = None) -> None:
         self.path = Path(path)
+        self.start = start
         self.last_seq = 0
         self.end_offset = 0
         self.torn: TornTail | None = None
         self.has_header = False
         self.missing_newline = False
         self.version = FORMAT_VERSION  # the format its header names, once read
+        self.last_line: bytes | None = None
 
     def __iter__(self) -> Iterator[tuple[int, Event]]:
         try:
             handle = self.path.open("rb")
         except FileNotFoundError:
+            if self.start is not None:
+                raise ValueError(f"{self.path} does not exist: nothing to start after") from None
             return
         with handle:
             yield from self._read(handle)
@@ -142,10 +168,13 @@ class LogReader:
     def _read(self, handle: BinaryIO) -> Iterator[tuple[int, Event]]:
         offset = 0
         expected = 1
+        number = 0
         path = self.path
         headers = [encode_header(version) for version in READABLE_VERSIONS]
         decode_line = line_decoder(FORMAT_VERSION)
-        for number, line in enumerate(handle, start=1):
+        start = self.start
+        for line in handle:
+            number += 1
             complete = line.endswith(b"\n")
             # A torn first line is a header cut short by a crash while creating the log; any
             # other unfinished first line means this is not our file, and must not be cut.
@@ -163,6 +192,10 @@ class LogReader:
                 # The decoders raise nothing else, whatever the bytes (deep nesting, huge
                 # numbers, bad UTF-8 included).
                 if tearable:
+                    if start is not None and number == 1:
+                        raise ValueError(
+                            f"{path}: the header is torn: no event to start after"
+                        ) from None
                     self.torn = TornTail(
                         line=number, offset=offset, length=len(line), reason=_one_line(str(exc))
                     )
@@ -172,14 +205,39 @@ class LogReader:
             if number == 1:
                 self.end_offset = offset
                 self.missing_newline = not complete
+                if start is not None:
+                    self._go_to(handle, start, offset)
+                    # Seq n is on line n + 1: the next line read is that of seq start.seq + 1.
+                    number, offset, expected = start.seq + 1, start.offset, start.seq + 1
+                    self.last_seq, self.end_offset = start.seq, start.offset
+                    self.last_line, self.missing_newline = start.line, False
                 continue
             if seq != expected:
                 raise LogReadError(path, number, f"expected seq {expected}, found {seq}")
             expected += 1
             self.last_seq = seq
             self.end_offset = offset
+            self.last_line = line
             self.missing_newline = not complete
             yield seq, event
+        if start is not None and number == 0:
+            raise ValueError(f"{path} is empty: it has no event {start.seq} to start after")
+
+    def _go_to(self, handle: BinaryIO, start: LogMark, header_end: int) -> None:
+        """Seek to just after `start.line`, having checked that the file holds it there."""
+        begin = start.offset - len(start.line)
+        if start.seq < 1 or not start.line.endswith(b"\n") or begin < header_end:
+            raise ValueError(
+                f"{self.path}: the mark of seq {start.seq} at byte {start.offset} names no "
+                "event line"
+            )
+        handle.seek(begin - 1)
+        # The byte before must end the previous line: the mark is at a line boundary.
+        if handle.read(len(start.line) + 1) != b"\n" + start.line:
+            raise ValueError(
+                f"{self.path}: the line of seq {start.seq} is not where the mark says "
+                f"(ending at byte {start.offset})"
+            )
 
 
 class EventLog:
@@ -200,6 +258,8 @@ class EventLog:
         clock: Callable[[], float],
         torn: TornTail | None,
         version: int = FORMAT_VERSION,
+        offset: int = 0,
+        last_line: bytes | None = None,
     ) -> None:
         self.path = path
         # The line format appended in: the one the file's header names (an old log stays
@@ -207,6 +267,10 @@ class EventLog:
         self.version = version
         self._handle = handle
         self.last_seq = last_seq
+        # Where the file ends (what this log has written included) and the last event line:
+        # a snapshot names that position and checks that line (`mark`).
+        self.offset = offset
+        self._last_line = last_line
         self.fsync = fsync
         self._clock = clock
         self.torn = torn
@@ -222,17 +286,23 @@ class EventLog:
         fsync: Fsync | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[[Event], object] | None = None,
+        start: LogMark | None = None,
     ) -> EventLog:
         """Open (or create) a log for appending. Existing events are read and passed to
         `on_event` in order; a torn last line is cut off the file and reported in `.torn`.
+
+        With `start`, only the events after that mark are read (`LogReader`'s `start`); the
+        caller holds the state up to it (a snapshot's). If the file does not hold the mark's
+        line where it says, `ValueError` is raised before anything is written.
         """
         path = Path(path)
-        reader = LogReader(path)
+        reader = LogReader(path, start=start)
         for _seq, event in reader:
             if on_event is not None:
                 on_event(event)
         created = not path.exists()
         handle = path.open("w+b") if created else path.open("r+b")
+        offset, last_line = reader.end_offset, reader.last_line
         try:
             if reader.torn is not None or handle.seek(0, os.SEEK_END) != reader.end_offset:
                 handle.truncate(reader.end_offset)
@@ -240,12 +310,16 @@ class EventLog:
             if not reader.has_header:
                 handle.truncate(0)
                 handle.write(encode_header())
+                offset, last_line = len(encode_header()), None
             elif reader.missing_newline:
                 handle.write(b"\n")
+                offset += 1
+                if last_line is not None:
+                    last_line += b"\n"
             handle.flush()
             os.fsync(handle.fileno())
             if created:
-                _fsync_directory(path.parent)
+                fsync_directory(path.parent)
         except BaseException:
             handle.close()
             raise
@@ -257,13 +331,18 @@ class EventLog:
             clock=clock,
             torn=reader.torn,
             version=reader.version if reader.has_header else FORMAT_VERSION,
+            offset=offset,
+            last_line=last_line,
         )
 
     def append(self, event: Event) -> int:
         """Write `event` as the next seq and return that seq (durable per the policy)."""
         seq = self.last_seq + 1
-        self._handle.write(encode_line(seq, event, self.version))
+        line = encode_line(seq, event, self.version)
+        self._handle.write(line)
         self.last_seq = seq
+        self.offset += len(line)
+        self._last_line = line
         policy = self.fsync
         if policy.max_events == 0:
             return seq
@@ -279,6 +358,25 @@ class EventLog:
             # a power loss can take the events not yet fsynced.
             self._handle.flush()
         return seq
+
+    def mark(self) -> LogMark | None:
+        """Where the last event appended (or read at open) ends; None before any event."""
+        if self._last_line is None or self.last_seq == 0:
+            return None
+        return LogMark(
+            seq=self.last_seq, offset=self.offset, line=self._last_line, version=self.version
+        )
+
+    def flush(self) -> None:
+        """Hand what was appended to the OS (no fsync)."""
+        self._handle.flush()
+
+    def fileno(self) -> int:
+        return self._handle.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self._handle.closed
 
     @property
     def unsynced(self) -> bool:

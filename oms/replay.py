@@ -1,14 +1,19 @@
-"""`python -m oms.replay PATH [--json] [--until SEQ]`: the state a recorded session implies.
+"""`python -m oms.replay PATH [--json] [--until SEQ] [--full]`: the state a recorded session
+implies.
 
 Exit codes: 0 ok; 1 bad input (one line `PATH:LINE: what is wrong` on stderr, no
 traceback); 2 usage. The input is only ever read. A torn last line (a crash mid-write) is
-dropped, reported on stderr, and is not an error.
+dropped, reported on stderr, and is not an error. The CLI resumes from the newest valid
+snapshot the engine left beside the log (docs/snapshots.md) and reads only the events after
+it; a snapshot passed over is reported on stderr (not an error); `--full` reads the whole log.
+It never writes a snapshot.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -18,13 +23,15 @@ from typing import IO, Any
 from oms.core.reducer import Fold
 from oms.core.serialization import state_document, state_hash
 from oms.core.state import DEFAULT_RETAIN_FINISHED, State
-from oms.log import LogReader, LogReadError
+from oms.log import LogReader, LogReadError, _one_line
+from oms.snapshot import IgnoredSnapshot, Resume, find_snapshot
 
 __all__ = ["main", "replay_file", "summary_document"]
 
 RECENT_FINISHED = 20
 RECENT_ANOMALIES = 20
 _PROGRESS_EVERY = 65536
+_snapshot_log = logging.getLogger("oms.snapshot")
 
 
 class _Progress:
@@ -60,10 +67,64 @@ def replay_file(
     until: int | None = None,
     retain_finished: int = DEFAULT_RETAIN_FINISHED,
     progress: IO[str] | None = None,
+    use_snapshots: bool = False,
 ) -> tuple[State, LogReader]:
-    """Replay the log at `path` (up to and including seq `until`). Raises LogReadError."""
-    reader = LogReader(path)
-    fold = Fold(State(retain_finished=retain_finished))
+    """Replay the log at `path` (up to and including seq `until`). Raises LogReadError.
+
+    By default every event is read. With `use_snapshots`, the replay resumes from the
+    newest valid snapshot (up to `until`) and reads the events after it; the state is the
+    same. Snapshots passed over are logged as warnings on logger `oms.snapshot`.
+    """
+    state, reader, ignored = _replay_file(
+        path,
+        until=until,
+        retain_finished=retain_finished,
+        progress=progress,
+        use_snapshots=use_snapshots,
+    )
+    for item in ignored:
+        _snapshot_log.warning("%s", item)
+    return state, reader
+
+
+def _replay_file(
+    path: str,
+    *,
+    until: int | None,
+    retain_finished: int,
+    progress: IO[str] | None,
+    use_snapshots: bool,
+) -> tuple[State, LogReader, list[IgnoredSnapshot]]:
+    """`replay_file`, with the snapshots passed over."""
+    if not use_snapshots:
+        return (*_replay(path, until, retain_finished, progress, None), [])
+    resume, ignored = find_snapshot(path, retain_finished=retain_finished, until=until)
+    if resume is not None:
+        try:
+            return (*_replay(path, until, retain_finished, progress, resume), ignored)
+        except (LogReadError, OSError):
+            raise  # the log is bad after the snapshot: reading all of it fails the same way
+        except Exception as exc:
+            # Valid when checked, yet the log does not go on from it (changed meanwhile) or
+            # its state trips the reducer: read the whole log instead.
+            reason = f"resuming from it failed: {type(exc).__name__}: {exc}"
+            ignored.append(IgnoredSnapshot(resume.path, _one_line(reason)))
+    return (*_replay(path, until, retain_finished, progress, None), ignored)
+
+
+def _replay(
+    path: str,
+    until: int | None,
+    retain_finished: int,
+    progress: IO[str] | None,
+    resume: Resume | None,
+) -> tuple[State, LogReader]:
+    if resume is None:
+        reader = LogReader(path)
+        fold = Fold(State(retain_finished=retain_finished))
+    else:
+        reader = LogReader(path, start=resume.mark)
+        fold = Fold(resume.state)
     step = fold.step
     meter = _Progress(progress, _size(path)) if progress is not None else None
 
@@ -74,6 +135,8 @@ def replay_file(
             try:
                 step(event)
             except Exception as exc:
+                if resume is not None:
+                    raise  # perhaps the snapshot's fault: the caller reads the whole log
                 # The reducer is total on what the reader accepts; should that ever fail, the
                 # user still gets the line to look at, not a traceback. Seq n is on line n + 1.
                 raise LogReadError(
@@ -235,6 +298,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"finished orders kept in state (default {DEFAULT_RETAIN_FINISHED})",
     )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="read the whole log, ignoring snapshots (by default the replay resumes from the "
+        "newest valid one)",
+    )
     return parser
 
 
@@ -253,8 +322,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{path}: no such file", file=sys.stderr)
         return 1
     try:
-        state, reader = replay_file(
-            path, until=args.until, retain_finished=args.retain_finished, progress=sys.stderr
+        state, reader, ignored = _replay_file(
+            path,
+            until=args.until,
+            retain_finished=args.retain_finished,
+            progress=sys.stderr,
+            use_snapshots=not args.full,
         )
     except LogReadError as exc:
         print(str(exc), file=sys.stderr)
@@ -262,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"{path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    for item in ignored:
+        print(str(item), file=sys.stderr)
     if reader.torn is not None:
         print(
             f"{path}:{reader.torn.line}: torn last line dropped ({reader.torn.length} bytes): "

@@ -7,7 +7,12 @@ Writes a synthetic, fill-heavy Backpack session of N events (default 1,000,000) 
 - the baseline: `json.loads` on every line of the same file, read the same way, lines/s,
   and the ratio of the two rates;
 - the peak RSS of a replay in a fresh process (`python -m oms.replay FILE --json`);
-- append rates for each fsync policy, and the file's size per event.
+- append rates for each fsync policy, and the file's size per event;
+- `Engine.open` of a session twice as long as N against one a tenth of that (2,000,000 vs
+  200,000 events by default; 500,000 vs 50,000 with `--quick`), each recorded through the
+  engine with its snapshot policy (a snapshot every twentieth of the longer session, written
+  as the engine writes them), as the median CPU time of alternating opens: resuming from a
+  snapshot should make an open cost about the same whatever the log's length.
 
 The session is deterministic given the seed: markets first, a balance snapshot as the
 baseline, then orders (submit, accept, fills with the venue's cumulative figures, often a
@@ -25,10 +30,13 @@ PASS/MISS for information; the exit status is 0 whatever the figures (2 on a usa
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import os
 import random
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -67,6 +75,7 @@ from oms.core.values import (
 from oms.engine import Engine
 from oms.log import EventLog, Fsync
 from oms.replay import replay_file
+from oms.snapshot import SnapshotPolicy, snapshot_dir
 from oms_backpack import codec
 from oms_local_exchange import frames
 
@@ -83,6 +92,7 @@ TARGET_RSS_MB: Final = 100.0  # peak RSS of a replay of 1,000,000 events
 TARGET_GROUP_APPEND: Final = 200_000.0  # events/s
 TARGET_LIVE_P50_US: Final = 50.0  # a WebSocket frame in hand -> applied and appended
 TARGET_LIVE_P99_US: Final = 150.0
+TARGET_OPEN_RATIO: Final = 1.5  # Engine.open of a 10x longer log, relative
 QUICK_EVENTS: Final = 100_000
 LIVE_FRAMES: Final = 20_000  # frames timed on the live path
 
@@ -90,6 +100,11 @@ EVERY_EVENT_COUNT: Final = 2_000  # fsync per event is slow: a smaller sample
 GROUP_COUNT: Final = 200_000
 SMALL_RUN: Final = 200_000  # up to this many events, timings are the best of 3 runs
 GENERATION_NOTE_SECONDS: Final = 60.0
+OPEN_RUNS: Final = 5  # opens of each session for the Engine.open figure (3 with --quick)
+# --quick's sizes for it: the smaller session must be long enough that finished-order
+# retention already caps the state (about 51,000 events of this session at the default
+# 10,000), as it does at 200,000; below that, a longer log also means a larger state.
+QUICK_OPEN_SMALL: Final = 50_000
 
 _CHUNK: Final = 4_096
 _MAX_LIVE_ORDERS: Final = 6
@@ -613,6 +628,105 @@ def _live_path(path: Path, events: Iterable[Event], frames_wanted: int) -> list[
     return timings
 
 
+@attrs.frozen
+class _Opened:
+    """One `Engine.open`: CPU seconds, and what it started from."""
+
+    seconds: float
+    resumed: bool
+    read: int  # events read from the log at open
+    last_seq: int
+
+
+@attrs.frozen
+class _OpenFigure:
+    small: int
+    large: int
+    every: int
+    small_open: _Opened
+    large_open: _Opened
+
+    @property
+    def ratio(self) -> float:
+        return self.large_open.seconds / max(self.small_open.seconds, 1e-9)
+
+
+def _record_sessions(
+    small_path: Path, large_path: Path, *, small: int, large: int, seed: int, policy: SnapshotPolicy
+) -> None:
+    """Record the first `large` events of the session through the engine at `large_path`,
+    writing each snapshot when due as a program without `Engine.run` does; a copy of the log
+    and its snapshots as they were after `small` events goes to `small_path` (what a user
+    who stopped there would have: the same session, shorter)."""
+    for path in (small_path, large_path):
+        path.unlink(missing_ok=True)
+        shutil.rmtree(snapshot_dir(path), ignore_errors=True)
+    engine = Engine.open(large_path, fsync=Fsync.never(), snapshots=policy)
+    try:
+        for number, event in enumerate(session_events(large, seed), start=1):
+            engine.record(event)
+            if engine.snapshot_due:
+                engine.write_snapshot()
+            if number == small:
+                assert engine.log is not None
+                engine.log.flush()
+                shutil.copyfile(large_path, small_path)
+                if snapshot_dir(large_path).is_dir():
+                    shutil.copytree(snapshot_dir(large_path), snapshot_dir(small_path))
+    finally:
+        engine.close()
+
+
+def _open_once(path: Path) -> _Opened:
+    gc.collect()
+    begin = time.process_time()
+    # Resume as the engine does, but write nothing (not even a due snapshot at close): every
+    # open must find the files as recording left them.
+    engine = Engine.open(path, fsync=Fsync.never(), snapshots=SnapshotPolicy(every=0))
+    seconds = time.process_time() - begin
+    try:
+        return _Opened(
+            seconds, engine.resumed_from is not None, engine.replayed_at_open, engine.state.last_seq
+        )
+    finally:
+        engine.close()
+
+
+def _open_figure(scratch: Path, small: int, seed: int, runs: int) -> _OpenFigure:
+    """`Engine.open` of a session of 10 x `small` events against one of `small` (the same
+    session, cut), each with the snapshots the engine wrote while recording it (every
+    `small / 2` events): median CPU seconds of `runs` opens of each, alternating so that
+    both see the same machine."""
+    large = 10 * small
+    policy = SnapshotPolicy(every=max(small // 2, 1))
+    small_path, large_path = scratch / "open-small.jsonl", scratch / "open-large.jsonl"
+    _record_sessions(small_path, large_path, small=small, large=large, seed=seed, policy=policy)
+    opened: dict[Path, list[_Opened]] = {small_path: [], large_path: []}
+    for _ in range(runs):
+        for path in (small_path, large_path):
+            opened[path].append(_open_once(path))
+
+    def median(path: Path) -> _Opened:
+        runs_of = opened[path]
+        middle = statistics.median(o.seconds for o in runs_of)
+        return attrs.evolve(
+            runs_of[-1],
+            seconds=middle,
+            resumed=all(o.resumed for o in runs_of),
+            read=max(o.read for o in runs_of),
+        )
+
+    return _OpenFigure(small, large, policy.every, median(small_path), median(large_path))
+
+
+def _short(count: int) -> str:
+    """2,000,000 as 2M, 200,000 as 200k."""
+    for size, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if count >= size and count % size == 0:
+            return f"{count // size}{suffix}"
+    return f"{count:,}"
+
+
 def _percentile(values: Sequence[int], share: float) -> float:
     ordered = sorted(values)
     return float(ordered[min(len(ordered) - 1, int(share * len(ordered)))])
@@ -778,6 +892,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         live_p50 = _percentile(live, 0.5) / 1000
         live_p99 = _percentile(live, 0.99) / 1000
 
+        open_small = QUICK_OPEN_SMALL if args.quick else max(count // 5, MIN_EVENTS)
+        out.write(
+            f"recording {10 * open_small:,} events through the engine for the Engine.open figure\n"
+        )
+        out.flush()
+        opening = _open_figure(scratch, open_small, seed, 3 if args.quick else OPEN_RUNS)
+
         rows = [
             ["figure", "value", "target", ""],
             [
@@ -830,14 +951,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     verdict,
                 ]
             )
+        open_label = f"Engine.open {_short(opening.large)} vs {_short(opening.small)} events"
+        if args.quick:
+            open_label += " (--quick sizes; default run: 2M vs 200k)"
         rows.append(
             [
-                "Engine.open 2M vs 200k events, submit() -> socket",
-                "not measured yet",
-                "(issue 9)",
-                "",
+                open_label,
+                f"{opening.large_open.seconds:.3f} s / {opening.small_open.seconds:.3f} s = "
+                f"{opening.ratio:.2f}x",
+                f"<= {TARGET_OPEN_RATIO}x",
+                _verdict(opening.ratio <= TARGET_OPEN_RATIO),
             ]
         )
+        rows.append(["submit() -> socket", "not measured yet", "(issue 9)", ""])
         rows.append(["file size", f"{size / 1e6:,.1f} MB", "", ""])
         rows.append(["bytes per event", f"{size / count:,.0f}", "", ""])
         out.write("\n")
@@ -847,6 +973,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{json_seconds:.2f} s for {lines[0]:,} lines\n"
             f"replayed state: last seq {state.last_seq:,}, {len(state.orders):,} orders kept "
             f"({len(state.open_orders()):,} open), anomalies {state.anomaly_total}\n"
+        )
+        for opened in (opening.large_open, opening.small_open):
+            start = "resumed from a snapshot" if opened.resumed else "NO SNAPSHOT USED"
+            out.write(
+                f"Engine.open of {opened.last_seq:,} events: {opened.seconds:.3f} s CPU "
+                f"(median), {start}, {opened.read:,} events read from the log\n"
+            )
+        out.write(
+            f"  (snapshots every {opening.every:,} events, written while recording; "
+            f"median of {3 if args.quick else OPEN_RUNS} alternating opens)\n"
         )
         out.flush()
     return 0

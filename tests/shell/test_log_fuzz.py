@@ -310,3 +310,23 @@ def test_damaged_logs_as_a_process_show_no_traceback(tmp_path: Path) -> None:
         assert done.returncode == 1, kind
         assert "Traceback" not in done.stderr, kind
         assert re.fullmatch(re.escape(f"{path}:3: ") + r"[^\n]+\n", done.stderr), done.stderr
+
+
+def test_a_forged_line_the_reducer_cannot_apply_is_a_log_read_error(tmp_path: Path) -> None:
+    # A version 2 line with a matching checksum and a figure no decimal sum can take: the
+    # replay CLI and Engine.open each say which line, and neither shows a traceback.
+    lines = LOGS["perp_position_lifecycle.jsonl"].splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if b'"type":"OrderFilled"' in line)
+    lines[at] = _resigned(re.sub(rb'"price":"[^"]*"', b'"price":"-Infinity"', lines[at], count=1))
+    path = tmp_path / "forged.jsonl"
+    path.write_bytes(b"".join(lines))
+    code, out, err = _replay(path)
+    assert (code, out) == (1, "")
+    match = re.fullmatch(re.escape(str(path)) + r":(\d+): cannot apply [^\n]+\n", err)
+    assert match is not None, err
+    line = int(match.group(1))
+    assert line > at  # at the forged fill or at a later one that meets its figures
+    with pytest.raises(LogReadError) as caught:
+        Engine.open(path)
+    assert caught.value.line == line
+    assert "cannot apply" in caught.value.message
