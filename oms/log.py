@@ -301,7 +301,7 @@ class EventLog:
             if on_event is not None:
                 on_event(event)
         created = not path.exists()
-        handle = path.open("w+b") if created else path.open("r+b")
+        handle: BinaryIO = path.open("w+b") if created else path.open("r+b")
         offset, last_line = reader.end_offset, reader.last_line
         try:
             if reader.torn is not None or handle.seek(0, os.SEEK_END) != reader.end_offset:
@@ -323,11 +323,17 @@ class EventLog:
         except BaseException:
             handle.close()
             raise
+        policy = fsync or Fsync.every_event()
+        if policy.max_events != 0:
+            # Every line goes to the OS as it is appended: write it with one system call,
+            # not through a buffer that is flushed at once anyway.
+            handle.close()
+            handle = path.open("ab", buffering=0)
         return cls(
             path=path,
             handle=handle,
             last_seq=reader.last_seq,
-            fsync=fsync or Fsync.every_event(),
+            fsync=policy,
             clock=clock,
             torn=reader.torn,
             version=reader.version if reader.has_header else FORMAT_VERSION,
@@ -339,25 +345,38 @@ class EventLog:
         """Write `event` as the next seq and return that seq (durable per the policy)."""
         seq = self.last_seq + 1
         line = encode_line(seq, event, self.version)
-        self._handle.write(line)
+        policy = self.fsync
+        if policy.max_events == 0:
+            self._handle.write(line)  # into this process's buffer
+        else:
+            # Unbuffered: the line is with the OS when this returns, so a crash of this
+            # process loses nothing; only a power loss can take events not yet fsynced.
+            written = self._handle.write(line)
+            if written != len(line):
+                self._write_rest(line, written)
         self.last_seq = seq
         self.offset += len(line)
         self._last_line = line
-        policy = self.fsync
         if policy.max_events == 0:
             return seq
-        if self._pending == 0:
+        pending = self._pending + 1
+        self._pending = pending
+        if pending == 1:
             self._pending_since = self._clock()
-        self._pending += 1
-        if self._pending >= policy.max_events or (
+            if pending >= policy.max_events or policy.max_delay <= 0:
+                self.sync()
+        elif pending >= policy.max_events or (
             self._clock() - self._pending_since >= policy.max_delay
         ):
             self.sync()
-        else:
-            # Hand the line to the OS now: a crash of this process then loses nothing; only
-            # a power loss can take the events not yet fsynced.
-            self._handle.flush()
         return seq
+
+    def _write_rest(self, line: bytes, written: int | None) -> None:
+        """Finish a short write (rare: a signal, a full disk that is then reported)."""
+        view = memoryview(line)[written or 0 :]
+        while view:
+            count = self._handle.write(view)
+            view = view[count or 0 :]
 
     def mark(self) -> LogMark | None:
         """Where the last event appended (or read at open) ends; None before any event."""
