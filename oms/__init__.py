@@ -80,6 +80,7 @@ if TYPE_CHECKING:
     from oms.engine import Engine
     from oms.log import EventLog, Fsync, LogReader, LogReadError
     from oms.replay import replay_file
+    from oms.snapshot import SnapshotPolicy
 
 __version__ = "0.2.0.dev0"
 
@@ -90,6 +91,7 @@ __all__ = [
     "EventLog",
     "Fsync",
     "LogReader",
+    "SnapshotPolicy",
     # replay and the state hash
     "apply",
     "replay_events",
@@ -154,6 +156,7 @@ _SHELL = {
     "LogReader": "oms.log",
     "LogReadError": "oms.log",
     "replay_file": "oms.replay",
+    "SnapshotPolicy": "oms.snapshot",
 }
 
 if not TYPE_CHECKING:  # to mypy the names are the imports above; `oms.Typo` stays an error
