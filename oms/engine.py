@@ -442,12 +442,20 @@ class Engine:
                 self._snapshot_writing = False
 
     def close(self) -> None:
-        """Close the log, writing a snapshot first if one is due (a failure to write it is
-        logged and counted, and the log is closed all the same)."""
+        """Close the log, writing a snapshot first if one is due, or if at least
+        `snapshots.at_close` events came after the newest (a failure to write it is logged
+        and counted, and the log is closed all the same)."""
         if self.log is None:
             return
+        policy = self.snapshots
+        at_close = (
+            policy is not None
+            and policy.every > 0
+            and policy.at_close > 0
+            and self.state.last_seq - self._snapshot_seq >= policy.at_close
+        )
         try:
-            if self.snapshot_due and not self._snapshot_writing:
+            if (self.snapshot_due or at_close) and not self._snapshot_writing:
                 try:
                     self.write_snapshot()
                 except Exception as exc:

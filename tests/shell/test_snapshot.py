@@ -803,3 +803,30 @@ def test_a_version_1_log_resumes_from_its_snapshot(tmp_path: Path) -> None:
         assert state_hash(again.state) == state_hash(full)
     finally:
         again.close()
+
+
+def test_close_writes_one_when_enough_came_after_the_newest(tmp_path: Path) -> None:
+    # A clean stop leaves a snapshot at the end, so the next open reads no tail at all.
+    path = tmp_path / "session.jsonl"
+    engine = open_engine(path, SnapshotPolicy(every=1000, at_close=50))
+    for event in bench(49):
+        engine.record(event)
+    engine.close()
+    assert not snapshot_dir(path).exists()  # 49 < 50
+    engine = open_engine(path, SnapshotPolicy(every=1000, at_close=50))
+    for event in bench(120)[49:]:
+        engine.record(event)
+    assert not engine.snapshot_due
+    engine.close()
+    assert [seq for seq, _ in list_snapshots(path)] == [120]
+    again = open_engine(path, SnapshotPolicy(every=1000, at_close=50))
+    try:
+        assert again.resumed_from is not None and again.replayed_at_open == 0
+        assert again.state == replay(bench(120))
+    finally:
+        again.close()
+    never = open_engine(path, SnapshotPolicy(every=1000, at_close=0))
+    for event in bench(300)[120:]:
+        never.record(event)
+    never.close()
+    assert [seq for seq, _ in list_snapshots(path)] == [120]
