@@ -164,15 +164,6 @@ _V = TypeVar("_V")
 _Table: TypeAlias = Map[_K, _V] | MapMutation[_K, _V]
 
 
-def _mutation(table: _Table[_K, _V]) -> MapMutation[_K, _V]:
-    assert isinstance(table, Map)
-    return table.mutate()
-
-
-def _frozen(table: _Table[_K, _V]) -> Map[_K, _V]:
-    return table if isinstance(table, Map) else table.finish()
-
-
 class Fold:
     """An incremental `replay`: `step(event)` for each event, `freeze()` for the state.
 
@@ -182,16 +173,23 @@ class Fold:
 
     def __init__(self, state: State) -> None:
         self.seq = state.last_seq
-        # The maps are read where they are (a Map, or the mutation made at its first write)
-        # and written through `_w_*`, which makes a mutation once: replaying writes in place,
-        # and `freeze` finishes only the maps that changed, so an unchanged map stays the same
-        # object (`is_news` relies on that).
+        # Each map is read where it is (`self.orders`: the state's Map, or the mutation made
+        # at its first write) and written through `_w_*`, which makes that mutation once:
+        # replaying writes in place, and `freeze` finishes only the maps that changed, so an
+        # unchanged map stays the same object (`is_news` relies on that). `self._orders_base` is
+        # the newest frozen Map.
         self.orders: _Table[str, Order] = state.orders
         self.by_client: _Table[int, str] = state.by_client
         self.by_venue: _Table[str, str] = state.by_venue
         self.balances: _Table[str, Balance] = state.balances
         self.positions: _Table[str, Position] = state.positions
         self.finished: _Table[int, str] = state.finished
+        self._orders_base: Map[str, Order] = state.orders
+        self._by_client_base: Map[int, str] = state.by_client
+        self._by_venue_base: Map[str, str] = state.by_venue
+        self._balances_base: Map[str, Balance] = state.balances
+        self._positions_base: Map[str, Position] = state.positions
+        self._finished_base: Map[int, str] = state.finished
         self._orders_m: MapMutation[str, Order] | None = None
         self._by_client_m: MapMutation[int, str] | None = None
         self._by_venue_m: MapMutation[str, str] | None = None
@@ -209,54 +207,64 @@ class Fold:
 
     def _w_orders(self) -> MapMutation[str, Order]:
         if self._orders_m is None:
-            self._orders_m = self.orders = _mutation(self.orders)
+            self._orders_m = self.orders = self._orders_base.mutate()
         return self._orders_m
 
     def _w_by_client(self) -> MapMutation[int, str]:
         if self._by_client_m is None:
-            self._by_client_m = self.by_client = _mutation(self.by_client)
+            self._by_client_m = self.by_client = self._by_client_base.mutate()
         return self._by_client_m
 
     def _w_by_venue(self) -> MapMutation[str, str]:
         if self._by_venue_m is None:
-            self._by_venue_m = self.by_venue = _mutation(self.by_venue)
+            self._by_venue_m = self.by_venue = self._by_venue_base.mutate()
         return self._by_venue_m
 
     def _w_balances(self) -> MapMutation[str, Balance]:
         if self._balances_m is None:
-            self._balances_m = self.balances = _mutation(self.balances)
+            self._balances_m = self.balances = self._balances_base.mutate()
         return self._balances_m
 
     def _w_positions(self) -> MapMutation[str, Position]:
         if self._positions_m is None:
-            self._positions_m = self.positions = _mutation(self.positions)
+            self._positions_m = self.positions = self._positions_base.mutate()
         return self._positions_m
 
     def _w_finished(self) -> MapMutation[int, str]:
         if self._finished_m is None:
-            self._finished_m = self.finished = _mutation(self.finished)
+            self._finished_m = self.finished = self._finished_base.mutate()
         return self._finished_m
 
     def freeze(self) -> State:
-        orders = self.orders = _frozen(self.orders)
-        by_client = self.by_client = _frozen(self.by_client)
-        by_venue = self.by_venue = _frozen(self.by_venue)
-        balances = self.balances = _frozen(self.balances)
-        positions = self.positions = _frozen(self.positions)
-        finished = self.finished = _frozen(self.finished)
-        self._orders_m = self._by_client_m = self._by_venue_m = None
-        self._balances_m = self._positions_m = self._finished_m = None
+        if self._orders_m is not None:
+            self._orders_base = self.orders = self._orders_m.finish()
+            self._orders_m = None
+        if self._by_client_m is not None:
+            self._by_client_base = self.by_client = self._by_client_m.finish()
+            self._by_client_m = None
+        if self._by_venue_m is not None:
+            self._by_venue_base = self.by_venue = self._by_venue_m.finish()
+            self._by_venue_m = None
+        if self._balances_m is not None:
+            self._balances_base = self.balances = self._balances_m.finish()
+            self._balances_m = None
+        if self._positions_m is not None:
+            self._positions_base = self.positions = self._positions_m.finish()
+            self._positions_m = None
+        if self._finished_m is not None:
+            self._finished_base = self.finished = self._finished_m.finish()
+            self._finished_m = None
         return State(
             last_seq=self.seq,
-            orders=orders,
-            by_client=by_client,
-            by_venue=by_venue,
-            balances=balances,
-            positions=positions,
+            orders=self._orders_base,
+            by_client=self._by_client_base,
+            by_venue=self._by_venue_base,
+            balances=self._balances_base,
+            positions=self._positions_base,
             markets=self.markets,
             anomalies=self.anomalies,
             anomaly_counts=self.anomaly_counts,
-            finished=finished,
+            finished=self._finished_base,
             finished_head=self.finished_head,
             finished_tail=self.finished_tail,
             retain_finished=self.retain_finished,
@@ -950,8 +958,10 @@ class Fold:
         baseline = self.baseline_seq is None
         if baseline:
             self.baseline_seq = self.seq
-        balances = self.balances = _frozen(self.balances)  # a mutation cannot list its keys
-        self._balances_m = None
+        if self._balances_m is not None:  # a mutation cannot list its keys
+            self._balances_base = self.balances = self._balances_m.finish()
+            self._balances_m = None
+        balances = self._balances_base
         for asset in sorted(set(seen) | set(balances.keys())):
             balance = self.balances.get(asset) or Balance(asset=asset)
             reported = seen.get(asset)
