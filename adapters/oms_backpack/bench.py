@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 import attrs
+import trio
 
 from oms.core.events import (
     AssetBalance,
@@ -77,6 +78,7 @@ from oms.log import EventLog, Fsync
 from oms.replay import replay_file
 from oms.snapshot import SnapshotPolicy, snapshot_dir
 from oms_backpack import codec
+from oms_backpack.session import FillChaser
 from oms_local_exchange import frames
 
 __all__ = ["main", "session_events"]
@@ -602,14 +604,43 @@ def _append(path: Path, events: Iterable[Event], fsync: Fsync, label: str) -> tu
     return _Append(label, count, spent), time.perf_counter() - started
 
 
+class _NoFillHistory:
+    """The chaser's REST side: never called here (nothing runs the chaser's loop)."""
+
+    async def fill_history(
+        self,
+        *,
+        venue_id: str | None = None,
+        symbol: str | None = None,
+        from_ms: int | None = None,
+        source: Source,
+    ) -> list[Event]:
+        raise AssertionError("the bench does not chase fills")
+
+
 def _live_path(path: Path, events: Iterable[Event], frames_wanted: int) -> list[int]:
     """Nanoseconds from a WebSocket frame in hand to its events applied and appended (group
     commit), one figure per frame: the session's own path, `codec.decode_ws_frame` then
-    `Engine.record` for each event. The session's other events are recorded untimed, so each
-    frame meets the state it would meet live."""
+    `Engine.record` for each event, with the listeners a Backpack session subscribes (the fill
+    chaser's, and a counter like the reconciler's), inside trio as a session runs. The
+    session's other events are recorded untimed, so each frame meets the state it would meet
+    live."""
     if path.exists():
         path.unlink()
+    return trio.run(_live_path_in_trio, path, events, frames_wanted)
+
+
+async def _live_path_in_trio(path: Path, events: Iterable[Event], frames_wanted: int) -> list[int]:
     engine = Engine.open(path, fsync=Fsync.group())
+    chaser = FillChaser(engine, _NoFillHistory())
+    moved = [0]
+
+    def count_moves(event: Event, state: State) -> None:
+        if isinstance(event, OrderFilled | FundingPaid):
+            moved[0] += 1
+
+    engine.subscribe(chaser.notice)
+    engine.subscribe(count_moves)
     clock = time.perf_counter_ns
     timings: list[int] = []
     try:
