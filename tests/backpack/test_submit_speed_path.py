@@ -12,10 +12,12 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import ssl
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -107,7 +110,7 @@ class Venue:
         self.connections: list[int] = []
         self.accepted = 0
         self.url = ""
-        self._open: set[trio.SocketStream] = set()
+        self._open: set[trio.abc.Stream] = set()
 
     async def close_all(self) -> None:
         """Close every connection the venue holds (as a server does with idle ones)."""
@@ -115,7 +118,7 @@ class Venue:
             await trio.aclose_forcefully(stream)
         await trio.testing.wait_all_tasks_blocked()
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    async def _serve(self, stream: trio.abc.Stream) -> None:
         self.accepted += 1
         self._open.add(stream)
         try:
@@ -124,7 +127,7 @@ class Venue:
         finally:
             self._open.discard(stream)
 
-    async def _converse(self, stream: trio.SocketStream, number: int) -> None:
+    async def _converse(self, stream: trio.abc.Stream, number: int) -> None:
         conn = h11.Connection(h11.SERVER)
         raw = b""
         while True:
@@ -160,11 +163,16 @@ class Venue:
             conn = h11.Connection(h11.SERVER)
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[Venue]:
+    async def running(self, tls: ssl.SSLContext | None = None) -> AsyncIterator[Venue]:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(trio.serve_tcp, self._serve, 0)
-            port = listeners[0].socket.getsockname()[1]
-            self.url = f"http://127.0.0.1:{port}"
+            if tls is None:
+                serve = partial(trio.serve_tcp, self._serve, 0, host="127.0.0.1")
+            else:
+                serve = partial(trio.serve_ssl_over_tcp, self._serve, 0, tls, host="127.0.0.1")
+            listeners = await nursery.start(serve)
+            socket = listeners[0].socket if tls is None else listeners[0].transport_listener.socket
+            port = socket.getsockname()[1]
+            self.url = f"{'http' if tls is None else 'https'}://127.0.0.1:{port}"
             yield self
             nursery.cancel_scope.cancel()
 
@@ -290,6 +298,51 @@ async def test_a_proxy_in_the_environment_or_a_transport_keeps_executes_on_httpx
         assert api._lane is None  # httpx would go through the proxy for https://
     assert carried == []
     assert len(venue.requests) == 1
+
+
+@pytest.fixture
+def ca(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> trustme.CA:
+    """A certificate authority our clients trust (httpx reads SSL_CERT_FILE)."""
+    authority = trustme.CA()
+    path = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(path))
+    monkeypatch.setenv("SSL_CERT_FILE", str(path))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    return authority
+
+
+def server_context(authority: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
+
+async def test_over_tls_the_lane_sends_what_httpx_sends(
+    ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    carried = spy_on_lane(monkeypatch)
+    async with Venue().running(server_context(ca)) as venue:
+        async with client(venue.url) as api:
+            await api.call(execute(5))
+            await api.call(execute(5))
+        async with client(venue.url, transport=httpx.AsyncHTTPTransport()) as api:
+            await api.call(execute(5))
+    assert len(carried) == 2
+    assert venue.requests[0] == venue.requests[1] == venue.requests[2]
+    assert venue.requests[0].startswith(b"POST /api/v1/order HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert venue.connections == [1, 1, 2]
+
+
+async def test_over_tls_a_certificate_not_trusted_means_nothing_was_sent(
+    ca: trustme.CA,
+) -> None:
+    stranger = trustme.CA()  # signs the server's certificate; our clients do not trust it
+    async with Venue().running(server_context(stranger)) as venue:
+        for options in ({}, {"transport": httpx.AsyncHTTPTransport()}):
+            async with client(venue.url, max_retries=1, **options) as api:
+                with pytest.raises(VenueUnavailable, match=r"2 attempts \(ConnectError\)"):
+                    await api.call(execute())
+    assert venue.requests == []
 
 
 # --- answers -----------------------------------------------------------------------------------
