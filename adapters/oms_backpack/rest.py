@@ -27,6 +27,11 @@ What a caller can rely on:
   `trio.current_time()`; further attempts wait.
 - **No secret leaks.** Exception messages and log records name the method, path, status and
   the venue's code and message, never request headers or key material.
+- **Order executes take a lane of their own.** `POST /api/v1/order(s)` goes over one
+  connection kept for it (`_Lane`: h11 over a trio stream, the whole request in one send),
+  with the very bytes httpx would send and the same verdicts on failure; everything else, a
+  second execute while one is in flight, a caller's transport and a proxy named by the
+  environment stay on httpx.
 
 Callers own timeouts (`trio.fail_after` around the call). The transport timeout below only
 guards against a dead socket; if a caller's cancel scope interrupts an execute, its outcome
