@@ -44,7 +44,7 @@ from urllib.parse import urlsplit
 import trio
 import trio.testing
 
-from oms.core.events import Event, OrderAccepted, OrderSubmitted
+from oms.core.events import Event, OrderAccepted, OrderSubmitted, SubmitRejected, SubmitUnknown
 from oms.core.state import State
 from oms.core.values import OrderType, Side
 from oms.engine import Engine
@@ -245,19 +245,24 @@ class _Samples:
         self.http: list[int] = []
         self.sends: list[int] = []
         self.request_bytes: list[int] = []
+        self.failed = 0
 
 
 class _Reports:
-    """Client ids whose `OrderAccepted` (the stream's report) has been recorded."""
+    """Client ids whose `OrderAccepted` (the stream's report) has been recorded, and how many
+    submits ended refused or in doubt (each a sign the bench did not measure what it says)."""
 
     def __init__(self) -> None:
         self.seen: set[int] = set()
+        self.failed = 0
         self._arrived = trio.Event()
 
     def __call__(self, event: Event, state: State) -> None:
         if isinstance(event, OrderAccepted) and event.client_id is not None:
             self.seen.add(event.client_id)
             self._arrived.set()
+        elif isinstance(event, SubmitRejected | SubmitUnknown):
+            self.failed += 1
 
     async def quiet_after(self, client_id: int) -> None:
         """Wait for the order's stream report, give the exchange's process a moment to finish
@@ -343,6 +348,7 @@ async def _measure(exchange: _Exchange, samples: int, warmup: int) -> _Samples:
                         assert order.client_id is not None
                         await reports.quiet_after(order.client_id)
                     await _cancel_all(session)
+                result.failed = reports.failed
         finally:
             engine.close()
     return result
@@ -357,7 +363,9 @@ def measure_submit(samples: int = DEFAULT_SAMPLES) -> dict[str, float]:
     """Time `samples` submits (after a warm-up) against a local exchange started for the
     purpose; figures in µs. Keys: `p50_us`, `p99_us` (the whole span), the p50 of each part
     (`before_record_p50_us`, `record_p50_us`, `signing_p50_us`, `http_p50_us`; they need not
-    add up to the whole's p50), `sends_per_request` and `request_bytes` (medians), `samples`.
+    add up to the whole's p50), `sends_per_request` and `request_bytes` (medians), `samples`,
+    and `failed_submits` (submits recorded as refused or in doubt, warm-up included: 0 when
+    the run went as intended).
     Blocking: runs its own `trio.run` and subprocess; about 3 s plus 2 ms per sample."""
     if samples < 1:
         raise ValueError("samples must be at least 1")
@@ -374,6 +382,7 @@ def measure_submit(samples: int = DEFAULT_SAMPLES) -> dict[str, float]:
         "sends_per_request": _percentile(found.sends, 0.5) * 1000.0,
         "request_bytes": _percentile(found.request_bytes, 0.5) * 1000.0,
         "samples": float(len(found.total)),
+        "failed_submits": float(found.failed),
     }
 
 
@@ -424,6 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "",
         ),
     ]
+    if figures["failed_submits"]:
+        failed = f"{figures['failed_submits']:.0f}"
+        rows.append(("  submits refused or in doubt (not expected)", failed, "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]

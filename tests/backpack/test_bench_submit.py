@@ -24,6 +24,7 @@ def test_measure_submit_times_each_order_to_its_last_byte_at_the_socket() -> Non
     # One send carries the whole request: its headers and the order's JSON body.
     assert figures["sends_per_request"] == 1
     assert 400 < figures["request_bytes"] < 1000
+    assert figures["failed_submits"] == 0  # every order was placed
 
 
 def test_main_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
