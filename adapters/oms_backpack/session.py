@@ -416,7 +416,12 @@ class BackpackSession:
         order dropped by finished-order retention is no longer known, so its id is not
         caught). A venue refusal is recorded, not raised: check `order.status`.
         """
-        await self.reconciled.wait()
+        if self.reconciled.is_set():
+            # The gate is open: go on without a scheduling point (other tasks' work would run
+            # inside the order's latency), but a cancelled caller still records nothing.
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            await self.reconciled.wait()
         market = self.engine.state.markets.get(symbol)
         if market is None:
             raise UnknownMarket(f"unknown market {symbol}")

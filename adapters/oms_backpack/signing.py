@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Final
 
-import nacl.signing
+import nacl.bindings
 
 from oms.core.errors import ConfigurationError
 
@@ -93,7 +93,7 @@ class Credentials:
     `api_key` is public (it is sent as `X-API-Key`); the seed stays private.
     """
 
-    __slots__ = ("__signing_key", "api_key")
+    __slots__ = ("__secret_key", "api_key")
 
     def __init__(self, secret: str, api_key: str | None = None) -> None:
         seed = _decode_key(secret, "API secret")
@@ -101,8 +101,9 @@ class Credentials:
             raise CredentialsError(
                 f"the API secret decodes to {len(seed)} bytes; an ED25519 seed has 32"
             )
-        self.__signing_key = nacl.signing.SigningKey(seed[:32])
-        derived = base64.b64encode(bytes(self.__signing_key.verify_key)).decode("ascii")
+        # libsodium's 64-byte secret key (seed and public key), used as is by every signature.
+        public, self.__secret_key = nacl.bindings.crypto_sign_seed_keypair(seed[:32])
+        derived = base64.b64encode(public).decode("ascii")
         if api_key is not None and api_key.strip() != derived:
             raise CredentialsError(
                 "the API key does not belong to the API secret (the key must be the base64 "
@@ -120,8 +121,10 @@ class Credentials:
 
     def sign(self, message: str) -> str:
         """base64 of the 64-byte ED25519 signature of `message` (UTF-8)."""
-        signed = self.__signing_key.sign(message.encode("utf-8"))
-        return base64.b64encode(signed.signature).decode("ascii")
+        # crypto_sign returns the signature followed by the message; nacl.signing's wrapper
+        # adds nothing but objects around the same call.
+        signed = nacl.bindings.crypto_sign(message.encode("utf-8"), self.__secret_key)
+        return binascii.b2a_base64(signed[:64], newline=False).decode("ascii")
 
     def headers(
         self,

@@ -1,0 +1,447 @@
+"""`python -m oms_backpack.bench_submit [--samples N] [--quick]`: how long a submit takes to
+reach the socket.
+
+One figure per order: from just before `BackpackSession.submit(...)` is called to the return
+of the `send` system call that hands the last byte of its `POST /api/v1/order` to the kernel.
+Everything the real submit does before its bytes leave is inside that span: the reconciliation
+gate, the order's checks, the `OrderSubmitted` recorded into the engine (appended to a log under
+`Fsync.group()`), the signature, and the HTTP client writing the request, with the session's
+other tasks (WebSocket reader, poller, fill chaser, the engine's group-commit timer) running
+as they do for a user.
+
+The venue is the local exchange in a process of its own (`python -m oms_local_exchange` on
+127.0.0.1), so its work never runs on this process's trio loop, as a remote venue's would not.
+Orders are post-only bids far below the market (they rest and never fill) and are cancelled
+every `_CANCEL_EVERY` orders, outside the timed spans. After each submit the bench waits for
+the order's stream report and for every task of this process to block, so each sample starts
+from a quiet process and carries nothing of the previous order.
+
+The end of the span is observed at the socket: while measuring, trio's socket `send` is
+wrapped so that the REST connection's sends are timestamped right after the system call
+returns (before trio's scheduling point that follows it). The breakdown comes from the same
+samples: the time inside `Engine.record` for the `OrderSubmitted`, the time spent signing, and
+the rest of the HTTP client up to the last byte ("HTTP layer"); "before record" is the gate,
+the checks and the request spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import trio
+import trio.testing
+
+from oms.core.events import Event, OrderAccepted, OrderSubmitted, SubmitRejected, SubmitUnknown
+from oms.core.state import State
+from oms.core.values import OrderType, Side
+from oms.engine import Engine
+from oms.log import Fsync
+from oms_backpack import signing
+from oms_backpack.session import BackpackSession, open_backpack_session
+from oms_backpack.signing import Credentials
+
+__all__ = ["QUICK_SAMPLES", "TARGET_P50_US", "main", "measure_submit"]
+
+TARGET_P50_US: Final = 200.0
+DEFAULT_SAMPLES: Final = 2_000
+QUICK_SAMPLES: Final = 500
+SYMBOL: Final = "SOL_USDC"
+PRICE: Final = Decimal("1.00")  # far below the local exchange's SOL_USDC (about 150)
+QUANTITY: Final = Decimal("0.01")
+_WARMUP: Final = 200
+_CANCEL_EVERY: Final = 250
+_REPORT_WAIT_S: Final = 2.0
+# After each order: the exchange runs on the same two cores, and its tail (the stream report,
+# hypercorn's bookkeeping) must not compete with the next sample.
+_SETTLE_S: Final = 0.001
+_EXCHANGE_START_S: Final = 30.0
+
+_clock = time.perf_counter_ns
+
+
+# --- the probe at the socket ------------------------------------------------------------------
+
+
+class _SendProbe:
+    """Timestamps every `send` system call on sockets connected to `port` (the REST server):
+    `last_ns` is when the latest one returned, `sends` and `sent` count calls and bytes."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.last_ns = 0
+        self.sends = 0
+        self.sent = 0
+        self._ours: weakref.WeakKeyDictionary[socket.socket, bool] = weakref.WeakKeyDictionary()
+
+    def _is_ours(self, sock: socket.socket) -> bool:
+        ours = self._ours.get(sock)
+        if ours is None:
+            try:
+                peer = sock.getpeername()
+            except OSError:
+                return False
+            ours = self._ours[sock] = isinstance(peer, tuple) and peer[1] == self.port
+        return ours
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        # trio's socket `send` is `_nonblocking_helper(wait_writable, socket.send, ...)`: the
+        # system call, then a scheduling point. The replacement runs the same helper with the
+        # system call wrapped, so the time is taken before that scheduling point.
+        from trio import _socket as trio_socket_module
+
+        cls: Any = trio_socket_module._SocketType
+        original = cls.__dict__["send"]
+        if not hasattr(cls, "_nonblocking_helper"):
+            raise RuntimeError("this trio has no _SocketType._nonblocking_helper to wrap")
+        std_send = socket.socket.send
+        wait_writable = trio.lowlevel.wait_writable
+        probe = self
+
+        def timed(sock: socket.socket, *args: Any) -> int:
+            sent: int = std_send(sock, *args)
+            now = _clock()
+            if probe._is_ours(sock):
+                probe.last_ns = now
+                probe.sends += 1
+                probe.sent += sent
+            return sent
+
+        async def send(self: Any, *args: Any) -> int:
+            result: int = await self._nonblocking_helper(wait_writable, timed, *args)
+            return result
+
+        cls.send = send
+        try:
+            yield
+        finally:
+            cls.send = original
+
+
+# --- breakdown hooks --------------------------------------------------------------------------
+
+
+class _Marks:
+    """Timestamps the hooks leave for the sample in progress."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.record_start = 0
+        self.record_end = 0
+        self.signing = 0
+
+
+class _TimedCredentials(Credentials):
+    """The same key, with the time spent signing added to `marks.signing`."""
+
+    __slots__ = ("marks",)
+
+    def __init__(self, secret: str, marks: _Marks) -> None:
+        super().__init__(secret)
+        self.marks = marks
+
+    def headers(
+        self,
+        instruction: str,
+        params: Any,
+        timestamp_ms: int,
+        window_ms: int = signing.DEFAULT_WINDOW_MS,
+    ) -> dict[str, str]:
+        begin = _clock()
+        result = super().headers(instruction, params, timestamp_ms, window_ms)
+        self.marks.signing += _clock() - begin
+        return result
+
+
+def _time_record(engine: Engine, marks: _Marks) -> None:
+    """Wrap `engine.record` (the session's call to it) to mark the `OrderSubmitted`'s."""
+    record = engine.record
+
+    def timed(event: Event) -> State:
+        if not isinstance(event, OrderSubmitted):
+            return record(event)
+        marks.record_start = _clock()
+        state = record(event)
+        marks.record_end = _clock()
+        return state
+
+    setattr(engine, "record", timed)  # noqa: B010 (mypy refuses assigning to a method)
+
+
+# --- the local exchange in its own process ----------------------------------------------------
+
+
+class _Exchange:
+    def __init__(self, rest_url: str, ws_url: str, secret: str) -> None:
+        self.rest_url = rest_url
+        self.ws_url = ws_url
+        self.secret = secret
+
+
+@contextmanager
+def _local_exchange() -> Iterator[_Exchange]:
+    """`python -m oms_local_exchange` on 127.0.0.1 (ports chosen by the OS) until the end of
+    the block; its throwaway key is read from what it prints and never printed here."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "oms_local_exchange"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        found: dict[str, str] = {}
+        started = time.monotonic()
+        for line in process.stdout:
+            name, _, value = line.strip().partition(" ")
+            if name in ("REST", "WebSocket"):
+                found[name] = value.strip()
+            elif line.startswith("API secret"):
+                found["secret"] = line.removeprefix("API secret").strip()
+            elif line.startswith("Serving"):
+                break
+            if time.monotonic() - started > _EXCHANGE_START_S:
+                break
+        if set(found) != {"REST", "WebSocket", "secret"}:
+            raise RuntimeError(f"the local exchange did not start (exit code {process.poll()})")
+        yield _Exchange(found["REST"], found["WebSocket"], found["secret"])
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+# --- the measurement --------------------------------------------------------------------------
+
+
+class _Samples:
+    def __init__(self) -> None:
+        self.total: list[int] = []
+        self.before_record: list[int] = []
+        self.record: list[int] = []
+        self.signing: list[int] = []
+        self.http: list[int] = []
+        self.sends: list[int] = []
+        self.request_bytes: list[int] = []
+        self.failed = 0
+
+
+class _Reports:
+    """Client ids whose `OrderAccepted` (the stream's report) has been recorded, and how many
+    submits ended refused or in doubt (each a sign the bench did not measure what it says)."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.failed = 0
+        self._arrived = trio.Event()
+
+    def __call__(self, event: Event, state: State) -> None:
+        if isinstance(event, OrderAccepted) and event.client_id is not None:
+            self.seen.add(event.client_id)
+            self._arrived.set()
+        elif isinstance(event, SubmitRejected | SubmitUnknown):
+            self.failed += 1
+
+    async def quiet_after(self, client_id: int) -> None:
+        """Wait for the order's stream report, give the exchange's process a moment to finish
+        its side, then wait for every task of this process to block."""
+        with trio.move_on_after(_REPORT_WAIT_S):
+            while client_id not in self.seen:
+                self._arrived = trio.Event()
+                await self._arrived.wait()
+        await trio.sleep(_SETTLE_S)
+        await trio.testing.wait_all_tasks_blocked()
+
+
+async def _cancel_all(session: BackpackSession) -> None:
+    await session.cancel_all(SYMBOL)
+    with trio.move_on_after(_REPORT_WAIT_S):
+        await session.engine.wait_until(
+            lambda state: not any(o.symbol == SYMBOL for o in state.open_orders())
+        )
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def _measure(exchange: _Exchange, samples: int, warmup: int) -> _Samples:
+    marks = _Marks()
+    credentials = _TimedCredentials(exchange.secret, marks)
+    port = urlsplit(exchange.rest_url).port
+    if port is None:
+        raise RuntimeError(f"no port in {exchange.rest_url}")
+    probe = _SendProbe(port)
+    result = _Samples()
+    reports = _Reports()
+
+    with tempfile.TemporaryDirectory(prefix="oms-bench-submit-") as scratch:
+        engine = Engine.open(Path(scratch) / "session.jsonl", fsync=Fsync.group())
+        try:
+            async with open_backpack_session(
+                engine,
+                credentials,
+                rest_url=exchange.rest_url,
+                ws_url=exchange.ws_url,
+                symbols=[SYMBOL],
+            ) as session:
+                engine.subscribe(reports)
+                # The client keeps under 2,000 requests a minute, which would hold the bench's
+                # 2,001st order of the minute for most of a minute. The same limiter, with a
+                # limit the bench cannot reach, still runs its code for every request.
+                limiter: Any = session.rest._limiter
+                limiter._limit = 10**9
+                _time_record(engine, marks)
+                call = session.rest.call
+                call_start = 0
+
+                async def timed_call(spec: Any) -> Any:
+                    nonlocal call_start
+                    call_start = _clock()
+                    return await call(spec)
+
+                setattr(session.rest, "call", timed_call)  # noqa: B010
+                with probe.installed():
+                    for index in range(warmup + samples):
+                        if index and index % _CANCEL_EVERY == 0:
+                            await _cancel_all(session)
+                        marks.reset()
+                        sends, sent = probe.sends, probe.sent
+                        begin = _clock()
+                        order = await session.submit(
+                            SYMBOL,
+                            Side.BID,
+                            OrderType.LIMIT_MAKER,
+                            quantity=QUANTITY,
+                            price=PRICE,
+                        )
+                        end = probe.last_ns
+                        if index >= warmup:
+                            if probe.sends == sends or end < begin:
+                                raise RuntimeError("the probe saw no send for this submit")
+                            result.total.append(end - begin)
+                            result.before_record.append(marks.record_start - begin)
+                            result.record.append(marks.record_end - marks.record_start)
+                            result.signing.append(marks.signing)
+                            result.http.append(end - call_start - marks.signing)
+                            result.sends.append(probe.sends - sends)
+                            result.request_bytes.append(probe.sent - sent)
+                        assert order.client_id is not None
+                        await reports.quiet_after(order.client_id)
+                    await _cancel_all(session)
+                result.failed = reports.failed
+        finally:
+            engine.close()
+    return result
+
+
+def _percentile(values: Sequence[int], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] / 1000.0
+
+
+def measure_submit(samples: int = DEFAULT_SAMPLES) -> dict[str, float]:
+    """Time `samples` submits (after a warm-up) against a local exchange started for the
+    purpose; figures in µs. Keys: `p50_us`, `p99_us` (the whole span), the p50 of each part
+    (`before_record_p50_us`, `record_p50_us`, `signing_p50_us`, `http_p50_us`; they need not
+    add up to the whole's p50), `sends_per_request` and `request_bytes` (medians), `samples`,
+    and `failed_submits` (submits recorded as refused or in doubt, warm-up included: 0 when
+    the run went as intended).
+    Blocking: runs its own `trio.run` and subprocess; about 3 s plus 2 ms per sample."""
+    if samples < 1:
+        raise ValueError("samples must be at least 1")
+    warmup = min(_WARMUP, max(20, samples // 5))
+    with _local_exchange() as exchange:
+        found = trio.run(_measure, exchange, samples, warmup)
+    return {
+        "p50_us": _percentile(found.total, 0.5),
+        "p99_us": _percentile(found.total, 0.99),
+        "before_record_p50_us": _percentile(found.before_record, 0.5),
+        "record_p50_us": _percentile(found.record, 0.5),
+        "signing_p50_us": _percentile(found.signing, 0.5),
+        "http_p50_us": _percentile(found.http, 0.5),
+        "sends_per_request": _percentile(found.sends, 0.5) * 1000.0,
+        "request_bytes": _percentile(found.request_bytes, 0.5) * 1000.0,
+        "samples": float(len(found.total)),
+        "failed_submits": float(found.failed),
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m oms_backpack.bench_submit",
+        description="Time submit() -> request bytes written to the socket, against a local "
+        "exchange in its own process.",
+        epilog="Exit status: 0 (whatever the figures), 2 usage.",
+    )
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        metavar="N",
+        help=f"timed submits (default {DEFAULT_SAMPLES:,})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"{QUICK_SAMPLES:,} samples (a few seconds)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    samples: int = QUICK_SAMPLES if args.quick else args.samples
+    if samples < 1:
+        parser.error("--samples must be at least 1")
+    figures = measure_submit(samples)
+    verdict = "PASS" if figures["p50_us"] < TARGET_P50_US else "MISS"
+    rows = [
+        (
+            f"submit -> request bytes at the socket, p50 ({int(figures['samples']):,} orders)",
+            f"{figures['p50_us']:,.1f} µs",
+            f"< {TARGET_P50_US:.0f} µs",
+            verdict,
+        ),
+        ("submit -> request bytes at the socket, p99", f"{figures['p99_us']:,.1f} µs", "", ""),
+        ("  gate, checks, request spec, p50", f"{figures['before_record_p50_us']:,.1f} µs", "", ""),
+        ("  engine record (log append), p50", f"{figures['record_p50_us']:,.1f} µs", "", ""),
+        ("  signing, p50", f"{figures['signing_p50_us']:,.1f} µs", "", ""),
+        ("  HTTP layer to the last byte, p50", f"{figures['http_p50_us']:,.1f} µs", "", ""),
+        (
+            "  send calls / bytes per request",
+            f"{figures['sends_per_request']:.0f} / {figures['request_bytes']:.0f}",
+            "",
+            "",
+        ),
+    ]
+    if figures["failed_submits"]:
+        failed = f"{figures['failed_submits']:.0f}"
+        rows.append(("  submits refused or in doubt (not expected)", failed, "", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        print("  " + "  ".join(cells).rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
