@@ -157,71 +157,85 @@ class LogReader:
         except FileNotFoundError:
             if self.start is not None:
                 raise ValueError(f"{self.path} does not exist: nothing to start after") from None
-            return
-        with handle:
-            yield from self._read(handle)
+            return iter(())
+        return self._read(handle)
 
     def events(self) -> Iterator[Event]:
         for _seq, event in self:
             yield event
 
     def _read(self, handle: BinaryIO) -> Iterator[tuple[int, Event]]:
-        offset = 0
-        expected = 1
-        number = 0
+        with handle:
+            yield from self._read_open(handle)
+
+    def _read_open(self, handle: BinaryIO) -> Iterator[tuple[int, Event]]:
         path = self.path
-        headers = [encode_header(version) for version in READABLE_VERSIONS]
-        decode_line = line_decoder(FORMAT_VERSION)
         start = self.start
-        for line in handle:
-            number += 1
-            complete = line.endswith(b"\n")
+        header = handle.readline()
+        if not header:
+            if start is not None:
+                raise ValueError(f"{path} is empty: it has no event {start.seq} to start after")
+            return
+        try:
+            self.version = decode_header(header)
+        except LogFormatError as exc:
             # A torn first line is a header cut short by a crash while creating the log; any
             # other unfinished first line means this is not our file, and must not be cut.
-            tearable = not complete and (
-                number > 1 or any(header.startswith(line) for header in headers)
-            )
-            try:
-                if number == 1:
-                    self.version = decode_header(line)
-                    decode_line = line_decoder(self.version)
-                    self.has_header = True
-                else:
-                    seq, event = decode_line(line)
-            except LogFormatError as exc:
-                # The decoders raise nothing else, whatever the bytes (deep nesting, huge
-                # numbers, bad UTF-8 included).
-                if tearable:
-                    if start is not None and number == 1:
-                        raise ValueError(
-                            f"{path}: the header is torn: no event to start after"
-                        ) from None
-                    self.torn = TornTail(
-                        line=number, offset=offset, length=len(line), reason=_one_line(str(exc))
-                    )
-                    return
-                raise LogReadError(path, number, str(exc)) from None
-            offset += len(line)
-            if number == 1:
-                self.end_offset = offset
-                self.missing_newline = not complete
+            if not header.endswith(b"\n") and any(
+                encode_header(version).startswith(header) for version in READABLE_VERSIONS
+            ):
                 if start is not None:
-                    self._go_to(handle, start, offset)
-                    # Seq n is on line n + 1: the next line read is that of seq start.seq + 1.
-                    number, offset, expected = start.seq + 1, start.offset, start.seq + 1
-                    self.last_seq, self.end_offset = start.seq, start.offset
-                    self.last_line, self.missing_newline = start.line, False
-                continue
-            if seq != expected:
-                raise LogReadError(path, number, f"expected seq {expected}, found {seq}")
-            expected += 1
-            self.last_seq = seq
-            self.end_offset = offset
-            self.last_line = line
-            self.missing_newline = not complete
-            yield seq, event
-        if start is not None and number == 0:
-            raise ValueError(f"{path} is empty: it has no event {start.seq} to start after")
+                    raise ValueError(
+                        f"{path}: the header is torn: no event to start after"
+                    ) from None
+                self.torn = TornTail(
+                    line=1, offset=0, length=len(header), reason=_one_line(str(exc))
+                )
+                return
+            raise LogReadError(path, 1, str(exc)) from None
+        self.has_header = True
+        offset = self.end_offset = len(header)
+        self.missing_newline = not header.endswith(b"\n")
+        number = 1
+        if start is not None:
+            self._go_to(handle, start, offset)
+            # Seq n is on line n + 1: the next line read is that of seq start.seq + 1.
+            number, offset = start.seq + 1, start.offset
+            self.last_seq, self.end_offset = start.seq, start.offset
+            self.last_line, self.missing_newline = start.line, False
+        expected = self.last_seq + 1
+        decode_line = line_decoder(self.version)
+        line = b""
+        try:
+            for line in handle:
+                number += 1
+                try:
+                    seq, event = decode_line(line)
+                except LogFormatError as exc:
+                    # The decoders raise nothing else, whatever the bytes (deep nesting, huge
+                    # numbers, bad UTF-8 included). Only a last line without its newline can
+                    # be torn (a crash while it was written).
+                    if not line.endswith(b"\n"):
+                        self.torn = TornTail(
+                            line=number,
+                            offset=offset,
+                            length=len(line),
+                            reason=_one_line(str(exc)),
+                        )
+                        return
+                    raise LogReadError(path, number, str(exc)) from None
+                offset += len(line)
+                if seq != expected:
+                    raise LogReadError(path, number, f"expected seq {expected}, found {seq}")
+                expected += 1
+                self.last_seq = seq
+                self.end_offset = offset
+                self.last_line = line
+                yield seq, event
+        finally:
+            # Only the last line read can lack its newline (a decoded one kept after a crash).
+            if line and self.last_line is line:
+                self.missing_newline = not line.endswith(b"\n")
 
     def _go_to(self, handle: BinaryIO, start: LogMark, header_end: int) -> None:
         """Seek to just after `start.line`, having checked that the file holds it there."""

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import IO, Any
 
+from oms.core.events import Event
 from oms.core.reducer import Fold
 from oms.core.serialization import state_document, state_hash
 from oms.core.state import DEFAULT_RETAIN_FINISHED, State
@@ -128,24 +129,31 @@ def _replay(
     step = fold.step
     meter = _Progress(progress, _size(path)) if progress is not None else None
 
+    event: Event | None = None
     try:
-        for seq, event in reader:
-            if until is not None and seq > until:
-                break
-            try:
+        if until is None and meter is None:
+            for _seq, event in reader:  # the usual case, with nothing else to do per event
                 step(event)
-            except Exception as exc:
-                if resume is not None:
-                    raise  # perhaps the snapshot's fault: the caller reads the whole log
-                # The reducer is total on what the reader accepts; should that ever fail, the
-                # user still gets the line to look at, not a traceback. Seq n is on line n + 1.
-                raise LogReadError(
-                    path,
-                    seq + 1,
-                    f"cannot apply {type(event).__name__}: {type(exc).__name__}: {exc}",
-                ) from exc
-            if meter is not None and seq % _PROGRESS_EVERY == 0:
-                meter.update(seq, reader.end_offset)
+        else:
+            for seq, event in reader:
+                if until is not None and seq > until:
+                    break
+                step(event)
+                if meter is not None and seq % _PROGRESS_EVERY == 0:
+                    meter.update(seq, reader.end_offset)
+    except (LogReadError, OSError):
+        raise
+    except Exception as exc:
+        if resume is not None or event is None:
+            raise  # perhaps the snapshot's fault: the caller reads the whole log
+        # The reducer is total on what the reader accepts; should that ever fail, the user
+        # still gets the line to look at, not a traceback. The event being applied is the
+        # last one read; seq n is on line n + 1.
+        raise LogReadError(
+            path,
+            reader.last_seq + 1,
+            f"cannot apply {type(event).__name__}: {type(exc).__name__}: {exc}",
+        ) from exc
     finally:
         if meter is not None:
             meter.done()
