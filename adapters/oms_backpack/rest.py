@@ -40,6 +40,7 @@ is unknown to the caller in the same way.
 
 from __future__ import annotations
 
+import http.cookiejar
 import logging
 import random
 import ssl
@@ -390,6 +391,29 @@ def _plain_value(value: str) -> bool:
     return value.isascii() and value.isprintable() and value == value.strip() and value != ""
 
 
+# The most a response's head may take, as httpcore allows (h11's own default is 16 KiB).
+_MAX_HEADER_BYTES: Final = 100 * 1024
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Refuses every cookie: the client keeps none."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: urllib.request.Request) -> bool:
+        return False
+
+
+def _tls_buffered(stream: trio.abc.Stream) -> bool:
+    """Whether a TLS stream holds bytes the answer did not use (records already received and
+    not yet read: an unasked-for answer would otherwise be taken for the next request's). The
+    attributes are trio's own; if they are not there, the connection is not reused."""
+    if not isinstance(stream, trio.SSLStream):
+        return False
+    try:
+        return bool(stream._ssl_object.pending() or stream._incoming.pending)
+    except AttributeError:
+        return True
+
+
 class _Lane:
     """One HTTP/1.1 connection kept for order executes, below httpx: h11 over a trio stream.
 
@@ -422,7 +446,7 @@ class _Lane:
         self._write_timeout = _seconds(timeout.write)
         self._stream: trio.abc.Stream | None = None
         self._socket: trio.socket.SocketType | None = None
-        self._conn = h11.Connection(h11.CLIENT)
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADER_BYTES)
         self._expires = 0.0
         self.busy = False
 
@@ -489,7 +513,7 @@ class _Lane:
                 raise
             stream = tls
         self._stream, self._socket = stream, tcp.socket
-        self._conn = h11.Connection(h11.CLIENT)
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADER_BYTES)
 
     async def _exchange(
         self, head: _Head, headers: Mapping[str, str], body: bytes
@@ -539,7 +563,7 @@ class _Lane:
             elif not isinstance(event, h11.InformationalResponse):  # 1xx: wait for the answer
                 raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__} from server")
         finished = conn.our_state is h11.DONE and conn.their_state is h11.DONE
-        if finished and not conn.trailing_data[0]:
+        if finished and not conn.trailing_data[0] and not _tls_buffered(stream):
             conn.start_next_cycle()
             self._expires = time.monotonic() + KEEPALIVE_EXPIRY
         else:
@@ -608,6 +632,9 @@ class BackpackRest:
         self._client = httpx.AsyncClient(
             base_url=self._base_url, transport=self._transport, timeout=TRANSPORT_TIMEOUT
         )
+        # An API client keeps no cookies (a CDN's would only go stale): every request carries
+        # the same headers whichever path sends it, the lane or httpx.
+        self._client.cookies.jar.set_policy(_NoCookies())
         # Order executes take the lane when httpx would reach the venue directly: not with a
         # transport of the caller's (tests, mocks), nor through a proxy the environment names.
         base = self._client.base_url
@@ -623,6 +650,7 @@ class BackpackRest:
     ) -> None:
         client, self._client = self._client, None
         lane, self._lane = self._lane, None
+        self._lane_heads.clear()
         if lane is not None:
             await lane.aclose()
         if client is not None:
@@ -728,7 +756,11 @@ class BackpackRest:
         head = self._lane_heads.get(key)
         if head is None:
             built = client.build_request(method, path, content=b"")
-            fixed = [(n, v) for n, v in built.headers.raw if n.lower() != b"content-length"]
+            fixed = [
+                (n, v)
+                for n, v in built.headers.raw
+                if n.lower() not in (b"content-length", b"cookie")
+            ]
             head = self._lane_heads[key] = _Head(method.encode("ascii"), built.url.raw_path, fixed)
         return head
 
@@ -755,6 +787,12 @@ class BackpackRest:
             sent_count += 1
             try:
                 reply = await self._send(spec)
+            except httpx.DecodingError as exc:
+                # An answer came, but its body does not decode (a bad Content-Encoding): the
+                # request reached the venue, so for a write the outcome is not known.
+                if method != "GET":
+                    raise unknown(f"the answer does not decode: {exc}") from exc
+                raise BadResponse(0, "BAD_RESPONSE", f"the answer does not decode: {exc}") from exc
             except httpx.TransportError as exc:
                 what = type(exc).__name__
                 reached = not isinstance(exc, _NOT_SENT)
