@@ -337,14 +337,12 @@ def _decode_v2(line: bytes) -> tuple[int, Event]:
         return _guarded(_decode_v2_parts, line)
     event = decoded.event
     cls = type(event)
-    if decoded.v != _VERSION_OF[cls]:
+    if decoded.v != 1 and decoded.v != _VERSION_OF[cls]:  # every type is at version 1 today
         return _guarded(_decode_v2_parts, line)
     # The checksum (`_check_crc`, inlined: this runs for every line replayed).
-    end = len(line) - 19 if line[-1:] == b"\n" else len(line) - 18
+    end = len(line) - (19 if line.endswith(b"\n") else 18)
     try:
-        matches = line[end : end + 8] == _CRC_KEY and int(decoded.crc, 16) == zlib.crc32(
-            memoryview(line)[:end]
-        )
+        matches = line.startswith(_CRC_KEY, end) and int(decoded.crc, 16) == zlib.crc32(line[:end])
     except ValueError:
         matches = False
     if not matches:
