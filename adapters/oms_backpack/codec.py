@@ -658,38 +658,25 @@ def _fast_event(data: _FastOrderData, kind: str, raw: str, recv_time_us: int) ->
             reduce_only=bool(data.r),
             origin=origin,
         )
+    # A cancel and an expiry read the same keys (an expiry its reason too).
+    ended: dict[str, Any] = {
+        "source": Source.WS,
+        "recv_time_us": recv_time_us,
+        "venue_time_us": venue_time_us,
+        "raw": raw,
+        "symbol": data.s,
+        "venue_id": data.i,
+        "client_id": client_id,
+        "side": data.S,
+        "order_type": order_type,
+        "quantity": _in_range(data.q),
+        "price": _in_range(data.p),
+        "cum_quantity": _in_range(data.z),
+        "origin": origin,
+    }
     if kind == "orderCancelled":
-        return OrderCancelled(
-            source=Source.WS,
-            recv_time_us=recv_time_us,
-            venue_time_us=venue_time_us,
-            raw=raw,
-            symbol=data.s,
-            venue_id=data.i,
-            client_id=client_id,
-            side=data.S,
-            order_type=order_type,
-            quantity=_in_range(data.q),
-            price=_in_range(data.p),
-            cum_quantity=_in_range(data.z),
-            origin=origin,
-        )
-    return OrderExpired(
-        source=Source.WS,
-        recv_time_us=recv_time_us,
-        venue_time_us=venue_time_us,
-        raw=raw,
-        symbol=data.s,
-        venue_id=data.i,
-        client_id=client_id,
-        reason=data.R,
-        side=data.S,
-        order_type=order_type,
-        quantity=_in_range(data.q),
-        price=_in_range(data.p),
-        cum_quantity=_in_range(data.z),
-        origin=origin,
-    )
+        return OrderCancelled(**ended)
+    return OrderExpired(**ended, reason=data.R)
 
 
 def _decode_tolerant(text: str, recv_time_us: int) -> WsFrame:
