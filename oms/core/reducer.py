@@ -506,7 +506,8 @@ class Fold:
 
     # --- what each report changes in its order, before the status moves ---------------------
 
-    def _report_submitted(self, order: Order, event: OrderSubmitted) -> Order | None:
+    def _report_unchanged(self, order: Order, event: OrderEvent) -> Order | None:
+        """A report that moves only the status (a submit, a submit in doubt, a failed trigger)."""
         return order
 
     def _report_submit_rejected(self, order: Order, event: SubmitRejected) -> Order | None:
@@ -1014,9 +1015,9 @@ class Fold:
 # What a report does to its order (see `Fold._advance`), and the kind of report it is for the
 # transition table (fills and REST observations carry theirs with them).
 _REPORTS: Final[dict[type[OrderEvent], Callable[[Fold, Order, Any], Order | None]]] = {
-    OrderSubmitted: Fold._report_submitted,
+    OrderSubmitted: Fold._report_unchanged,
     SubmitRejected: Fold._report_submit_rejected,
-    SubmitUnknown: Fold._report_submitted,
+    SubmitUnknown: Fold._report_unchanged,
     CancelRequested: Fold._report_cancel_requested,
     CancelRejected: Fold._report_cancel_rejected,
     OrderAccepted: Fold._report_accepted,
@@ -1025,7 +1026,7 @@ _REPORTS: Final[dict[type[OrderEvent], Callable[[Fold, Order, Any], Order | None
     OrderExpired: Fold._report_expired,
     OrderModified: Fold._report_modified,
     TriggerPlaced: Fold._report_trigger_placed,
-    TriggerFailed: Fold._report_submitted,
+    TriggerFailed: Fold._report_unchanged,
     OrderObserved: Fold._report_observed,
 }
 _KINDS: Final[dict[type[OrderEvent], Kind]] = {

@@ -214,7 +214,7 @@ def test_repeated_keys_are_read_as_the_tolerant_reader_reads_them() -> None:
         '"s":"SOL_USDC","S":"Bid","i":"8284661101","l":"0.5","L":"150","m":true,%s}}'
     )
     for repeated in ('"t":5,"t":6', '"t":6,"t":null', '"t":"x","t":6', '"l":"1","l":"2","t":6'):
-        assert _same(base % repeated) in (True, False)
+        _same(base % repeated)  # asserts the two paths agree, whichever takes the frame
     assert codec._fast_order_update(base % '"t":5,"t":6', RECV_US) is not None
 
 
