@@ -40,18 +40,10 @@ import trio
 from oms.core.reducer import replay
 from oms.core.serialization import state_hash
 from oms.log import LogReader
+from oms.testing.books import PERP, SPOT, book_differences
+from oms.testing.harness import open_session
 from oms_local_exchange import open_local_exchange
-from tests.e2e_support import (
-    EXPLAINED,
-    FAULTS,
-    ORDER_KINDS,
-    PERP,
-    SPOT,
-    Action,
-    act,
-    book_differences,
-    open_session,
-)
+from tests.e2e_support import EXPLAINED, FAULTS, ORDER_KINDS, Action, act
 
 __all__ = ["main", "random_script", "run_session"]
 

@@ -133,6 +133,7 @@ class BackpackStream:
 
         self.connects = 0
         self.reconnects = 0
+        self.healthy_connections = 0  # connections whose ping was answered after subscribing
         self.frames = 0
         self.connected = False
         self.last_error: str | None = None
@@ -321,7 +322,9 @@ class BackpackStream:
             if not answered:
                 conn.lose(f"no pong within {self._heartbeat_timeout} s", dead=True)
                 return
-            conn.healthy = True
+            if not conn.healthy:
+                conn.healthy = True
+                self.healthy_connections += 1
 
 
 async def _close_transport(ws: trio_websocket.WebSocketConnection) -> None:

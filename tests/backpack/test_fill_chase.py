@@ -25,12 +25,12 @@ from oms.core.state import AnomalyKind, Order
 from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
 from oms.engine import Engine
 from oms.log import Fsync, LogReader
+from oms.testing.books import NO_POLLING, PERP, SPOT, book_differences
+from oms.testing.waiting import deadline
 from oms_backpack.rest import BackpackRest
 from oms_backpack.session import FillChaser, open_backpack_session
 from oms_backpack.signing import Credentials
 from oms_local_exchange import open_local_exchange
-from tests.e2e_support import NO_POLLING, PERP, SPOT, book_differences
-from tests.helpers import deadline
 
 D = Decimal
 SECRET = "sKmC5939f6W9/viyhwyaNHa0f7j5wSMvZsysW5BB9L4="

@@ -24,11 +24,11 @@ from oms.core.state import AnomalyKind
 from oms.core.values import OrderStatus, OrderType, Side
 from oms.engine import Engine
 from oms.log import Fsync, LogReader
+from oms.testing.waiting import wait_for, wait_state
 from oms_backpack.endpoints import InvalidOrder
 from oms_backpack.rest import BackpackRest
 from oms_backpack.session import BackpackSession, load_credentials, open_backpack_session
 from oms_backpack.signing import Credentials, CredentialsError
-from tests.helpers import wait_for, wait_state
 
 SECRET = "sKmC5939f6W9/viyhwyaNHa0f7j5wSMvZsysW5BB9L4="
 T0_MS = 1_760_000_000_000

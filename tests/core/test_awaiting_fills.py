@@ -12,7 +12,7 @@ from oms.core.reducer import replay
 from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
 from oms.engine import Engine
 from oms.replay import main as replay_main
-from tests.strategies import PERP, fill, market, submit
+from oms.testing.strategies import PERP, fill, market, submit
 
 D = Decimal
 

@@ -28,7 +28,7 @@ from oms.core.lifecycle import TRANSITIONS, Kind, Transition, kind_of_venue_stat
 from oms.core.reducer import apply, replay
 from oms.core.state import AnomalyKind, Order, State
 from oms.core.values import OrderStatus, Side, Source, VenueStatus
-from tests.strategies import SPOT, accept, cancel, expire, fill, market, observe, submit
+from oms.testing.strategies import SPOT, accept, cancel, expire, fill, market, observe, submit
 
 S = OrderStatus
 CID = 7

@@ -18,7 +18,7 @@ from oms.core.reducer import Fold, apply, replay
 from oms.core.serialization import decode_line, encode_line, state_hash
 from oms.core.state import POSITION_WINDOW, AnomalyKind, Order, State
 from oms.core.values import SYNTHETIC_TRADE_ID_BASE, MarketType, OrderStatus, Side, VenueStatus
-from tests.strategies import (
+from oms.testing.strategies import (
     EVENT_STRATEGIES,
     PERP,
     SPOT,

@@ -31,7 +31,7 @@ from oms.core.values import (
     Source,
     VenueStatus,
 )
-from tests.strategies import (
+from oms.testing.strategies import (
     PERP,
     SPOT,
     accept,

@@ -35,7 +35,7 @@ from oms.core.events import Event, OrderFilled
 from oms.core.reducer import apply
 from oms.core.state import AnomalyKind, State
 from oms.core.values import OrderStatus, Side, VenueStatus
-from tests.strategies import (
+from oms.testing.strategies import (
     ETH_SOL,
     PERP,
     SPOT,

@@ -19,12 +19,14 @@ import trio_websocket
 from oms.core.events import BalanceObserved, OrderAccepted, OrderSubmitted
 from oms.core.state import Market
 from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce
+from oms.testing.harness import venue_clock
+from oms.testing.waiting import wait_for
 from oms_backpack import endpoints
 from oms_backpack.rest import OutcomeUnknown
 from oms_backpack.signing import Credentials
 from oms_backpack.ws import BackpackStream
 from oms_local_exchange import LocalExchange, ManualClock
-from tests.helpers import Inbox, local_exchange_and_rest, subscribe, venue_clock, wait_for
+from tests.helpers import Inbox, local_exchange_and_rest, subscribe
 
 D = Decimal
 SOL = Market(

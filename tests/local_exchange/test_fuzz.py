@@ -30,9 +30,10 @@ import trio_websocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from oms.testing.harness import local_exchange
 from oms_backpack.signing import Credentials
 from oms_local_exchange import LocalExchange, ManualClock, api
-from tests.helpers import local_exchange, next_frame, signed_request
+from tests.helpers import next_frame, signed_request
 
 REST_EXAMPLES = int(os.environ.get("OMS_FUZZ_EXAMPLES", "0")) or 250
 WS_EXAMPLES = int(os.environ.get("OMS_FUZZ_EXAMPLES", "0")) or 150

@@ -27,11 +27,12 @@ from oms.core.events import (
 )
 from oms.core.state import Market
 from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms.testing.harness import venue_clock
 from oms_backpack import endpoints
 from oms_backpack.rest import BackpackRest, NotFound, VenueError
 from oms_backpack.signing import Credentials
 from oms_local_exchange import open_local_exchange
-from tests.helpers import local_exchange_and_rest, signed_request, venue_clock
+from tests.helpers import local_exchange_and_rest, signed_request
 
 D = Decimal
 SOL = Market(

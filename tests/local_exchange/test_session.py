@@ -18,9 +18,11 @@ import trio
 from oms.core.state import AnomalyKind, State
 from oms.core.values import OrderStatus, OrderType, Side
 from oms.engine import Engine
+from oms.testing.harness import local_exchange
+from oms.testing.waiting import wait_state
 from oms_backpack.session import open_backpack_session
 from oms_backpack.signing import Credentials
-from tests.helpers import ROOT, local_exchange, wait_state
+from tests.helpers import ROOT
 
 D = Decimal
 

@@ -24,10 +24,11 @@ from oms.core.events import (
     OrderFilled,
     PositionObserved,
 )
+from oms.testing.harness import local_exchange
 from oms_backpack import codec
 from oms_backpack.signing import Credentials
 from oms_local_exchange import LocalExchange, OrderRequest
-from tests.helpers import local_exchange, next_frame, subscribe
+from tests.helpers import next_frame, subscribe
 
 D = Decimal
 

@@ -46,9 +46,10 @@ from oms.snapshot import (
     stray_files,
     write_snapshot,
 )
+from oms.testing import strategies as s
+from oms.testing.waiting import wait_for
 from oms_backpack.bench import session_events
-from tests import strategies as s
-from tests.helpers import REPLAY_DIR, wait_for
+from tests.helpers import REPLAY_DIR
 
 GOLDEN = [
     "spot_limit_partial_cancel",

@@ -23,6 +23,9 @@ from oms.core.events import Event, OrderFilled
 from oms.core.reducer import apply
 from oms.core.state import AnomalyKind, State
 from oms.core.values import OrderStatus, OrderType, Side, Source
+from oms.testing.books import NO_POLLING, PERP, SPOT, book_differences
+from oms.testing.harness import open_harness, open_session
+from oms.testing.waiting import deadline, wait_for, wait_state
 from oms_local_exchange import (
     DEFAULT_MARKETS,
     Faults,
@@ -30,21 +33,7 @@ from oms_local_exchange import (
     OrderRequest,
     open_local_exchange,
 )
-from tests.e2e_support import (
-    EXPLAINED,
-    FAULTS,
-    NO_POLLING,
-    ORDER_KINDS,
-    PERP,
-    SPOT,
-    Action,
-    act,
-    book_differences,
-    open_harness,
-    open_session,
-    refused_subscriptions,
-)
-from tests.helpers import deadline, wait_for, wait_state
+from tests.e2e_support import EXPLAINED, FAULTS, ORDER_KINDS, Action, act, refused_subscriptions
 
 D = Decimal
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")

@@ -2,6 +2,9 @@
 
 - `oms.core` (the pure core): the standard library, attrs, msgspec, immutables and itself;
 - `oms` (the shell: log, engine, replay): `oms.core` and I/O libraries, no adapter;
+- `oms.testing` (the test kit for users' test suites): anything, since it wires the engine,
+  the Backpack session and the local exchange together; and no module outside the kit
+  imports it, so the engine never loads Hypothesis or the exchange;
 - `oms_local_exchange` (an independent oracle for the tests): neither `oms` nor `oms_backpack`,
   so it cannot agree with the engine by sharing its arithmetic or the client's signing;
 - `oms_backpack` (the adapter): `oms`, and the local exchange only where the main job and the
@@ -76,6 +79,8 @@ def _violations(module: str, imported: set[str]) -> list[str]:
             if name.split(".")[0] == "oms" and not name.startswith("oms.core") and name != "oms"
         ]
         bad += [n for n in imported if n.split(".")[0] in {"socket", "asyncio", "ssl", "select"}]
+    elif module == "oms.testing" or module.startswith("oms.testing."):
+        pass
     elif module.split(".", maxsplit=1)[0] == "oms":
         bad += [
             name
@@ -86,6 +91,8 @@ def _violations(module: str, imported: set[str]) -> list[str]:
         bad += [name for name in imported if name.split(".")[0] in {"oms", "oms_backpack"}]
     elif module.split(".", maxsplit=1)[0] == "oms_backpack" and module not in MAY_USE_THE_EXCHANGE:
         bad += [name for name in imported if name.split(".")[0] == "oms_local_exchange"]
+    if not (module == "oms.testing" or module.startswith("oms.testing.")):
+        bad += [name for name in imported if name.split(".")[:2] == ["oms", "testing"]]
     return bad
 
 

@@ -1,6 +1,6 @@
-"""Hypothesis strategies for the domain events, and plain builders for example-based tests.
+"""Hypothesis strategies for the engine's events and for whole Backpack-shaped sessions.
 
-Two families of values:
+Three families:
 
 - *format* strategies (`wide_decimals`, `texts`, `EVENT_STRATEGIES`, `events`) cover
   everything a field may hold: None for every optional, any unicode text, decimals of
@@ -9,17 +9,26 @@ Two families of values:
   zero, trailing zeros. Use them for serialization and for "never raises" properties.
 - *trading* strategies (`quantities`, `prices`, `trading_event`, `histories`) produce
   figures a venue would send (positive, a few decimal places) for a small set of orders
-  and markets, so that random sequences hit the same orders again and again.
+  and markets, in any mix and order (duplicates, unknown orders, forbidden transitions,
+  overfills), so that random sequences hit the same orders again and again.
+- *session* strategies (`sessions`) produce consistent sessions, as the venue would send
+  them: markets first, orders with their accepts, fills (trade ids in sequence per market),
+  cancels and expiries, funding, and balance and position snapshots that agree with what
+  came before. Knobs then duplicate, drop, reorder and delay the stream's messages; the
+  result keeps both what the venue sent (`truth`) and what reached the engine (`delivered`).
 
-The builders (`submit`, `accept`, `fill`, ...) make one event with sensible defaults for
-the markets below; every figure a test relies on is passed explicitly by the test.
+The builders (`submit`, `accept`, `fill`, ...) live in `oms.testing.builders` and are
+re-exported here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any, Final
 
+import attrs
+import msgspec
 from hypothesis import strategies as st
 
 from oms.core.events import (
@@ -45,6 +54,7 @@ from oms.core.events import (
     TriggerFailed,
     TriggerPlaced,
 )
+from oms.core.reducer import replay
 from oms.core.values import (
     MarketType,
     OrderOrigin,
@@ -54,6 +64,23 @@ from oms.core.values import (
     TimeInForce,
     VenueStatus,
 )
+from oms.testing.builders import (
+    ETH_SOL,
+    ORIGINS,
+    PERP,
+    SPOT,
+    accept,
+    balances,
+    cancel,
+    expire,
+    fill,
+    funding,
+    market,
+    markets,
+    observe,
+    position,
+    submit,
+)
 
 __all__ = [
     "EVENT_STRATEGIES",
@@ -61,6 +88,7 @@ __all__ = [
     "ORIGINS",
     "PERP",
     "SPOT",
+    "DrawnSession",
     "accept",
     "balances",
     "cancel",
@@ -75,225 +103,12 @@ __all__ = [
     "position",
     "prices",
     "quantities",
+    "sessions",
     "submit",
     "texts",
     "trading_event",
     "wide_decimals",
 ]
-
-# --- markets used by the builders and the trading strategies ----------------------------------
-
-SPOT: Final = "SOL_USDC"  # base SOL, quote USDC
-ETH_SOL: Final = "ETH_SOL"  # base ETH, quote SOL: SOL is locked by bids here, asks there
-PERP: Final = "SOL_USDC_PERP"
-ORIGINS: Final = tuple(OrderOrigin)  # USER first
-
-
-def market(
-    symbol: str = SPOT,
-    base: str = "SOL",
-    quote: str = "USDC",
-    market_type: MarketType = MarketType.SPOT,
-) -> MarketInfo:
-    return MarketInfo(
-        source=Source.REST,
-        recv_time_us=1,
-        symbol=symbol,
-        base_asset=base,
-        quote_asset=quote,
-        market_type=market_type,
-        tick_size=Decimal("0.01"),
-        step_size=Decimal("0.01"),
-        min_quantity=Decimal("0.01"),
-    )
-
-
-def markets() -> list[MarketInfo]:
-    """MarketInfo for SPOT, ETH_SOL and PERP."""
-    return [
-        market(SPOT, "SOL", "USDC"),
-        market(ETH_SOL, "ETH", "SOL"),
-        market(PERP, "SOL", "USDC", MarketType.PERP),
-    ]
-
-
-# --- builders -----------------------------------------------------------------------------------
-
-
-def submit(
-    client_id: int,
-    side: Side,
-    quantity: Decimal | str,
-    price: Decimal | str | None,
-    *,
-    symbol: str = SPOT,
-    order_type: OrderType = OrderType.LIMIT,
-) -> OrderSubmitted:
-    return OrderSubmitted(
-        source=Source.LOCAL,
-        recv_time_us=10,
-        client_id=client_id,
-        symbol=symbol,
-        side=side,
-        order_type=order_type,
-        quantity=Decimal(quantity),
-        price=None if price is None else Decimal(price),
-        time_in_force=TimeInForce.GTC,
-    )
-
-
-def accept(
-    venue_id: str,
-    *,
-    client_id: int | None = None,
-    symbol: str = SPOT,
-    side: Side | None = None,
-    quantity: Decimal | str | None = None,
-    price: Decimal | str | None = None,
-    origin: OrderOrigin | str = OrderOrigin.USER,
-) -> OrderAccepted:
-    return OrderAccepted(
-        source=Source.WS,
-        recv_time_us=20,
-        venue_time_us=19,
-        symbol=symbol,
-        venue_id=venue_id,
-        client_id=client_id,
-        side=side,
-        order_type=None if side is None else OrderType.LIMIT,
-        quantity=None if quantity is None else Decimal(quantity),
-        price=None if price is None else Decimal(price),
-        origin=OrderOrigin(origin),
-    )
-
-
-def fill(
-    venue_id: str,
-    trade_id: int,
-    side: Side,
-    quantity: Decimal | str,
-    price: Decimal | str,
-    *,
-    fee: Decimal | str = "0",
-    fee_asset: str = "USDC",
-    client_id: int | None = None,
-    cum: Decimal | str | None = None,
-    status: VenueStatus | None = None,
-    symbol: str = SPOT,
-    origin: OrderOrigin | str = OrderOrigin.USER,
-    order_quantity: Decimal | str | None = None,
-    order_price: Decimal | str | None = None,
-) -> OrderFilled:
-    return OrderFilled(
-        source=Source.WS,
-        recv_time_us=30,
-        venue_time_us=29,
-        symbol=symbol,
-        venue_id=venue_id,
-        trade_id=trade_id,
-        side=side,
-        quantity=Decimal(quantity),
-        price=Decimal(price),
-        fee=Decimal(fee),
-        fee_asset=fee_asset,
-        maker=False,
-        client_id=client_id,
-        cum_quantity=None if cum is None else Decimal(cum),
-        status=status,
-        origin=OrderOrigin(origin),
-        order_quantity=None if order_quantity is None else Decimal(order_quantity),
-        order_price=None if order_price is None else Decimal(order_price),
-    )
-
-
-def cancel(
-    *,
-    venue_id: str | None = None,
-    client_id: int | None = None,
-    symbol: str = SPOT,
-    cum: Decimal | str | None = None,
-) -> OrderCancelled:
-    return OrderCancelled(
-        source=Source.WS,
-        recv_time_us=40,
-        symbol=symbol,
-        venue_id=venue_id,
-        client_id=client_id,
-        cum_quantity=None if cum is None else Decimal(cum),
-    )
-
-
-def expire(
-    *,
-    venue_id: str | None = None,
-    client_id: int | None = None,
-    symbol: str = SPOT,
-    cum: Decimal | str | None = None,
-    reason: str | None = "ImmediateOrCancel",
-) -> OrderExpired:
-    return OrderExpired(
-        source=Source.WS,
-        recv_time_us=50,
-        symbol=symbol,
-        venue_id=venue_id,
-        client_id=client_id,
-        reason=reason,
-        cum_quantity=None if cum is None else Decimal(cum),
-    )
-
-
-def observe(
-    status: VenueStatus,
-    *,
-    venue_id: str | None = None,
-    client_id: int | None = None,
-    symbol: str = SPOT,
-    executed: Decimal | str | None = None,
-) -> OrderObserved:
-    return OrderObserved(
-        source=Source.RECONCILE,
-        recv_time_us=60,
-        symbol=symbol,
-        status=status,
-        venue_id=venue_id,
-        client_id=client_id,
-        executed_quantity=None if executed is None else Decimal(executed),
-    )
-
-
-def balances(figures: dict[str, tuple[str, str]]) -> BalanceObserved:
-    """A snapshot from {asset: (available, locked)}."""
-    return BalanceObserved(
-        source=Source.REST,
-        recv_time_us=70,
-        balances=tuple(
-            AssetBalance(asset=asset, available=Decimal(available), locked=Decimal(locked))
-            for asset, (available, locked) in figures.items()
-        ),
-    )
-
-
-def position(
-    net_quantity: Decimal | str, *, symbol: str = PERP, entry: str | None = None
-) -> PositionObserved:
-    return PositionObserved(
-        source=Source.REST,
-        recv_time_us=80,
-        symbol=symbol,
-        net_quantity=Decimal(net_quantity),
-        entry_price=None if entry is None else Decimal(entry),
-    )
-
-
-def funding(interval_end_us: int, amount: Decimal | str, *, symbol: str = PERP) -> FundingPaid:
-    return FundingPaid(
-        source=Source.REST,
-        recv_time_us=90,
-        symbol=symbol,
-        interval_end_us=interval_end_us,
-        amount=Decimal(amount),
-    )
-
 
 # --- format strategies --------------------------------------------------------------------------
 
@@ -719,3 +534,279 @@ def histories(min_size: int = 0, max_size: int = 40) -> st.SearchStrategy[list[E
     return st.lists(trading_event(), min_size=min_size, max_size=max_size).map(
         lambda tail: [*markets(), *tail]
     )
+
+
+# --- session strategies -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class DrawnSession:
+    """A drawn session: `truth` is what the venue sent, each message once and in the venue's
+    order; `delivered` is what reached the engine after the knobs (duplicates, drops,
+    reorders, delays). Both start with the same markets and keep local commands (submits)
+    and REST snapshots where they were."""
+
+    truth: tuple[Event, ...]
+    delivered: tuple[Event, ...]
+    dropped: tuple[Event, ...] = ()
+
+
+# What the account holds at the start of a session: enough for every order drawn below.
+FUNDS: Final = {"USDC": ("1000000", "0"), "SOL": ("10000", "0"), "ETH": ("1000", "0")}
+_BASE: Final = {SPOT: "SOL", ETH_SOL: "ETH", PERP: "SOL"}
+_QUOTE: Final = {SPOT: "USDC", ETH_SOL: "SOL", PERP: "USDC"}
+
+
+def _is_stream(event: Event) -> bool:
+    return event.source is Source.WS
+
+
+@st.composite
+def _order_messages(draw: st.DrawFn, client_id: int, symbols: Sequence[str]) -> list[Event]:
+    """One order's life as the venue reports it: the submit, the accept, its fills (trade id
+    0 for now: numbered per market once the orders are interleaved), then a cancel or an
+    expiry if it did not fill completely, or nothing (it rests)."""
+    symbol = draw(st.sampled_from(symbols))
+    side = draw(st.sampled_from(Side))
+    kind = draw(st.sampled_from([OrderType.LIMIT, OrderType.LIMIT_MAKER, OrderType.MARKET]))
+    steps = draw(st.integers(1, 40))
+    quantity = steps * Decimal("0.1")
+    price = draw(st.integers(500, 1500)) * Decimal("0.1")
+    venue_id = f"V{client_id}"
+    limit = None if kind is OrderType.MARKET else price
+    out: list[Event] = [
+        OrderSubmitted(
+            source=Source.LOCAL,
+            recv_time_us=0,
+            client_id=client_id,
+            symbol=symbol,
+            side=side,
+            order_type=kind,
+            quantity=quantity,
+            price=limit,
+            time_in_force=None if kind is OrderType.MARKET else TimeInForce.GTC,
+            post_only=kind is OrderType.LIMIT_MAKER,
+        ),
+        OrderAccepted(
+            source=Source.WS,
+            recv_time_us=0,
+            symbol=symbol,
+            venue_id=venue_id,
+            client_id=client_id,
+            side=side,
+            order_type=kind,
+            quantity=quantity,
+            price=limit,
+            post_only=kind is OrderType.LIMIT_MAKER,
+        ),
+    ]
+    # Split some or all of the quantity into fills.
+    filled_steps = draw(st.integers(0 if kind is not OrderType.MARKET else 1, steps))
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, filled_steps - 1)), max_size=3)))
+    parts = [b - a for a, b in zip([0, *cuts], [*cuts, filled_steps], strict=True) if b > a]
+    cum = Decimal(0)
+    maker = kind is not OrderType.MARKET
+    for part in parts:
+        size = part * Decimal("0.1")
+        cum += size
+        at = price if maker else price + draw(st.integers(-5, 5)) * Decimal("0.1")
+        out.append(
+            OrderFilled(
+                source=Source.WS,
+                recv_time_us=0,
+                symbol=symbol,
+                venue_id=venue_id,
+                client_id=client_id,
+                trade_id=0,
+                side=side,
+                quantity=size,
+                price=at,
+                fee=(size * at * Decimal("0.001")).quantize(Decimal("0.0001")),
+                fee_asset=_QUOTE[symbol],
+                maker=maker,
+                cum_quantity=cum,
+                status=VenueStatus.FILLED if cum == quantity else VenueStatus.PARTIALLY_FILLED,
+            )
+        )
+    if cum < quantity:
+        ending = draw(st.sampled_from(["cancel", "expire", "rest"]))
+        if kind is OrderType.MARKET or ending == "expire":
+            out.append(
+                OrderExpired(
+                    source=Source.WS,
+                    recv_time_us=0,
+                    symbol=symbol,
+                    venue_id=venue_id,
+                    client_id=client_id,
+                    reason="ImmediateOrCancel" if kind is OrderType.MARKET else "PriceBand",
+                    cum_quantity=cum,
+                )
+            )
+        elif ending == "cancel":
+            out.append(
+                OrderCancelled(
+                    source=Source.WS,
+                    recv_time_us=0,
+                    symbol=symbol,
+                    venue_id=venue_id,
+                    client_id=client_id,
+                    cum_quantity=cum,
+                )
+            )
+    return out
+
+
+def _snapshots(prefix: Sequence[Event], positions: bool) -> list[Event]:
+    """Balance (and position) snapshots that agree with everything in `prefix`, as REST
+    answers taken at that point would."""
+    state = replay(prefix)
+    out: list[Event] = [
+        BalanceObserved(
+            source=Source.REST,
+            recv_time_us=0,
+            balances=tuple(
+                AssetBalance(asset=asset, available=b.available, locked=b.locked)
+                for asset, b in sorted(state.balances.items())
+            ),
+        )
+    ]
+    if positions:
+        held = state.positions.get(PERP)
+        out.append(
+            PositionObserved(
+                source=Source.REST,
+                recv_time_us=0,
+                symbol=PERP,
+                net_quantity=Decimal(0) if held is None else held.net_quantity,
+                entry_price=None if held is None or not held.net_quantity else held.entry_price,
+            )
+        )
+    return out
+
+
+def _restamp(events: Sequence[Event]) -> list[Event]:
+    """Receive times in delivery order (1 µs apart), as a recording would have them."""
+    return [_evolve(event, recv_time_us=1_000_000 + i) for i, event in enumerate(events)]
+
+
+def _evolve(event: Event, **changes: Any) -> Event:
+    """A copy of `event` with `changes` (events are frozen msgspec structs)."""
+    return msgspec.structs.replace(event, **changes)
+
+
+@st.composite
+def sessions(
+    draw: st.DrawFn,
+    *,
+    max_orders: int = 6,
+    symbols: Sequence[str] = (SPOT, ETH_SOL, PERP),
+    duplicates: int = 0,
+    drops: int = 0,
+    reorders: int = 0,
+    delays: int = 0,
+    max_delay: int = 5,
+    snapshots: bool = True,
+    funding_payments: bool = True,
+) -> DrawnSession:
+    """A consistent session on `symbols` (any of `SPOT`, `ETH_SOL`, `PERP`), then up to
+    `duplicates` stream messages delivered twice, up to `drops` lost, up to `reorders`
+    neighbouring pairs swapped and up to `delays` moved up to `max_delay` places later.
+
+    Only stream messages move: a submit stays before its order's reports, and no stream
+    message crosses a REST snapshot (a snapshot is taken where it stands). With `snapshots`,
+    the session opens with a funded balance snapshot and may take more later, each agreeing
+    with the venue's messages before it. With `funding_payments`, funding may be paid on
+    the perp.
+    """
+    count = draw(st.integers(1, max_orders))
+    lives = [draw(_order_messages(client_id, symbols)) for client_id in range(1, count + 1)]
+    # Interleave the orders' lives, each kept in its own order.
+    merged: list[Event] = []
+    cursors = [0] * count
+    while any(c < len(life) for c, life in zip(cursors, lives, strict=True)):
+        live = [i for i in range(count) if cursors[i] < len(lives[i])]
+        pick = draw(st.sampled_from(live))
+        merged.append(lives[pick][cursors[pick]])
+        cursors[pick] += 1
+    # Trade ids in sequence per market, in the venue's order.
+    next_trade: dict[str, int] = {}
+    for i, event in enumerate(merged):
+        if isinstance(event, OrderFilled):
+            next_trade[event.symbol] = next_trade.get(event.symbol, 0) + 1
+            merged[i] = _evolve(event, trade_id=next_trade[event.symbol])
+    has_perp = PERP in symbols
+    truth: list[Event] = list(markets())
+    if snapshots:
+        truth.append(balances(dict(FUNDS)))
+        if has_perp:
+            truth.append(position("0", symbol=PERP))
+    interval = 0
+    for event in merged:
+        truth.append(event)
+        if has_perp and funding_payments and draw(st.integers(0, 9)) == 0:
+            interval += 1
+            truth.append(funding(interval * 3_600_000_000, draw(st.sampled_from(["-0.5", "0.25"]))))
+        if snapshots and draw(st.integers(0, 9)) == 0:
+            truth.extend(_snapshots(truth, has_perp))
+    truth = _restamp(truth)
+    delivered, dropped = _perturb(
+        draw,
+        truth,
+        duplicates=duplicates,
+        drops=drops,
+        reorders=reorders,
+        delays=delays,
+        max_delay=max_delay,
+    )
+    return DrawnSession(truth=tuple(truth), delivered=tuple(delivered), dropped=tuple(dropped))
+
+
+def _perturb(
+    draw: st.DrawFn,
+    truth: list[Event],
+    *,
+    duplicates: int,
+    drops: int,
+    reorders: int,
+    delays: int,
+    max_delay: int,
+) -> tuple[list[Event], list[Event]]:
+    out = list(truth)
+    dropped: list[Event] = []
+
+    def stream_positions() -> list[int]:
+        return [i for i, e in enumerate(out) if _is_stream(e)]
+
+    def movable(j: int) -> bool:
+        """Whether a stream message may pass the message at `j`: never a submit or a
+        snapshot."""
+        return _is_stream(out[j])
+
+    for _ in range(draw(st.integers(0, duplicates))):
+        places = stream_positions()
+        if not places:
+            break
+        i = draw(st.sampled_from(places))
+        out.insert(i + 1, out[i])
+    for _ in range(draw(st.integers(0, drops))):
+        places = stream_positions()
+        if not places:
+            break
+        dropped.append(out.pop(draw(st.sampled_from(places))))
+    for _ in range(draw(st.integers(0, reorders))):
+        places = [i for i in stream_positions() if i + 1 < len(out) and movable(i + 1)]
+        if not places:
+            break
+        i = draw(st.sampled_from(places))
+        out[i], out[i + 1] = out[i + 1], out[i]
+    for _ in range(draw(st.integers(0, delays))):
+        places = stream_positions()
+        if not places:
+            break
+        i = draw(st.sampled_from(places))
+        j = i
+        for _ in range(draw(st.integers(1, max_delay))):
+            if j + 1 < len(out) and movable(j + 1):
+                j += 1
+        out.insert(j, out.pop(i))
+    return _restamp(out), dropped
