@@ -16,11 +16,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check oms adapters tests
-	$(BIN)/ruff format --check oms adapters tests
+	$(BIN)/ruff check oms adapters tests examples
+	$(BIN)/ruff format --check oms adapters tests examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict oms adapters/oms_backpack adapters/oms_local_exchange
+	$(BIN)/mypy --strict oms adapters/oms_backpack adapters/oms_local_exchange examples
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
