@@ -1,7 +1,7 @@
 """A small NATS client for trio: one connection, driven by its caller.
 
 There is no background task. `request` writes a message and reads frames until its reply
-arrives, answering the server's `PING`s on the way; `messages` reads the replies to a request
+arrives, answering the server's `PING`s on the way; `next_for` reads the messages to a request
 that has several (a JetStream pull). So the connection needs no nursery, a failure surfaces
 in the call that meets it (as `ConnectionLost` or `ServerError`), and the caller owns every
 timeout (`trio.fail_after` around the call). A connection that failed, or whose call was
@@ -174,7 +174,7 @@ class NatsConnection:
                 return message
 
     async def subscribe(self, subject: str) -> int:
-        """Subscribe to `subject`; returns the subscription's id for `messages`."""
+        """Subscribe to `subject`; returns the subscription's id for `next_for`."""
         self._next_sid += 1
         await self.send(sub_frame(subject, self._next_sid))
         return self._next_sid
@@ -182,14 +182,14 @@ class NatsConnection:
     async def unsubscribe(self, sid: int) -> None:
         await self.send(unsub_frame(sid))
 
-    async def messages(self, sid: int) -> AsyncIterator[Msg]:
-        """Every message delivered to subscription `sid` (a JetStream pull's deliveries keep
-        their own subjects, so they are told apart by subscription); the caller stops
-        iterating when it has what it asked for. Others are dropped."""
+    async def next_for(self, sid: int) -> Msg:
+        """The next message delivered to subscription `sid` (a JetStream pull's deliveries
+        keep their own subjects, so they are told apart by subscription); others are
+        dropped."""
         while True:
             message = await self.next_message()
             if message.sid == sid:
-                yield message
+                return message
 
     async def ping(self) -> None:
         """A round trip to the server: proves the connection is alive."""

@@ -235,7 +235,8 @@ async def read_subject(
                 reply=inbox,
             )
             got = 0
-            async for message in connection.messages(sid):
+            while got < count:
+                message = await connection.next_for(sid)
                 if message.status is not None:
                     if message.status == 100:  # a heartbeat
                         continue
@@ -249,8 +250,6 @@ async def read_subject(
                     data=message.payload,
                 )
                 got += 1
-                if got == count:
-                    break
             remaining -= got
     finally:
         if not connection.broken:

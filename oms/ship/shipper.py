@@ -326,6 +326,20 @@ class Shipper:
         finally:
             self._lines.close()
 
+    async def run_beside(
+        self, engine: Engine, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """`follow_engine`, then ship until cancelled. A conflict or a bad log stops the
+        shipping, logged as an error on `oms.ship` (and in `statistics().stopped`), never
+        the session: the engine keeps trading, the file keeps every event."""
+        unsubscribe = self.follow_engine(engine)
+        try:
+            await self.run(follow=True, task_status=task_status)
+        except (ShipConflict, LogReadError, OSError) as exc:
+            _log.error("shipping %s stopped: %s", self.path, exc)
+        finally:
+            unsubscribe()
+
     async def _session(self, follow: bool) -> bool:
         """One connection: resynchronise, then ship. True when caught up (not `follow`)."""
         config = self.config
