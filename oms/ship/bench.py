@@ -1,9 +1,10 @@
 """`python -m oms.ship.bench [--to nats://HOST:PORT] [--events N] [--rounds R]`: what shipping
 costs, printed as figures (never asserted anywhere).
 
-1. The engine's writer with and without a shipper beside it: the CPU time spent inside
-   `Engine.record` per event (thread time), the two set-ups interleaved round by round, medians
-   over the rounds. The shipper runs in the same trio loop, woken by the engine's listener.
+1. The engine's writer alone, with only the shipper's wake-up listener, with a shipper beside
+   it (the same trio loop, woken by that listener), and with a shipper in a process of its own
+   (`python -m oms.ship --follow`): the CPU time spent inside `Engine.record` per event
+   (thread time), the set-ups interleaved round by round, medians over the rounds.
 2. Shipping a recorded session into an empty subject (one fenced publish in flight), and
    rebuilding the state from the stream: events per second, wall clock, median of the rounds.
 
@@ -154,7 +155,7 @@ async def _server(root: Path) -> AsyncIterator[str]:
         await process.wait()
 
 
-VARIANTS = ("alone", "listener only", "shipper beside it")
+VARIANTS = ("alone", "listener only", "shipper beside it", "shipper in its own process")
 
 
 async def _writer_round(
@@ -167,6 +168,13 @@ async def _writer_round(
     shipper = Shipper(path, ShipConfig(url=url, venue="bench", account=name))
     spent = 0
     clock = time.thread_time_ns
+    process = None
+    if variant == "shipper in its own process":
+        command = [sys.executable, "-m", "oms.ship", str(path), "--to", url, "--follow"]
+        process = await trio.lowlevel.open_process(
+            [*command, "--venue", "bench", "--account", name], stdout=subprocess.DEVNULL
+        )
+        await trio.sleep(1.0)  # started and connected: not part of the figure
     async with trio.open_nursery() as nursery:
         nursery.start_soon(engine.run)
         if variant == "listener only":
@@ -181,6 +189,9 @@ async def _writer_round(
             await trio.lowlevel.checkpoint()
         nursery.cancel_scope.cancel()
     engine.close()
+    if process is not None:
+        process.kill()
+        await process.wait()
     return spent / len(events), shipper.statistics().acked_seq
 
 
