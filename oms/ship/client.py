@@ -34,6 +34,7 @@ from oms.ship.protocol import (
     Parser,
     Ping,
     Pong,
+    ProtocolError,
     connect_frame,
     pub_frame,
     sub_frame,
@@ -157,9 +158,9 @@ class NatsConnection:
             raise ConnectionLost(f"{self.address}: the server closed the connection")
         try:
             self._frames.extend(self._parser.feed(data))
-        except ExternalError:
+        except ProtocolError as exc:
             self.broken = True
-            raise
+            raise ProtocolError(f"{self.address}: {exc}") from None
 
     async def request(
         self, subject: str, payload: bytes, *, headers: Mapping[str, str] | None = None
@@ -225,8 +226,11 @@ async def connect(address: NatsAddress | str, *, name: str = "oms") -> NatsConne
         raise ConnectionLost(f"{address}: cannot connect: {exc.strerror or exc}") from None
     connection = NatsConnection(stream=stream, info={}, address=address, parser=Parser())
     try:
-        while not connection._frames:
-            await connection._receive()
+        try:
+            while not connection._frames:
+                await connection._receive()
+        except ProtocolError as exc:
+            raise ConnectionLost(f"not a NATS server ({exc})") from None
         first = connection._frames.pop(0)
         if not isinstance(first, Info):
             raise ConnectionLost(f"{address}: not a NATS server (no INFO first)")

@@ -34,7 +34,7 @@ from oms.core.errors import ConfigurationError, ExternalError
 from oms.core.serialization import LogFormatError, decode_header, line_decoder
 from oms.engine import Engine
 from oms.log import LogReadError, Seconds
-from oms.ship.client import ConnectionLost, NatsAddress, NatsConnection, ServerError, connect
+from oms.ship.client import NatsAddress, NatsConnection, connect
 from oms.ship.jetstream import (
     WRONG_LAST_SEQUENCE,
     JetStreamError,
@@ -238,9 +238,29 @@ class _Lines:
         self.close()  # from the start of the file
         self.seq, self._line_number, self._recent = 0, 1, OrderedDict()
         self._offset = self._header_end
-        while self.seq < seq:
-            if self.next() is None:
-                return
+
+    def line_at(self, seq: int) -> bytes | None:
+        """The line of event `seq` (checked like any other), positioned just after it; None
+        if the file has no such line (yet). The lines before it are only counted, not
+        decoded: this is where a restarted shipper finds its place in a long log."""
+        self.rewind(min(self.seq, seq - 1))
+        handle = self._open()
+        if handle is None:
+            return None
+        handle.seek(self._offset)
+        recent = self._recent
+        while self.seq < seq - 1:
+            line = handle.readline()
+            if not line.endswith(b"\n"):
+                return None
+            self.seq += 1
+            recent[self.seq] = self._offset
+            if len(recent) > _RECENT_LINES:
+                recent.popitem(last=False)
+            self._offset += len(line)
+            self._line_number += 1
+        item = self.next()
+        return None if item is None else item[1]
 
 
 @attrs.define(eq=False)
@@ -299,16 +319,20 @@ class Shipper:
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Ship until cancelled (`follow`), or until every complete line of the file is in
-        the stream (not `follow`: the catch-up command). Connection failures are retried
-        for ever (the caller bounds the time); `ShipConflict` and `LogReadError` (or an
-        `OSError` reading the file) stop it, raised here."""
+        the stream (not `follow`: the catch-up command). The server's and the network's
+        failures are retried for ever (the caller bounds the time); `ShipConflict` and
+        `LogReadError` (or an `OSError` reading the file) stop it, raised here."""
         task_status.started()
         delay = self.config.retry_min
         try:
             while True:
                 try:
                     done = await self._session(follow)
-                except (ConnectionLost, ServerError, JetStreamError, trio.TooSlowError) as exc:
+                except (ShipConflict, LogReadError):
+                    raise
+                except (ExternalError, trio.TooSlowError) as exc:
+                    # The server's or the network's: a lost connection, a refusal, something
+                    # that is not NATS, no answer in time. Connect again and resynchronise.
                     self._failures += 1
                     message = str(exc) or "no answer in time"
                     if self._last_error is None:
@@ -337,6 +361,10 @@ class Shipper:
             await self.run(follow=True, task_status=task_status)
         except (ShipConflict, LogReadError, OSError) as exc:
             _log.error("shipping %s stopped: %s", self.path, exc)
+        except Exception as exc:
+            # A bug of ours must not end the trading session either (as with listeners).
+            self._stopped = f"{type(exc).__name__}: {exc}"
+            _log.error("shipping %s stopped", self.path, exc_info=exc)
         finally:
             unsubscribe()
 
@@ -354,7 +382,7 @@ class Shipper:
                     subjects=[config.stream_subject],
                     replicas=config.replicas,
                 )
-                await self._resync(connection)
+            await self._resync(connection)
             self._heard = trio.current_time()
             if self._last_error is not None:
                 _log.info("shipping %s: connected again at seq %d", self.path, self._acked_seq)
@@ -367,25 +395,23 @@ class Shipper:
         """Start after the last event the stream holds, once the file is checked to hold it
         too, byte for byte."""
         config = self.config
-        last = await last_on_subject(connection, config.stream, config.subject)
+        with trio.fail_after(config.request_timeout):
+            last = await last_on_subject(connection, config.stream, config.subject)
         if last is None:
             self._lines.rewind(0)
             self._acked_seq, self._fence = 0, 0
             return
         seq = event_of(last)
-        lines = self._lines
-        if seq > 0:
-            lines.rewind(min(lines.seq, seq - 1))
-            while lines.seq < seq - 1 and lines.next() is not None:
-                pass
-            mine = lines.next() if lines.seq == seq - 1 else None
-            if mine is None or mine[1] != last.data:
-                where = "has no event" if mine is None else "holds another event"
-                raise ShipConflict(
-                    f"{config.subject} in stream {config.stream} holds event {seq} "
-                    f"(stream seq {last.seq}), and {self.path} {where} there: another "
-                    "writer ships to this account, or this is not the log shipped before"
-                )
+        # Finding the line may read much of a long file (a shipper started afresh): in a
+        # worker thread, so that the engine's loop goes on meanwhile, and with no timeout.
+        mine = await trio.to_thread.run_sync(self._lines.line_at, seq)
+        if mine != last.data:
+            where = "has no event" if mine is None else "holds another event"
+            raise ShipConflict(
+                f"{config.subject} in stream {config.stream} holds event {seq} "
+                f"(stream seq {last.seq}), and {self.path} {where} there: another "
+                "writer ships to this account, or this is not the log shipped before"
+            )
         self._acked_seq, self._fence = seq, last.seq
 
     async def _pump(self, connection: NatsConnection, follow: bool) -> bool:
@@ -414,8 +440,7 @@ class Shipper:
                 # The stream moved on without us (a lost acknowledgement, or another shipper
                 # of this account): see what it holds now.
                 _log.info("shipping %s: %s at seq %d; resynchronising", self.path, exc, seq)
-                with trio.fail_after(config.request_timeout):
-                    await self._resync(connection)
+                await self._resync(connection)
                 continue
             if ack.duplicate:
                 raise ShipConflict(

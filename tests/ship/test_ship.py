@@ -14,6 +14,7 @@ import sys
 from contextlib import aclosing
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
@@ -66,11 +67,15 @@ def record(path: Path, events: list[Event]) -> str:
 
 
 def config(server: NatsServer, account: str) -> ShipConfig:
+    return attrs.evolve(config_for(server.url), account=account)
+
+
+def config_for(url: str) -> ShipConfig:
     # Quick retries and short waits: a test never sleeps long for a server that is back.
     return ShipConfig(
-        url=server.url,
+        url=url,
         venue=VENUE,
-        account=account,
+        account="a0",
         request_timeout=2.0,
         retry_min=0.01,
         retry_max=0.2,
@@ -269,3 +274,53 @@ async def test_a_damaged_log_stops_the_shipper_at_the_bad_line(
     with deadline("shipping"), pytest.raises(LogReadError, match=r"session.jsonl:6:"):
         await shipper.run(follow=False)
     await assert_exactly_once(nats_server, "a6", 4)
+
+
+async def test_a_server_that_is_not_nats_never_reaches_the_engine(tmp_path: Path) -> None:
+    async def not_nats(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(trio.serve_tcp, not_nats, 0, host="127.0.0.1")
+        (listener,) = await nursery.start(serve)
+        port = listener.socket.getsockname()[1]
+        path = tmp_path / "live.jsonl"
+        engine = Engine.open(path, snapshots=None)
+        try:
+            shipper = Shipper(path, config_for(f"nats://127.0.0.1:{port}"))
+            await nursery.start(shipper.run_beside, engine)
+            for event in session(5):
+                engine.record(event)
+                await trio.sleep(0.01)
+            await wait_for(lambda: shipper.statistics().failures >= 2, "a few tries")
+            assert engine.state.last_seq == len(session(5))
+            stats = shipper.statistics()
+            assert (stats.acked_seq, stats.stopped) == (0, None)
+            assert "not a NATS server" in (stats.last_error or "")
+            nursery.cancel_scope.cancel()
+        finally:
+            engine.close()
+
+
+async def test_a_conflict_beside_the_engine_stops_shipping_not_trading(
+    nats_server: NatsServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    record(tmp_path / "earlier.jsonl", session(3, first_client_id=900))
+    with deadline("shipping"):
+        await Shipper(tmp_path / "earlier.jsonl", config(nats_server, "a8")).run(follow=False)
+    path = tmp_path / "live.jsonl"
+    engine = Engine.open(path, snapshots=None)
+    shipper = Shipper(path, config(nats_server, "a8"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(shipper.run_beside, engine)
+        for event in session(20):
+            engine.record(event)
+            await trio.sleep(0.001)
+        await wait_for(lambda: shipper.statistics().stopped is not None, "the conflict")
+        nursery.cancel_scope.cancel()
+    engine.close()
+    assert engine.state.last_seq == len(session(20))
+    assert "another writer" in (shipper.statistics().stopped or "")
+    assert any("shipping" in r.message and r.levelname == "ERROR" for r in caplog.records)
+    await assert_exactly_once(nats_server, "a8", len(session(3)))
