@@ -281,6 +281,7 @@ class Shipper:
     _stopped: str | None = None
     _wake: trio.Event = attrs.field(factory=trio.Event)
     _heard: float = 0.0  # when the server last answered (trio's clock)
+    _held_back: Callable[[], bool] | None = None  # lines written but not yet synced
     _lines: _Lines = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -310,6 +311,7 @@ class Shipper:
         if Path(log.path).resolve() != self.path.resolve():
             raise ConfigurationError(f"the engine records to {log.path}, not {self.path}")
         self.limit = lambda: log.synced_seq
+        self._held_back = lambda: log.unsynced
         return engine.subscribe(lambda _event, _state: self._wake.set())
 
     async def run(
@@ -456,8 +458,8 @@ class Shipper:
         """Wait for new lines: woken by the engine, or the next poll (sooner while the log's
         sync holds lines back). A round trip every half minute of quiet finds a dead
         connection now, not at the next event."""
-        limit = self.limit
-        limited = limit is not None and self._lines.seq >= limit()
+        # Events the group commit has not synced yet are not woken for again: look soon.
+        limited = self._held_back is not None and self._held_back()
         with trio.move_on_after(min(self.config.poll, 0.01) if limited else self.config.poll):
             await self._wake.wait()
         self._wake = trio.Event()

@@ -324,3 +324,32 @@ async def test_a_conflict_beside_the_engine_stops_shipping_not_trading(
     assert "another writer" in (shipper.statistics().stopped or "")
     assert any("shipping" in r.message and r.levelname == "ERROR" for r in caplog.records)
     await assert_exactly_once(nats_server, "a8", len(session(3)))
+
+
+async def test_beside_the_engine_only_synced_events_are_shipped(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    # A power loss may take what the log has not fsynced: the stream must never hold it.
+    path = tmp_path / "live.jsonl"
+    engine = Engine.open(path, fsync=Fsync.group(max_events=10_000, max_delay=3600), snapshots=None)
+    shipper = Shipper(path, config(nats_server, "a9"))
+    events = session(5)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(shipper.run_beside, engine)
+            for event in events[:10]:
+                engine.record(event)
+            await wait_for(lambda: shipper.statistics().connections > 0, "the shipper's start")
+            await trio.sleep(0.3)  # time enough to ship, had it been allowed to
+            assert (engine.log is not None) and engine.log.synced_seq == 0
+            assert shipper.statistics().acked_seq == 0
+            engine.log.sync()
+            await wait_for(lambda: shipper.statistics().acked_seq == 10, "the synced events")
+            for event in events[10:]:
+                engine.record(event)
+            engine.log.sync()
+            await wait_for(lambda: shipper.statistics().acked_seq == len(events), "the rest")
+            nursery.cancel_scope.cancel()
+    finally:
+        engine.close()
+    await assert_exactly_once(nats_server, "a9", len(events))
