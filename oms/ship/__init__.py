@@ -13,12 +13,11 @@ public face; the modules behind them may move.
 replays from a stream.
 """
 
+from oms import __version__
 from oms.ship.client import ConnectionLost, NatsAddress, ServerError
 from oms.ship.jetstream import JetStreamError
 from oms.ship.rebuild import StreamReadError, read_events, rebuild
 from oms.ship.shipper import (
-    DEFAULT_STREAM,
-    DEFAULT_SUBJECT,
     ShipConfig,
     ShipConflict,
     Shipper,
@@ -26,8 +25,7 @@ from oms.ship.shipper import (
 )
 
 __all__ = [
-    "DEFAULT_STREAM",
-    "DEFAULT_SUBJECT",
+    "__version__",
     "Shipper",
     "ShipConfig",
     "ShipperStatistics",

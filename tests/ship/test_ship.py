@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import signal
+import socket
 import sys
 from contextlib import aclosing
 from pathlib import Path
@@ -353,3 +354,42 @@ async def test_beside_the_engine_only_synced_events_are_shipped(
     finally:
         engine.close()
     await assert_exactly_once(nats_server, "a9", len(events))
+
+
+async def test_the_commands_say_what_is_wrong_in_one_line(
+    nats_server: NatsServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from oms.ship.__main__ import main as ship_main
+
+    path = tmp_path / "session.jsonl"
+    record(path, session(2))
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        nobody = f"nats://127.0.0.1:{probe.getsockname()[1]}"
+    ship = ["--venue", VENUE, "--account", "a10"]
+
+    async def ship_exit(*argv: str) -> tuple[int, str]:
+        try:
+            code = await trio.to_thread.run_sync(ship_main, [*argv, *ship])
+        except SystemExit as exc:  # argparse: usage
+            code = int(exc.code or 0)
+        return code, capsys.readouterr().err
+
+    code, err = await ship_exit(str(tmp_path / "missing.jsonl"), "--to", nats_server.url)
+    assert (code, err) == (1, f"{tmp_path / 'missing.jsonl'}: no such file\n")
+    code, err = await ship_exit(str(path), "--to", "http://127.0.0.1:1")
+    assert code == 2 and "nats://HOST" in err
+    code, err = await ship_exit(str(path), "--to", nobody, "--wait", "0.3")
+    assert code == 1 and "not caught up after 0.3 s" in err and "cannot connect" in err
+    assert len(err.splitlines()) == 1
+
+    async def replay_exit(*argv: str) -> tuple[int, str]:
+        code = await trio.to_thread.run_sync(replay_main, list(argv))
+        return code, capsys.readouterr().err
+
+    code, err = await replay_exit(f"{nobody}/oms.local.a10.events")
+    assert code == 1 and err.startswith(f"{nobody}: cannot connect") and err.count("\n") == 1
+    code, err = await replay_exit(f"{nats_server.url}/elsewhere.events")
+    assert (code, err) == (1, "no stream holds elsewhere.events\n")
+    code, err = await replay_exit(nats_server.url)
+    assert code == 1 and "name the subject" in err
