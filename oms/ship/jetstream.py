@@ -199,36 +199,46 @@ def _stream_seq(reply: str | None) -> int:
 
 
 async def read_subject(
-    connection: NatsConnection, stream: str, subject: str, *, batch: int = 512
+    connection: NatsConnection,
+    stream: str,
+    subject: str,
+    *,
+    after: int = 0,
+    follow: bool = False,
+    batch: int = 512,
 ) -> AsyncGenerator[Stored, None]:
-    """Every message on `subject` that `stream` holds when this starts, oldest first.
+    """The messages on `subject` in `stream` after stream sequence `after`, oldest first:
+    those it holds when this starts, then (with `follow`) each new one as it arrives, for
+    ever.
 
     Through a temporary pull consumer (in memory, no acknowledgements, removed at the end
-    or by the server a minute after it was last used), asking for `batch` at a time and never
-    for more than it reported pending: no call waits for messages that are not there.
+    or by the server a minute after it was last used), asking for `batch` at a time and,
+    until caught up, never for more than it reported pending: without `follow` no call waits
+    for messages that are not there. While following, each pull waits up to 5 seconds.
     """
-    created = await _api(
-        connection,
-        f"$JS.API.CONSUMER.CREATE.{stream}",
-        {
-            "stream_name": stream,
-            "config": {
-                "deliver_policy": "all",
-                "ack_policy": "none",
-                "filter_subject": subject,
-                "inactive_threshold": 60 * _NANOSECONDS,
-                "mem_storage": True,
-                "num_replicas": 1,
-            },
-        },
-    )
-    consumer = str(created["name"])
-    remaining = int(created.get("num_pending") or 0)
+    config: dict[str, Any] = {
+        "ack_policy": "none",
+        "filter_subject": subject,
+        "inactive_threshold": 60 * _NANOSECONDS,
+        "mem_storage": True,
+        "num_replicas": 1,
+    }
+    if after > 0:
+        config.update(deliver_policy="by_start_sequence", opt_start_seq=after + 1)
+    else:
+        config.update(deliver_policy="all")
+    what = f"$JS.API.CONSUMER.CREATE.{stream}"
+    created = await _api(connection, what, {"stream_name": stream, "config": config})
+    try:
+        consumer = str(created["name"])
+        remaining = int(created.get("num_pending") or 0)
+    except (KeyError, TypeError, ValueError):
+        raise JetStreamError(f"{what}: not a consumer") from None
     inbox = "_INBOX." + secrets.token_hex(11)
     sid = await connection.subscribe(inbox)
     try:
-        while remaining > 0:
-            count = min(batch, remaining)
+        while remaining > 0 or follow:
+            count = min(batch, remaining) if remaining > 0 else batch
             await connection.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
                 json.dumps({"batch": count, "expires": 5 * _NANOSECONDS}).encode(),
@@ -237,20 +247,24 @@ async def read_subject(
             got = 0
             while got < count:
                 message = await connection.next_for(sid)
-                if message.status is not None:
-                    if message.status == 100:  # a heartbeat
-                        continue
-                    # The request ended (expired, or the stream lost messages meanwhile).
-                    remaining = 0
-                    break
-                yield Stored(
-                    seq=_stream_seq(message.reply),
-                    subject=message.subject,
-                    headers=message.headers,
-                    data=message.payload,
-                )
-                got += 1
-            remaining -= got
+                if message.status is None:
+                    yield Stored(
+                        seq=_stream_seq(message.reply),
+                        subject=message.subject,
+                        headers=message.headers,
+                        data=message.payload,
+                    )
+                    got += 1
+                elif message.status in (404, 408):
+                    break  # this pull is over: nothing more now, or its time ran out
+                elif message.status != 100:  # not a heartbeat: the consumer is gone
+                    raise JetStreamError(
+                        f"reading {subject}: {message.status} {message.description}".rstrip(),
+                        code=message.status,
+                    )
+            if remaining > 0 and got < count and not follow:
+                break  # fewer than were pending: the stream lost some meanwhile
+            remaining = max(remaining - got, 0)
     finally:
         if not connection.broken:
             try:

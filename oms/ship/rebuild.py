@@ -10,14 +10,17 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
+import trio
+
 from oms.core.errors import ExternalError
 from oms.core.events import Event
 from oms.core.reducer import Fold
 from oms.core.serialization import LogFormatError, line_decoder
 from oms.core.state import DEFAULT_RETAIN_FINISHED, State
-from oms.log import _one_line
-from oms.ship.client import NatsAddress, open_connection
-from oms.ship.jetstream import find_stream, read_subject
+from oms.log import Seconds, _one_line
+from oms.ship.client import ConnectionLost, NatsAddress, ServerError, open_connection
+from oms.ship.jetstream import JetStreamError, find_stream, read_subject
+from oms.ship.protocol import ProtocolError
 from oms.ship.shipper import FORMAT_HEADER
 
 __all__ = ["StreamReadError", "read_events", "rebuild"]
@@ -28,30 +31,50 @@ class StreamReadError(ExternalError):
 
 
 async def read_events(
-    address: NatsAddress, subject: str, *, stream: str | None = None
+    address: NatsAddress,
+    subject: str,
+    *,
+    stream: str | None = None,
+    follow: bool = False,
+    retry: Seconds = 1.0,
 ) -> AsyncGenerator[tuple[int, Event], None]:
     """`(seq, event)` for every event on `subject`, oldest first, checked to run 1, 2, 3...
-    (`stream`: the stream holding it; by default the one the server names for it)."""
+    (`stream`: the stream holding it; by default the one the server names for it).
+
+    Without `follow` it ends with the last event the stream held when it started, and a
+    failure is raised. With `follow` it goes on with each new event as it is stored, for
+    ever; when the connection breaks or the server is away it tries again every `retry`
+    seconds and resumes after the last event it yielded. Use it with `aclosing`.
+    """
     where = f"{address}/{subject}"
-    async with open_connection(address, name="oms-rebuild") as connection:
-        if stream is None:
-            stream = await find_stream(connection, subject)
-        expected = 1
-        async with aclosing(read_subject(connection, stream, subject)) as stored_messages:
-            async for stored in stored_messages:
-                try:
-                    version = int(stored.headers.get(FORMAT_HEADER, "2"))
-                    seq, event = line_decoder(version)(stored.data)
-                except (LogFormatError, ValueError) as exc:
-                    raise StreamReadError(
-                        f"{where}: stream seq {stored.seq}: {_one_line(str(exc))}"
-                    ) from None
-                if seq != expected:
-                    raise StreamReadError(
-                        f"{where}: stream seq {stored.seq}: expected event {expected}, found {seq}"
-                    )
-                expected += 1
-                yield seq, event
+    expected, after = 1, 0
+    while True:
+        try:
+            async with open_connection(address, name="oms-rebuild") as connection:
+                if stream is None:
+                    stream = await find_stream(connection, subject)
+                messages = read_subject(connection, stream, subject, after=after, follow=follow)
+                async with aclosing(messages):
+                    async for stored in messages:
+                        try:
+                            version = int(stored.headers.get(FORMAT_HEADER, "2"))
+                            seq, event = line_decoder(version)(stored.data)
+                        except (LogFormatError, ValueError) as exc:
+                            raise StreamReadError(
+                                f"{where}: stream seq {stored.seq}: {_one_line(str(exc))}"
+                            ) from None
+                        if seq != expected:
+                            raise StreamReadError(
+                                f"{where}: stream seq {stored.seq}: expected event {expected}, "
+                                f"found {seq}"
+                            )
+                        expected, after = expected + 1, stored.seq
+                        yield seq, event
+            return
+        except (ConnectionLost, ServerError, ProtocolError, JetStreamError):
+            if not follow:
+                raise
+        await trio.sleep(retry)
 
 
 async def rebuild(

@@ -20,13 +20,15 @@ import pytest
 import trio
 
 from oms.core.events import Event
+from oms.core.reducer import Fold
 from oms.core.serialization import state_hash
+from oms.core.state import State
 from oms.core.values import Side
 from oms.engine import Engine
 from oms.log import EventLog, Fsync, LogReadError
 from oms.replay import main as replay_main
 from oms.replay import replay_file
-from oms.ship.client import open_connection
+from oms.ship.client import NatsAddress, open_connection
 from oms.ship.jetstream import (
     WRONG_LAST_SEQUENCE,
     JetStreamError,
@@ -35,7 +37,7 @@ from oms.ship.jetstream import (
     publish,
     read_subject,
 )
-from oms.ship.rebuild import rebuild
+from oms.ship.rebuild import read_events, rebuild
 from oms.ship.shipper import ShipConfig, ShipConflict, Shipper
 from tests.helpers import ROOT, deadline, wait_for
 from tests.ship.conftest import NatsServer
@@ -150,9 +152,20 @@ async def test_the_engine_trades_on_while_the_server_is_killed_and_restarted(
     engine = Engine.open(path, fsync=Fsync.group(max_events=8, max_delay=0.005), snapshots=None)
     shipper = Shipper(path, config(nats_server, "a2"))
     shipper.follow_engine(engine)
+    # A process that follows the account from the stream, through the restart as well.
+    follower = Fold(State())
+
+    async def follow() -> None:
+        address = NatsAddress.parse(nats_server.url)
+        subject = f"oms.{VENUE}.a2.events"
+        async with aclosing(read_events(address, subject, follow=True, retry=0.05)) as stream:
+            async for _seq, event in stream:
+                follower.step(event)
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(engine.run)
         nursery.start_soon(shipper.run)
+        nursery.start_soon(follow)
         killed_at = 0
         for number, event in enumerate(events, 1):
             engine.record(event)  # never waits for NATS
@@ -167,8 +180,10 @@ async def test_the_engine_trades_on_while_the_server_is_killed_and_restarted(
                 await nats_server.start()
             await trio.sleep(0.001)
         await wait_for(lambda: shipper.statistics().acked_seq == len(events), "catching up")
+        await wait_for(lambda: follower.seq == len(events), "the follower")
         nursery.cancel_scope.cancel()
     engine.close()
+    assert state_hash(follower.freeze()) == state_hash(engine.state)
     assert 0 < killed_at < len(events)
     assert shipper.statistics().failures > 0
     await assert_exactly_once(nats_server, "a2", len(events))
