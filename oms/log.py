@@ -291,6 +291,9 @@ class EventLog:
         self._pending = 0
         self._pending_since = 0.0
         self.syncs = 0
+        # The last seq known to be on disk (opening syncs what it read): a follower that
+        # must not run ahead of the disk (the NATS shipper) ships up to here.
+        self.synced_seq = last_seq
 
     @classmethod
     def open(
@@ -428,6 +431,7 @@ class EventLog:
             os.fsync(self._handle.fileno())
             self.syncs += 1
         self._pending = 0
+        self.synced_seq = self.last_seq
 
     def close(self) -> None:
         if self._handle.closed:

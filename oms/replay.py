@@ -1,5 +1,5 @@
 """`python -m oms.replay PATH [--json] [--until SEQ] [--full]`: the state a recorded session
-implies.
+implies. PATH may be `nats://HOST:PORT/SUBJECT`: the events a JetStream stream holds there.
 
 Exit codes: 0 ok; 1 bad input (one line `PATH:LINE: what is wrong` on stderr, no
 traceback); 2 usage. The input is only ever read. A torn last line (a crash mid-write) is
@@ -294,7 +294,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Replay a recorded oms session and print the state it implies.",
         epilog="Exit status: 0 ok, 1 bad input, 2 usage.",
     )
-    parser.add_argument("path", help="session log (JSON Lines)")
+    parser.add_argument(
+        "path",
+        help="session log (JSON Lines), or nats://HOST:PORT/SUBJECT for the events a NATS "
+        "JetStream stream holds on that subject (docs/nats.md)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument(
         "--until", type=int, metavar="SEQ", help="stop after the event with this seq"
@@ -312,7 +316,51 @@ def _parser() -> argparse.ArgumentParser:
         help="read the whole log, ignoring snapshots (by default the replay resumes from the "
         "newest valid one)",
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="from a stream: give up after this long (default 60)",
+    )
     return parser
+
+
+def _replay_stream(url: str, args: argparse.Namespace) -> int:
+    """`main` for `nats://HOST:PORT/SUBJECT`: the events the stream holds on that subject."""
+    import trio
+
+    from oms.core.errors import ExternalError
+    from oms.ship.rebuild import rebuild
+
+    async def read() -> State:
+        with trio.fail_after(args.timeout):
+            return await rebuild(url, until=args.until, retain_finished=args.retain_finished)
+
+    try:
+        state = trio.run(read)
+    except ExternalError as exc:  # the address, the server, the stream or an event in it
+        print(_one_line(str(exc)), file=sys.stderr)
+        return 1
+    except trio.TooSlowError:
+        print(f"{url}: not read within {args.timeout:g} s", file=sys.stderr)
+        return 1
+    return _print(summary_document(state), url, args.json)
+
+
+def _print(document: dict[str, Any], path: str, as_json: bool) -> int:
+    try:
+        if as_json:
+            json.dump(document, sys.stdout, indent=2, sort_keys=False)
+            sys.stdout.write("\n")
+        else:
+            write_text(document, path, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`); nothing more to say.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -322,7 +370,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--until must be >= 0")
     if args.retain_finished < 0:
         parser.error("--retain-finished must be >= 0")
+    if args.timeout <= 0:
+        parser.error("--timeout must be > 0")
     path: str = args.path
+    if path.startswith("nats://"):
+        return _replay_stream(path, args)
     if os.path.isdir(path):
         print(f"{path}: is a directory", file=sys.stderr)
         return 1
@@ -351,20 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{reader.torn.reason}",
             file=sys.stderr,
         )
-    document = summary_document(state, reader)
-    try:
-        if args.json:
-            json.dump(document, sys.stdout, indent=2, sort_keys=False)
-            sys.stdout.write("\n")
-        else:
-            write_text(document, path, sys.stdout)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # The reader went away (`| head`); nothing more to say.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    return 0
+    return _print(summary_document(state, reader), path, args.json)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """`python -m oms_backpack.run`: the main job.
 
     python -m oms_backpack.run [--venue local|backpack|backpack_perpetual] [--strategy demo|none]
-                      [--record PATH] [--duration SECONDS]
+                      [--record PATH] [--duration SECONDS] [--ship-to URL [--account NAME]]
 
 Default: start the local Backpack-compatible exchange on 127.0.0.1, trade a small demo on one
 spot and one perp symbol (post-only, limit and market orders, cancels, a position that flips),
 show a live status view, record the session, and at the end replay the recorded file and say
 whether its state hash matches the live one.
+
+With `--ship-to nats://HOST:PORT` every event also goes to NATS JetStream as it is recorded
+(subject `oms.<venue>.<account>.events`, `--account` naming the account), and what is left
+at the end is caught up before the command exits (docs/nats.md).
 
 With `--venue backpack` or `backpack_perpetual` it connects to the real exchange with keys from
 `BACKPACK_API_KEY` / `BACKPACK_API_SECRET` (or `--key-file`); without `--strategy demo` it
@@ -28,12 +32,14 @@ from typing import IO, Final
 
 import trio
 
+from oms.core.errors import ConfigurationError
 from oms.core.reducer import replay
 from oms.core.serialization import state_hash
 from oms.core.state import State
 from oms.core.values import CTX, OrderType, Side
 from oms.engine import Engine
 from oms.log import Fsync, LogReader, LogReadError, Seconds
+from oms.ship import ShipConfig, ShipConflict, Shipper
 
 __all__ = ["main"]
 
@@ -168,12 +174,16 @@ async def run_session(args: argparse.Namespace, out: IO[str]) -> tuple[State, Pa
                 await _drive(session, engine, args, out)
     finally:
         engine.close()
+    if args.ship_to is not None:
+        await _catch_up(record, args, out)
     return engine.state, record
 
 
 async def _drive(session: object, engine: Engine, args: argparse.Namespace, out: IO[str]) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(status_view, engine, out, 1.0)
+        if args.ship_to is not None:
+            nursery.start_soon(_ship, engine, args)
         if args.strategy == "demo":
             await demo(session, args.duration, out)
         elif args.duration is not None:
@@ -181,6 +191,34 @@ async def _drive(session: object, engine: Engine, args: argparse.Namespace, out:
         else:
             await trio.sleep_forever()
         nursery.cancel_scope.cancel()
+
+
+def _ship_config(args: argparse.Namespace) -> ShipConfig:
+    return ShipConfig(url=args.ship_to, venue=args.venue, account=args.account)
+
+
+async def _ship(engine: Engine, args: argparse.Namespace) -> None:
+    """Ship the session's events to NATS JetStream beside the engine (docs/nats.md)."""
+    assert engine.log is not None
+    await Shipper(engine.log.path, _ship_config(args)).run_beside(engine)
+
+
+async def _catch_up(record: Path, args: argparse.Namespace, out: IO[str]) -> None:
+    """After the session: ship what the live shipper had not (the shutdown's own events)."""
+    config = _ship_config(args)
+    shipper = Shipper(record, config)
+    try:
+        with trio.move_on_after(10):
+            await shipper.run(follow=False)
+    except (ShipConflict, LogReadError, OSError) as exc:
+        out.write(f"shipping to NATS stopped: {exc}\n")
+        return
+    stats = shipper.statistics()
+    out.write(
+        f"shipped to NATS: events 1..{stats.acked_seq} on {config.subject}"
+        + ("" if stats.last_error is None else f" (then: {stats.last_error})")
+        + "\n"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -200,6 +238,11 @@ def _parser() -> argparse.ArgumentParser:
                         "until Ctrl-C on Backpack)")  # fmt: skip
     parser.add_argument("--key-file", default=None, help="JSON file with api_key, api_secret")
     parser.add_argument("--seed", type=int, default=1, help="local exchange seed")
+    parser.add_argument("--ship-to", default=None, metavar="URL",
+                        help="also ship every event to NATS JetStream at nats://HOST:PORT "
+                        "(docs/nats.md)")  # fmt: skip
+    parser.add_argument("--account", default="main",
+                        help="the account's name in the NATS subject (default main)")  # fmt: skip
     return parser
 
 
@@ -218,6 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.duration = LOCAL_DURATION
     if args.duration is not None and args.duration <= 0:
         parser.error("--duration must be positive")
+    if args.ship_to is not None:
+        try:
+            _ship_config(args)
+        except ConfigurationError as exc:
+            parser.error(str(exc))
     if args.record is None:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         args.record = f"sessions/{args.venue}-{stamp}.jsonl"

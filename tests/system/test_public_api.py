@@ -1,7 +1,7 @@
-"""The public face: what `oms` and `oms_backpack` export is there, is the real thing, and
-is what the installed distribution says it is.
+"""The public face: what `oms`, `oms_backpack` and `oms.ship` export is there, is the real
+thing, and is what the installed distribution says it is.
 
-Programs import from the two packages, never from the modules behind them (which may move),
+Programs import from these packages, never from the modules behind them (which may move),
 so a name in `__all__` that is missing, or is a different object from the one its module
 defines, breaks them; so would `import oms.core` starting to load trio.
 """
@@ -18,10 +18,11 @@ import types
 import pytest
 
 import oms
+import oms.ship
 import oms_backpack
 from oms.core.events import EVENT_TYPES, Event
 
-PACKAGES = {"oms": oms, "oms_backpack": oms_backpack}
+PACKAGES = {"oms": oms, "oms_backpack": oms_backpack, "oms.ship": oms.ship}
 
 
 def _exports() -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ import oms
 from tests.helpers import ROOT
 
 OUR_NAMES = {"oms", "oms_backpack", "oms_local_exchange"}
-SCRIPTS = {"oms-replay", "oms-run", "oms-bench", "oms-local-exchange"}
+SCRIPTS = {"oms-replay", "oms-ship", "oms-run", "oms-bench", "oms-local-exchange"}
 GOLDEN = "spot_limit_partial_cancel"
 
 
