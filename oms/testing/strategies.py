@@ -768,8 +768,16 @@ def sessions(
     with the venue's messages before it. With `funding_payments`, funding may be paid on
     the perp.
     """
-    count = draw(st.integers(1, max_orders))
-    lives = [draw(_order_messages(client_id, symbols)) for client_id in range(1, count + 1)]
+    # A list, so that shrinking can drop whole orders; ids are given by position after.
+    drawn = draw(st.lists(_order_messages(0, symbols), min_size=1, max_size=max_orders))
+    lives = [
+        [
+            _evolve(e, client_id=i, **({"venue_id": f"V{i}"} if hasattr(e, "venue_id") else {}))
+            for e in life
+        ]
+        for i, life in enumerate(drawn, start=1)
+    ]
+    count = len(lives)
     # Interleave the orders' lives, each kept in its own order.
     merged: list[Event] = []
     cursors = [0] * count
