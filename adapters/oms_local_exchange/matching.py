@@ -322,6 +322,8 @@ class Matcher:
         side = request.side
         tif = request.time_in_force or "GTC"
         limit = request.price if request.order_type == LIMIT else None
+        if limit is not None:
+            _check_band(spec, limit, book.mark_price())
         if request.post_only and limit is not None and _would_take(book, side, limit):
             raise ApiError(400, "INVALID_ORDER", "Order would immediately match and take.")
         quantity = request.quantity
@@ -578,6 +580,13 @@ def _check(account: Account, spec: MarketSpec, request: OrderRequest) -> None:
         raise ApiError(
             400, "INVALID_ORDER", f"Order with client ID already exists: {request.client_id}"
         )
+
+
+def _check_band(spec: MarketSpec, price: Decimal, mark: Decimal) -> None:
+    """A limit price outside the market's band around the mark price is refused (the
+    venue's expiry reason for it is `PriceOutOfBounds`)."""
+    if price < multiply(mark, spec.min_multiplier) or price > multiply(mark, spec.max_multiplier):
+        raise ApiError(400, "INVALID_PRICE", "Price out of bounds")
 
 
 def _plan(

@@ -123,6 +123,10 @@ class MarketSpec:
     half_spread_ticks: int = 1
     max_move_ticks: int = 4
     funding_interval_ms: int = 3_600_000
+    # The price band (the market's `minMultiplier`/`maxMultiplier`): a limit price must lie
+    # within these multiples of the mark price.
+    min_multiplier: Decimal = Decimal("0.75")
+    max_multiplier: Decimal = Decimal("1.25")
 
     @property
     def is_perp(self) -> bool:

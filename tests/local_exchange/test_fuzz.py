@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oms_backpack.signing import Credentials
-from oms_local_exchange import LocalExchange, ManualClock, api
+from oms_local_exchange import DEFAULT_MARKETS, LocalExchange, ManualClock, api
 from tests.helpers import local_exchange, next_frame, signed_request
 
 REST_EXAMPLES = int(os.environ.get("OMS_FUZZ_EXAMPLES", "0")) or 250
@@ -107,7 +107,7 @@ async def assert_serving(exchange: LocalExchange, clock: ManualClock) -> None:
         assert (await next_frame(ws))["id"] == "ready"
         client_id = next(_client_ids)
         body = {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "quantity": "0.01",
-                "price": "100", "clientId": client_id}  # fmt: skip
+                "price": "120", "clientId": client_id}  # fmt: skip
         placed = await http.post(
             "/api/v1/order",
             **signed_request(own, "POST", "/api/v1/order", "orderExecute", now, body=body),
@@ -221,7 +221,7 @@ def _body(
     return build
 
 
-ORDER = {"symbol": "SOL_USDC_PERP", "side": "Bid", "orderType": "Limit", "price": "100"}
+ORDER = {"symbol": "SOL_USDC_PERP", "side": "Bid", "orderType": "Limit", "price": "120"}
 QUERY_ERROR = "Failed to deserialize query string: "
 PAYLOAD_ERROR = "Bad Request parse request payload error: "
 HOSTILE_REQUESTS = {
@@ -310,9 +310,14 @@ async def test_a_hostile_request_gets_a_4xx_and_the_exchange_keeps_serving(case:
 
 async def test_a_resting_order_priced_near_the_bound_fills_when_the_market_crosses_it() -> None:
     """A perp bid at 9E+40 that closes a short: its PnL is a 43-digit figure, which rounding
-    to 1e-18 once refused (InvalidOperation in the market's tick, which stopped the exchange)."""
+    to 1e-18 once refused (InvalidOperation in the market's tick, which stopped the exchange).
+    The perp's price band is opened wide for it: the default one refuses such a bid."""
+    wide = tuple(
+        attrs.evolve(spec, max_multiplier=Decimal("1E+45")) if spec.is_perp else spec
+        for spec in DEFAULT_MARKETS
+    )
     async with (
-        local_exchange(step_us=STEP_US) as (exchange, clock),
+        local_exchange(step_us=STEP_US, markets=wide) as (exchange, clock),
         httpx.AsyncClient(base_url=exchange.rest_url) as http,
     ):
         own = Credentials(exchange.credentials().api_secret)

@@ -97,9 +97,9 @@ async def test_a_symbol_subscription_sees_only_that_symbol() -> None:
         await subscribe(ws, exchange, clock, ["account.orderUpdate.ETH_USDC"])
         await settle()
         place(exchange, symbol="SOL_USDC", side="Bid", order_type="Limit", quantity=D(1),
-              price=D(100))  # fmt: skip
+              price=D(120))  # fmt: skip
         place(exchange, symbol="ETH_USDC", side="Bid", order_type="Limit", quantity=D(1),
-              price=D(2000))  # fmt: skip
+              price=D(2400))  # fmt: skip
         frame = await next_frame(ws)
         assert frame["stream"] == "account.orderUpdate.ETH_USDC"
         assert (frame["data"]["s"], frame["data"]["e"]) == ("ETH_USDC", "orderAccepted")
@@ -183,7 +183,7 @@ async def test_subscription_errors() -> None:
         assert (await next_frame(ws))["error"]["message"] == "Invalid signature"
         # None of those subscribed: the next frame is a public one, not the order's update.
         place(exchange, symbol="SOL_USDC", side="Bid", order_type="Limit", quantity=D(1),
-              price=D(100))  # fmt: skip
+              price=D(120))  # fmt: skip
         await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": ["trade.SOL_USDC"]}))
         await settle()
         place(exchange, symbol="SOL_USDC", side="Bid", order_type="Market", quantity=D(1))
