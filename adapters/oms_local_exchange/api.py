@@ -47,6 +47,11 @@ KLINE_INTERVALS: Final = {
     "3d": 259_200, "1w": 604_800, "1month": 2_592_000,
 }  # fmt: skip
 PRICE_TYPES: Final = ("Last", "Index", "Mark")
+SETTLEMENT_SOURCES: Final = (
+    "BackstopLiquidation", "CulledBorrowInterest", "CulledRealizePnl",
+    "CulledRealizePnlBookUtilization", "FundingPayment", "RealizePnl", "TradingFees",
+    "TradingFeesSystem",
+)  # fmt: skip
 MAX_KLINES: Final = 1000
 FILL_TYPES: Final = (
     "User", "BookLiquidation", "Adl", "Backstop", "Liquidation", "AllLiquidation",
@@ -426,6 +431,7 @@ def _borrow_lend_positions(venue: Venue, call: Call) -> Reply:
 def _settlement_history(venue: Venue, call: Call) -> Reply:
     _q_limit(call.query)
     _q_descending(call.query)
+    _q_choice(call.query, "source", SETTLEMENT_SOURCES)
     venue.account(_key(call))
     # Realized PnL, fees and funding are settled into USDC as they happen (they show in the
     # fill and funding histories); the venue's separate settlement records never arise here.
