@@ -319,6 +319,8 @@ async def test_the_entry_price_is_shown_with_the_venues_precision() -> None:
     (item,) = positions.json()
     assert item["entryPrice"] == "150.01181818181818181818181818"
     assert item["entryPrice"] == str(wire_decimal(position.entry_price))
+    account = exchange.venue.accounts[exchange.api_key]
+    assert exchange.venue.position_payload(account, position, None)["B"] == item["entryPrice"]
 
 
 def test_wire_decimals_hold_at_most_28_places_and_96_bits() -> None:

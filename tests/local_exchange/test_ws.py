@@ -188,3 +188,64 @@ async def test_subscription_errors() -> None:
         await settle()
         place(exchange, symbol="SOL_USDC", side="Bid", order_type="Market", quantity=D(1))
         assert (await next_frame(ws))["stream"] == "trade.SOL_USDC"
+
+
+async def test_an_unknown_stream_refuses_only_itself() -> None:
+    """ccxt's watch_orders subscribes to account.orderUpdate and account.rfqUpdate in one
+    frame: both are served (RFQ silently), and a stream the venue does not know is refused
+    alone, the frame's other streams subscribed all the same."""
+    async with local_exchange() as (exchange, clock), connected(exchange) as ws:
+        streams = ["account.orderUpdate", "account.rfqUpdate", "nonsense.SOL", "liquidation"]
+        await subscribe(ws, exchange, clock, streams)
+        assert await next_frame(ws) == {
+            "id": None,
+            "error": {"code": 4006, "message": "Invalid stream"},
+        }
+        await settle()
+        assert exchange.subscribers("account.orderUpdate") == 1
+        assert exchange.subscribers("account.rfqUpdate") == 1
+        assert exchange.subscribers("liquidation") == 1
+        assert exchange.subscribers("nonsense.SOL") == 0
+        place(exchange, symbol="SOL_USDC", side="Bid", order_type="Limit", quantity=D(1),
+              price=D(120), client_id=5)  # fmt: skip
+        frame = await next_frame(ws)
+        assert (frame["stream"], frame["data"]["e"]) == ("account.orderUpdate", "orderAccepted")
+
+
+async def test_a_bad_signature_refuses_the_private_streams_not_the_public_ones() -> None:
+    async with local_exchange() as (exchange, _), connected(exchange) as ws:
+        frame = {"method": "SUBSCRIBE", "params": ["account.orderUpdate", "trade.SOL_USDC"]}
+        await ws.send_message(json.dumps(frame))
+        assert (await next_frame(ws))["error"] == {"code": 4003, "message": "Invalid signature"}
+        await settle()
+        assert exchange.subscribers("trade.SOL_USDC") == 1
+        assert exchange.subscribers("account.orderUpdate") == 0
+
+
+async def test_ticker_each_second_and_open_interest_each_minute() -> None:
+    async with local_exchange() as (exchange, clock), connected(exchange) as ws:
+        streams = ["ticker.SOL_USDC", "openInterest.SOL_USDC_PERP"]
+        await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": streams}))
+        await settle()
+        place(exchange, symbol="SOL_USDC_PERP", side="Bid", order_type="Market", quantity=D(2))
+        place(exchange, symbol="SOL_USDC", side="Bid", order_type="Market", quantity=D(1))
+        seen: list[dict[str, Any]] = []
+        for _ in range(60):  # a minute of venue time, a second at a time
+            clock.advance(1)
+            exchange.venue.advance()
+            exchange.dispatch()
+        with trio.move_on_after(0.5):
+            while True:
+                seen.append(await next_frame(ws))
+    tickers = [f["data"] for f in seen if f["stream"] == "ticker.SOL_USDC"]
+    interest = [f["data"] for f in seen if f["stream"] == "openInterest.SOL_USDC_PERP"]
+    assert 59 <= len(tickers) <= 61
+    ticker = tickers[-1]
+    assert sorted(ticker) == sorted(["e", "E", "s", "o", "c", "h", "l", "v", "V", "n"])
+    assert (ticker["e"], ticker["s"], ticker["c"], ticker["v"], ticker["n"]) == (
+        "ticker", "SOL_USDC", "150.01", "1", 1
+    )  # fmt: skip
+    assert 1 <= len(interest) <= 2
+    assert interest[-1] == {
+        "e": "openInterest", "E": interest[-1]["E"], "s": "SOL_USDC_PERP", "o": "2"
+    }  # fmt: skip
