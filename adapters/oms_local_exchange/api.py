@@ -17,7 +17,7 @@ import attrs
 
 from oms_local_exchange import inputs, wire
 from oms_local_exchange.auth import SignedValue
-from oms_local_exchange.model import PERP, SPOT, ApiError, PayloadError
+from oms_local_exchange.model import KLINE_INTERVALS, PERP, SPOT, ApiError, PayloadError
 from oms_local_exchange.venue import Venue
 
 __all__ = [
@@ -41,11 +41,6 @@ MARKET_TYPES: Final = (SPOT, PERP, "IPERP", "DATED", "PREDICTION", "RFQ")
 # Query parameters the venue types as arrays (`marketType=SPOT&marketType=PERP`); any other
 # parameter given twice is refused, as a query deserializer with plain fields refuses it.
 ARRAY_PARAMS: Final = frozenset({"marketType"})
-KLINE_INTERVALS: Final = {
-    "1s": 1, "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600,
-    "2h": 7200, "4h": 14_400, "6h": 21_600, "8h": 28_800, "12h": 43_200, "1d": 86_400,
-    "3d": 259_200, "1w": 604_800, "1month": 2_592_000,
-}  # fmt: skip
 PRICE_TYPES: Final = ("Last", "Index", "Mark")
 SETTLEMENT_SOURCES: Final = (
     "BackstopLiquidation", "CulledBorrowInterest", "CulledRealizePnl",

@@ -42,6 +42,7 @@ __all__ = [
     "funding_item",
     "iso_ms",
     "iso_s",
+    "kline",
     "mark_price",
     "market_object",
     "open_interest",
@@ -557,3 +558,35 @@ def ticker(
 def open_interest(*, symbol: str, quantity: Decimal, time_us: int) -> dict[str, JSON]:
     """A public `openInterest.<symbol>` payload (`o` in the base asset)."""
     return {"e": "openInterest", "E": time_us, "s": symbol, "o": text(quantity)}
+
+
+def kline(
+    *,
+    symbol: str,
+    start_s: int,
+    end_s: int,
+    first: Decimal,
+    last: Decimal,
+    high: Decimal,
+    low: Decimal,
+    volume: Decimal,
+    trades: int,
+    closed: bool,
+    time_us: int,
+) -> dict[str, JSON]:
+    """A public `kline.<interval>.<symbol>` payload: the candle of the bucket [start, end)
+    (naive ISO times in UTC), `X` true on the bucket's final message."""
+    return {
+        "e": "kline",
+        "E": time_us,
+        "s": symbol,
+        "t": iso_s(start_s * 1000),
+        "T": iso_s(end_s * 1000),
+        "o": text(first),
+        "c": text(last),
+        "h": text(high),
+        "l": text(low),
+        "v": text(volume),
+        "n": trades,
+        "X": closed,
+    }

@@ -136,14 +136,18 @@ class Outbox:
         now_us: int,
         ticker: Callable[[], dict[str, JSON]],
         open_interest: Callable[[], dict[str, JSON]] | None = None,
+        klines: Callable[[], list[tuple[str, dict[str, JSON]]]] | None = None,
     ) -> None:
-        """Write the `ticker` payload once per `TICKER_PERIOD_US` of venue time and, for a
-        perp, the `openInterest` payload once per `OPEN_INTEREST_PERIOD_US`; the payloads
-        are built only when due."""
+        """Write the `ticker` payload and the klines that changed (`klines()` gives them as
+        (interval, payload)) once per `TICKER_PERIOD_US` of venue time and, for a perp, the
+        `openInterest` payload once per `OPEN_INTEREST_PERIOD_US`; the payloads are built
+        only when due."""
         published = self._published.setdefault(symbol, _Published())
         if now_us >= published.ticker_due_us:
             published.ticker_due_us = now_us - now_us % TICKER_PERIOD_US + TICKER_PERIOD_US
             self._messages.append(Outbound(stream=f"ticker.{symbol}", data=ticker()))
+            for interval, data in klines() if klines is not None else ():
+                self._messages.append(Outbound(stream=f"kline.{interval}.{symbol}", data=data))
         if open_interest is not None and now_us >= published.open_interest_due_us:
             period = OPEN_INTEREST_PERIOD_US
             published.open_interest_due_us = now_us - now_us % period + period

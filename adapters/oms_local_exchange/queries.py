@@ -25,7 +25,15 @@ from oms_local_exchange.arithmetic import (
     subtract,
 )
 from oms_local_exchange.matching import Book
-from oms_local_exchange.model import Account, Fill, FundingPayment, Order, Position
+from oms_local_exchange.model import (
+    Account,
+    Fill,
+    FundingPayment,
+    Order,
+    Position,
+    kline_end,
+    kline_start,
+)
 from oms_local_exchange.outbox import Outbox
 
 __all__ = ["Queries"]
@@ -34,7 +42,6 @@ JSON = Any
 _PERCENT_QUANTUM: Final = Decimal("0.000001")
 _BPS: Final = Decimal(10_000)
 _EPOCH: Final = datetime(1970, 1, 1)
-MONTH: Final = 2_592_000  # the `1month` kline interval's nominal seconds: buckets are months
 # What `/api/v1/assets` says of the assets it knows: display name, CoinGecko id, the chain.
 _ASSETS: Final = {
     "BTC": ("Bitcoin", "bitcoin", "Bitcoin"),
@@ -47,23 +54,6 @@ _ASSETS: Final = {
 def collateral_weight(asset: str) -> Decimal:
     """The haircut weight of an asset held as collateral (the quote asset counts in full)."""
     return Decimal(1) if asset == "USDC" else Decimal("0.9")
-
-
-def _kline_start(time_s: int, interval_s: int) -> int:
-    """The start (epoch seconds) of the kline bucket holding `time_s`; months are calendar
-    months in UTC."""
-    if interval_s != MONTH:
-        return time_s - time_s % interval_s
-    moment = _EPOCH + timedelta(seconds=time_s)
-    return int((datetime(moment.year, moment.month, 1) - _EPOCH).total_seconds())
-
-
-def _kline_end(start_s: int, interval_s: int) -> int:
-    if interval_s != MONTH:
-        return start_s + interval_s
-    moment = _EPOCH + timedelta(seconds=start_s)
-    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
-    return int((datetime(year, month, 1) - _EPOCH).total_seconds())
 
 
 def _kline_time(time_s: int) -> str:
@@ -405,8 +395,8 @@ class Queries:
         candles: dict[int, dict[str, JSON]] = {}
         for trade in self._books[symbol].trades:
             time_s = trade["T"] // 1_000_000
-            start = _kline_start(time_s, interval_s)
-            if start < _kline_start(start_s, interval_s) or (end_s is not None and start >= end_s):
+            start = kline_start(time_s, interval_s)
+            if start < kline_start(start_s, interval_s) or (end_s is not None and start >= end_s):
                 continue
             price, quantity = Decimal(trade["p"]), Decimal(trade["q"])
             candle = candles.get(start)
@@ -424,7 +414,7 @@ class Queries:
         return [
             {
                 "start": _kline_time(start),
-                "end": _kline_time(_kline_end(start, interval_s)),
+                "end": _kline_time(kline_end(start, interval_s)),
                 "open": wire.dec(c["open"]),
                 "high": wire.dec(c["high"]),
                 "low": wire.dec(c["low"]),

@@ -39,6 +39,7 @@ from oms_local_exchange.auth import KeyPair
 from oms_local_exchange.faults import Faults
 from oms_local_exchange.model import (
     DEFAULT_MARKETS,
+    KLINE_INTERVALS,
     ApiError,
     MarketSpec,
     Outbound,
@@ -56,7 +57,9 @@ _EXECUTE_PATHS: Final = frozenset({"/api/v1/order", "/api/v1/orders"})
 # `account.rfqUpdate` is served but stays silent: the local exchange has no RFQ markets.
 _RFQ_STREAM: Final = "account.rfqUpdate"
 _PRIVATE: Final = (frames.ORDER_STREAM, frames.POSITION_STREAM, _RFQ_STREAM)
-_PUBLIC_KINDS: Final = ("depth", "bookTicker", "trade", "markPrice", "ticker", "openInterest")
+_PUBLIC_KINDS: Final = (
+    "depth", "bookTicker", "trade", "markPrice", "ticker", "openInterest", "kline",
+)  # fmt: skip
 # Public streams without a symbol; `liquidation` stays silent (no liquidations here).
 _PUBLIC_GLOBAL: Final = ("liquidation",)
 _DEPTH_INTERVALS: Final = ("200ms", "600ms", "1000ms")
@@ -487,6 +490,10 @@ class LocalExchange:
             interval, _, symbol = rest.partition(".")
             if interval in _DEPTH_INTERVALS:
                 rest = symbol
+        elif kind == "kline":
+            interval, _, rest = rest.partition(".")
+            if interval not in KLINE_INTERVALS:
+                return False
         return rest in self.venue.markets
 
     # --- the clock ------------------------------------------------------------------------------

@@ -154,6 +154,7 @@ class Venue:
                 partial(self._queries.open_interest_payload, symbol, now)
                 if book.spec.is_perp
                 else None,
+                partial(book.kline_updates, now),
             )
 
     # --- orders -------------------------------------------------------------------------------

@@ -330,6 +330,13 @@ async def streams(d: Driver) -> None:
         ),
         lambda ts: _when(len(ts) >= 1 and ts[-1]["amount"] > 0, str(ts)),
     )
+    await d.check(
+        "watch_ohlcv",
+        lambda: first(
+            lambda: ex.watch_ohlcv(SPOT, "1m"), lambda: ex.create_order(SPOT, "market", "buy", 0.2)
+        ),
+        lambda cs: _when(len(cs) >= 1 and cs[-1][5] > 0, str(cs)),
+    )
     low = ex.price_to_precision(SPOT, float((await ex.fetch_order_book(SPOT))["bids"][0][0]) * 0.9)
     await d.check(
         "watch_orders",

@@ -123,7 +123,7 @@ async def test_klines_bucket_the_public_trades_by_interval() -> None:
         local_exchange() as (exchange, clock),
         httpx.AsyncClient(base_url=exchange.rest_url) as http,
     ):
-        clock.now_us -= clock.now_us % 60_000_000  # the start of a minute
+        clock.now_us += 60_000_000 - clock.now_us % 60_000_000  # the next minute starts
         start_s = clock.now_us // 1_000_000
         trade(exchange, "SOL_USDC", "Bid", "1")  # takes the best ask, 150.01
         trade(exchange, "SOL_USDC", "Bid", "10")  # the rest of 150.01, then 150.03

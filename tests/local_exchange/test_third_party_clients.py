@@ -45,8 +45,8 @@ CCXT_CALLS = (
     "fetch_trades", "fetch_ohlcv", "create_order(perp market buy)",
     "create_order(perp reduce-only market sell)", "fetch_positions", "fetch_funding_rate",
     "fetch_funding_rate_history", "fetch_funding_history", "fetch_open_interest",
-    "watch_order_book", "watch_ticker", "watch_bids_asks", "watch_trades", "watch_orders",
-    "watch_positions",
+    "watch_order_book", "watch_ticker", "watch_bids_asks", "watch_trades", "watch_ohlcv",
+    "watch_orders", "watch_positions",
 )  # fmt: skip
 
 

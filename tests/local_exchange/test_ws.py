@@ -249,3 +249,40 @@ async def test_ticker_each_second_and_open_interest_each_minute() -> None:
     assert interest[-1] == {
         "e": "openInterest", "E": interest[-1]["E"], "s": "SOL_USDC_PERP", "o": "2"
     }  # fmt: skip
+
+
+async def test_kline_stream_pushes_changed_candles_then_the_closed_one() -> None:
+    async with local_exchange() as (exchange, clock), connected(exchange) as ws:
+        clock.now_us += 60_000_000 - clock.now_us % 60_000_000  # the next minute starts
+        start_s = clock.now_us // 1_000_000
+        streams = ["kline.1m.SOL_USDC", "kline.7m.SOL_USDC"]
+        await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": streams}))
+        assert (await next_frame(ws))["error"]["code"] == 4006  # no 7m interval
+        await settle()
+        place(exchange, symbol="SOL_USDC", side="Bid", order_type="Market", quantity=D(11))
+        clock.advance(1)
+        exchange.venue.advance()
+        exchange.dispatch()
+        first = await next_frame(ws)
+        place(exchange, symbol="SOL_USDC", side="Ask", order_type="Market", quantity=D(2))
+        for _ in range(60):  # to the end of the minute and past it
+            clock.advance(1)
+            exchange.venue.advance()
+            exchange.dispatch()
+        seen = []
+        with trio.move_on_after(0.5):
+            while True:
+                seen.append(await next_frame(ws))
+    assert first["stream"] == "kline.1m.SOL_USDC"
+    assert first["data"] == {
+        "e": "kline", "E": first["data"]["E"], "s": "SOL_USDC",
+        "t": first["data"]["t"], "T": first["data"]["T"], "o": "150.01", "c": "150.03",
+        "h": "150.03", "l": "150.01", "v": "11", "n": 2, "X": False,
+    }  # fmt: skip
+    assert first["data"]["t"].endswith(":00") and first["data"]["t"] < first["data"]["T"]
+    data = [f["data"] for f in seen]  # one update (the sell), then the bucket's final message
+    assert [(d["c"], d["l"], d["v"], d["n"], d["X"]) for d in data] == [
+        ("149.99", "149.99", "13", 3, False),
+        ("149.99", "149.99", "13", 3, True),
+    ]
+    assert {d["t"] for d in data} == {first["data"]["t"]} and start_s % 60 == 0
