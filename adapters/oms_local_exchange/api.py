@@ -42,6 +42,8 @@ MARKET_TYPES: Final = (SPOT, PERP, "IPERP", "DATED", "PREDICTION", "RFQ")
 # parameter given twice is refused, as a query deserializer with plain fields refuses it.
 ARRAY_PARAMS: Final = frozenset({"marketType"})
 PRICE_TYPES: Final = ("Last", "Index", "Mark")
+# Kline times (epoch seconds) from 9999-01-01 on are refused: a bucket must end in a date.
+MAX_KLINE_TIME_S: Final = 253_370_764_800
 SETTLEMENT_SOURCES: Final = (
     "BackstopLiquidation", "CulledBorrowInterest", "CulledRealizePnl",
     "CulledRealizePnlBookUtilization", "FundingPayment", "RealizePnl", "TradingFees",
@@ -328,6 +330,9 @@ def _klines(venue: Venue, call: Call) -> Reply:
     if start is None:
         raise _query_error("missing field `startTime`")
     end = _q_int(query, "endTime")
+    for key, value in (("startTime", start), ("endTime", end)):
+        if value is not None and value >= MAX_KLINE_TIME_S:
+            raise _query_error(f"{key}: out of range for a date")
     _q_choice(query, "priceType", PRICE_TYPES)
     if end is not None and end < start:
         raise ApiError(400, "INVALID_CLIENT_REQUEST", "`endTime` must be after `startTime`")
