@@ -65,7 +65,8 @@ async def test_ccxt_backpack_client_works_against_the_exchange() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("no ccxt environment: `make ccxt-env` should have made .venv-ccxt")
         pytest.skip("no ccxt environment: run `make ccxt-env` (or set OMS_CCXT_PYTHON)")
-    async with open_local_exchange(seed=11) as exchange:
+    # A fast walk: ccxt waits for about ten book updates before it asks for the snapshot.
+    async with open_local_exchange(seed=11, step_us=50_000, tick_interval=0.02) as exchange:
         keys = exchange.credentials()
         env = {
             "PATH": os.environ.get("PATH", ""),
