@@ -59,7 +59,9 @@ TARGET_P50_US: Final = 200.0
 DEFAULT_SAMPLES: Final = 2_000
 QUICK_SAMPLES: Final = 500
 SYMBOL: Final = "SOL_USDC"
-PRICE: Final = Decimal("1.00")  # far below the local exchange's SOL_USDC (about 150)
+# Well below the local exchange's SOL_USDC (about 150), so the bids rest, but inside its price
+# band (0.75 to 1.25 times the mark), which refuses a bid further off.
+PRICE: Final = Decimal("120.00")
 QUANTITY: Final = Decimal("0.01")
 _WARMUP: Final = 200
 _CANCEL_EVERY: Final = 250

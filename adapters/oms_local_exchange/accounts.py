@@ -29,6 +29,7 @@ from oms_local_exchange.arithmetic import (
     multiply,
     realized_pnl,
     subtract,
+    wire_decimal,
 )
 from oms_local_exchange.model import (
     DEFAULT_BALANCES,
@@ -385,7 +386,7 @@ class Ledger:
             symbol=position.symbol,
             position_id=position.position_id,
             net_quantity=position.net_quantity,
-            entry_price=position.entry_price,
+            entry_price=wire_decimal(position.entry_price),
             break_even_price=self.break_even_price(position),
             mark_price=self._mark_price(position.symbol),
             realized_pnl=position.realized_pnl,
@@ -401,7 +402,7 @@ class Ledger:
             position_id=position.position_id,
             user_id=account.user_id,
             net_quantity=position.net_quantity,
-            entry_price=position.entry_price,
+            entry_price=wire_decimal(position.entry_price),
             break_even_price=self.break_even_price(position),
             mark_price=self._mark_price(position.symbol),
             open_cost=position.open_cost,

@@ -17,10 +17,11 @@ import attrs
 
 from oms_local_exchange import inputs, wire
 from oms_local_exchange.auth import SignedValue
-from oms_local_exchange.model import PERP, SPOT, ApiError, PayloadError
+from oms_local_exchange.model import KLINE_INTERVALS, PERP, SPOT, ApiError, PayloadError
 from oms_local_exchange.venue import Venue
 
 __all__ = [
+    "ARRAY_PARAMS",
     "ROUTES",
     "Call",
     "Reply",
@@ -28,6 +29,7 @@ __all__ = [
     "handle",
     "not_found",
     "parse_body",
+    "parse_query",
     "signed_params",
 ]
 
@@ -35,6 +37,19 @@ JSON = Any
 MAX_HISTORY: Final = 1000
 MAX_BATCH: Final = 50
 DEPTH_LIMITS: Final = (5, 10, 20, 50, 100, 500, 1000)
+MARKET_TYPES: Final = (SPOT, PERP, "IPERP", "DATED", "PREDICTION", "RFQ")
+# Query parameters the venue types as arrays (`marketType=SPOT&marketType=PERP`); any other
+# parameter given twice is refused, as a query deserializer with plain fields refuses it.
+ARRAY_PARAMS: Final = frozenset({"marketType"})
+PRICE_TYPES: Final = ("Last", "Index", "Mark")
+# Kline times (epoch seconds) from 9999-01-01 on are refused: a bucket must end in a date.
+MAX_KLINE_TIME_S: Final = 253_370_764_800
+SETTLEMENT_SOURCES: Final = (
+    "BackstopLiquidation", "CulledBorrowInterest", "CulledRealizePnl",
+    "CulledRealizePnlBookUtilization", "FundingPayment", "RealizePnl", "TradingFees",
+    "TradingFeesSystem",
+)  # fmt: skip
+MAX_KLINES: Final = 1000
 FILL_TYPES: Final = (
     "User", "BookLiquidation", "Adl", "Backstop", "Liquidation", "AllLiquidation",
     "CollateralConversion", "CollateralConversionAndSpotLiquidation",
@@ -60,13 +75,15 @@ class Reply:
 
 @attrs.frozen
 class Call:
-    """One parsed request: the authenticated key (None on public endpoints), the decoded query,
+    """One parsed request: the authenticated key (None on public endpoints), the decoded query
+    (`arrays` holds the values of the array parameters, `ARRAY_PARAMS`, in the order sent),
     the parsed JSON body (None if empty) and the server's time in ms."""
 
     api_key: str | None
     query: Mapping[str, str]
     body: JSON
     now_ms: int
+    arrays: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
 
 Handler = Callable[[Venue, Call], Reply]
@@ -95,6 +112,24 @@ def parse_body(raw: bytes) -> JSON:
         raise PayloadError(f"Bad Request parse request payload error: {exc.reason}") from None
 
 
+def parse_query(
+    pairs: list[tuple[str, str]],
+) -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """The decoded query as (plain parameters, array parameters). An array parameter keeps
+    every value given (`marketType=SPOT&marketType=PERP`); a plain one given twice is a
+    `PayloadError`, the venue's plain-text 400."""
+    query: dict[str, str] = {}
+    arrays: dict[str, list[str]] = {}
+    for key, value in pairs:
+        if key in ARRAY_PARAMS:
+            arrays.setdefault(key, []).append(value)
+        elif key in query:
+            raise _query_error(f"duplicate field `{key}`")
+        else:
+            query[key] = value
+    return query, {key: tuple(values) for key, values in arrays.items()}
+
+
 def _flat(item: JSON) -> dict[str, SignedValue]:
     if not isinstance(item, dict):
         raise PayloadError("Bad Request parse request payload error: expected an object")
@@ -107,11 +142,15 @@ def _flat(item: JSON) -> dict[str, SignedValue]:
 
 
 def signed_params(
-    route: Route, query: Mapping[str, str], body: JSON
+    route: Route,
+    query: Mapping[str, str],
+    body: JSON,
+    arrays: Mapping[str, tuple[str, ...]] | None = None,
 ) -> dict[str, SignedValue] | list[dict[str, SignedValue]] | None:
-    """What the signature covers: the body for writes, else the query."""
+    """What the signature covers: the body for writes, else the query (an array parameter
+    as each of its values in the order sent)."""
     if route.method == "GET":
-        return dict(query)
+        return {**query, **(arrays or {})}
     if body is None:
         return None
     if isinstance(body, list):
@@ -176,8 +215,34 @@ def _q_symbol(venue: Venue, query: Mapping[str, str], required: bool) -> str | N
     return symbol
 
 
-def _q_market_type(query: Mapping[str, str]) -> str | None:
-    return _q_choice(query, "marketType", (SPOT, PERP, "IPERP", "DATED", "PREDICTION", "RFQ"))
+def _q_market_types(call: Call) -> frozenset[str] | None:
+    """The `marketType` array: every value given (None when absent)."""
+    values = call.arrays.get("marketType")
+    if values is None:
+        return None
+    for value in values:
+        if value not in MARKET_TYPES:
+            raise _query_error(f"marketType: unknown variant `{value}`")
+    return frozenset(values)
+
+
+def _q_flag(query: Mapping[str, str], key: str) -> bool | None:
+    value = query.get(key)
+    if value is None:
+        return None
+    if value not in ("true", "false"):
+        raise _query_error(f"{key}: provided string was not `true` or `false`")
+    return value == "true"
+
+
+def _q_decimal(query: Mapping[str, str], key: str) -> Decimal | None:
+    value = query.get(key)
+    if value is None:
+        return None
+    try:
+        return inputs.parse_decimal(value)
+    except inputs.BadInput as exc:
+        raise _query_error(f"{key}: {exc.reason}") from None
 
 
 # --- public endpoints --------------------------------------------------------------------------
@@ -196,7 +261,7 @@ def _status(venue: Venue, call: Call) -> Reply:
 
 
 def _markets(venue: Venue, call: Call) -> Reply:
-    return Reply(200, venue.market_list(_q_market_type(call.query)))
+    return Reply(200, venue.market_list(_q_market_types(call)))
 
 
 def _market(venue: Venue, call: Call) -> Reply:
@@ -241,6 +306,53 @@ def _trades(venue: Venue, call: Call) -> Reply:
     return Reply(200, venue.recent_trades(symbol, limit))
 
 
+def _trade_history(venue: Venue, call: Call) -> Reply:
+    symbol = _q_symbol(venue, call.query, required=True)
+    assert symbol is not None
+    limit, offset = _q_limit(call.query)
+    return Reply(200, venue.trade_history(symbol, limit, offset))
+
+
+def _open_interest(venue: Venue, call: Call) -> Reply:
+    return Reply(200, venue.open_interest(_q_symbol(venue, call.query, required=False)))
+
+
+def _klines(venue: Venue, call: Call) -> Reply:
+    query = call.query
+    symbol = _q_symbol(venue, query, required=True)
+    assert symbol is not None
+    interval = query.get("interval")
+    if interval is None:
+        raise _query_error("missing field `interval`")
+    if interval not in KLINE_INTERVALS:
+        raise _query_error(f"interval: unknown variant `{interval}`")
+    start = _q_int(query, "startTime")
+    if start is None:
+        raise _query_error("missing field `startTime`")
+    end = _q_int(query, "endTime")
+    for key, value in (("startTime", start), ("endTime", end)):
+        if value is not None and value >= MAX_KLINE_TIME_S:
+            raise _query_error(f"{key}: out of range for a date")
+    _q_choice(query, "priceType", PRICE_TYPES)
+    if end is not None and end < start:
+        raise ApiError(400, "INVALID_CLIENT_REQUEST", "`endTime` must be after `startTime`")
+    return Reply(200, venue.klines(symbol, KLINE_INTERVALS[interval], start, end))
+
+
+def _assets(venue: Venue, call: Call) -> Reply:
+    return Reply(200, venue.assets())
+
+
+def _collateral_parameters(venue: Venue, call: Call) -> Reply:
+    return Reply(200, venue.collateral_parameters())
+
+
+def _securities(venue: Venue, call: Call) -> Reply:
+    # The venue's tokenized stocks (beyond the fact sheet; ccxt's market loading asks for
+    # them): the local exchange lists none.
+    return Reply(200, [])
+
+
 # --- signed endpoints --------------------------------------------------------------------------
 
 
@@ -283,6 +395,47 @@ def _capital(venue: Venue, call: Call) -> Reply:
 
 def _collateral(venue: Venue, call: Call) -> Reply:
     return Reply(200, venue.collateral(_key(call)))
+
+
+def _max_order_quantity(venue: Venue, call: Call) -> Reply:
+    query = call.query
+    symbol = _q_symbol(venue, query, required=True)
+    assert symbol is not None
+    side = _q_choice(query, "side", ("Bid", "Ask"))
+    if side is None:
+        raise _query_error("missing field `side`")
+    price = _q_decimal(query, "price")
+    if price is not None and price <= 0:
+        raise ApiError(400, "INVALID_PRICE", "Price must be positive")
+    reduce_only = _q_flag(query, "reduceOnly")
+    flags = {
+        key: _q_flag(query, key) for key in ("autoBorrow", "autoBorrowRepay", "autoLendRedeem")
+    }
+    quantity = venue.max_order_quantity(_key(call), symbol, side, price, bool(reduce_only))
+    body: dict[str, JSON] = {key: value for key, value in flags.items() if value is not None}
+    body["maxOrderQuantity"] = wire.dec(quantity)
+    if price is not None:
+        body["price"] = wire.dec(price)
+    if reduce_only is not None:
+        body["reduceOnly"] = reduce_only
+    body["side"] = side
+    body["symbol"] = symbol
+    return Reply(200, dict(sorted(body.items())))
+
+
+def _borrow_lend_positions(venue: Venue, call: Call) -> Reply:
+    venue.account(_key(call))
+    return Reply(200, [])  # no borrowing or lending here: never an open position
+
+
+def _settlement_history(venue: Venue, call: Call) -> Reply:
+    _q_limit(call.query)
+    _q_descending(call.query)
+    _q_choice(call.query, "source", SETTLEMENT_SOURCES)
+    venue.account(_key(call))
+    # Realized PnL, fees and funding are settled into USDC as they happen (they show in the
+    # fill and funding histories); the venue's separate settlement records never arise here.
+    return Reply(200, [])
 
 
 def _execute(venue: Venue, call: Call) -> Reply:
@@ -344,19 +497,19 @@ def _cancel_all(venue: Venue, call: Call) -> Reply:
 
 def _open_orders(venue: Venue, call: Call) -> Reply:
     symbol = _q_symbol(venue, call.query, required=False)
-    orders = venue.open_orders(_key(call), symbol, _q_market_type(call.query))
+    orders = venue.open_orders(_key(call), symbol, _q_market_types(call))
     return Reply(200, [wire.order_object(o) for o in orders])
 
 
 def _positions(venue: Venue, call: Call) -> Reply:
     symbol = _q_symbol(venue, call.query, required=False)
-    market_type = _q_market_type(call.query)
+    market_types = _q_market_types(call)
     venue.advance()
     account = venue.account(_key(call))
     items = [
         venue.position_item(account, position)
         for position in venue.open_positions(_key(call), symbol)
-        if market_type in (None, venue.markets[position.symbol].market_type)
+        if market_types is None or venue.markets[position.symbol].market_type in market_types
     ]
     return Reply(200, items)
 
@@ -370,7 +523,7 @@ def _order_history(venue: Venue, call: Call) -> Reply:
         _key(call),
         order_id=query.get("orderId"),
         symbol=_q_symbol(venue, query, required=False),
-        market_type=_q_market_type(query),
+        market_types=_q_market_types(call),
         limit=limit,
         offset=offset,
         descending=_q_descending(query),
@@ -388,7 +541,7 @@ def _fill_history(venue: Venue, call: Call) -> Reply:
         _key(call),
         order_id=query.get("orderId"),
         symbol=_q_symbol(venue, query, required=False),
-        market_type=_q_market_type(query),
+        market_types=_q_market_types(call),
         from_ms=_q_int(query, "from"),
         to_ms=_q_int(query, "to"),
         limit=limit,
@@ -423,6 +576,14 @@ _TABLE: Final[tuple[tuple[str, str, str | None, Handler], ...]] = (
     ("GET", "/api/v1/markPrices", None, _mark_prices),
     ("GET", "/api/v1/fundingRates", None, _funding_rates),
     ("GET", "/api/v1/trades", None, _trades),
+    ("GET", "/api/v1/trades/history", None, _trade_history),
+    ("GET", "/api/v1/openInterest", None, _open_interest),
+    ("GET", "/api/v1/klines", None, _klines),
+    ("GET", "/api/v1/assets", None, _assets),
+    ("GET", "/api/v1/collateral", None, _collateral_parameters),
+    ("GET", "/api/v1/securities", None, _securities),
+    ("GET", "/api/v1/account/limits/order", "maxOrderQuantity", _max_order_quantity),
+    ("GET", "/api/v1/borrowLend/positions", "borrowLendPositionQuery", _borrow_lend_positions),
     ("GET", "/api/v1/account", "accountQuery", _account),
     ("PATCH", "/api/v1/account", "accountUpdate", _update_account),
     ("GET", "/api/v1/capital", "balanceQuery", _capital),
@@ -437,6 +598,7 @@ _TABLE: Final[tuple[tuple[str, str, str | None, Handler], ...]] = (
     ("GET", "/wapi/v1/history/orders", "orderHistoryQueryAll", _order_history),
     ("GET", "/wapi/v1/history/fills", "fillHistoryQueryAll", _fill_history),
     ("GET", "/wapi/v1/history/funding", "fundingHistoryQueryAll", _funding_history),
+    ("GET", "/wapi/v1/history/settlement", "settlementHistoryQueryAll", _settlement_history),
 )
 
 ROUTES: Final[Mapping[tuple[str, str], Route]] = {

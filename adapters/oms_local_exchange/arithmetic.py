@@ -29,6 +29,7 @@ __all__ = [
     "DISPLAY_QUANTUM",
     "PNL_QUANTUM",
     "VENUE",
+    "WIRE_MAX_SCALE",
     "ZERO",
     "add",
     "display",
@@ -41,6 +42,7 @@ __all__ = [
     "round_to",
     "subtract",
     "text",
+    "wire_decimal",
 ]
 
 VENUE: Final = decimal.Context(
@@ -55,6 +57,9 @@ ZERO: Final = Decimal(0)
 # is a 60-digit quotient, and settling a rounded figure keeps every balance an exact sum.
 PNL_QUANTUM: Final = Decimal("1E-18")
 DISPLAY_QUANTUM: Final = Decimal("1E-8")
+# The venue's own decimals are 96-bit integers scaled by at most 28 places.
+WIRE_MAX_SCALE: Final = 28
+_WIRE_MANTISSA: Final = Decimal(2**96)
 
 add = VENUE.add
 subtract = VENUE.subtract
@@ -78,6 +83,23 @@ def round_to(value: Decimal, quantum: Decimal) -> Decimal:
 def display(value: Decimal) -> Decimal:
     """A derived figure (break-even, unrealized PnL, a notional) as the venue shows it."""
     return round_to(value, DISPLAY_QUANTUM)
+
+
+def wire_decimal(value: Decimal) -> Decimal:
+    """`value` as the venue's 96-bit decimals can hold it: at most `WIRE_MAX_SCALE` places,
+    and fewer while the digits as an integer would reach 2**96, rounded half even. The
+    venue shows a quotient such as an entry price this way (`"3826.8888888888888888888888889"`,
+    29 digits) rather than to this exchange's 60 significant digits. Nothing is settled from
+    the shown figure."""
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    scale = min(-exponent, WIRE_MAX_SCALE)
+    while scale > 0:
+        shown = round_to(value, Decimal(1).scaleb(-scale))
+        if abs(VENUE.scaleb(shown, scale)) < _WIRE_MANTISSA:
+            return shown
+        scale -= 1
+    return value if exponent >= 0 else VENUE.quantize(value, Decimal(1))
 
 
 def entry_price(open_cost: Decimal, net_quantity: Decimal) -> Decimal:

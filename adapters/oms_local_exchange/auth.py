@@ -47,8 +47,9 @@ __all__ = [
 ]
 
 JSON = Any
-# A parameter value as a request carries it: text from a query, any JSON scalar from a body.
-SignedValue = str | int | bool | Decimal | None
+# A parameter value as a request carries it: text from a query (an array parameter's values
+# as a tuple), any JSON scalar from a body.
+SignedValue = str | int | bool | Decimal | tuple[str, ...] | None
 SignedParams = Mapping[str, SignedValue] | Sequence[Mapping[str, SignedValue]] | None
 DEFAULT_WINDOW_MS: Final = 5_000
 MAX_WINDOW_MS: Final = 60_000
@@ -89,9 +90,15 @@ def _value_text(value: str | int | bool | Decimal) -> str:
 
 
 def _sorted_params(params: Mapping[str, SignedValue]) -> str:
-    return "".join(
-        f"&{key}={_value_text(value)}" for key, value in sorted(params.items()) if value is not None
-    )
+    """`&key=value` per parameter, sorted by key; an array parameter (a tuple) as one
+    `&key=value` per value, in the order sent (the venue documents no rule for arrays)."""
+    parts = []
+    for key, value in sorted(params.items()):
+        if value is None:
+            continue
+        for item in value if isinstance(value, tuple) else (value,):
+            parts.append(f"&{key}={_value_text(item)}")
+    return "".join(parts)
 
 
 def signing_string(instruction: str, params: SignedParams, timestamp: int, window: int) -> str:

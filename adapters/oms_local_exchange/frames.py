@@ -42,13 +42,16 @@ __all__ = [
     "funding_item",
     "iso_ms",
     "iso_s",
+    "kline",
     "mark_price",
     "market_object",
+    "open_interest",
     "order_history_item",
     "order_object",
     "order_update",
     "position_item",
     "position_update",
+    "ticker",
     "trade",
 ]
 
@@ -395,6 +398,8 @@ def market_object(
     min_quantity: Decimal,
     created_us: int,
     funding_interval_ms: int = 3_600_000,
+    min_multiplier: Decimal = Decimal("0.75"),
+    max_multiplier: Decimal = Decimal("1.25"),
 ) -> dict[str, JSON]:
     """One item of `/api/v1/markets`; perp figures only when `market_type` is `PERP`."""
     perp = market_type == "PERP"
@@ -408,8 +413,8 @@ def market_object(
                 "minPrice": text(tick_size),
                 "maxPrice": None,
                 "tickSize": text(tick_size),
-                "maxMultiplier": "1.25",
-                "minMultiplier": "0.75",
+                "maxMultiplier": text(max_multiplier),
+                "minMultiplier": text(min_multiplier),
             },
             "quantity": {
                 "minQuantity": text(min_quantity),
@@ -520,3 +525,68 @@ def mark_price(
         data["f"] = text(funding_rate)
         data["n"] = next_funding_ms
     return data
+
+
+def ticker(
+    *,
+    symbol: str,
+    first: Decimal,
+    last: Decimal,
+    high: Decimal,
+    low: Decimal,
+    volume: Decimal,
+    quote_volume: Decimal,
+    trades: int,
+    time_us: int,
+) -> dict[str, JSON]:
+    """A public `ticker.<symbol>` payload: the market's figures over the period the REST
+    ticker covers (`n` the number of trades, an integer)."""
+    return {
+        "e": "ticker",
+        "E": time_us,
+        "s": symbol,
+        "o": text(first),
+        "c": text(last),
+        "h": text(high),
+        "l": text(low),
+        "v": text(volume),
+        "V": text(quote_volume),
+        "n": trades,
+    }
+
+
+def open_interest(*, symbol: str, quantity: Decimal, time_us: int) -> dict[str, JSON]:
+    """A public `openInterest.<symbol>` payload (`o` in the base asset)."""
+    return {"e": "openInterest", "E": time_us, "s": symbol, "o": text(quantity)}
+
+
+def kline(
+    *,
+    symbol: str,
+    start_s: int,
+    end_s: int,
+    first: Decimal,
+    last: Decimal,
+    high: Decimal,
+    low: Decimal,
+    volume: Decimal,
+    trades: int,
+    closed: bool,
+    time_us: int,
+) -> dict[str, JSON]:
+    """A public `kline.<interval>.<symbol>` payload: the candle of the bucket [start, end)
+    (naive ISO times in UTC), `X` true on the bucket's final message."""
+    return {
+        "e": "kline",
+        "E": time_us,
+        "s": symbol,
+        "t": iso_s(start_s * 1000),
+        "T": iso_s(end_s * 1000),
+        "o": text(first),
+        "c": text(last),
+        "h": text(high),
+        "l": text(low),
+        "v": text(volume),
+        "n": trades,
+        "X": closed,
+    }

@@ -43,8 +43,10 @@ from oms_local_exchange.arithmetic import (
     multiply,
     subtract,
 )
+from oms_local_exchange.frames import kline as kline_payload
 from oms_local_exchange.frames import trade as trade_payload
 from oms_local_exchange.model import (
+    KLINE_INTERVALS,
     LIMIT,
     MARKET,
     PERP,
@@ -56,10 +58,12 @@ from oms_local_exchange.model import (
     Order,
     OrderRequest,
     VenueTime,
+    kline_end,
+    kline_start,
 )
 from oms_local_exchange.outbox import Outbox
 
-__all__ = ["Book", "Matcher", "Stats"]
+__all__ = ["Book", "Candle", "Matcher", "Stats"]
 
 JSON = Any
 _FIRST_ORDER_ID: Final = 8_000_000_001
@@ -88,6 +92,28 @@ class Stats:
     volume: Decimal = ZERO
     quote_volume: Decimal = ZERO
     trades: int = 0
+
+
+@attrs.define(kw_only=True)
+class Candle:
+    """One kline bucket [start_s, end_s) of a market's trades; `changed` since last sent."""
+
+    start_s: int
+    end_s: int
+    first: Decimal
+    last: Decimal
+    high: Decimal
+    low: Decimal
+    volume: Decimal = ZERO
+    trades: int = 0
+    changed: bool = True
+
+    def payload(self, symbol: str, closed: bool, time_us: int) -> dict[str, JSON]:
+        return kline_payload(
+            symbol=symbol, start_s=self.start_s, end_s=self.end_s, first=self.first,
+            last=self.last, high=self.high, low=self.low, volume=self.volume,
+            trades=self.trades, closed=closed, time_us=time_us,
+        )  # fmt: skip
 
 
 @attrs.define(kw_only=True)
@@ -132,6 +158,10 @@ class Book:
     next_funding_ms: int = 0
     funding_rates: list[tuple[int, Decimal]] = attrs.Factory(list)
     trades: deque[dict[str, JSON]] = attrs.Factory(lambda: deque(maxlen=1000))
+    # The open kline bucket of each interval, and buckets that ended before their final
+    # message was sent (the `kline` streams).
+    candles: dict[str, Candle] = attrs.Factory(dict)
+    ended: list[tuple[str, Candle]] = attrs.Factory(list)
 
     @classmethod
     def open(cls, spec: MarketSpec, *, seed: int, now_us: int) -> Book:
@@ -198,6 +228,43 @@ class Book:
     def consume(self, side: str, ticks: int, quantity: Decimal) -> None:
         key = (side, ticks)
         self.consumed[key] = add(self.consumed.get(key, ZERO), quantity)
+
+    def add_to_candles(self, price: Decimal, quantity: Decimal, time_us: int) -> None:
+        """Count a trade in the open bucket of every kline interval."""
+        time_s = time_us // 1_000_000
+        for name, seconds in KLINE_INTERVALS.items():
+            candle = self.candles.get(name)
+            if candle is not None and time_s >= candle.end_s:
+                self.ended.append((name, candle))
+                candle = None
+            if candle is None:
+                start = kline_start(time_s, seconds)
+                candle = self.candles[name] = Candle(
+                    start_s=start, end_s=kline_end(start, seconds),
+                    first=price, last=price, high=price, low=price,
+                )  # fmt: skip
+            candle.last = price
+            candle.high = max(candle.high, price)
+            candle.low = min(candle.low, price)
+            candle.volume = add(candle.volume, quantity)
+            candle.trades += 1
+            candle.changed = True
+
+    def kline_updates(self, now_us: int) -> list[tuple[str, dict[str, JSON]]]:
+        """(interval, payload) of each candle that changed since the last call, and the final
+        message (`X` true) of each bucket that has ended since."""
+        now_s = now_us // 1_000_000
+        symbol = self.spec.symbol
+        updates = [(name, c.payload(symbol, True, now_us)) for name, c in self.ended]
+        self.ended.clear()
+        for name, candle in list(self.candles.items()):
+            if now_s >= candle.end_s:
+                updates.append((name, candle.payload(symbol, True, now_us)))
+                del self.candles[name]
+            elif candle.changed:
+                candle.changed = False
+                updates.append((name, candle.payload(symbol, False, now_us)))
+        return updates
 
     def makers(self, taker_side: str) -> list[_Maker]:
         """Liquidity an order on `taker_side` can take, in priority order."""
@@ -322,6 +389,8 @@ class Matcher:
         side = request.side
         tif = request.time_in_force or "GTC"
         limit = request.price if request.order_type == LIMIT else None
+        if limit is not None:
+            _check_band(spec, limit, book.mark_price())
         if request.post_only and limit is not None and _would_take(book, side, limit):
             raise ApiError(400, "INVALID_ORDER", "Order would immediately match and take.")
         quantity = request.quantity
@@ -468,6 +537,7 @@ class Matcher:
             time_us=self._time.now,
         )
         book.trades.append(data)
+        book.add_to_candles(price, quantity, self._time.now)
         self._outbox.trade(book.spec.symbol, data)
 
     def _fill(
@@ -578,6 +648,13 @@ def _check(account: Account, spec: MarketSpec, request: OrderRequest) -> None:
         raise ApiError(
             400, "INVALID_ORDER", f"Order with client ID already exists: {request.client_id}"
         )
+
+
+def _check_band(spec: MarketSpec, price: Decimal, mark: Decimal) -> None:
+    """A limit price outside the market's band around the mark price is refused (the
+    venue's expiry reason for it is `PriceOutOfBounds`)."""
+    if price < multiply(mark, spec.min_multiplier) or price > multiply(mark, spec.max_multiplier):
+        raise ApiError(400, "INVALID_PRICE", "Price out of bounds")
 
 
 def _plan(

@@ -9,6 +9,7 @@ milliseconds (`*_ms`) as named.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
 
@@ -18,6 +19,7 @@ from oms_local_exchange.arithmetic import VENUE, ZERO
 
 __all__ = [
     "DEFAULT_BALANCES",
+    "KLINE_INTERVALS",
     "DEFAULT_MARKETS",
     "LIMIT",
     "MARKET",
@@ -36,6 +38,8 @@ __all__ = [
     "PayloadError",
     "Position",
     "VenueTime",
+    "kline_end",
+    "kline_start",
 ]
 
 SPOT: Final = "SPOT"
@@ -44,6 +48,32 @@ LIMIT: Final = "Limit"
 MARKET: Final = "Market"
 
 JSON = Any
+# The venue's kline intervals and their length in seconds (`1month` is a calendar month).
+KLINE_INTERVALS: Final = {
+    "1s": 1, "1m": 60, "3m": 180, "5m": 300, "15m": 900, "30m": 1800, "1h": 3600,
+    "2h": 7200, "4h": 14_400, "6h": 21_600, "8h": 28_800, "12h": 43_200, "1d": 86_400,
+    "3d": 259_200, "1w": 604_800, "1month": 2_592_000,
+}  # fmt: skip
+_MONTH: Final = KLINE_INTERVALS["1month"]
+_EPOCH: Final = datetime(1970, 1, 1)
+
+
+def kline_start(time_s: int, interval_s: int) -> int:
+    """The start (epoch seconds) of the kline bucket holding `time_s`; months are calendar
+    months in UTC."""
+    if interval_s != _MONTH:
+        return time_s - time_s % interval_s
+    moment = _EPOCH + timedelta(seconds=time_s)
+    return int((datetime(moment.year, moment.month, 1) - _EPOCH).total_seconds())
+
+
+def kline_end(start_s: int, interval_s: int) -> int:
+    """The end (epoch seconds, exclusive) of the bucket starting at `start_s`."""
+    if interval_s != _MONTH:
+        return start_s + interval_s
+    moment = _EPOCH + timedelta(seconds=start_s)
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    return int((datetime(year, month, 1) - _EPOCH).total_seconds())
 
 
 class ApiError(Exception):
@@ -123,6 +153,10 @@ class MarketSpec:
     half_spread_ticks: int = 1
     max_move_ticks: int = 4
     funding_interval_ms: int = 3_600_000
+    # The price band (the market's `minMultiplier`/`maxMultiplier`): a limit price must lie
+    # within these multiples of the mark price.
+    min_multiplier: Decimal = Decimal("0.75")
+    max_multiplier: Decimal = Decimal("1.25")
 
     @property
     def is_perp(self) -> bool:

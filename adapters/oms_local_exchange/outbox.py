@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -20,9 +20,12 @@ from oms_local_exchange import frames, wire
 from oms_local_exchange.arithmetic import ZERO
 from oms_local_exchange.model import Fill, Order, Outbound
 
-__all__ = ["Outbox"]
+__all__ = ["TICKER_PERIOD_US", "OPEN_INTEREST_PERIOD_US", "Outbox"]
 
 JSON = Any
+# How often the venue pushes `ticker.<symbol>` and `openInterest.<symbol>` (fact sheet §3.2).
+TICKER_PERIOD_US: Final = 1_000_000
+OPEN_INTEREST_PERIOD_US: Final = 60_000_000
 
 
 @attrs.define
@@ -33,6 +36,8 @@ class _Published:
     bbo: tuple[Decimal | None, Decimal | None] = (None, None)
     mark: Decimal | None = None
     update_id: int = 0
+    ticker_due_us: int = 0
+    open_interest_due_us: int = 0
 
 
 class Outbox:
@@ -124,3 +129,26 @@ class Outbox:
             symbol=symbol, mark=mark, time_us=now_us, funding_rate=rate, next_funding_ms=next_ms
         )
         self._messages.append(Outbound(stream=f"markPrice.{symbol}", data=data))
+
+    def publish_periodic(
+        self,
+        symbol: str,
+        now_us: int,
+        ticker: Callable[[], dict[str, JSON]],
+        open_interest: Callable[[], dict[str, JSON]] | None = None,
+        klines: Callable[[], list[tuple[str, dict[str, JSON]]]] | None = None,
+    ) -> None:
+        """Write the `ticker` payload and the klines that changed (`klines()` gives them as
+        (interval, payload)) once per `TICKER_PERIOD_US` of venue time and, for a perp, the
+        `openInterest` payload once per `OPEN_INTEREST_PERIOD_US`; the payloads are built
+        only when due."""
+        published = self._published.setdefault(symbol, _Published())
+        if now_us >= published.ticker_due_us:
+            published.ticker_due_us = now_us - now_us % TICKER_PERIOD_US + TICKER_PERIOD_US
+            self._messages.append(Outbound(stream=f"ticker.{symbol}", data=ticker()))
+            for interval, data in klines() if klines is not None else ():
+                self._messages.append(Outbound(stream=f"kline.{interval}.{symbol}", data=data))
+        if open_interest is not None and now_us >= published.open_interest_due_us:
+            period = OPEN_INTEREST_PERIOD_US
+            published.open_interest_due_us = now_us - now_us % period + period
+            self._messages.append(Outbound(stream=f"openInterest.{symbol}", data=open_interest()))

@@ -39,6 +39,7 @@ from oms_local_exchange.auth import KeyPair
 from oms_local_exchange.faults import Faults
 from oms_local_exchange.model import (
     DEFAULT_MARKETS,
+    KLINE_INTERVALS,
     ApiError,
     MarketSpec,
     Outbound,
@@ -53,8 +54,14 @@ log = logging.getLogger(__name__)
 JSON = Any
 MAX_BODY: Final = 1 << 20
 _EXECUTE_PATHS: Final = frozenset({"/api/v1/order", "/api/v1/orders"})
-_PRIVATE: Final = (frames.ORDER_STREAM, frames.POSITION_STREAM)
-_PUBLIC_KINDS: Final = ("depth", "bookTicker", "trade", "markPrice")
+# `account.rfqUpdate` is served but stays silent: the local exchange has no RFQ markets.
+_RFQ_STREAM: Final = "account.rfqUpdate"
+_PRIVATE: Final = (frames.ORDER_STREAM, frames.POSITION_STREAM, _RFQ_STREAM)
+_PUBLIC_KINDS: Final = (
+    "depth", "bookTicker", "trade", "markPrice", "ticker", "openInterest", "kline",
+)  # fmt: skip
+# Public streams without a symbol; `liquidation` stays silent (no liquidations here).
+_PUBLIC_GLOBAL: Final = ("liquidation",)
 _DEPTH_INTERVALS: Final = ("200ms", "600ms", "1000ms")
 # Error codes of our own for WebSocket refusals other than the venue's 4006 "Invalid stream".
 WS_INVALID_REQUEST: Final = 4001
@@ -288,13 +295,15 @@ class LocalExchange:
             return api.Reply(fault.status, Faults.error_body(fault))
         if route is None:
             return api.not_found()
-        query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
         now_ms = self.now_us() // 1000
         try:
+            query, arrays = api.parse_query(
+                parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+            )
             body = api.parse_body(raw) if method != "GET" else None
             api_key = None
             if route.instruction is not None:
-                params = api.signed_params(route, query, body)
+                params = api.signed_params(route, query, body, arrays)
                 api_key = auth.check_request(
                     headers, route.instruction, params, now_ms, self.venue.accounts.__contains__
                 )
@@ -302,7 +311,7 @@ class LocalExchange:
             return api.Reply(exc.status, exc.body())
         except PayloadError as exc:
             return api.Reply(400, text=exc.text)
-        reply = api.handle(self.venue, route, api.Call(api_key, query, body, now_ms))
+        reply = api.handle(self.venue, route, api.Call(api_key, query, body, now_ms, arrays))
         written = self.dispatch()
         executed = method == "POST" and path in _EXECUTE_PATHS and api_key is not None
         if executed and self.faults.ws_before_rest and api_key is not None:
@@ -423,24 +432,36 @@ class LocalExchange:
         if method.upper() == "UNSUBSCRIBE":
             conn.subscriptions.difference_update(streams)
             return
-        if not streams or not all(self._valid_stream(s) for s in streams):
+        if not streams:
             self._error(conn, request_id, WS_INVALID_STREAM, "Invalid stream")
             return
-        private = [s for s in streams if s.startswith("account.")]
+        # Each stream stands alone: one the venue does not serve is refused with its own
+        # error frame, and the others of the frame are subscribed all the same.
+        valid = [s for s in streams if self._valid_stream(s)]
+        for _ in range(len(streams) - len(valid)):
+            self._error(conn, request_id, WS_INVALID_STREAM, "Invalid stream")
+        private = [s for s in valid if s.startswith("account.")]
         if private:
+            refusal = None
             try:
                 api_key = auth.check_subscription(
                     frame.get("signature"), self.now_us() // 1000, self.venue.accounts.__contains__
                 )
             except ApiError as exc:
-                self._error(conn, request_id, WS_UNAUTHORIZED, exc.message)
-                return
-            if conn.api_key is not None and conn.api_key != api_key:
-                self._error(
-                    conn, request_id, WS_UNAUTHORIZED, "Connection signed in as another key"
-                )
-                return
-            conn.api_key = api_key
+                refusal = exc.message
+            else:
+                if conn.api_key is not None and conn.api_key != api_key:
+                    refusal = "Connection signed in as another key"
+                else:
+                    conn.api_key = api_key
+            if refusal is not None:
+                # The private streams need the signature; the public ones of the frame do not.
+                self._error(conn, request_id, WS_UNAUTHORIZED, refusal)
+                valid = [s for s in valid if not s.startswith("account.")]
+                private = []
+        streams = valid
+        if not streams:
+            return
         # Catch up first, so the snapshot below is the state after every message sent so far.
         self.venue.advance()
         self.dispatch()
@@ -460,6 +481,8 @@ class LocalExchange:
                 return True
             if name.startswith(base + "."):
                 return name[len(base) + 1 :] in self.venue.markets
+        if name in _PUBLIC_GLOBAL:
+            return True
         kind, _, rest = name.partition(".")
         if kind not in _PUBLIC_KINDS:
             return False
@@ -467,6 +490,10 @@ class LocalExchange:
             interval, _, symbol = rest.partition(".")
             if interval in _DEPTH_INTERVALS:
                 rest = symbol
+        elif kind == "kline":
+            interval, _, rest = rest.partition(".")
+            if interval not in KLINE_INTERVALS:
+                return False
         return rest in self.venue.markets
 
     # --- the clock ------------------------------------------------------------------------------

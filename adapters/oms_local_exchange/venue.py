@@ -16,8 +16,9 @@ messages of one request come from the same state change.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from oms_local_exchange.accounts import Ledger
@@ -146,6 +147,15 @@ class Venue:
             self._outbox.publish_levels(symbol, bids, asks, now)
             funding = book.next_funding if book.spec.is_perp else None
             self._outbox.publish_mark(symbol, book.mark_price(), now, funding)
+            self._outbox.publish_periodic(
+                symbol,
+                now,
+                partial(self._queries.ticker_payload, symbol, now),
+                partial(self._queries.open_interest_payload, symbol, now)
+                if book.spec.is_perp
+                else None,
+                partial(book.kline_updates, now),
+            )
 
     # --- orders -------------------------------------------------------------------------------
 
@@ -195,10 +205,10 @@ class Venue:
         return self._ledger.resting_order(api_key, symbol, order_id=order_id, client_id=client_id)
 
     def open_orders(
-        self, api_key: str, symbol: str | None = None, market_type: str | None = None
+        self, api_key: str, symbol: str | None = None, market_types: Collection[str] | None = None
     ) -> list[Order]:
         self.advance()
-        return self._queries.open_orders(api_key, symbol, market_type)
+        return self._queries.open_orders(api_key, symbol, market_types)
 
     # --- derived figures ----------------------------------------------------------------------
 
@@ -262,7 +272,7 @@ class Venue:
         *,
         order_id: str | None = None,
         symbol: str | None = None,
-        market_type: str | None = None,
+        market_types: Collection[str] | None = None,
         limit: int = 100,
         offset: int = 0,
         descending: bool = True,
@@ -272,7 +282,7 @@ class Venue:
             api_key,
             order_id=order_id,
             symbol=symbol,
-            market_type=market_type,
+            market_types=market_types,
             limit=limit,
             offset=offset,
             descending=descending,
@@ -284,7 +294,7 @@ class Venue:
         *,
         order_id: str | None = None,
         symbol: str | None = None,
-        market_type: str | None = None,
+        market_types: Collection[str] | None = None,
         from_ms: int | None = None,
         to_ms: int | None = None,
         limit: int = 100,
@@ -297,7 +307,7 @@ class Venue:
             api_key,
             order_id=order_id,
             symbol=symbol,
-            market_type=market_type,
+            market_types=market_types,
             from_ms=from_ms,
             to_ms=to_ms,
             limit=limit,
@@ -321,8 +331,8 @@ class Venue:
 
     # --- public market data -------------------------------------------------------------------
 
-    def market_list(self, market_type: str | None = None) -> list[dict[str, JSON]]:
-        return self._queries.market_list(market_type)
+    def market_list(self, market_types: Collection[str] | None = None) -> list[dict[str, JSON]]:
+        return self._queries.market_list(market_types)
 
     def depth(self, symbol: str, limit: int = 1000) -> dict[str, JSON]:
         """`GET /api/v1/depth`: both sides in ascending price order, as the venue sends them."""
@@ -348,3 +358,37 @@ class Venue:
         """`GET /api/v1/trades`: the latest public trades, oldest first."""
         self.advance()
         return self._queries.recent_trades(symbol, limit)
+
+    def trade_history(
+        self, symbol: str, limit: int = 100, offset: int = 0
+    ) -> list[dict[str, JSON]]:
+        """`GET /api/v1/trades/history`: public trades, newest first."""
+        self.advance()
+        return self._queries.trade_history(symbol, limit, offset)
+
+    def open_interest(self, symbol: str | None = None) -> list[dict[str, JSON]]:
+        self.advance()
+        return self._queries.open_interest(symbol, self._time.now // 1000)
+
+    def klines(
+        self, symbol: str, interval_s: int, start_s: int, end_s: int | None = None
+    ) -> list[dict[str, JSON]]:
+        self.advance()
+        return self._queries.klines(symbol, interval_s, start_s, end_s)
+
+    def assets(self) -> list[dict[str, JSON]]:
+        return self._queries.assets()
+
+    def collateral_parameters(self) -> list[dict[str, JSON]]:
+        return self._queries.collateral_parameters()
+
+    def max_order_quantity(
+        self,
+        api_key: str,
+        symbol: str,
+        side: str,
+        price: Decimal | None = None,
+        reduce_only: bool = False,
+    ) -> Decimal:
+        self.advance()
+        return self._queries.max_order_quantity(api_key, symbol, side, price, reduce_only)

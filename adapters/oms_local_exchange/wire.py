@@ -147,6 +147,8 @@ def market_object(spec: MarketSpec, created_us: int) -> dict[str, JSON]:
         min_quantity=spec.min_quantity,
         created_us=created_us,
         funding_interval_ms=spec.funding_interval_ms,
+        min_multiplier=spec.min_multiplier,
+        max_multiplier=spec.max_multiplier,
     )
 
 

@@ -71,7 +71,7 @@ Session = BackpackSession | AsyncioSession
 
 async def scenario(session: Session, wait_done: Callable[..., Awaitable[Any]]) -> None:
     resting = await session.submit(
-        SPOT, Side.BID, OrderType.LIMIT, quantity=Decimal("2"), price=Decimal("1"), client_id=11
+        SPOT, Side.BID, OrderType.LIMIT, quantity=Decimal("2"), price=Decimal("130"), client_id=11
     )
     assert resting.status is OrderStatus.NEW
     await session.submit(PERP, Side.ASK, OrderType.MARKET, quantity=Decimal("1.5"), client_id=12)
@@ -143,7 +143,7 @@ def test_cancelling_the_asyncio_task_shuts_down_and_cancels_open_orders(tmp_path
         async def program() -> None:
             async with open_session(engine, credentials, **options) as s:
                 await s.submit(
-                    SPOT, Side.BID, OrderType.LIMIT, quantity=Decimal("1"), price=Decimal("1")
+                    SPOT, Side.BID, OrderType.LIMIT, quantity=Decimal("1"), price=Decimal("130")
                 )
                 placed.set()
                 await asyncio.sleep(60)

@@ -23,7 +23,7 @@ async def test_a_session_on_the_local_exchange_agrees_with_its_books(
     oms_session: BackpackSession, oms_engine: Engine, oms_books: Books
 ) -> None:
     bid = await oms_session.submit(
-        "SOL_USDC", Side.BID, OrderType.LIMIT, quantity=Decimal("1"), price=Decimal("1")
+        "SOL_USDC", Side.BID, OrderType.LIMIT, quantity=Decimal("1"), price=Decimal("130")
     )
     taken = await oms_session.submit(
         "SOL_USDC_PERP", Side.BID, OrderType.MARKET, quantity=Decimal("0.5")
@@ -50,7 +50,7 @@ async def test_the_books_fixture_names_each_difference(
     oms_session: BackpackSession, oms_engine: Engine, oms_books: Books
 ) -> None:
     order = await oms_session.submit(
-        "SOL_USDC", Side.BID, OrderType.LIMIT, quantity=Decimal("1"), price=Decimal("1")
+        "SOL_USDC", Side.BID, OrderType.LIMIT, quantity=Decimal("1"), price=Decimal("130")
     )
     assert order.venue_id is not None
     # A fill the exchange never made.

@@ -32,7 +32,8 @@ from hypothesis import strategies as st
 
 from oms.testing.harness import local_exchange
 from oms_backpack.signing import Credentials
-from oms_local_exchange import LocalExchange, ManualClock, api
+from oms_local_exchange import DEFAULT_MARKETS, LocalExchange, ManualClock, api
+from oms_local_exchange.model import KLINE_INTERVALS
 from tests.helpers import next_frame, signed_request
 
 REST_EXAMPLES = int(os.environ.get("OMS_FUZZ_EXAMPLES", "0")) or 250
@@ -108,7 +109,7 @@ async def assert_serving(exchange: LocalExchange, clock: ManualClock) -> None:
         assert (await next_frame(ws))["id"] == "ready"
         client_id = next(_client_ids)
         body = {"symbol": "SOL_USDC", "side": "Bid", "orderType": "Limit", "quantity": "0.01",
-                "price": "100", "clientId": client_id}  # fmt: skip
+                "price": "120", "clientId": client_id}  # fmt: skip
         placed = await http.post(
             "/api/v1/order",
             **signed_request(own, "POST", "/api/v1/order", "orderExecute", now, body=body),
@@ -222,7 +223,7 @@ def _body(
     return build
 
 
-ORDER = {"symbol": "SOL_USDC_PERP", "side": "Bid", "orderType": "Limit", "price": "100"}
+ORDER = {"symbol": "SOL_USDC_PERP", "side": "Bid", "orderType": "Limit", "price": "120"}
 QUERY_ERROR = "Failed to deserialize query string: "
 PAYLOAD_ERROR = "Bad Request parse request payload error: "
 HOSTILE_REQUESTS = {
@@ -237,6 +238,11 @@ HOSTILE_REQUESTS = {
     "5,000-digit signed query integer": (
         _get("/wapi/v1/history/fills", "fillHistoryQueryAll", **{"from": HUGE}),
         QUERY_ERROR + "from: number too large to fit in target type",
+    ),
+    "kline start past the last date": (
+        _get("/api/v1/klines", None, symbol="SOL_USDC", interval="1month",
+             startTime=str(2**63 - 1)),
+        QUERY_ERROR + "startTime: out of range for a date",
     ),
     "superscript-two client id in a query": (
         _get("/api/v1/order", "orderQuery", symbol="SOL_USDC", clientId="²"),
@@ -311,9 +317,14 @@ async def test_a_hostile_request_gets_a_4xx_and_the_exchange_keeps_serving(case:
 
 async def test_a_resting_order_priced_near_the_bound_fills_when_the_market_crosses_it() -> None:
     """A perp bid at 9E+40 that closes a short: its PnL is a 43-digit figure, which rounding
-    to 1e-18 once refused (InvalidOperation in the market's tick, which stopped the exchange)."""
+    to 1e-18 once refused (InvalidOperation in the market's tick, which stopped the exchange).
+    The perp's price band is opened wide for it: the default one refuses such a bid."""
+    wide = tuple(
+        attrs.evolve(spec, max_multiplier=Decimal("1E+45")) if spec.is_perp else spec
+        for spec in DEFAULT_MARKETS
+    )
     async with (
-        local_exchange(step_us=STEP_US) as (exchange, clock),
+        local_exchange(step_us=STEP_US, markets=wide) as (exchange, clock),
         httpx.AsyncClient(base_url=exchange.rest_url) as http,
     ):
         own = Credentials(exchange.credentials().api_secret)
@@ -537,7 +548,44 @@ def as_query(ref: dict[str, Any]) -> dict[str, str]:
     return {key: value.text if isinstance(value, Raw) else str(value) for key, value in ref.items()}
 
 
-QUERIES = {("GET", "/api/v1/order"): order_refs().map(as_query)}
+@st.composite
+def kline_queries(draw: st.DrawFn) -> dict[str, str]:
+    """A klines query: any interval (and one the venue does not have), times up to int64."""
+    times = st.integers(0, 2**41) | st.integers(0, 2**63 - 1)
+    query = {
+        "symbol": draw(st.sampled_from(SYMBOLS)),
+        "interval": draw(st.sampled_from([*KLINE_INTERVALS, "1H"])),
+        "startTime": str(draw(times)),
+    }
+    if draw(st.booleans()):
+        query["endTime"] = str(draw(times))
+    if draw(st.booleans()):
+        query["priceType"] = draw(st.sampled_from(["Last", "Mark", "Index", "last"]))
+    for _ in range(draw(hostile_fields)):
+        query[draw(st.sampled_from(list(query)) | hostile_text)] = draw(hostile_text)
+    return query
+
+
+@st.composite
+def max_order_queries(draw: st.DrawFn) -> dict[str, str]:
+    query = {
+        "symbol": draw(st.sampled_from(SYMBOLS)),
+        "side": draw(st.sampled_from(["Bid", "Ask"])),
+    }
+    if draw(st.booleans()):
+        query["price"] = draw(prices | st.sampled_from(["0", "-1"]))
+    if draw(st.booleans()):
+        query["reduceOnly"] = draw(st.sampled_from(["true", "false", "True"]))
+    for _ in range(draw(hostile_fields)):
+        query[draw(st.sampled_from(list(query)) | hostile_text)] = draw(hostile_text)
+    return query
+
+
+QUERIES = {
+    ("GET", "/api/v1/order"): order_refs().map(as_query),
+    ("GET", "/api/v1/klines"): kline_queries(),
+    ("GET", "/api/v1/account/limits/order"): max_order_queries(),
+}
 # Header values h11 lets through: printable Latin-1 without blanks at the ends.
 header_text = st.text(
     st.characters(min_codepoint=0x21, max_codepoint=0xFF, exclude_characters="\x7f"),

@@ -118,12 +118,12 @@ def test_price_and_quantity_off_the_tick_and_step_are_refused() -> None:
 
 def test_an_order_beyond_the_balance_is_refused() -> None:
     venue, _ = make_venue()
-    venue.add_account("poor", {"USDC": D("100")})
-    assert refusal(venue, limit("SOL_USDC", "Bid", "1", "100.01"), "poor").code == (
+    venue.add_account("poor", {"USDC": D("120")})
+    assert refusal(venue, limit("SOL_USDC", "Bid", "1", "120.01"), "poor").code == (
         "INSUFFICIENT_FUNDS"
     )
     assert refusal(venue, market("SOL_USDC", "Ask", "0.01"), "poor").code == "INSUFFICIENT_FUNDS"
-    assert venue.place("poor", limit("SOL_USDC", "Bid", "1", "100")).status == "New"
+    assert venue.place("poor", limit("SOL_USDC", "Bid", "1", "120")).status == "New"
 
 
 # --- time in force ---------------------------------------------------------------------------

@@ -98,9 +98,9 @@ async def test_a_symbol_subscription_sees_only_that_symbol() -> None:
         await subscribe(ws, exchange, clock, ["account.orderUpdate.ETH_USDC"])
         await settle()
         place(exchange, symbol="SOL_USDC", side="Bid", order_type="Limit", quantity=D(1),
-              price=D(100))  # fmt: skip
+              price=D(120))  # fmt: skip
         place(exchange, symbol="ETH_USDC", side="Bid", order_type="Limit", quantity=D(1),
-              price=D(2000))  # fmt: skip
+              price=D(2400))  # fmt: skip
         frame = await next_frame(ws)
         assert frame["stream"] == "account.orderUpdate.ETH_USDC"
         assert (frame["data"]["s"], frame["data"]["e"]) == ("ETH_USDC", "orderAccepted")
@@ -184,8 +184,106 @@ async def test_subscription_errors() -> None:
         assert (await next_frame(ws))["error"]["message"] == "Invalid signature"
         # None of those subscribed: the next frame is a public one, not the order's update.
         place(exchange, symbol="SOL_USDC", side="Bid", order_type="Limit", quantity=D(1),
-              price=D(100))  # fmt: skip
+              price=D(120))  # fmt: skip
         await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": ["trade.SOL_USDC"]}))
         await settle()
         place(exchange, symbol="SOL_USDC", side="Bid", order_type="Market", quantity=D(1))
         assert (await next_frame(ws))["stream"] == "trade.SOL_USDC"
+
+
+async def test_an_unknown_stream_refuses_only_itself() -> None:
+    """ccxt's watch_orders subscribes to account.orderUpdate and account.rfqUpdate in one
+    frame: both are served (RFQ silently), and a stream the venue does not know is refused
+    alone, the frame's other streams subscribed all the same."""
+    async with local_exchange() as (exchange, clock), connected(exchange) as ws:
+        streams = ["account.orderUpdate", "account.rfqUpdate", "nonsense.SOL", "liquidation"]
+        await subscribe(ws, exchange, clock, streams)
+        assert await next_frame(ws) == {
+            "id": None,
+            "error": {"code": 4006, "message": "Invalid stream"},
+        }
+        await settle()
+        assert exchange.subscribers("account.orderUpdate") == 1
+        assert exchange.subscribers("account.rfqUpdate") == 1
+        assert exchange.subscribers("liquidation") == 1
+        assert exchange.subscribers("nonsense.SOL") == 0
+        place(exchange, symbol="SOL_USDC", side="Bid", order_type="Limit", quantity=D(1),
+              price=D(120), client_id=5)  # fmt: skip
+        frame = await next_frame(ws)
+        assert (frame["stream"], frame["data"]["e"]) == ("account.orderUpdate", "orderAccepted")
+
+
+async def test_a_bad_signature_refuses_the_private_streams_not_the_public_ones() -> None:
+    async with local_exchange() as (exchange, _), connected(exchange) as ws:
+        frame = {"method": "SUBSCRIBE", "params": ["account.orderUpdate", "trade.SOL_USDC"]}
+        await ws.send_message(json.dumps(frame))
+        assert (await next_frame(ws))["error"] == {"code": 4003, "message": "Invalid signature"}
+        await settle()
+        assert exchange.subscribers("trade.SOL_USDC") == 1
+        assert exchange.subscribers("account.orderUpdate") == 0
+
+
+async def test_ticker_each_second_and_open_interest_each_minute() -> None:
+    async with local_exchange() as (exchange, clock), connected(exchange) as ws:
+        streams = ["ticker.SOL_USDC", "openInterest.SOL_USDC_PERP"]
+        await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": streams}))
+        await settle()
+        place(exchange, symbol="SOL_USDC_PERP", side="Bid", order_type="Market", quantity=D(2))
+        place(exchange, symbol="SOL_USDC", side="Bid", order_type="Market", quantity=D(1))
+        seen: list[dict[str, Any]] = []
+        for _ in range(60):  # a minute of venue time, a second at a time
+            clock.advance(1)
+            exchange.venue.advance()
+            exchange.dispatch()
+        with trio.move_on_after(0.5):
+            while True:
+                seen.append(await next_frame(ws))
+    tickers = [f["data"] for f in seen if f["stream"] == "ticker.SOL_USDC"]
+    interest = [f["data"] for f in seen if f["stream"] == "openInterest.SOL_USDC_PERP"]
+    assert 59 <= len(tickers) <= 61
+    ticker = tickers[-1]
+    assert sorted(ticker) == sorted(["e", "E", "s", "o", "c", "h", "l", "v", "V", "n"])
+    assert (ticker["e"], ticker["s"], ticker["c"], ticker["v"], ticker["n"]) == (
+        "ticker", "SOL_USDC", "150.01", "1", 1
+    )  # fmt: skip
+    assert 1 <= len(interest) <= 2
+    assert interest[-1] == {
+        "e": "openInterest", "E": interest[-1]["E"], "s": "SOL_USDC_PERP", "o": "2"
+    }  # fmt: skip
+
+
+async def test_kline_stream_pushes_changed_candles_then_the_closed_one() -> None:
+    async with local_exchange() as (exchange, clock), connected(exchange) as ws:
+        clock.now_us += 60_000_000 - clock.now_us % 60_000_000  # the next minute starts
+        start_s = clock.now_us // 1_000_000
+        streams = ["kline.1m.SOL_USDC", "kline.7m.SOL_USDC"]
+        await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": streams}))
+        assert (await next_frame(ws))["error"]["code"] == 4006  # no 7m interval
+        await settle()
+        place(exchange, symbol="SOL_USDC", side="Bid", order_type="Market", quantity=D(11))
+        clock.advance(1)
+        exchange.venue.advance()
+        exchange.dispatch()
+        first = await next_frame(ws)
+        place(exchange, symbol="SOL_USDC", side="Ask", order_type="Market", quantity=D(2))
+        for _ in range(60):  # to the end of the minute and past it
+            clock.advance(1)
+            exchange.venue.advance()
+            exchange.dispatch()
+        seen = []
+        with trio.move_on_after(0.5):
+            while True:
+                seen.append(await next_frame(ws))
+    assert first["stream"] == "kline.1m.SOL_USDC"
+    assert first["data"] == {
+        "e": "kline", "E": first["data"]["E"], "s": "SOL_USDC",
+        "t": first["data"]["t"], "T": first["data"]["T"], "o": "150.01", "c": "150.03",
+        "h": "150.03", "l": "150.01", "v": "11", "n": 2, "X": False,
+    }  # fmt: skip
+    assert first["data"]["t"].endswith(":00") and first["data"]["t"] < first["data"]["T"]
+    data = [f["data"] for f in seen]  # one update (the sell), then the bucket's final message
+    assert [(d["c"], d["l"], d["v"], d["n"], d["X"]) for d in data] == [
+        ("149.99", "149.99", "13", 3, False),
+        ("149.99", "149.99", "13", 3, True),
+    ]
+    assert {d["t"] for d in data} == {first["data"]["t"]} and start_s % 60 == 0

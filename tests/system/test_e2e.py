@@ -43,9 +43,9 @@ LIMIT = 30  # seconds, for any one scenario
 async def test_spot_flow(tmp_path: Path) -> None:
     with trio.fail_after(LIMIT):
         async with open_harness(tmp_path / "s.jsonl", step_us=20_000, tick_interval=0.02) as h:
-            far = await h.submit(SPOT, Side.BID, OrderType.LIMIT_MAKER, quantity="1", price="100")
+            far = await h.submit(SPOT, Side.BID, OrderType.LIMIT_MAKER, quantity="1", price="120")
             assert far.status is OrderStatus.NEW
-            assert h.state.balances["USDC"].locked == D(100)
+            assert h.state.balances["USDC"].locked == D(120)
             # A bid at the mid rests (or takes, if the market just stepped down) and fills
             # once the asks come down to it: the market steps every 20 ms.
             mid = h.mid(SPOT)
@@ -73,8 +73,8 @@ async def test_spot_flow(tmp_path: Path) -> None:
             cancelled = await h.session.cancel(SPOT, client_id=far.client_id)
             assert cancelled is not None and cancelled.status is OrderStatus.CANCELLED
             asks = [
-                await h.submit(SPOT, Side.ASK, OrderType.LIMIT_MAKER, quantity="1", price="250"),
-                await h.submit(SPOT, Side.ASK, OrderType.LIMIT, quantity="2", price="260"),
+                await h.submit(SPOT, Side.ASK, OrderType.LIMIT_MAKER, quantity="1", price="180"),
+                await h.submit(SPOT, Side.ASK, OrderType.LIMIT, quantity="2", price="185"),
             ]
             assert h.state.balances["SOL"].locked == D(3)
             await h.session.cancel_all(SPOT)
@@ -172,7 +172,7 @@ async def test_websocket_dropped_mid_stream(tmp_path: Path) -> None:
     brings every one of them in, and the books agree with nothing counted twice."""
     with trio.fail_after(LIMIT):
         async with open_harness(tmp_path / "w.jsonl") as h:
-            resting = await h.submit(SPOT, Side.BID, OrderType.LIMIT, quantity="1", price="100")
+            resting = await h.submit(SPOT, Side.BID, OrderType.LIMIT, quantity="1", price="120")
             # A position the engine already follows: the reconnect's report is compared.
             opened = await h.submit(PERP, Side.BID, OrderType.MARKET, quantity="1")
             await h.until(opened, lambda o: len(o.trade_ids) == 1, "the perp fill")
@@ -235,7 +235,7 @@ async def test_duplicated_private_messages_count_once(tmp_path: Path) -> None:
             h.faults.duplicate_private(count=None)  # every private message, twice
             await h.submit(SPOT, Side.BID, OrderType.MARKET, quantity="12")
             await h.submit(SPOT, Side.ASK, OrderType.MARKET, quote_quantity="100")
-            resting = await h.submit(SPOT, Side.ASK, OrderType.LIMIT, quantity="1", price="300")
+            resting = await h.submit(SPOT, Side.ASK, OrderType.LIMIT, quantity="1", price="180")
             await h.session.cancel(SPOT, client_id=resting.client_id)
             await h.submit(PERP, Side.BID, OrderType.MARKET, quantity="2")
             await h.submit(PERP, Side.ASK, OrderType.MARKET, quantity="3")
@@ -311,7 +311,7 @@ async def test_execute_answered_503_after_placing_is_resolved(tmp_path: Path) ->
                 503, method="POST", path="/api/v1/order", count=2, after_execute=True
             )
             bought = await h.submit(SPOT, Side.BID, OrderType.MARKET, quantity="12")
-            resting = await h.submit(SPOT, Side.BID, OrderType.LIMIT, quantity="2", price="110")
+            resting = await h.submit(SPOT, Side.BID, OrderType.LIMIT, quantity="2", price="115")
             assert h.now(bought).status is OrderStatus.IN_DOUBT
             assert h.now(resting).status is OrderStatus.IN_DOUBT
             h.faults.clear()
@@ -320,7 +320,7 @@ async def test_execute_answered_503_after_placing_is_resolved(tmp_path: Path) ->
             assert h.now(bought).venue_id == h.venue_order(bought).id
             assert len(h.now(bought).trade_ids) == 2
             assert h.now(resting).status is OrderStatus.NEW
-            assert h.state.balances["USDC"].locked == D(220)
+            assert h.state.balances["USDC"].locked == D(230)
             await h.finish()
 
 
@@ -452,7 +452,7 @@ async def test_a_restarted_session_catches_up(tmp_path: Path) -> None:
         async with open_local_exchange(seed=7) as exchange:
             async with open_session(exchange, path) as h:
                 await h.submit(SPOT, Side.BID, OrderType.MARKET, quantity="2")
-                resting = await h.submit(SPOT, Side.BID, OrderType.LIMIT, quantity="1", price="90")
+                resting = await h.submit(SPOT, Side.BID, OrderType.LIMIT, quantity="1", price="115")
                 await h.submit(PERP, Side.ASK, OrderType.MARKET, quantity="1")
                 await h.finish(cancel=False)
             venue = exchange.venue
