@@ -100,9 +100,9 @@ def _without_times(event: Any) -> dict[str, Any]:
 def _run(face: str, path: Path) -> tuple[list[Any], str]:
     """The scenario through `face` ("trio" or "asyncio"): its events and state hash."""
     with exchange_in_a_thread() as (exchange, clock):
-        # Stream messages wait 0.1 s before they are written, so that the REST answer to
+        # Stream messages wait 0.3 s before they are written, so that the REST answer to
         # each request is recorded before the stream's report of it in both runs.
-        exchange.faults.private_delay = 0.1
+        exchange.faults.private_delay = 0.3
         engine = Engine.open(path, fsync=Fsync.never())
         credentials = Credentials(exchange.credentials().api_secret)
         options = _options(exchange, clock)

@@ -95,8 +95,8 @@ def test_the_machine_finds_a_broken_strategy() -> None:
             CarelessQuoterMachine,
             # Finding is enough here: no shrinking (each step costs a round trip).
             settings=settings(
-                max_examples=10,
-                stateful_step_count=6,
+                max_examples=25,
+                stateful_step_count=12,
                 deadline=None,
                 database=None,
                 phases=[Phase.generate],
