@@ -152,3 +152,29 @@ async def test_orders_the_venue_places_are_tracked_with_their_origin(tmp_path: P
             assert h.state.positions[PERP].net_quantity == D(-1)
             await h.finish()
             assert AnomalyKind.UNKNOWN_ORDER not in h.state.anomaly_counts
+
+
+async def test_a_trigger_whose_messages_are_lost_is_found_by_reconciliation(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(LIMIT):
+        async with harness(tmp_path / "r.jsonl") as h:
+            for event in ("orderAccepted", "orderFill"):
+                h.faults.drop_private(event=event, symbol=PERP, count=10)
+            stop = await h.session.submit(
+                PERP,
+                Side.BID,
+                OrderType.MARKET,
+                trigger_price=h.mid(PERP) + TICK,
+                trigger_quantity=D(1),
+            )
+            venue = h.venue_order(stop)
+            while venue.status == "TriggerPending":
+                await trio.sleep(0.02)
+                h.mid(PERP)
+            if stop.status is OrderStatus.TRIGGER_PENDING:  # unless it fired as it was placed
+                await h.quiet(0.1)
+                assert h.now(stop).status is OrderStatus.TRIGGER_PENDING  # the stream was silent
+            await h.session.reconcile()
+            await h.until(stop, lambda o: o.status is OrderStatus.FILLED, "the reconciled stop")
+            await h.finish()
