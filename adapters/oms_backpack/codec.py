@@ -606,7 +606,6 @@ def _fast_event(data: _FastOrderData, kind: str, raw: str, recv_time_us: int) ->
     origin = OrderOrigin(data.O or OrderOrigin.USER)
     if data.H is not None and not 0 <= data.H < ID_LIMIT:
         raise _NotFast
-    links: dict[str, Any] = {"related_order_id": data.I, "strategy_id": data.H}
     # A conditional order reports quantity 0 until it triggers: no quantity yet.
     order_quantity = _in_range(data.q) or None
     if kind == "orderFill":
@@ -644,7 +643,8 @@ def _fast_event(data: _FastOrderData, kind: str, raw: str, recv_time_us: int) ->
             order_quantity=order_quantity,
             order_price=_in_range(data.p),
             origin=origin,
-            **links,
+            related_order_id=data.I,
+            strategy_id=data.H,
         )
     if kind == "orderAccepted":
         if data.i is None:
@@ -667,7 +667,8 @@ def _fast_event(data: _FastOrderData, kind: str, raw: str, recv_time_us: int) ->
             post_only=bool(data.y),
             reduce_only=bool(data.r),
             origin=origin,
-            **links,
+            related_order_id=data.I,
+            strategy_id=data.H,
         )
     # A cancel and an expiry read the same keys (an expiry its reason too).
     ended: dict[str, Any] = {
@@ -684,7 +685,8 @@ def _fast_event(data: _FastOrderData, kind: str, raw: str, recv_time_us: int) ->
         "price": _in_range(data.p),
         "cum_quantity": _in_range(data.z),
         "origin": origin,
-        **links,
+        "related_order_id": data.I,
+        "strategy_id": data.H,
     }
     if kind == "orderCancelled":
         return OrderCancelled(**ended)
