@@ -159,7 +159,7 @@ def test_a_trigger_order_sends_its_trigger_instead_of_a_quantity() -> None:
             time_in_force=None,
             trigger_price=Decimal("141.10"),
             trigger_quantity="0.30",
-        ),  # fmt: skip
+        ),
         PERP,
     )
     assert spec.body == {
@@ -178,7 +178,7 @@ def test_a_trigger_order_sends_its_trigger_instead_of_a_quantity() -> None:
             trigger_price=Decimal("120"),
             trigger_quantity="80.0%",
             trigger_by="MarkPrice",
-        ),  # fmt: skip
+        ),
         PERP,
     )
     assert share.body == {
@@ -200,7 +200,7 @@ def test_attached_exits_are_sent_as_the_venue_names_them() -> None:
             take_profit_trigger_price=Decimal("200"),
             take_profit_limit_price=Decimal("199.95"),
             take_profit_trigger_by="LastPrice",
-        ),  # fmt: skip
+        ),
         PERP,
     )
     assert spec.body == {
@@ -218,19 +218,19 @@ def test_attached_exits_are_sent_as_the_venue_names_them() -> None:
         (
             {"quantity": None, "trigger_price": Decimal("150.01"), "trigger_quantity": "1"},
             "multiple of",
-        ),  # fmt: skip
+        ),
         (
             {"quantity": None, "trigger_price": Decimal(150), "trigger_quantity": "101%"},
             "more than 100%",
-        ),  # fmt: skip
+        ),
         (
             {"quantity": None, "trigger_price": Decimal(150), "trigger_quantity": "0.05"},
             "below",
-        ),  # fmt: skip
+        ),
         (
             {"quantity": None, "trigger_price": Decimal(150), "trigger_quantity": "lots"},
             "not a quantity or a percentage",
-        ),  # fmt: skip
+        ),
         (
             {
                 "quantity": None,
@@ -239,7 +239,7 @@ def test_attached_exits_are_sent_as_the_venue_names_them() -> None:
                 "trigger_by": "Midpoint",
             },
             "not one of",
-        ),  # fmt: skip
+        ),
         ({"stop_loss_limit_price": Decimal(90)}, "needs a trigger price"),
         ({"symbol": "SOL_USDC", "take_profit_trigger_price": Decimal(200)}, "perpetual"),
     ],
