@@ -66,6 +66,7 @@ from oms.core.state import (
     State,
 )
 from oms.core.values import (
+    Exit,
     MarketType,
     OrderOrigin,
     OrderStatus,
@@ -108,6 +109,7 @@ __all__ = [
     "Position",
     "State",
     # values
+    "Exit",
     "MarketType",
     "OrderOrigin",
     "OrderStatus",

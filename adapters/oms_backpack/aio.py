@@ -50,7 +50,7 @@ import outcome
 import trio
 
 from oms.core.state import Order, State
-from oms.core.values import OrderType, Side, TimeInForce
+from oms.core.values import Exit, OrderType, Side, TimeInForce
 from oms.engine import Engine, Listener
 from oms_backpack.session import BackpackSession, open_backpack_session
 from oms_backpack.signing import Credentials
@@ -175,6 +175,11 @@ class AsyncioSession:
         time_in_force: TimeInForce | None = None,
         reduce_only: bool = False,
         client_id: int | None = None,
+        trigger_price: Decimal | None = None,
+        trigger_quantity: Decimal | str | None = None,
+        trigger_by: str | None = None,
+        stop_loss: Exit | None = None,
+        take_profit: Exit | None = None,
     ) -> Order:
         """`BackpackSession.submit`."""
 
@@ -189,6 +194,11 @@ class AsyncioSession:
                 time_in_force=time_in_force,
                 reduce_only=reduce_only,
                 client_id=client_id,
+                trigger_price=trigger_price,
+                trigger_quantity=trigger_quantity,
+                trigger_by=trigger_by,
+                stop_loss=stop_loss,
+                take_profit=take_profit,
             )
 
         return await self.run(submit)

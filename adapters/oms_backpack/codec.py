@@ -547,6 +547,8 @@ class _FastOrderData(msgspec.Struct):
     Z: Decimal | None = None
     X: str | None = None
     R: str | None = None
+    I: str | None = None  # noqa: E741 (the venue's key)
+    H: int | None = None
 
 
 class _FastFrame(msgspec.Struct, forbid_unknown_fields=True):
@@ -586,6 +588,8 @@ def _fast_order_update(text: str, recv_time_us: int) -> Event | None:
 
 
 def _fast_event(data: _FastOrderData, kind: str, raw: str, recv_time_us: int) -> Event:
+    if data.X is not None and data.X not in _STATUS_OF:
+        raise _NotFast  # the tolerant path records the unknown status too
     # As `order_update` reads them, in the same order of precedence.
     time = data.T if data.T is not None else data.E
     venue_time_us = None if time is None else timestamp_us(time, "T" if data.T is not None else "E")
@@ -600,6 +604,10 @@ def _fast_event(data: _FastOrderData, kind: str, raw: str, recv_time_us: int) ->
         elif upper == "LIMIT":
             order_type = OrderType.LIMIT_MAKER if data.y else OrderType.LIMIT
     origin = OrderOrigin(data.O or OrderOrigin.USER)
+    if data.H is not None and not 0 <= data.H < ID_LIMIT:
+        raise _NotFast
+    # A conditional order reports quantity 0 until it triggers: no quantity yet.
+    order_quantity = _in_range(data.q) or None
     if kind == "orderFill":
         trade_id = data.t
         venue_id, side, quantity, price = data.i, data.S, _in_range(data.l), _in_range(data.L)
@@ -632,9 +640,11 @@ def _fast_event(data: _FastOrderData, kind: str, raw: str, recv_time_us: int) ->
             cum_quote=_in_range(data.Z),
             status=None if status is None else _STATUS_OF.get(status),
             order_type=order_type,
-            order_quantity=_in_range(data.q),
+            order_quantity=order_quantity,
             order_price=_in_range(data.p),
             origin=origin,
+            related_order_id=data.I,
+            strategy_id=data.H,
         )
     if kind == "orderAccepted":
         if data.i is None:
@@ -650,13 +660,15 @@ def _fast_event(data: _FastOrderData, kind: str, raw: str, recv_time_us: int) ->
             client_id=client_id,
             side=data.S,
             order_type=order_type,
-            quantity=_in_range(data.q),
+            quantity=order_quantity,
             quote_quantity=_in_range(data.Q) if order_type is OrderType.MARKET else None,
             price=_in_range(data.p),
             time_in_force=None if tif is None else _TIF_OF.get(tif),
             post_only=bool(data.y),
             reduce_only=bool(data.r),
             origin=origin,
+            related_order_id=data.I,
+            strategy_id=data.H,
         )
     # A cancel and an expiry read the same keys (an expiry its reason too).
     ended: dict[str, Any] = {
@@ -669,10 +681,12 @@ def _fast_event(data: _FastOrderData, kind: str, raw: str, recv_time_us: int) ->
         "client_id": client_id,
         "side": data.S,
         "order_type": order_type,
-        "quantity": _in_range(data.q),
+        "quantity": order_quantity,
         "price": _in_range(data.p),
         "cum_quantity": _in_range(data.z),
         "origin": origin,
+        "related_order_id": data.I,
+        "strategy_id": data.H,
     }
     if kind == "orderCancelled":
         return OrderCancelled(**ended)
@@ -701,7 +715,10 @@ def _decode_tolerant(text: str, recv_time_us: int) -> WsFrame:
         if not isinstance(stream, str) or not isinstance(data, dict):
             raise BadMessage("not a data frame (no stream/data)")
         if stream.startswith("account.orderUpdate"):
-            return [order_update(data, text, recv_time_us)]
+            return [
+                order_update(data, text, recv_time_us),
+                *_unknown_status(data, text, recv_time_us),
+            ]
         if stream.startswith("account.positionUpdate"):
             return [position_update(data, text, recv_time_us)]
         if stream.startswith("account."):
@@ -710,6 +727,24 @@ def _decode_tolerant(text: str, recv_time_us: int) -> WsFrame:
 
     events = _guard(text, Source.WS, recv_time_us, build)
     return WsFrame(events=tuple(events), venue_error=venue_error)
+
+
+def _unknown_status(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> list[Event]:
+    """An order update whose status `X` the codec does not know (the venue adds new ones): its
+    event is read without the status (a fill still counts, nothing moves backwards), and
+    the status is recorded as not understood, with the message."""
+    status = data.get("X")
+    if status is None or status in _STATUS_OF:
+        return []
+    return [
+        MessageNotUnderstood(
+            source=Source.WS,
+            recv_time_us=recv_time_us,
+            raw=raw,
+            reason=f"unknown order status {_show(status)} in {_show(data.get('e'))} "
+            f"of order {_show(data.get('i'))}: read without it",
+        )
+    ]
 
 
 def ws_frame(text: str, recv_time_us: int) -> list[Event]:
@@ -782,6 +817,12 @@ def order_update(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Event
     client_id = _client_id(data, "c")
     order_type = _order_type(data, "o", "y")
     origin = OrderOrigin(_str_opt(data, "O") or OrderOrigin.USER)
+    links: dict[str, Any] = {
+        "related_order_id": _str_opt(data, "I"),
+        "strategy_id": _int_opt(data, "H"),
+    }
+    # A conditional order reports quantity 0 until it triggers: no quantity yet.
+    quantity_q = _dec_opt(data, "q") or None
     if kind == "orderFill":
         fill_venue_id = _str(data, "i")
         side = _side(data, "S")
@@ -812,9 +853,10 @@ def order_update(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Event
             cum_quote=_dec_opt(data, "Z"),
             status=_status_opt(data, "X"),
             order_type=order_type,
-            order_quantity=_dec_opt(data, "q"),
+            order_quantity=quantity_q,
             order_price=_dec_opt(data, "p"),
             origin=origin,
+            **links,
         )
     if kind == "orderAccepted":
         return OrderAccepted(
@@ -824,13 +866,14 @@ def order_update(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Event
             client_id=client_id,
             side=_side_opt(data, "S"),
             order_type=order_type,
-            quantity=_dec_opt(data, "q"),
+            quantity=quantity_q,
             quote_quantity=_dec_opt(data, "Q") if order_type is OrderType.MARKET else None,
             price=_dec_opt(data, "p"),
             time_in_force=_tif(data, "f"),
             post_only=_bool(data, "y"),
             reduce_only=_bool(data, "r"),
             origin=origin,
+            **links,
         )
     common: dict[str, Any] = {"symbol": symbol, "venue_id": venue_id, "client_id": client_id}
     if kind == "orderCancelled":
@@ -839,10 +882,11 @@ def order_update(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Event
             **common,
             side=_side_opt(data, "S"),
             order_type=order_type,
-            quantity=_dec_opt(data, "q"),
+            quantity=quantity_q,
             price=_dec_opt(data, "p"),
             cum_quantity=_dec_opt(data, "z"),
             origin=origin,
+            **links,
         )
     if kind == "orderExpired":
         return OrderExpired(
@@ -851,10 +895,11 @@ def order_update(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Event
             reason=_str_opt(data, "R"),
             side=_side_opt(data, "S"),
             order_type=order_type,
-            quantity=_dec_opt(data, "q"),
+            quantity=quantity_q,
             price=_dec_opt(data, "p"),
             cum_quantity=_dec_opt(data, "z"),
             origin=origin,
+            **links,
         )
     if kind == "orderModified":
         return OrderModified(
@@ -870,8 +915,11 @@ def order_update(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Event
             trigger_price=_dec_opt(data, "P"),
             trigger_quantity=None if trigger_quantity is None else str(trigger_quantity),
             price=_dec_opt(data, "p"),
+            trigger_by=_str_opt(data, "B"),
+            reduce_only=_bool(data, "r"),
+            **links,
         )
-    return TriggerFailed(**meta, **common)
+    return TriggerFailed(**meta, **common, **links)
 
 
 def position_update(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Event:
@@ -947,13 +995,18 @@ def order_object(item: JSON, source: Source, recv_time_us: int) -> Event:
             client_id=_client_id(data, "clientId"),
             side=_side_opt(data, "side"),
             order_type=_order_type(data, "orderType", "postOnly"),
-            quantity=_dec_opt(data, "quantity"),
+            # A conditional order shows quantity 0 until it triggers: no quantity yet.
+            quantity=_dec_opt(data, "quantity") or None,
             quote_quantity=_dec_opt(data, "quoteQuantity"),
             price=_dec_opt(data, "price"),
             executed_quantity=_dec_opt(data, "executedQuantity"),
             executed_quote_quantity=_dec_opt(data, "executedQuoteQuantity"),
             expiry_reason=_str_opt(data, "expiryReason"),
             origin=_system_origin(data, "systemOrderType"),
+            trigger_price=_dec_opt(data, "triggerPrice"),
+            trigger_quantity=_str_opt(data, "triggerQuantity"),
+            related_order_id=_str_opt(data, "relatedOrderId"),
+            strategy_id=_int_opt(data, "strategyId"),
         )
 
     return _rest_guard(item, source, recv_time_us, build)

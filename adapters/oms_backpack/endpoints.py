@@ -105,6 +105,8 @@ def _order_body(command: OrderSubmitted, market: Market) -> dict[str, Param]:
         "clientId": command.client_id,
     }
     quantity = command.quantity
+    # A trigger order's trigger quantity stands for its quantity (checked below).
+    triggered = command.trigger_quantity is not None
     if quantity is not None:
         if quantity <= 0:
             raise InvalidOrder(f"quantity {quantity} must be positive")
@@ -117,7 +119,7 @@ def _order_body(command: OrderSubmitted, market: Market) -> dict[str, Param]:
         body["orderType"] = "Market"
         if command.price is not None:
             raise InvalidOrder("a market order takes no price")
-        if (quantity is None) == (command.quote_quantity is None):
+        if (quantity is None) == (command.quote_quantity is None) and not triggered:
             raise InvalidOrder("a market order needs exactly one of quantity and quote quantity")
         if command.quote_quantity is not None:
             if command.quote_quantity <= 0:
@@ -125,7 +127,7 @@ def _order_body(command: OrderSubmitted, market: Market) -> dict[str, Param]:
             body["quoteQuantity"] = format_decimal(command.quote_quantity)
     else:
         body["orderType"] = "Limit"
-        if quantity is None:
+        if quantity is None and not triggered:
             raise InvalidOrder("a limit order needs a quantity")
         if command.quote_quantity is not None:
             raise InvalidOrder("quote quantity is for market orders only")
@@ -140,7 +142,91 @@ def _order_body(command: OrderSubmitted, market: Market) -> dict[str, Param]:
         if not market.market_type.has_positions:
             raise InvalidOrder(f"reduce-only is for perpetual markets; {symbol} is spot")
         body["reduceOnly"] = True
+    _trigger_params(body, command, market)
     return body
+
+
+_TRIGGER_BY: Final = ("LastPrice", "MarkPrice", "IndexPrice")
+
+
+def _trigger_by(value: str | None, what: str) -> str | None:
+    if value is not None and value not in _TRIGGER_BY:
+        raise InvalidOrder(f"{what} {value!r} is not one of {', '.join(_TRIGGER_BY)}")
+    return value
+
+
+def _price(value: Decimal, market: Market, what: str) -> str:
+    if not decimal_in_range(value) or value <= 0:
+        raise InvalidOrder(f"{what} {value} must be a positive price")
+    return _multiple(value, market.tick_size, "price", market.symbol)
+
+
+def _trigger_params(body: dict[str, Param], command: OrderSubmitted, market: Market) -> None:
+    """A conditional order's trigger (its trigger quantity replaces `quantity`) and the exits
+    attached to an order, as the venue's parameters."""
+    if (command.trigger_price is None) != (command.trigger_quantity is None):
+        raise InvalidOrder("a trigger order needs both a trigger price and a trigger quantity")
+    if command.trigger_price is not None and command.trigger_quantity is not None:
+        if command.quantity is not None or command.quote_quantity is not None:
+            raise InvalidOrder(
+                "a trigger order takes a trigger quantity, not a quantity or quote quantity"
+            )
+        body["triggerPrice"] = _price(command.trigger_price, market, "trigger price")
+        body["triggerQuantity"] = _trigger_quantity(command.trigger_quantity, market)
+        by = _trigger_by(command.trigger_by, "trigger by")
+        if by is not None:
+            body["triggerBy"] = by
+    elif command.trigger_by is not None:
+        raise InvalidOrder("trigger by is for trigger orders")
+    for name, trigger, limit, by in (
+        (
+            "stopLoss",
+            command.stop_loss_trigger_price,
+            command.stop_loss_limit_price,
+            command.stop_loss_trigger_by,
+        ),
+        (
+            "takeProfit",
+            command.take_profit_trigger_price,
+            command.take_profit_limit_price,
+            command.take_profit_trigger_by,
+        ),
+    ):
+        if trigger is None:
+            if limit is not None or by is not None:
+                raise InvalidOrder(f"{name} needs a trigger price")
+            continue
+        if not market.market_type.has_positions:
+            raise InvalidOrder(
+                f"stop loss and take profit are for perpetual markets; {market.symbol} is spot"
+            )
+        body[f"{name}TriggerPrice"] = _price(trigger, market, f"{name} trigger price")
+        if limit is not None:
+            body[f"{name}LimitPrice"] = _price(limit, market, f"{name} limit price")
+        watched = _trigger_by(by, f"{name} trigger by")
+        if watched is not None:
+            body[f"{name}TriggerBy"] = watched
+
+
+def _trigger_quantity(text: str, market: Market) -> str:
+    """A quantity (a multiple of the step size, at least the minimum) or a percentage in
+    (0, 100] such as `80%`."""
+    number_text = text[:-1] if text.endswith("%") else text
+    try:
+        number = Decimal(number_text)
+    except ArithmeticError:
+        raise InvalidOrder(f"trigger quantity {text!r} is not a quantity or a percentage") from None
+    if not decimal_in_range(number) or number <= 0:
+        raise InvalidOrder(f"trigger quantity {text!r} must be positive")
+    if text.endswith("%"):
+        if number > 100:
+            raise InvalidOrder(f"trigger quantity {text!r} is more than 100%")
+        return format_decimal(number) + "%"
+    if number < market.min_quantity:
+        raise InvalidOrder(
+            f"trigger quantity {number} is below {market.symbol}'s minimum {market.min_quantity}"
+        )
+    return _multiple(number, market.step_size, "quantity", market.symbol)
 
 
 def execute_order(command: OrderSubmitted, market: Market) -> RequestSpec:

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 import httpx
 import trio
@@ -54,7 +54,15 @@ from oms.core.events import (
     SubmitUnknown,
 )
 from oms.core.state import Order, State
-from oms.core.values import OrderStatus, OrderType, Side, Source, TimeInForce, VenueStatus
+from oms.core.values import (
+    Exit,
+    OrderStatus,
+    OrderType,
+    Side,
+    Source,
+    TimeInForce,
+    VenueStatus,
+)
 from oms.engine import Engine
 from oms_backpack import codec, endpoints
 from oms_backpack.clock import VenueClock
@@ -323,6 +331,16 @@ class FillChaser:
         self.engine.record_news([restated])
 
 
+def _exit_fields(name: str, exit_: Exit | None) -> dict[str, Any]:
+    if exit_ is None:
+        return {}
+    return {
+        f"{name}_trigger_price": exit_.trigger_price,
+        f"{name}_limit_price": exit_.limit_price,
+        f"{name}_trigger_by": exit_.trigger_by,
+    }
+
+
 class BackpackSession:
     """The order API of one connected account. Made by `open_backpack_session`."""
 
@@ -406,8 +424,21 @@ class BackpackSession:
         time_in_force: TimeInForce | None = None,
         reduce_only: bool = False,
         client_id: int | None = None,
+        trigger_price: Decimal | None = None,
+        trigger_quantity: Decimal | str | None = None,
+        trigger_by: str | None = None,
+        stop_loss: Exit | None = None,
+        take_profit: Exit | None = None,
     ) -> Order:
         """Place an order; returns it as the engine sees it after the venue's answer.
+
+        A conditional order gives `trigger_price` and `trigger_quantity` (a quantity, or a
+        percentage such as `"80%"`) instead of `quantity`; it waits in `TriggerPending` until
+        the price `trigger_by` names (`LastPrice`, `MarkPrice`, `IndexPrice`) reaches the
+        trigger, then lives on as an order with the same ids (or ends `TriggerFailed`).
+        `stop_loss` / `take_profit` (perpetuals) attach exits: once the order has executed,
+        the venue places each as a reduce-only conditional order of its own, which the engine
+        tracks with `related_order_id` set to this order's venue id.
 
         `client_id` (a uint32) names the order; by default `next_client_id()` picks one.
         Raises, before anything is logged or sent, a `ProgramError`: `InvalidOrder` for an
@@ -440,6 +471,11 @@ class BackpackSession:
             time_in_force=time_in_force,
             post_only=order_type is OrderType.LIMIT_MAKER,
             reduce_only=reduce_only,
+            trigger_price=trigger_price,
+            trigger_quantity=None if trigger_quantity is None else str(trigger_quantity),
+            trigger_by=trigger_by,
+            **_exit_fields("stop_loss", stop_loss),
+            **_exit_fields("take_profit", take_profit),
         )
         spec = endpoints.execute_order(command, market)  # raises before anything is logged
         # Checked last, with no await before `record`: no other task can take the id between.

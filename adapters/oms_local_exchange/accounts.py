@@ -109,7 +109,7 @@ class Ledger:
         if client_id is not None:
             order_id = account.client_ids.get(client_id)
         order = account.orders.get(order_id) if order_id is not None else None
-        if order is None or order.symbol != symbol or not order.is_resting:
+        if order is None or order.symbol != symbol or not order.is_open:
             raise ApiError(404, "RESOURCE_NOT_FOUND", "Not Found")
         return order
 

@@ -69,6 +69,14 @@ _NULL_EXTRAS: Final = (
 )  # fmt: skip
 
 
+# How order history names an order the venue placed itself (`systemOrderType`), by origin.
+_SYSTEM_ORDER_TYPES: Final = {
+    "LIQUIDATION_AUTOCLOSE": "LiquidatePositionOnBook",
+    "ADL_AUTOCLOSE": "LiquidatePositionOnAdl",
+    "COLLATERAL_CONVERSION": "CollateralConversion",
+}
+
+
 def _opt(value: Decimal | None) -> str | None:
     return None if value is None else text(value)
 
@@ -122,6 +130,18 @@ class OrderFields:
     self_trade_prevention: str = "RejectTaker"
     created_us: int = 0
     expiry_reason: str | None = None
+    # Who placed it, and its links: a venue strategy's id, an attached exit's parent.
+    origin: str = "USER"
+    strategy_id: int | None = None
+    related_order_id: str | None = None
+    # A conditional order's trigger, and the exits attached to an order (each a
+    # (trigger price, limit price or None, trigger by or None)).
+    trigger_price: Decimal | None = None
+    trigger_quantity: str | None = None
+    trigger_by: str | None = None
+    triggered_us: int | None = None
+    stop_loss: tuple[Decimal, Decimal | None, str | None] | None = None
+    take_profit: tuple[Decimal, Decimal | None, str | None] | None = None
 
     @property
     def is_limit(self) -> bool:
@@ -168,10 +188,11 @@ def order_update(
         "Z": text(order.executed_quote_quantity),
         "V": order.self_trade_prevention,
         "T": engine_time_us,
-        "O": "USER",
+        "O": order.origin,
         "r": bool(order.reduce_only),
         "y": order.post_only,
     }
+    _links_and_triggers(data, order)
     if order.client_id is not None:
         data["c"] = order.client_id
     if order.quantity is not None:
@@ -193,6 +214,47 @@ def order_update(
     if event == "orderExpired":
         data["R"] = order.expiry_reason
     return dict(sorted(data.items()))
+
+
+def _links_and_triggers(data: dict[str, JSON], order: OrderFields) -> None:
+    """The stream keys of an order's links and triggers, each only when set (fact sheet §3.3:
+    `I` related order, `H` strategy, `P`/`B`/`Y` trigger, `b`/`k`/`g` stop loss, `a`/`j`/`d`
+    take profit)."""
+    if order.related_order_id is not None:
+        data["I"] = order.related_order_id
+    if order.strategy_id is not None:
+        data["H"] = order.strategy_id
+    if order.trigger_price is not None:
+        data["P"] = text(order.trigger_price)
+        if order.trigger_by is not None:
+            data["B"] = order.trigger_by
+        if order.trigger_quantity is not None:
+            data["Y"] = order.trigger_quantity
+    for exit_, price_key, limit_key, by_key in (
+        (order.stop_loss, "b", "k", "g"),
+        (order.take_profit, "a", "j", "d"),
+    ):
+        if exit_ is not None:
+            data[price_key] = text(exit_[0])
+            if exit_[1] is not None:
+                data[limit_key] = text(exit_[1])
+            if exit_[2] is not None:
+                data[by_key] = exit_[2]
+
+
+def _rest_links_and_triggers(fields: dict[str, JSON], order: OrderFields) -> None:
+    """The REST keys of an order's links and triggers (null when unset)."""
+    fields["relatedOrderId"] = order.related_order_id
+    fields["strategyId"] = order.strategy_id
+    fields["triggerPrice"] = _opt(order.trigger_price)
+    fields["triggerQuantity"] = order.trigger_quantity
+    fields["triggerBy"] = order.trigger_by
+    fields["triggeredAt"] = None if order.triggered_us is None else order.triggered_us // 1000
+    for exit_, name in ((order.stop_loss, "stopLoss"), (order.take_profit, "takeProfit")):
+        if exit_ is not None:
+            fields[f"{name}TriggerPrice"] = text(exit_[0])
+            fields[f"{name}LimitPrice"] = _opt(exit_[1])
+            fields[f"{name}TriggerBy"] = exit_[2]
 
 
 def _order_fields(order: OrderFields) -> dict[str, JSON]:
@@ -223,6 +285,7 @@ def _order_fields(order: OrderFields) -> dict[str, JSON]:
         fields["quoteQuantity"] = text(quote)
     for key in _NULL_EXTRAS:
         fields[key] = None
+    _rest_links_and_triggers(fields, order)
     return fields
 
 
@@ -239,7 +302,7 @@ def order_history_item(order: OrderFields) -> dict[str, JSON]:
     fields = _order_fields(order)
     fields["createdAt"] = iso_ms(order.created_us)
     fields["expiryReason"] = order.expiry_reason
-    fields["systemOrderType"] = None
+    fields["systemOrderType"] = _SYSTEM_ORDER_TYPES.get(order.origin)
     if order.is_limit and order.price is not None and order.quantity is not None:
         fields["quoteQuantity"] = text(multiply(order.price, order.quantity))
     return dict(sorted(fields.items()))

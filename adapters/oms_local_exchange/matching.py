@@ -51,6 +51,7 @@ from oms_local_exchange.model import (
     MARKET,
     PERP,
     SPOT,
+    TRIGGER_PENDING,
     Account,
     ApiError,
     Fill,
@@ -162,6 +163,8 @@ class Book:
     # message was sent (the `kline` streams).
     candles: dict[str, Candle] = attrs.Factory(dict)
     ended: list[tuple[str, Candle]] = attrs.Factory(list)
+    # Conditional orders waiting for their trigger, in arrival order.
+    triggers: list[Order] = attrs.Factory(list)
 
     @classmethod
     def open(cls, spec: MarketSpec, *, seed: int, now_us: int) -> Book:
@@ -337,6 +340,7 @@ class Matcher:
                 else:
                     book.walk()
                     self._cross(book)
+                    self.fire_triggers(book)
 
     def _funding(self, book: Book) -> None:
         spec = book.spec
@@ -377,13 +381,52 @@ class Matcher:
         return str(order_id)
 
     def place(self, account: Account, request: OrderRequest) -> Order:
-        """Execute an order: accept, match, rest or expire. Returns the order as it stands.
+        """Execute an order: accept, match, rest or expire; a conditional order waits for
+        its trigger. Returns the order as it stands.
 
         Raises `ApiError` for an order the venue refuses outright (nothing is recorded then).
         """
         book = self.books.get(request.symbol)
         if book is None:
             raise ApiError(400, "INVALID_MARKET", f"Market {request.symbol} not found")
+        if (request.stop_loss or request.take_profit) and not book.spec.is_perp:
+            raise ApiError(
+                400, "INVALID_ORDER", "Stop loss and take profit are only supported on futures"
+            )
+        if request.trigger_price is not None or request.trigger_quantity is not None:
+            order = self._place_trigger(account, book, request)
+        else:
+            order = self._execute(account, book, request)
+        self.fire_triggers(book)
+        return order
+
+    def place_for_venue(
+        self,
+        account: Account,
+        request: OrderRequest,
+        *,
+        origin: str = "USER",
+        strategy_id: int | None = None,
+    ) -> Order:
+        """An order the venue places on the account for its own reasons: a liquidation
+        (`origin`), or one of its scheduled strategies (`strategy_id`)."""
+        book = self.books[request.symbol]
+        order = self._execute(account, book, request, origin=origin, strategy_id=strategy_id)
+        self.fire_triggers(book)
+        return order
+
+    def _execute(
+        self,
+        account: Account,
+        book: Book,
+        request: OrderRequest,
+        *,
+        pending: Order | None = None,
+        origin: str = "USER",
+        strategy_id: int | None = None,
+    ) -> Order:
+        """Accept, match, rest or expire an order: a new one, or (`pending`) a conditional
+        order that has just triggered, which keeps its id."""
         spec = book.spec
         _check(account, spec, request)
         side = request.side
@@ -419,27 +462,36 @@ class Matcher:
             planned_quantity=plan.quantity,
             planned_notional=plan.notional,
         )
-        order = Order(
-            id=self._new_order_id(),
-            seq=self._next_seq,
-            account=account.api_key,
-            symbol=spec.symbol,
-            side=side,
-            order_type=request.order_type,
-            client_id=request.client_id,
-            quantity=quantity,
-            quote_quantity=request.quote_quantity,
-            price=limit,
-            time_in_force=tif,
-            post_only=request.post_only,
-            reduce_only=request.reduce_only,
-            self_trade_prevention=request.self_trade_prevention,
-            created_us=self._time.now,
-        )
-        self._next_seq += 1
-        account.orders[order.id] = order
-        if order.client_id is not None:
-            account.client_ids[order.client_id] = order.id
+        if pending is not None:
+            order = pending
+            order.quantity = quantity
+            order.status = "New"
+        else:
+            order = Order(
+                id=self._new_order_id(),
+                seq=self._next_seq,
+                account=account.api_key,
+                symbol=spec.symbol,
+                side=side,
+                order_type=request.order_type,
+                client_id=request.client_id,
+                quantity=quantity,
+                quote_quantity=request.quote_quantity,
+                price=limit,
+                time_in_force=tif,
+                post_only=request.post_only,
+                reduce_only=request.reduce_only,
+                self_trade_prevention=request.self_trade_prevention,
+                created_us=self._time.now,
+                origin=origin,
+                strategy_id=strategy_id,
+                stop_loss=request.stop_loss,
+                take_profit=request.take_profit,
+            )
+            self._next_seq += 1
+            account.orders[order.id] = order
+            if order.client_id is not None:
+                account.client_ids[order.client_id] = order.id
         self._outbox.order_update(order, "orderAccepted", self._time.now)
         if tif == "FOK" and not plan.complete:
             self.expire(order, "FillOrKill")
@@ -467,6 +519,179 @@ class Matcher:
                 self._rest(book, account, order)
         return order
 
+    # --- conditional orders -------------------------------------------------------------------
+
+    def _place_trigger(self, account: Account, book: Book, request: OrderRequest) -> Order:
+        """A conditional order: checked as far as it can be now, then it waits for its trigger
+        (`triggerPlaced`, status `TriggerPending`); nothing is locked while it waits."""
+        spec = book.spec
+        if request.trigger_price is None or request.trigger_quantity is None:
+            raise ApiError(
+                400,
+                "INVALID_CLIENT_REQUEST",
+                "Must specify both `triggerPrice` and `triggerQuantity` or neither",
+            )
+        if request.quantity is not None or request.quote_quantity is not None:
+            raise ApiError(
+                400,
+                "INVALID_CLIENT_REQUEST",
+                "Trigger orders take `triggerQuantity`, not `quantity` or `quoteQuantity`",
+            )
+        if request.trigger_price <= 0 or not multiple_of(request.trigger_price, spec.tick_size):
+            raise ApiError(400, "INVALID_PRICE", "Invalid trigger price")
+        fixed = None if request.trigger_quantity.endswith("%") else request.trigger_quantity
+        if fixed is None:
+            share = Decimal(request.trigger_quantity[:-1])
+            if not 0 < share <= 100:
+                raise ApiError(400, "INVALID_QUANTITY", "Trigger quantity percentage out of range")
+        # The order as it will be executed, checked now for everything but funds and band.
+        _check(
+            account,
+            spec,
+            attrs.evolve(
+                request,
+                quantity=spec.min_quantity if fixed is None else Decimal(fixed),
+                trigger_price=None,
+                trigger_quantity=None,
+            ),
+        )
+        reference = _reference(book, request.trigger_by)
+        order = Order(
+            id=self._new_order_id(),
+            seq=self._next_seq,
+            account=account.api_key,
+            symbol=spec.symbol,
+            side=request.side,
+            order_type=request.order_type,
+            client_id=request.client_id,
+            quantity=None,
+            quote_quantity=None,
+            price=request.price if request.order_type == LIMIT else None,
+            time_in_force=request.time_in_force or "GTC",
+            post_only=request.post_only,
+            reduce_only=request.reduce_only,
+            self_trade_prevention=request.self_trade_prevention,
+            created_us=self._time.now,
+            status=TRIGGER_PENDING,
+            trigger_price=request.trigger_price,
+            trigger_quantity=request.trigger_quantity,
+            trigger_by=request.trigger_by,
+            trigger_rises=request.trigger_price > reference,
+            stop_loss=request.stop_loss,
+            take_profit=request.take_profit,
+        )
+        self._wait_for_trigger(account, book, order)
+        return order
+
+    def _wait_for_trigger(self, account: Account, book: Book, order: Order) -> None:
+        self._next_seq += 1
+        account.orders[order.id] = order
+        if order.client_id is not None:
+            account.client_ids[order.client_id] = order.id
+        book.triggers.append(order)
+        self._outbox.order_update(order, "triggerPlaced", self._time.now)
+
+    def fire_triggers(self, book: Book) -> None:
+        """Execute every conditional order of `book` whose watched price has reached its
+        trigger, oldest first, until none is due (an execution's trades move the last price)."""
+        while True:
+            due = [order for order in book.triggers if _due(book, order)]
+            if not due:
+                return
+            for order in sorted(due, key=lambda o: o.seq):
+                if order in book.triggers:
+                    self._fire(book, order)
+
+    def _fire(self, book: Book, order: Order) -> None:
+        book.triggers.remove(order)
+        order.triggered_us = self._time.now
+        account = self._ledger.accounts[order.account]
+        partner = account.orders.get(order.partner_id) if order.partner_id else None
+        if partner is not None and partner.status == TRIGGER_PENDING:
+            self.cancel(partner)  # one exit of a pair triggering cancels the other
+        try:
+            quantity = self._trigger_quantity(account, book, order)
+            request = OrderRequest(
+                symbol=order.symbol,
+                side=order.side,
+                order_type=order.order_type,
+                quantity=quantity,
+                price=order.price,
+                time_in_force=order.time_in_force,
+                post_only=order.post_only,
+                reduce_only=order.reduce_only,
+                self_trade_prevention=order.self_trade_prevention,
+            )
+            self._execute(account, book, request, pending=order)
+        except ApiError:
+            order.status = "TriggerFailed"
+            self._outbox.order_update(order, "triggerFailed", self._time.now)
+
+    def _trigger_quantity(self, account: Account, book: Book, order: Order) -> Decimal:
+        """A trigger quantity as a quantity: as given, or a percentage of the position (perp)
+        or of what the account holds to sell or pay with (spot), down to the step size."""
+        text_quantity = order.trigger_quantity
+        assert text_quantity is not None
+        if not text_quantity.endswith("%"):
+            return Decimal(text_quantity)
+        share = VENUE.divide(Decimal(text_quantity[:-1]), Decimal(100))
+        spec = book.spec
+        if spec.is_perp:
+            base = self._ledger.net(account, spec.symbol).copy_abs()
+        elif order.side == "Ask":
+            base = account.balance(spec.base).available
+        else:
+            price = order.price if order.price is not None else book.mark_price()
+            base = VENUE.divide(account.balance(spec.quote).available, price)
+        quantity = floor_to(multiply(base, share), spec.step_size)
+        if quantity < spec.min_quantity:
+            raise ApiError(400, "INVALID_QUANTITY", "Trigger quantity is below the minimum")
+        return quantity
+
+    def _place_exits(self, order: Order) -> None:
+        """An order with an attached stop loss or take profit has ended having executed
+        something: each exit becomes a reduce-only conditional order on the opposite side for
+        the quantity executed, linked to it (`relatedOrderId`); one triggering cancels the
+        other."""
+        if not order.executed_quantity or (order.stop_loss is None and order.take_profit is None):
+            return
+        account = self._ledger.accounts[order.account]
+        book = self.books[order.symbol]
+        long = order.side == "Bid"
+        exits: list[Order] = []
+        # A long's stop loss fires on a fall and its take profit on a rise; a short's the
+        # other way round.
+        for exit_, rises in ((order.stop_loss, not long), (order.take_profit, long)):
+            if exit_ is None:
+                continue
+            child = Order(
+                id=self._new_order_id(),
+                seq=self._next_seq,
+                account=order.account,
+                symbol=order.symbol,
+                side=_opposite(order.side),
+                order_type=MARKET if exit_.limit_price is None else LIMIT,
+                client_id=None,
+                quantity=None,
+                quote_quantity=None,
+                price=exit_.limit_price,
+                time_in_force="GTC",
+                post_only=False,
+                reduce_only=True,
+                self_trade_prevention=order.self_trade_prevention,
+                created_us=self._time.now,
+                status=TRIGGER_PENDING,
+                related_order_id=order.id,
+                trigger_price=exit_.trigger_price,
+                trigger_quantity=wire.dec(order.executed_quantity),
+                trigger_by=exit_.trigger_by,
+                trigger_rises=rises,
+            )
+            self._wait_for_trigger(account, book, child)
+            exits.append(child)
+        if len(exits) == 2:
+            exits[0].partner_id, exits[1].partner_id = exits[1].id, exits[0].id
+
     def _rest(self, book: Book, account: Account, order: Order) -> None:
         self._ledger.lock(order, book.spec)
         resting = book.bids if order.side == "Bid" else book.asks
@@ -488,11 +713,17 @@ class Matcher:
         order.status = "Expired"
         order.expiry_reason = reason
         self._outbox.order_update(order, "orderExpired", self._time.now)
+        self._place_exits(order)
 
     def cancel(self, order: Order) -> None:
+        """Cancel a resting order, or a conditional one before it triggers."""
+        book = self.books[order.symbol]
+        if order in book.triggers:
+            book.triggers.remove(order)
         self._unrest(order)
         order.status = "Cancelled"
         self._outbox.order_update(order, "orderCancelled", self._time.now)
+        self._place_exits(order)
 
     # --- trades -------------------------------------------------------------------------------
 
@@ -582,6 +813,8 @@ class Matcher:
         if spec.is_perp:
             self._ledger.position_fill(account, spec, fill)
             self._clip_reduce_only(account, spec.symbol)
+        if order.status == "Filled":
+            self._place_exits(order)
 
     def _clip_reduce_only(self, account: Account, symbol: str) -> None:
         """Resting reduce-only orders never exceed the position they reduce: each one larger
@@ -648,6 +881,20 @@ def _check(account: Account, spec: MarketSpec, request: OrderRequest) -> None:
         raise ApiError(
             400, "INVALID_ORDER", f"Order with client ID already exists: {request.client_id}"
         )
+
+
+def _reference(book: Book, trigger_by: str | None) -> Decimal:
+    """The price a trigger watches: the last trade's price, or the mark (the index price is
+    the mark here: both are the mid). Unset means the mark price."""
+    return book.stats.last_price if trigger_by == "LastPrice" else book.mark_price()
+
+
+def _due(book: Book, order: Order) -> bool:
+    assert order.trigger_price is not None
+    reference = _reference(book, order.trigger_by)
+    if order.trigger_rises:
+        return reference >= order.trigger_price
+    return reference <= order.trigger_price
 
 
 def _check_band(spec: MarketSpec, price: Decimal, mark: Decimal) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_BALANCES",
     "KLINE_INTERVALS",
     "DEFAULT_MARKETS",
+    "TRIGGER_PENDING",
     "LIMIT",
     "MARKET",
     "PERP",
@@ -28,6 +29,7 @@ __all__ = [
     "Account",
     "ApiError",
     "Balance",
+    "Exit",
     "Fill",
     "FundingPayment",
     "ManualClock",
@@ -46,6 +48,7 @@ SPOT: Final = "SPOT"
 PERP: Final = "PERP"
 LIMIT: Final = "Limit"
 MARKET: Final = "Market"
+TRIGGER_PENDING: Final = "TriggerPending"
 
 JSON = Any
 # The venue's kline intervals and their length in seconds (`1month` is a calendar month).
@@ -206,6 +209,17 @@ DEFAULT_BALANCES: Final[Mapping[str, Decimal]] = {
 
 
 @attrs.frozen(kw_only=True)
+class Exit:
+    """A stop-loss or take-profit attached to an order (`stopLoss*` / `takeProfit*`): a trigger
+    price, a limit price (None: the exit is a market order) and the price it watches
+    (`triggerBy`, None: the mark price)."""
+
+    trigger_price: Decimal
+    limit_price: Decimal | None = None
+    trigger_by: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class OrderRequest:
     """An order execute as the venue understands it, after parsing the payload."""
 
@@ -220,6 +234,13 @@ class OrderRequest:
     reduce_only: bool | None = None
     client_id: int | None = None
     self_trade_prevention: str = "RejectTaker"
+    # A conditional order: waits until the price `trigger_by` watches reaches
+    # `trigger_price`; `trigger_quantity` is its quantity, or a percentage such as "80%".
+    trigger_price: Decimal | None = None
+    trigger_quantity: str | None = None
+    trigger_by: str | None = None
+    stop_loss: Exit | None = None
+    take_profit: Exit | None = None
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -247,6 +268,21 @@ class Order:
     expiry_reason: str | None = None
     lock_asset: str | None = None
     locked: Decimal = ZERO
+    # Who placed it (`O` on the stream): USER, or the venue for its own reasons; a venue
+    # strategy's orders carry its id. `related_order_id` links an attached exit to its parent.
+    origin: str = "USER"
+    strategy_id: int | None = None
+    related_order_id: str | None = None
+    # Conditional orders: `trigger_rises` says which way the watched price must cross.
+    trigger_price: Decimal | None = None
+    trigger_quantity: str | None = None
+    trigger_by: str | None = None
+    trigger_rises: bool = True
+    triggered_us: int | None = None
+    stop_loss: Exit | None = None
+    take_profit: Exit | None = None
+    # An attached exit's partner (the other exit of the same parent): one cancels the other.
+    partner_id: str | None = None
 
     @property
     def remaining(self) -> Decimal:
@@ -258,6 +294,12 @@ class Order:
     @property
     def is_resting(self) -> bool:
         return self.status in ("New", "PartiallyFilled")
+
+    @property
+    def is_open(self) -> bool:
+        """Resting, or waiting for its trigger: what the open-order queries list and a
+        cancel can reach."""
+        return self.status in ("New", "PartiallyFilled", TRIGGER_PENDING)
 
 
 @attrs.frozen(kw_only=True)
@@ -344,9 +386,14 @@ class Account:
             balance = self.balances[asset] = Balance()
         return balance
 
-    def open_orders(self, predicate: Callable[[Order], bool] | None = None) -> list[Order]:
+    def open_orders(
+        self, predicate: Callable[[Order], bool] | None = None, *, triggers: bool = False
+    ) -> list[Order]:
+        """Resting orders, and with `triggers` the orders waiting for their trigger too."""
         return [
-            o for o in self.orders.values() if o.is_resting and (predicate is None or predicate(o))
+            o
+            for o in self.orders.values()
+            if (o.is_open if triggers else o.is_resting) and (predicate is None or predicate(o))
         ]
 
 

@@ -163,7 +163,7 @@ class Queries:
             "positionLimit": "1000000",
             "spotMakerFee": wire.dec(multiply(spot[0], _BPS)),
             "spotTakerFee": wire.dec(multiply(spot[1], _BPS)),
-            "triggerOrders": 0,
+            "triggerOrders": len(account.open_orders(triggers=True)) - len(account.open_orders()),
         }
 
     def _of_types(self, symbol: str, market_types: Collection[str] | None) -> bool:
@@ -176,7 +176,8 @@ class Queries:
         orders = account.open_orders(
             lambda o: (
                 (symbol is None or o.symbol == symbol) and self._of_types(o.symbol, market_types)
-            )
+            ),
+            triggers=True,
         )
         return sorted(orders, key=lambda o: o.seq)
 

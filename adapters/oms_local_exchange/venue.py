@@ -25,7 +25,9 @@ from oms_local_exchange.accounts import Ledger
 from oms_local_exchange.matching import Book, Matcher
 from oms_local_exchange.model import (
     DEFAULT_MARKETS,
+    MARKET,
     Account,
+    ApiError,
     Fill,
     FundingPayment,
     MarketSpec,
@@ -187,11 +189,50 @@ class Venue:
     def cancel_all(self, api_key: str, symbol: str) -> list[Order]:
         self.advance()
         account = self.account(api_key)
-        orders = sorted(account.open_orders(lambda o: o.symbol == symbol), key=lambda o: o.seq)
+        orders = sorted(
+            account.open_orders(lambda o: o.symbol == symbol, triggers=True), key=lambda o: o.seq
+        )
         for order in orders:
             self._matcher.cancel(order)
         self._publish()
         return orders
+
+    # --- orders the venue places itself (test hooks) ------------------------------------------
+
+    def liquidate(
+        self, api_key: str, symbol: str, *, origin: str = "LIQUIDATION_AUTOCLOSE"
+    ) -> Order:
+        """Close the account's position on `symbol` with a market order the venue places
+        itself (`O` = `origin`: `LIQUIDATION_AUTOCLOSE`, `ADL_AUTOCLOSE`, ...), as a
+        liquidation or an auto-deleveraging does. `ApiError` if there is no position."""
+        self.advance()
+        account = self.account(api_key)
+        net = self._ledger.net(account, symbol)
+        if not net:
+            raise ApiError(400, "INVALID_ORDER", f"no position on {symbol} to liquidate")
+        request = OrderRequest(
+            symbol=symbol,
+            side="Ask" if net > 0 else "Bid",
+            order_type=MARKET,
+            quantity=net.copy_abs(),
+            reduce_only=True,
+        )
+        order = self._matcher.place_for_venue(account, request, origin=origin)
+        self._publish()
+        return order
+
+    def run_strategy(
+        self, api_key: str, symbol: str, side: str, quantity: Decimal, *, strategy_id: int
+    ) -> Order:
+        """One market order of a scheduled strategy the venue runs for the account (a TWAP
+        slice, say): the order carries the strategy's id (`H`, `strategyId`), no client id."""
+        self.advance()
+        request = OrderRequest(symbol=symbol, side=side, order_type=MARKET, quantity=quantity)
+        order = self._matcher.place_for_venue(
+            self.account(api_key), request, strategy_id=strategy_id
+        )
+        self._publish()
+        return order
 
     def resting_order(
         self,
@@ -201,7 +242,8 @@ class Venue:
         order_id: str | None = None,
         client_id: int | None = None,
     ) -> Order:
-        """The resting order named by id or client id (404 otherwise, as the venue answers)."""
+        """The open order (resting, or waiting for its trigger) named by id or client id
+        (404 otherwise, as the venue answers)."""
         return self._ledger.resting_order(api_key, symbol, order_id=order_id, client_id=client_id)
 
     def open_orders(

@@ -22,6 +22,7 @@ from oms_local_exchange.model import (
     LIMIT,
     MARKET,
     ApiError,
+    Exit,
     Fill,
     FundingPayment,
     MarketSpec,
@@ -49,6 +50,7 @@ _SIDES: Final = ("Bid", "Ask")
 _ORDER_TYPES: Final = (LIMIT, MARKET)
 _TIFS: Final = ("GTC", "IOC", "FOK")
 _STPS: Final = ("RejectTaker", "RejectMaker", "RejectBoth")
+_TRIGGER_BY: Final = ("LastPrice", "MarkPrice", "IndexPrice")
 _ORDER_KEYS: Final = frozenset(
     {
         "symbol", "side", "orderType", "quantity", "quoteQuantity", "price", "timeInForce",
@@ -84,7 +86,10 @@ def order_fields(order: Order) -> frames.OrderFields:
         status=order.status,
         time_in_force=order.time_in_force,
         client_id=order.client_id,
-        quantity=order.quantity,
+        # A conditional order shows quantity 0 until it triggers (fact sheet §2.4).
+        quantity=order.quantity
+        if order.quantity is not None or order.trigger_price is None
+        else Decimal(0),
         quote_quantity=order.quote_quantity,
         price=order.price,
         executed_quantity=order.executed_quantity,
@@ -94,7 +99,20 @@ def order_fields(order: Order) -> frames.OrderFields:
         self_trade_prevention=order.self_trade_prevention,
         created_us=order.created_us,
         expiry_reason=order.expiry_reason,
+        origin=order.origin,
+        strategy_id=order.strategy_id,
+        related_order_id=order.related_order_id,
+        trigger_price=order.trigger_price,
+        trigger_quantity=order.trigger_quantity,
+        trigger_by=order.trigger_by,
+        triggered_us=order.triggered_us,
+        stop_loss=_exit(order.stop_loss),
+        take_profit=_exit(order.take_profit),
     )
+
+
+def _exit(exit_: Exit | None) -> tuple[Decimal, Decimal | None, str | None] | None:
+    return None if exit_ is None else (exit_.trigger_price, exit_.limit_price, exit_.trigger_by)
 
 
 def order_object(order: Order) -> dict[str, JSON]:
@@ -242,10 +260,6 @@ def parse_order(data: JSON, markets: Mapping[str, MarketSpec]) -> OrderRequest:
     order_type = _choice(data, "orderType", _ORDER_TYPES, what)
     if order_type is None:
         raise payload_error("missing field `orderType`", what)
-    if any(data.get(key) is not None for key in _TRIGGER_KEYS):
-        raise ApiError(
-            400, "NOT_IMPLEMENTED", "Conditional orders are not supported by the local exchange"
-        )
     unknown = sorted(key for key in data if key not in _ORDER_KEYS | _TRIGGER_KEYS)
     if unknown:
         raise payload_error(f"unknown field `{unknown[0]}`", what)
@@ -262,7 +276,43 @@ def parse_order(data: JSON, markets: Mapping[str, MarketSpec]) -> OrderRequest:
         reduce_only=_flag(data, "reduceOnly", what),
         client_id=_client_id(data, "clientId", what),
         self_trade_prevention=stp or "RejectTaker",
+        trigger_price=_decimal(data, "triggerPrice", what),
+        trigger_quantity=_trigger_quantity(data, what),
+        trigger_by=_choice(data, "triggerBy", _TRIGGER_BY, what),
+        stop_loss=_exit_of(data, "stopLoss", what),
+        take_profit=_exit_of(data, "takeProfit", what),
     )
+
+
+def _trigger_quantity(data: Mapping[str, JSON], what: str) -> str | None:
+    """`triggerQuantity`: a decimal, or a percentage (`"80%"`), kept as the venue's text."""
+    value = data.get("triggerQuantity")
+    if value is None:
+        return None
+    if isinstance(value, str) and value.endswith("%"):
+        try:
+            inputs.parse_decimal(value[:-1])
+        except inputs.BadInput as exc:
+            raise payload_error(f'failed to parse "triggerQuantity": {exc.reason}', what) from None
+        return value
+    number = _decimal(data, "triggerQuantity", what)
+    assert number is not None
+    return dec(number)
+
+
+def _exit_of(data: Mapping[str, JSON], name: str, what: str) -> Exit | None:
+    """An attached stop loss or take profit (`<name>TriggerPrice`, `...LimitPrice`,
+    `...TriggerBy`); None when no trigger price is given."""
+    trigger = _decimal(data, f"{name}TriggerPrice", what)
+    limit = _decimal(data, f"{name}LimitPrice", what)
+    by = _choice(data, f"{name}TriggerBy", _TRIGGER_BY, what)
+    if trigger is None:
+        if limit is not None or by is not None:
+            raise ApiError(
+                400, "INVALID_CLIENT_REQUEST", f"`{name}TriggerPrice` is required with `{name}*`"
+            )
+        return None
+    return Exit(trigger_price=trigger, limit_price=limit, trigger_by=by)
 
 
 def parse_order_ref(

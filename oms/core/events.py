@@ -12,7 +12,10 @@ Every event carries:
 Construction is dumb: the classes validate nothing. Wire formats live in the adapters'
 codecs, the log format in `oms.core.serialization`. `docs/events.md` is the catalogue.
 Orders are named by `client_id` (our uint32) and/or `venue_id` (Backpack's order id string);
-venue-originated orders (liquidations, ADL) have only the venue id.
+venue-originated orders (liquidations, ADL, the venue's scheduled strategies) and the exits
+the venue attaches to an order have only the venue id. Venue reports may carry the order's
+links: `related_order_id` (an attached exit's parent, `I`/`relatedOrderId`) and `strategy_id`
+(the venue strategy that placed it, `H`/`strategyId`).
 """
 
 from __future__ import annotations
@@ -111,6 +114,20 @@ class OrderSubmitted(_Meta, frozen=True):
     time_in_force: TimeInForce | None = None
     post_only: bool = False
     reduce_only: bool = False
+    # A conditional order: `trigger_quantity` (a quantity, or a percentage such as "80%")
+    # replaces `quantity`, and the order waits until the price `trigger_by` names
+    # (LastPrice, MarkPrice, IndexPrice; None: the venue's default) reaches `trigger_price`.
+    trigger_price: Decimal | None = None
+    trigger_quantity: str | None = None
+    trigger_by: str | None = None
+    # Exits attached to the order (perpetuals): each a trigger price, an optional limit price
+    # (None: a market order) and an optional trigger-by.
+    stop_loss_trigger_price: Decimal | None = None
+    stop_loss_limit_price: Decimal | None = None
+    stop_loss_trigger_by: str | None = None
+    take_profit_trigger_price: Decimal | None = None
+    take_profit_limit_price: Decimal | None = None
+    take_profit_trigger_by: str | None = None
 
 
 class CancelRequested(_Meta, frozen=True):
@@ -172,6 +189,8 @@ class OrderAccepted(_Meta, frozen=True):
     post_only: bool = False
     reduce_only: bool = False
     origin: OrderOrigin = OrderOrigin.USER
+    related_order_id: str | None = None
+    strategy_id: Int64 | None = None
 
 
 class OrderFilled(_Meta, frozen=True):
@@ -201,6 +220,8 @@ class OrderFilled(_Meta, frozen=True):
     order_quantity: Decimal | None = None
     order_price: Decimal | None = None
     origin: OrderOrigin = OrderOrigin.USER
+    related_order_id: str | None = None
+    strategy_id: Int64 | None = None
 
 
 class OrderCancelled(_Meta, frozen=True):
@@ -215,6 +236,8 @@ class OrderCancelled(_Meta, frozen=True):
     price: Decimal | None = None
     cum_quantity: Decimal | None = None
     origin: OrderOrigin = OrderOrigin.USER
+    related_order_id: str | None = None
+    strategy_id: Int64 | None = None
 
 
 class OrderExpired(_Meta, frozen=True):
@@ -233,6 +256,8 @@ class OrderExpired(_Meta, frozen=True):
     price: Decimal | None = None
     cum_quantity: Decimal | None = None
     origin: OrderOrigin = OrderOrigin.USER
+    related_order_id: str | None = None
+    strategy_id: Int64 | None = None
 
 
 class OrderModified(_Meta, frozen=True):
@@ -259,6 +284,10 @@ class TriggerPlaced(_Meta, frozen=True):
     trigger_price: Decimal | None = None
     trigger_quantity: str | None = None
     price: Decimal | None = None
+    trigger_by: str | None = None
+    reduce_only: bool = False
+    related_order_id: str | None = None
+    strategy_id: Int64 | None = None
 
 
 class TriggerFailed(_Meta, frozen=True):
@@ -267,6 +296,8 @@ class TriggerFailed(_Meta, frozen=True):
     symbol: str
     venue_id: str | None = None
     client_id: Int64 | None = None
+    related_order_id: str | None = None
+    strategy_id: Int64 | None = None
 
 
 class OrderObserved(_Meta, frozen=True):
@@ -289,6 +320,10 @@ class OrderObserved(_Meta, frozen=True):
     executed_quote_quantity: Decimal | None = None
     expiry_reason: str | None = None
     origin: OrderOrigin = OrderOrigin.USER
+    trigger_price: Decimal | None = None
+    trigger_quantity: str | None = None
+    related_order_id: str | None = None
+    strategy_id: Int64 | None = None
 
 
 # --- account and market -----------------------------------------------------------------------

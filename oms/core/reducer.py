@@ -379,6 +379,13 @@ class Fold:
             reduce_only=event.reduce_only,
             created_seq=self.seq,
             updated_seq=self.seq,
+            trigger_price=event.trigger_price,
+            trigger_quantity=event.trigger_quantity,
+            trigger_by=event.trigger_by,
+            stop_loss_trigger_price=event.stop_loss_trigger_price,
+            stop_loss_limit_price=event.stop_loss_limit_price,
+            take_profit_trigger_price=event.take_profit_trigger_price,
+            take_profit_limit_price=event.take_profit_limit_price,
         )
         self._w_orders().set(key, order)
         self._w_by_client().set(event.client_id, key)
@@ -399,8 +406,15 @@ class Fold:
             return None
         # Events without an `origin` field (OrderModified, Trigger*) report user orders.
         origin: OrderOrigin = getattr(event, "origin", OrderOrigin.USER)
-        if origin == OrderOrigin.USER:
-            # Venue-originated orders (liquidation, ADL) are expected to be new to us.
+        related: str | None = getattr(event, "related_order_id", None)
+        strategy: int | None = getattr(event, "strategy_id", None)
+        if (
+            origin == OrderOrigin.USER
+            and strategy is None
+            and (related is None or self.by_venue.get(related) is None)
+        ):
+            # Venue-originated orders (liquidation, ADL, a venue strategy's orders) and the
+            # exits the venue attaches to an order we know are expected to be new to us.
             self._anomaly(
                 AnomalyKind.UNKNOWN_ORDER,
                 f"{type(event).__name__} for an order we did not submit "
@@ -425,6 +439,8 @@ class Fold:
             origin=origin,
             created_seq=self.seq,
             updated_seq=self.seq,
+            related_order_id=related,
+            strategy_id=strategy,
         )
         self._w_orders().set(key, order)
         if client_id is not None:
@@ -562,7 +578,17 @@ class Fold:
         return order
 
     def _report_trigger_placed(self, order: Order, event: TriggerPlaced) -> Order | None:
-        return _fill_in(order, side=event.side, order_type=event.order_type, price=event.price)
+        if event.reduce_only and not order.reduce_only:
+            order = replace(order, reduce_only=True)
+        return _fill_in(
+            order,
+            side=event.side,
+            order_type=event.order_type,
+            price=event.price,
+            trigger_price=event.trigger_price,
+            trigger_quantity=event.trigger_quantity,
+            trigger_by=event.trigger_by,
+        )
 
     def _report_observed(self, order: Order, event: OrderObserved) -> Order | None:
         order = _fill_in(
@@ -572,6 +598,8 @@ class Fold:
             quantity=event.quantity,
             quote_quantity=event.quote_quantity,
             price=event.price,
+            trigger_price=event.trigger_price,
+            trigger_quantity=event.trigger_quantity,
         )
         order = _venue_cap(order, event.quantity)
         if event.expiry_reason is not None and order.expiry_reason is None:

@@ -505,8 +505,26 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# Order fields added with conditional orders: written only when set, so the state documents
+# and hashes of sessions without them are what they were.
+_ORDER_OPTIONAL: Final = (
+    "trigger_price",
+    "trigger_quantity",
+    "trigger_by",
+    "stop_loss_trigger_price",
+    "stop_loss_limit_price",
+    "take_profit_trigger_price",
+    "take_profit_limit_price",
+    "related_order_id",
+    "strategy_id",
+)
+
+
 def _order_doc(order: Order) -> dict[str, Any]:
     doc: dict[str, Any] = _plain(order)
+    for name in _ORDER_OPTIONAL:
+        if doc[name] is None:
+            del doc[name]
     doc["fees"] = {asset: canonical_decimal(amount) for asset, amount in order.fees}
     # The venue reports more executed than the fills counted: fills are on their way (or lost).
     doc["awaiting_fills"] = order.awaiting_fills

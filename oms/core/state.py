@@ -130,6 +130,24 @@ class Order(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     created_seq: int = 0
     updated_seq: int = 0
     venue_time_us: int | None = None
+    # Conditional orders and links (left out of the state hash while unset): the trigger,
+    # the exits asked for with the order, the parent of an attached exit (its venue id), and
+    # the venue strategy that placed the order.
+    trigger_price: Decimal | None = None
+    trigger_quantity: str | None = None
+    trigger_by: str | None = None
+    stop_loss_trigger_price: Decimal | None = None
+    stop_loss_limit_price: Decimal | None = None
+    take_profit_trigger_price: Decimal | None = None
+    take_profit_limit_price: Decimal | None = None
+    related_order_id: str | None = None
+    strategy_id: int | None = None
+
+    @property
+    def placed_by_venue(self) -> bool:
+        """An order the program did not send: one of the venue's own (liquidation, ADL, ...,
+        see `origin`) or of a venue strategy (`strategy_id`)."""
+        return self.origin != OrderOrigin.USER or self.strategy_id is not None
 
     @property
     def remaining(self) -> Decimal | None:

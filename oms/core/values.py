@@ -15,9 +15,11 @@ from __future__ import annotations
 import decimal
 from decimal import Decimal
 from enum import StrEnum
+from typing import NamedTuple
 
 __all__ = [
     "CTX",
+    "Exit",
     "ID_LIMIT",
     "MAX_MAGNITUDE_EXPONENT",
     "PNL_QUANTUM",
@@ -157,6 +159,17 @@ class OrderOrigin(StrEnum):
     def is_known(self) -> bool:
         """One of the origins listed here (not one the venue added since)."""
         return self._value_ in OrderOrigin._value2member_map_
+
+
+class Exit(NamedTuple):
+    """A stop loss or take profit to attach to an order (perpetuals): when the price
+    `trigger_by` names (`LastPrice`, `MarkPrice`, `IndexPrice`; None: the venue's default)
+    reaches `trigger_price`, the venue closes what the order opened, at `limit_price`, or at
+    market when it is None."""
+
+    trigger_price: Decimal
+    limit_price: Decimal | None = None
+    trigger_by: str | None = None
 
 
 class MarketType(StrEnum):

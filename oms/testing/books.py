@@ -30,6 +30,8 @@ _VENUE_STATUS: Mapping[str, OrderStatus] = {
     "Filled": OrderStatus.FILLED,
     "Cancelled": OrderStatus.CANCELLED,
     "Expired": OrderStatus.EXPIRED,
+    "TriggerPending": OrderStatus.TRIGGER_PENDING,
+    "TriggerFailed": OrderStatus.TRIGGER_FAILED,
 }
 
 
@@ -55,6 +57,7 @@ def book_differences(
     account by default), as readable lines; empty when they agree.
 
     Compared: each exchange order (found by client id, else venue id) for venue id, status,
+    origin, strategy id and parent (`related_order_id`),
     executed quantity and quote, its fills' trade ids (each counted once, no others) and fees;
     engine orders the exchange never saw (only a refused submit may be one) and orders left
     PendingNew or InDoubt; available and locked balances of every asset; net quantity and
@@ -82,6 +85,12 @@ def book_differences(
         expected = _VENUE_STATUS.get(venue.status)
         if expected is None or ours.status is not expected:
             out.append(f"{name}: exchange status {venue.status}, engine {ours.status.value}")
+        links = (str(ours.origin), ours.strategy_id, ours.related_order_id)
+        if links != (venue.origin, venue.strategy_id, venue.related_order_id):
+            out.append(
+                f"{name}: exchange origin/strategy/parent {venue.origin}/{venue.strategy_id}/"
+                f"{venue.related_order_id}, engine {'/'.join(map(str, links))}"
+            )
         fills = fills_by_order.get(venue.id, [])
         trade_ids = [f[0] for f in fills]
         if sorted(ours.trade_ids) != sorted(trade_ids):

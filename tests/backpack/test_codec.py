@@ -319,9 +319,11 @@ def test_acks_and_public_streams_give_no_events() -> None:
 
 def test_a_fill_with_an_unknown_status_still_counts() -> None:
     data = dict(ccxt_ws("parseWsOrder"), X="Triggered")
-    event = only(codec.ws_frame(frame("account.orderUpdate", data), RECV))
+    event, unknown = codec.ws_frame(frame("account.orderUpdate", data), RECV)
     assert isinstance(event, OrderFilled)
     assert event.status is None
+    # The status itself is recorded as not understood, with the frame.
+    assert isinstance(unknown, MessageNotUnderstood) and unknown.raw == event.raw
 
 
 # --- REST --------------------------------------------------------------------------------

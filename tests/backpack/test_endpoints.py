@@ -146,3 +146,109 @@ def test_decimals_are_written_without_exponents() -> None:
     assert endpoints.format_decimal(Decimal("1.2300")) == "1.23"
     assert endpoints.format_decimal(Decimal("1E+3")) == "1000"
     assert endpoints.format_decimal(Decimal("0.000")) == "0"
+
+
+def test_a_trigger_order_sends_its_trigger_instead_of_a_quantity() -> None:
+    # As ccxt sends a trigger limit order (fact sheet §2.4), with our client id.
+    spec = endpoints.execute_order(
+        submit(
+            symbol="SOL_USDC_PERP",
+            order_type=OrderType.LIMIT,
+            quantity=None,
+            price=Decimal("140.00"),
+            time_in_force=None,
+            trigger_price=Decimal("141.10"),
+            trigger_quantity="0.30",
+        ),
+        PERP,
+    )
+    assert spec.body == {
+        "symbol": "SOL_USDC_PERP", "side": "Bid", "clientId": 123, "orderType": "Limit",
+        "price": "140", "triggerPrice": "141.1", "triggerQuantity": "0.3",
+    }  # fmt: skip
+    share = endpoints.execute_order(
+        submit(
+            symbol="SOL_USDC_PERP",
+            order_type=OrderType.MARKET,
+            quantity=None,
+            price=None,
+            time_in_force=None,
+            side=Side.ASK,
+            reduce_only=True,
+            trigger_price=Decimal("120"),
+            trigger_quantity="80.0%",
+            trigger_by="MarkPrice",
+        ),
+        PERP,
+    )
+    assert share.body == {
+        "symbol": "SOL_USDC_PERP", "side": "Ask", "clientId": 123, "orderType": "Market",
+        "reduceOnly": True, "triggerPrice": "120", "triggerQuantity": "80%",
+        "triggerBy": "MarkPrice",
+    }  # fmt: skip
+
+
+def test_attached_exits_are_sent_as_the_venue_names_them() -> None:
+    spec = endpoints.execute_order(
+        submit(
+            symbol="SOL_USDC_PERP",
+            order_type=OrderType.MARKET,
+            quantity=Decimal(4),
+            price=None,
+            time_in_force=None,
+            stop_loss_trigger_price=Decimal("90"),
+            take_profit_trigger_price=Decimal("200"),
+            take_profit_limit_price=Decimal("199.95"),
+            take_profit_trigger_by="LastPrice",
+        ),
+        PERP,
+    )
+    assert spec.body == {
+        "symbol": "SOL_USDC_PERP", "side": "Bid", "clientId": 123, "quantity": "4",
+        "orderType": "Market", "stopLossTriggerPrice": "90", "takeProfitTriggerPrice": "200",
+        "takeProfitLimitPrice": "199.95", "takeProfitTriggerBy": "LastPrice",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"trigger_price": Decimal(150)}, "both a trigger price and a trigger quantity"),
+        ({"trigger_price": Decimal(150), "trigger_quantity": "1"}, "not a quantity"),
+        (
+            {"quantity": None, "trigger_price": Decimal("150.01"), "trigger_quantity": "1"},
+            "multiple of",
+        ),
+        (
+            {"quantity": None, "trigger_price": Decimal(150), "trigger_quantity": "101%"},
+            "more than 100%",
+        ),
+        (
+            {"quantity": None, "trigger_price": Decimal(150), "trigger_quantity": "0.05"},
+            "below",
+        ),
+        (
+            {"quantity": None, "trigger_price": Decimal(150), "trigger_quantity": "lots"},
+            "not a quantity or a percentage",
+        ),
+        (
+            {
+                "quantity": None,
+                "trigger_price": Decimal(150),
+                "trigger_quantity": "1",
+                "trigger_by": "Midpoint",
+            },
+            "not one of",
+        ),
+        ({"stop_loss_limit_price": Decimal(90)}, "needs a trigger price"),
+        ({"symbol": "SOL_USDC", "take_profit_trigger_price": Decimal(200)}, "perpetual"),
+    ],
+)
+def test_trigger_and_exit_mistakes_are_refused_before_sending(
+    fields: dict[str, object], message: str
+) -> None:
+    base: dict[str, object] = {"symbol": "SOL_USDC_PERP", "order_type": OrderType.LIMIT}
+    base.update(fields)
+    market = SOL if base["symbol"] == "SOL_USDC" else PERP
+    with pytest.raises(InvalidOrder, match=message):
+        endpoints.execute_order(submit(**base), market)
