@@ -550,6 +550,7 @@ def after_event(
             denials=risk.denials + 1,
             denied_by_limit=tuple(sorted(counts.items())),
             last_denial=f"seq {seq}: {event.limit} ({event.scope}): {event.reason}",
+            last_denied_client_id=event.client_id,
         )
     if isinstance(event, KillSwitchTripped):
         if risk.tripped:

@@ -289,7 +289,8 @@ class RiskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     `tripped` latches on `KillSwitchTripped` and clears only on `KillSwitchReset`;
     `trip_reason`, `trip_by`, `trip_seq` and `trip_time_us` describe the latest trip.
     `denials` counts `OrderDenied` events, by limit in `denied_by_limit`; `last_denial` is the
-    newest one's reason.
+    newest one's reason, `last_denied_client_id` its client id (a session does not give that
+    id to the next order, so that a log never shows one id both denied and sent).
 
     Bookkeeping, left out of the state document and hash (so logs that never used risk
     features keep their hashes): `submit_times`, the local times of the newest submits (at
@@ -308,6 +309,7 @@ class RiskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     denials: int = 0
     denied_by_limit: tuple[tuple[str, int], ...] = ()
     last_denial: str | None = None
+    last_denied_client_id: int | None = None  # so that the next order takes a fresh id
     submit_times: tuple[int, ...] = ()
     pnl_samples: tuple[PnlSample, ...] = ()
 

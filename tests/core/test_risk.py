@@ -332,7 +332,7 @@ def test_a_denial_changes_nothing_but_the_risk_record(
     )
     after = apply(state, denial)
     assert attrs.evolve(after, risk=state.risk, last_seq=state.last_seq) == state
-    record = ("denials", "denied_by_limit", "last_denial")
+    record = ("denials", "denied_by_limit", "last_denial", "last_denied_client_id")
     unrecorded = msgspec.structs.replace(after.risk, **{n: getattr(state.risk, n) for n in record})
     assert unrecorded == state.risk
     assert after.risk.denials == state.risk.denials + 1
@@ -432,3 +432,15 @@ def _escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def test_a_snapshot_keeps_the_kill_switch_and_the_checks_memory() -> None:
+    from oms.core.serialization import encode_line
+    from oms.core.snapshot import decode_state, encode_snapshot, read_header
+
+    state = replay([*long_position(mark="100"), order(client_id=5, at=90 * S), trip("kept")])
+    line = encode_line(state.last_seq, trip("kept"))
+    data = encode_snapshot(state, offset=len(line), line=line, core_digest="x")
+    restored = decode_state(data, read_header(data, core_digest="x"))
+    assert restored == state
+    assert restored.risk.tripped and restored.risk.pnl_samples == state.risk.pnl_samples
