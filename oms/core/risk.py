@@ -204,8 +204,9 @@ def limits_from_mapping(data: Mapping[str, Any]) -> Limits:
     unknown = sorted(set(data) - {"account", "symbols"})
     if unknown:
         raise LimitsError(f"unknown section(s) {', '.join(unknown)} (expected account, symbols)")
+    account_fields = _section(data.get("account", {}), "account", _ACCOUNT_KEYS)
     try:
-        account = AccountLimits(**_section(data.get("account", {}), "account", _ACCOUNT_KEYS))
+        account = AccountLimits(**account_fields)
     except LimitsError as exc:
         raise LimitsError(f"account: {exc}") from None
     symbols_data = data.get("symbols", {})
@@ -214,8 +215,9 @@ def limits_from_mapping(data: Mapping[str, Any]) -> Limits:
     symbols = {}
     for symbol, table in symbols_data.items():
         where = f"symbols.{symbol}"
+        fields = _section(table, where, _SYMBOL_KEYS)
         try:
-            symbols[symbol] = SymbolLimits(**_section(table, where, _SYMBOL_KEYS))
+            symbols[symbol] = SymbolLimits(**fields)
         except LimitsError as exc:
             raise LimitsError(f"{where}: {exc}") from None
     return Limits(account=account, symbols=symbols)
@@ -236,16 +238,16 @@ def _section(table: object, where: str, keys: frozenset[str]) -> dict[str, Any]:
     for key, value in table.items():
         if key in _INT_KEYS:
             if isinstance(value, bool) or not isinstance(value, int):
-                raise LimitsError(f"{where}.{key} must be an integer, not {value!r}")
+                raise LimitsError(f"{where}: {key} must be an integer, not {value!r}")
             out[key] = value
         elif isinstance(value, str | int) and not isinstance(value, bool):
             try:
                 out[key] = Decimal(value)
             except ArithmeticError:
-                raise LimitsError(f"{where}.{key} is not a decimal: {value!r}") from None
+                raise LimitsError(f"{where}: {key} is not a decimal: {value!r}") from None
         else:
             raise LimitsError(
-                f"{where}.{key} must be a decimal string or an integer, not {value!r} "
+                f"{where}: {key} must be a decimal string or an integer, not {value!r} "
                 '(floats are refused: write "0.1", not 0.1)'
             )
     return out
