@@ -574,34 +574,38 @@ class BackpackSession:
     async def cancel_everything(self) -> int:
         """Cancel every open order on every symbol until the venue confirms none is left.
 
-        Backpack's cancel-all needs a symbol, so it is sent for every market of the session
-        and every symbol with an order open; then the venue's open orders (all symbols, one
-        request) are recorded, and while any is left (or a request failed) the cancels go
-        again for the symbols still open, after 0.2 s, 0.4 s, ... up to 5 s between rounds.
-        Returns the number of rounds. It does not give up: the caller bounds the time."""
-        state = self.engine.state
-        symbols = sorted(set(state.markets) | {o.symbol for o in state.open_orders()})
+        Backpack's cancel-all needs a symbol, and it has no cancel-on-disconnect. Each round
+        asks the venue for its open orders on all symbols (one request) and records them (so
+        orders the engine did not know are seen too); if there are none, the venue has
+        confirmed and this returns the number of rounds. Otherwise it sends cancel-all for each
+        symbol with an order open (the venue's, or the engine's when the query failed), and
+        goes round again, after 0.2 s, 0.4 s, ... up to 5 s when a request failed or from the
+        second round on. It does not give up: the caller bounds the time."""
+        pending = {o.symbol for o in self.engine.state.open_orders()}
         delay = KILL_RETRY_INITIAL
         rounds = 0
         while True:
             rounds += 1
-            for symbol in symbols:
-                await self.cancel_all(symbol)
             try:
                 open_now = await self.rest.open_orders(source=Source.RECONCILE)
             except RestError as exc:
                 self.errors += 1
                 _log.warning("kill switch: open orders query failed (%s)", exc)
+                failed = True
+                pending |= {o.symbol for o in self.engine.state.open_orders()}
             else:
+                failed = False
                 self.engine.record_news(open_now)
-                left = sorted({e.symbol for e in open_now if isinstance(e, OrderObserved)})
-                if not left:
+                pending = {e.symbol for e in open_now if isinstance(e, OrderObserved)}
+                if not pending:
                     self.kill_confirmations += 1
-                    _log.warning("kill switch: the venue shows no open order (%d rounds)", rounds)
+                    _log.warning("kill switch: the venue shows no open order (round %d)", rounds)
                     return rounds
-                symbols = left
-            await trio.sleep(delay)
-            delay = min(delay * 2, KILL_RETRY_MAX)
+            for symbol in sorted(pending):
+                failed = not await self.cancel_all(symbol) or failed
+            if failed or rounds > 1:
+                await trio.sleep(delay)
+                delay = min(delay * 2, KILL_RETRY_MAX)
 
     def watch_risk(self, event: Event, state: State) -> None:
         """Engine listener: trip the switch when the account's loss limit breaks as fills,
