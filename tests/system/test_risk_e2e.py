@@ -14,10 +14,11 @@ from oms.core.errors import ProgramError, RiskDenied
 from oms.core.events import KillSwitchReset, KillSwitchTripped, OrderDenied, OrderSubmitted
 from oms.core.risk import AccountLimits, Limits, SymbolLimits
 from oms.core.state import AnomalyKind, Order
-from oms.core.values import OrderStatus, OrderType, Side
+from oms.core.values import OrderStatus, OrderType, Side, Source
 from oms.log import LogReader
 from oms.testing.books import PERP, SPOT
 from oms.testing.harness import Harness, open_session
+from oms.testing.waiting import wait_for
 from oms_local_exchange import open_local_exchange
 
 D = Decimal
@@ -148,3 +149,25 @@ async def test_the_account_loss_limit_trips_the_switch(tmp_path: Path) -> None:
             assert h.state.risk.trip_by == "limit"
             await h.until(resting, lambda o: o.status is OrderStatus.CANCELLED, "the cancel")
             await h.finish(allowed={AnomalyKind.FORBIDDEN_TRANSITION})
+
+
+async def test_a_session_on_a_tripped_log_cancels_what_was_left_open(tmp_path: Path) -> None:
+    path = tmp_path / "left.jsonl"
+    with trio.fail_after(LIMIT):
+        async with open_local_exchange(seed=7, step_us=250_000, tick_interval=0.05) as exchange:
+            async with open_session(exchange, path) as h:
+                await rest_orders(h)
+                # Tripped by a program that recorded it and stopped before cancelling.
+                h.engine.record(
+                    KillSwitchTripped(
+                        source=Source.LOCAL, recv_time_us=1, reason="stopped early", by="program"
+                    )
+                )
+                await h.finish(cancel=False)
+            assert len(exchange.venue.open_orders(exchange.api_key)) == 4
+            async with open_session(exchange, path) as h:
+                await wait_for(
+                    lambda: h.session.kill_confirmations == 1, "the guard's cancels confirmed"
+                )
+                assert exchange.venue.open_orders(exchange.api_key) == []
+                await h.finish(allowed={AnomalyKind.FORBIDDEN_TRANSITION})
