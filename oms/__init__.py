@@ -27,6 +27,7 @@ from oms.core.errors import (
     InvalidOrder,
     OmsError,
     ProgramError,
+    RiskDenied,
     UnknownMarket,
 )
 from oms.core.events import (
@@ -36,10 +37,13 @@ from oms.core.events import (
     CancelRequested,
     Event,
     FundingPaid,
+    KillSwitchReset,
+    KillSwitchTripped,
     MarketInfo,
     MessageNotUnderstood,
     OrderAccepted,
     OrderCancelled,
+    OrderDenied,
     OrderExpired,
     OrderFilled,
     OrderModified,
@@ -53,6 +57,13 @@ from oms.core.events import (
 )
 from oms.core.reducer import apply
 from oms.core.reducer import replay as replay_events
+from oms.core.risk import (
+    AccountLimits,
+    Limits,
+    LimitsError,
+    SymbolLimits,
+    limits_from_mapping,
+)
 from oms.core.serialization import state_hash
 from oms.core.state import (
     Anomaly,
@@ -63,6 +74,7 @@ from oms.core.state import (
     ObservedPosition,
     Order,
     Position,
+    RiskState,
     State,
 )
 from oms.core.values import (
@@ -107,7 +119,14 @@ __all__ = [
     "ObservedPosition",
     "Order",
     "Position",
+    "RiskState",
     "State",
+    # risk limits (docs/risk.md)
+    "AccountLimits",
+    "Limits",
+    "LimitsError",
+    "SymbolLimits",
+    "limits_from_mapping",
     # values
     "Exit",
     "MarketType",
@@ -125,10 +144,13 @@ __all__ = [
     "CancelRejected",
     "CancelRequested",
     "FundingPaid",
+    "KillSwitchReset",
+    "KillSwitchTripped",
     "MarketInfo",
     "MessageNotUnderstood",
     "OrderAccepted",
     "OrderCancelled",
+    "OrderDenied",
     "OrderExpired",
     "OrderFilled",
     "OrderModified",
@@ -145,6 +167,7 @@ __all__ = [
     "InvalidOrder",
     "UnknownMarket",
     "DuplicateClientId",
+    "RiskDenied",
     "ConfigurationError",
     "ExternalError",
     "LogReadError",

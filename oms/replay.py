@@ -286,6 +286,20 @@ def write_text(document: dict[str, Any], path: str, out: IO[str]) -> None:
         out.write(f"  {kind}: {count}\n")
     for a in anomalies["recent"]:
         out.write(f"  seq {a['seq']} {a['kind']}: {a['detail']}\n")
+    risk = document.get("risk")
+    if risk is not None:  # only once the kill switch or the risk check recorded something
+        switch, denials = risk["kill_switch"], risk["denials"]
+        state = "TRIPPED" if switch["tripped"] else "not tripped"
+        out.write(f"\nKill switch: {state}")
+        if switch["seq"] is not None:
+            verb = "tripped" if switch["tripped"] else "last tripped"
+            out.write(f" ({verb} at seq {switch['seq']} by {switch['by']}: {switch['reason']})")
+        out.write(f"; trips {switch['trips']}, resets {switch['resets']}\n")
+        out.write(f"Risk denials: {denials['total']}\n")
+        for limit, count in denials["by_limit"].items():
+            out.write(f"  {limit}: {count}\n")
+        if denials["last"] is not None:
+            out.write(f"  last: {denials['last']}\n")
 
 
 def _parser() -> argparse.ArgumentParser:

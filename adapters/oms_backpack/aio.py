@@ -213,9 +213,25 @@ class AsyncioSession:
 
         return await self.run(cancel)
 
-    async def cancel_all(self, symbol: str) -> None:
+    async def cancel_all(self, symbol: str) -> bool:
         """`BackpackSession.cancel_all`."""
-        await self.run(self.session.cancel_all, symbol)
+        return await self.run(self.session.cancel_all, symbol)
+
+    async def trip(self, reason: str, *, by: str = "program") -> None:
+        """`BackpackSession.trip`: trip the kill switch and cancel every open order."""
+
+        async def trip() -> None:
+            await self.session.trip(reason, by=by)
+
+        await self.run(trip)
+
+    async def reset_kill_switch(self, reason: str) -> bool:
+        """`BackpackSession.reset_kill_switch`."""
+
+        async def reset() -> bool:
+            return self.session.reset_kill_switch(reason)
+
+        return await self.run(reset)
 
     async def reconcile(self) -> int:
         """One reconciliation pass (`BackpackSession.reconcile`)."""

@@ -16,15 +16,23 @@ With `--venue backpack` or `backpack_perpetual` it connects to the real exchange
 `BACKPACK_API_KEY` / `BACKPACK_API_SECRET` (or `--key-file`); without `--strategy demo` it
 only follows the account and places no order.
 
-Exit status: 0 ok (and hashes match), 1 failure (a mismatch, a venue or key problem), 2 usage.
+With `--limits limits.toml` every submit is checked against the limits in that file first
+(docs/risk.md). `kill -USR1 <pid>` trips the kill switch: only reduce-only orders are accepted
+from then on, every open order is cancelled, and the switch stays tripped in the log until a
+program resets it.
+
+Exit status: 0 ok (and hashes match), 1 failure (a mismatch, a venue or key problem, a bad
+limits file), 2 usage.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -32,8 +40,9 @@ from typing import IO, Final
 
 import trio
 
-from oms.core.errors import ConfigurationError
+from oms.core.errors import ConfigurationError, RiskDenied
 from oms.core.reducer import replay
+from oms.core.risk import Limits, limits_from_mapping
 from oms.core.serialization import state_hash
 from oms.core.state import State
 from oms.core.values import CTX, OrderType, Side
@@ -52,7 +61,8 @@ def _render(state: State, started: Seconds, out: IO[str], *, tty: bool) -> None:
     elapsed = max(time.monotonic() - started, 1e-9)
     lines = [
         f"oms  events {state.last_seq:,}  ({state.last_seq / max(elapsed, 1.0):,.1f}/s)  "
-        f"anomalies {state.anomaly_total}  elapsed {elapsed:,.0f} s",
+        f"anomalies {state.anomaly_total}  elapsed {elapsed:,.0f} s"
+        + (f"  KILL SWITCH TRIPPED ({state.risk.trip_reason})" if state.risk.tripped else ""),
         "open orders:",
     ]
     opened = state.open_orders()
@@ -162,6 +172,7 @@ async def run_session(args: argparse.Namespace, out: IO[str]) -> tuple[State, Pa
                     symbols=[SPOT, PERP],
                     poll_interval=2.0,
                     cancel_on_shutdown=True,
+                    limits=args.limits_loaded,
                 ) as session:
                     await _drive(session, engine, args, out)
         else:
@@ -170,6 +181,7 @@ async def run_session(args: argparse.Namespace, out: IO[str]) -> tuple[State, Pa
                 load_credentials(args.key_file),
                 venue=args.venue,
                 cancel_on_shutdown=args.strategy == "demo",
+                limits=args.limits_loaded,
             ) as session:
                 await _drive(session, engine, args, out)
     finally:
@@ -179,13 +191,51 @@ async def run_session(args: argparse.Namespace, out: IO[str]) -> tuple[State, Pa
     return engine.state, record
 
 
+def load_limits(path: str | Path) -> Limits:
+    """The risk limits in a TOML file (docs/risk.md). Raises `ConfigurationError` with one
+    line naming the file and what is wrong."""
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read the limits file ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return limits_from_mapping(data)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{path}: {exc}") from None
+
+
+# The signal that trips the kill switch of the main job (where the platform has it).
+KILL_SIGNAL: Final = getattr(signal, "SIGUSR1", None)
+
+
+async def trip_on_signal(session: object, *, task_status: trio.TaskStatus[None]) -> None:
+    """Trip the session's kill switch on every `KILL_SIGNAL` (SIGUSR1)."""
+    from oms_backpack.session import BackpackSession
+
+    assert isinstance(session, BackpackSession)
+    if KILL_SIGNAL is None:
+        task_status.started()
+        return
+    with trio.open_signal_receiver(KILL_SIGNAL) as signals:
+        task_status.started()
+        async for number in signals:
+            session.request_trip(f"signal {signal.Signals(number).name}", by="signal")
+
+
 async def _drive(session: object, engine: Engine, args: argparse.Namespace, out: IO[str]) -> None:
     async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: trip_on_signal(session, task_status=task_status))
         nursery.start_soon(status_view, engine, out, 1.0)
         if args.ship_to is not None:
             nursery.start_soon(_ship, engine, args)
         if args.strategy == "demo":
-            await demo(session, args.duration, out)
+            try:
+                await demo(session, args.duration, out)
+            except RiskDenied as exc:
+                out.write(f"demo stopped: {exc}\n")
         elif args.duration is not None:
             await trio.sleep(args.duration)
         else:
@@ -241,6 +291,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ship-to", default=None, metavar="URL",
                         help="also ship every event to NATS JetStream at nats://HOST:PORT "
                         "(docs/nats.md)")  # fmt: skip
+    parser.add_argument("--limits", default=None, metavar="PATH",
+                        help="pre-trade risk limits, a TOML file (docs/risk.md); SIGUSR1 "
+                        "trips the kill switch")  # fmt: skip
     parser.add_argument("--account", default="main",
                         help="the account's name in the NATS subject (default main)")  # fmt: skip
     return parser
@@ -266,6 +319,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             _ship_config(args)
         except ConfigurationError as exc:
             parser.error(str(exc))
+    args.limits_loaded = None
+    if args.limits is not None:
+        try:
+            args.limits_loaded = load_limits(args.limits)
+        except ConfigurationError as exc:
+            print(f"oms_backpack.run: {exc}", file=sys.stderr)
+            return 1
     if args.record is None:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         args.record = f"sessions/{args.venue}-{stamp}.jsonl"

@@ -38,21 +38,28 @@ from typing import Any, Final, Literal, Protocol
 import httpx
 import trio
 
-from oms.core.errors import ConfigurationError, DuplicateClientId, UnknownMarket
+from oms.core import risk
+from oms.core.errors import ConfigurationError, DuplicateClientId, RiskDenied, UnknownMarket
 from oms.core.events import (
     CancelRejected,
     CancelRequested,
     Event,
+    FundingPaid,
+    KillSwitchReset,
+    KillSwitchTripped,
     MarketInfo,
     MessageNotUnderstood,
     OrderCancelled,
+    OrderDenied,
     OrderExpired,
     OrderFilled,
     OrderObserved,
     OrderSubmitted,
+    PositionObserved,
     SubmitRejected,
     SubmitUnknown,
 )
+from oms.core.risk import Limits, MarkSource
 from oms.core.state import Order, State
 from oms.core.values import (
     Exit,
@@ -99,6 +106,10 @@ DEFAULT_FILL_GRACE: Final = 2.0
 # first (`FILL_RETRY_BACKOFF`, doubling).
 DEFAULT_FILL_ATTEMPTS: Final = 4
 FILL_RETRY_BACKOFF: Final = 1.0
+# The kill switch asks the venue again after a failed cancel or an order still open: first
+# after this long (seconds), doubling up to KILL_RETRY_MAX.
+KILL_RETRY_INITIAL: Final = 0.2
+KILL_RETRY_MAX: Final = 5.0
 # Without the venue's order id, fills are looked up by symbol from this long before the
 # order's latest venue time (a fill can carry a time a little before a later report).
 FILL_LOOKBACK_US: Final = 5 * 60 * 1_000_000
@@ -352,10 +363,19 @@ class BackpackSession:
         perpetual: bool,
         fill_grace: float = DEFAULT_FILL_GRACE,
         fill_attempts: int = DEFAULT_FILL_ATTEMPTS,
+        limits: Limits | None = None,
+        marks: MarkSource = risk.observed_mark,
     ) -> None:
         self.engine = engine
         self.rest = rest
         self.perpetual = perpetual
+        # The pre-trade check's limits and where it finds mark prices (docs/risk.md); both
+        # may be replaced at any time (the next submit uses them).
+        self.limits = limits if limits is not None else Limits()
+        self.marks = marks
+        self.kill_confirmations = 0  # times the venue confirmed nothing open after a trip
+        self._trip_request: tuple[str, str] | None = None
+        self._guard_wake = trio.Event()
         self.clock = rest.clock  # one clock for REST, the stream and the session
         self.chaser = FillChaser(
             engine, rest, grace=fill_grace, attempts=fill_attempts, clock=self.clock
@@ -406,9 +426,14 @@ class BackpackSession:
             return added
 
     def next_client_id(self) -> int:
-        """A uint32 never used in this account's log: above the last one used, and above the
-        current time in seconds, so a lost log after a restart does not reuse recent ids."""
-        last = self.engine.state.last_client_id
+        """A uint32 never used in this account's log: above the last one used (by an order or
+        a denial), and above the current time in seconds, so a lost log after a restart does
+        not reuse recent ids."""
+        state = self.engine.state
+        used = [
+            i for i in (state.last_client_id, state.risk.last_denied_client_id) if i is not None
+        ]
+        last = max(used) if used else None
         candidate = max(0 if last is None else last + 1, int(self.clock.local_us() // 1_000_000))
         return candidate % UINT32
 
@@ -445,7 +470,10 @@ class BackpackSession:
         order the market cannot represent (`UnknownMarket` for a market the engine does not
         know), `DuplicateClientId` for a client id an order in the state already has (an
         order dropped by finished-order retention is no longer known, so its id is not
-        caught). A venue refusal is recorded, not raised: check `order.status`.
+        caught), `RiskDenied` for an order the pre-trade check refuses (`self.limits`, the
+        kill switch; the denial is recorded as an `OrderDenied` event, and an account loss
+        limit broken trips the kill switch). A venue refusal is recorded, not raised: check
+        `order.status`.
         """
         if self.reconciled.is_set():
             # The gate is open: go on without a scheduling point (other tasks' work would run
@@ -481,6 +509,9 @@ class BackpackSession:
         # Checked last, with no await before `record`: no other task can take the id between.
         if self.engine.state.order(client_id=client_id) is not None:
             raise DuplicateClientId(client_id)
+        decision = risk.check(self.engine.state, command, self.limits, mark=self.marks)
+        if isinstance(decision, risk.Denied):
+            self._deny(command, decision)
         self.engine.record(command)
         try:
             body = await self.rest.call(spec)
@@ -513,6 +544,131 @@ class BackpackSession:
         order = self.engine.state.order(client_id=command.client_id)
         assert order is not None
         return order
+
+    def _deny(self, command: OrderSubmitted, decision: risk.Denied) -> None:
+        """Record the denial, trip the switch if the account's loss limit is broken, raise."""
+        self.engine.record(
+            OrderDenied(
+                source=Source.LOCAL,
+                recv_time_us=command.recv_time_us,
+                client_id=command.client_id,
+                symbol=command.symbol,
+                side=command.side,
+                order_type=command.order_type,
+                limit=decision.limit.value,
+                scope=decision.scope,
+                reason=decision.reason,
+                quantity=command.quantity,
+                quote_quantity=command.quote_quantity,
+                price=command.price,
+                reduce_only=command.reduce_only,
+            )
+        )
+        if decision.limit is risk.LimitName.MAX_LOSS and decision.scope == "account":
+            self.request_trip(f"account loss limit: {decision.reason}", by="limit")
+        raise RiskDenied(decision.limit.value, decision.scope, decision.reason, command.client_id)
+
+    # --- the kill switch ------------------------------------------------------------------------
+
+    @property
+    def tripped(self) -> bool:
+        """Whether the kill switch is tripped (it is part of the state, so a restart keeps it)."""
+        return self.engine.state.risk.tripped
+
+    async def trip(self, reason: str, *, by: str = "program") -> None:
+        """Trip the kill switch: record it (`KillSwitchTripped`; from then on only reduce-only
+        orders are accepted), then cancel every open order on every symbol, asking again
+        until the venue shows none open (see `cancel_everything`). Tripping a tripped switch
+        records nothing and cancels again. `by` says who: `program`, `limit` or `signal`."""
+        if not self.tripped:
+            self.engine.record(
+                KillSwitchTripped(
+                    source=Source.LOCAL, recv_time_us=self.clock.local_us(), reason=reason, by=by
+                )
+            )
+            _log.warning("kill switch tripped by %s: %s", by, reason)
+        await self.cancel_everything()
+
+    def request_trip(self, reason: str, *, by: str = "program") -> None:
+        """`trip` from synchronous code (an engine listener, a signal handler): the session's
+        guard task records the trip and cancels, as soon as it runs."""
+        if self._trip_request is None:
+            self._trip_request = (reason, by)
+        self._guard_wake.set()
+
+    def reset_kill_switch(self, reason: str) -> bool:
+        """Reset a tripped kill switch (recorded as `KillSwitchReset`); new orders are checked
+        against the limits again. Returns False (and records nothing) if it was not tripped."""
+        if not self.tripped:
+            return False
+        self.engine.record(
+            KillSwitchReset(source=Source.LOCAL, recv_time_us=self.clock.local_us(), reason=reason)
+        )
+        _log.warning("kill switch reset: %s", reason)
+        return True
+
+    async def cancel_everything(self) -> int:
+        """Cancel every open order on every symbol until the venue confirms none is left.
+
+        Backpack's cancel-all needs a symbol, and it has no cancel-on-disconnect. Each round
+        asks the venue for its open orders on all symbols (one request) and records them (so
+        orders the engine did not know are seen too); if there are none, the venue has
+        confirmed and this returns the number of rounds. Otherwise it sends cancel-all for each
+        symbol with an order open (the venue's, or the engine's when the query failed), and
+        goes round again, after 0.2 s, 0.4 s, ... up to 5 s when a request failed or from the
+        second round on. It does not give up: the caller bounds the time."""
+        pending = {o.symbol for o in self.engine.state.open_orders()}
+        delay = KILL_RETRY_INITIAL
+        rounds = 0
+        while True:
+            rounds += 1
+            try:
+                open_now = await self.rest.open_orders(source=Source.RECONCILE)
+            except RestError as exc:
+                self.errors += 1
+                _log.warning("kill switch: open orders query failed (%s)", exc)
+                failed = True
+                pending |= {o.symbol for o in self.engine.state.open_orders()}
+            else:
+                failed = False
+                self.engine.record_news(open_now)
+                pending = {e.symbol for e in open_now if isinstance(e, OrderObserved)}
+                if not pending:
+                    self.kill_confirmations += 1
+                    _log.warning("kill switch: the venue shows no open order (round %d)", rounds)
+                    return rounds
+            for symbol in sorted(pending):
+                failed = not await self.cancel_all(symbol) or failed
+            if failed or rounds > 1:
+                await trio.sleep(delay)
+                delay = min(delay * 2, KILL_RETRY_MAX)
+
+    def watch_risk(self, event: Event, state: State) -> None:
+        """Engine listener: trip the switch when the account's loss limit breaks as fills,
+        position reports (marks) and funding arrive, not only at the next submit."""
+        if (
+            self.limits.account.max_loss is None
+            or state.risk.tripped
+            or not isinstance(event, OrderFilled | PositionObserved | FundingPaid)
+        ):
+            return
+        breach = risk.loss_breach(state, self.limits, event.recv_time_us, mark=self.marks)
+        if breach is not None:
+            self.request_trip(f"account loss limit: {breach.reason}", by="limit")
+
+    async def guard(self) -> None:
+        """The kill switch's task: on start, a switch the log left tripped cancels again
+        (orders may have been left open when the last session stopped); then every requested
+        trip is carried out."""
+        if self.tripped:
+            await self.reconciled.wait()
+            await self.cancel_everything()
+        while True:
+            await self._guard_wake.wait()
+            self._guard_wake = trio.Event()
+            request, self._trip_request = self._trip_request, None
+            if request is not None:
+                await self.trip(request[0], by=request[1])
 
     async def cancel(
         self, symbol: str, *, client_id: int | None = None, venue_id: str | None = None
@@ -552,10 +708,11 @@ class BackpackSession:
                 self.engine.record_news([answer])
         return self.engine.state.order(client_id=client_id, venue_id=venue_id)
 
-    async def cancel_all(self, symbol: str) -> None:
+    async def cancel_all(self, symbol: str) -> bool:
         """Cancel every open order on `symbol` (one request; the venue reports each cancel).
 
-        A cancel request is recorded first for every order the engine has open there."""
+        A cancel request is recorded first for every order the engine has open there.
+        Returns whether the venue answered (a failure is logged and counted, not raised)."""
         for order in self.engine.state.open_orders():
             if order.symbol == symbol:
                 self.engine.record(
@@ -573,12 +730,13 @@ class BackpackSession:
             # The stream or the next reconciliation says what happened to each order.
             self.errors += 1
             _log.warning("cancel all on %s failed: %s", symbol, exc)
-            return
+            return False
         if isinstance(body, list):
             answers = [
                 codec.order_object(item, Source.REST, self.clock.local_us()) for item in body
             ]
             self.engine.record_news(answers)
+        return True
 
     async def cancel_open_orders(self) -> None:
         symbols = sorted({o.symbol for o in self.engine.state.open_orders()})
@@ -628,6 +786,8 @@ async def open_backpack_session(
     fill_grace: float = DEFAULT_FILL_GRACE,
     fill_attempts: int = DEFAULT_FILL_ATTEMPTS,
     clock: VenueClock | None = None,
+    limits: Limits | None = None,
+    marks: MarkSource = risk.observed_mark,
 ) -> AsyncIterator[BackpackSession]:
     """Connect, load markets, subscribe, reconcile; yield the session; shut down cleanly.
 
@@ -638,6 +798,9 @@ async def open_backpack_session(
     `fill_grace` and `fill_attempts` tune the fill chaser (see `FillChaser`). `clock` is the
     session's one clock (`VenueClock`: the wall clock and the measured venue offset), shared
     by the REST client, the stream and the session; tests pass one with a clock of their own.
+    `limits` are the pre-trade risk limits and `marks` where the check finds mark prices
+    (docs/risk.md); a kill switch the log left tripped cancels every open order again once
+    the session has reconciled.
 
     On the way out, within `shutdown_timeout` seconds and shielded from cancellation: open
     orders are cancelled if `cancel_on_shutdown`; then, only when the body exited normally,
@@ -664,7 +827,13 @@ async def open_backpack_session(
         streams = ["account.orderUpdate", *(["account.positionUpdate"] if perpetual else [])]
         engine.record_news(wanted)
         session = BackpackSession(
-            engine, rest, perpetual=perpetual, fill_grace=fill_grace, fill_attempts=fill_attempts
+            engine,
+            rest,
+            perpetual=perpetual,
+            fill_grace=fill_grace,
+            fill_attempts=fill_attempts,
+            limits=limits,
+            marks=marks,
         )
         stream = BackpackStream(
             ws_url,
@@ -677,6 +846,7 @@ async def open_backpack_session(
         )
         session.stream = stream
         unsubscribe = engine.subscribe(session.chaser.notice)
+        unwatch = engine.subscribe(session.watch_risk)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(engine.run)  # keeps the group commit on time
@@ -690,6 +860,7 @@ async def open_backpack_session(
                 )
                 nursery.start_soon(session.poll, poll_interval)
                 nursery.start_soon(session.chaser.run)
+                nursery.start_soon(session.guard)
                 clean = False
                 try:
                     yield session
@@ -709,5 +880,6 @@ async def open_backpack_session(
                         )
                     nursery.cancel_scope.cancel()
         finally:
+            unwatch()
             unsubscribe()
             session.reconciler.close()

@@ -5,6 +5,7 @@
     │   ├── InvalidOrder        an order the market cannot represent (also a ValueError)
     │   │   └── UnknownMarket   an order for a market the engine does not know
     │   ├── DuplicateClientId   a client id already used in the log (also a ValueError)
+    │   ├── RiskDenied          the pre-trade risk check or the kill switch refused an order
     │   └── ConfigurationError  unusable settings: keys, URLs, limits, symbols (also a ValueError)
     └── ExternalError       the outside world's: the venue, the network or an input file
 
@@ -33,6 +34,7 @@ __all__ = [
     "InvalidOrder",
     "OmsError",
     "ProgramError",
+    "RiskDenied",
     "UnknownMarket",
 ]
 
@@ -68,6 +70,25 @@ class DuplicateClientId(ProgramError, ValueError):
 
     def __str__(self) -> str:
         return f"client id {self.client_id} is already used in this log"
+
+
+class RiskDenied(ProgramError):
+    """The pre-trade risk check refused an order (a limit it would break, or the kill
+    switch): nothing was sent, and the denial was recorded as an `OrderDenied` event.
+
+    `limit` names the limit (`oms.core.risk.LimitName` value), `scope` where it is set
+    (`account` or the symbol), `reason` what the order would have done, `client_id` the id the
+    order would have had."""
+
+    def __init__(self, limit: str, scope: str, reason: str, client_id: int) -> None:
+        super().__init__(limit, scope, reason, client_id)  # args kept, so it pickles
+        self.limit = limit
+        self.scope = scope
+        self.reason = reason
+        self.client_id = client_id
+
+    def __str__(self) -> str:
+        return f"order {self.client_id} denied by {self.limit} ({self.scope}): {self.reason}"
 
 
 class ConfigurationError(ProgramError, ValueError):

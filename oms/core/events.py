@@ -43,10 +43,13 @@ __all__ = [
     "CancelRequested",
     "Event",
     "FundingPaid",
+    "KillSwitchReset",
+    "KillSwitchTripped",
     "MarketInfo",
     "MessageNotUnderstood",
     "OrderAccepted",
     "OrderCancelled",
+    "OrderDenied",
     "OrderEvent",
     "OrderExpired",
     "OrderFilled",
@@ -397,6 +400,44 @@ class MessageNotUnderstood(_Meta, frozen=True):
     reason: str
 
 
+# --- risk: the pre-trade check and the kill switch (docs/risk.md) --------------------------------
+
+
+class OrderDenied(_Meta, frozen=True):
+    """The pre-trade risk check refused a new order: it was neither logged as a submit nor
+    sent. `limit` names the limit (an `oms.core.risk.LimitName` value, e.g. `max_position`),
+    `scope` where it is set (`account` or the symbol), `reason` says what the order would have
+    done. The order's own fields are kept so that a replay shows what was refused.
+    """
+
+    client_id: Int64
+    symbol: str
+    side: Side
+    order_type: OrderType
+    limit: str
+    scope: str
+    reason: str
+    quantity: Decimal | None = None
+    quote_quantity: Decimal | None = None
+    price: Decimal | None = None
+    reduce_only: bool = False
+
+
+class KillSwitchTripped(_Meta, frozen=True):
+    """The kill switch was tripped: from now on only reduce-only orders are accepted, and
+    every open order is cancelled. `by` is who tripped it: `program`, `limit` or `signal`.
+    It stays tripped (a restart included) until a `KillSwitchReset`."""
+
+    reason: str
+    by: str
+
+
+class KillSwitchReset(_Meta, frozen=True):
+    """The program reset a tripped kill switch: new orders are checked as before."""
+
+    reason: str
+
+
 OrderEvent = (
     OrderSubmitted
     | CancelRequested
@@ -420,6 +461,9 @@ Event = (
     | FundingPaid
     | MarketInfo
     | MessageNotUnderstood
+    | OrderDenied
+    | KillSwitchTripped
+    | KillSwitchReset
 )
 
 EVENT_TYPES: Final[dict[str, type[Event]]] = {
@@ -443,5 +487,8 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
         FundingPaid,
         MarketInfo,
         MessageNotUnderstood,
+        OrderDenied,
+        KillSwitchTripped,
+        KillSwitchReset,
     )
 }

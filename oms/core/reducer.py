@@ -34,10 +34,13 @@ from oms.core.events import (
     CancelRequested,
     Event,
     FundingPaid,
+    KillSwitchReset,
+    KillSwitchTripped,
     MarketInfo,
     MessageNotUnderstood,
     OrderAccepted,
     OrderCancelled,
+    OrderDenied,
     OrderEvent,
     OrderExpired,
     OrderFilled,
@@ -51,6 +54,7 @@ from oms.core.events import (
     TriggerPlaced,
 )
 from oms.core.lifecycle import TRANSITIONS, Kind, kind_of_venue_status
+from oms.core.risk import after_event as _risk_after
 from oms.core.state import (
     ANOMALIES_KEPT,
     POSITION_WINDOW,
@@ -204,6 +208,7 @@ class Fold:
         self.retain_finished = state.retain_finished
         self.last_client_id = state.last_client_id
         self.baseline_seq = state.baseline_seq
+        self.risk = state.risk
 
     def _w_orders(self) -> MapMutation[str, Order]:
         if self._orders_m is None:
@@ -270,6 +275,7 @@ class Fold:
             retain_finished=self.retain_finished,
             last_client_id=self.last_client_id,
             baseline_seq=self.baseline_seq,
+            risk=self.risk,
         )
 
     # --- dispatch ---------------------------------------------------------------------------
@@ -291,6 +297,22 @@ class Fold:
                 min_quantity=event.min_quantity,
             ),
         )
+
+    def _risk(self, event: OrderDenied | KillSwitchTripped | KillSwitchReset) -> None:
+        """The kill switch and denials: only `State.risk` changes (`oms.core.risk`)."""
+        self.risk = _risk_after(self.risk, event, self.seq, self._frozen_positions, self.markets)
+
+    def _submitted(self, event: OrderSubmitted) -> None:
+        # The risk check's memory of submits (rate, PnL samples), then the order itself.
+        self.risk = _risk_after(self.risk, event, self.seq, self._frozen_positions, self.markets)
+        self._order_event(event)
+
+    def _frozen_positions(self) -> Map[str, Position]:
+        """The positions as a Map (finishing a pending mutation: the next write starts one)."""
+        if self._positions_m is not None:
+            self._positions_base = self.positions = self._positions_m.finish()
+            self._positions_m = None
+        return self._positions_base
 
     def _not_understood(self, event: MessageNotUnderstood) -> None:
         self._anomaly(AnomalyKind.NOT_UNDERSTOOD, event.reason)
@@ -1086,6 +1108,10 @@ _STEPS: Final[dict[type[Event], Callable[[Fold, Any], None]]] = {
     FundingPaid: Fold._funding,
     MarketInfo: Fold._market_info,
     MessageNotUnderstood: Fold._not_understood,
+    OrderSubmitted: Fold._submitted,
+    OrderDenied: Fold._risk,
+    KillSwitchTripped: Fold._risk,
+    KillSwitchReset: Fold._risk,
 }
 assert set(_STEPS) == set(EVENT_TYPES.values())
 

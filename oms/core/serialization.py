@@ -594,6 +594,34 @@ def state_document(state: State, *, finished_limit: int | None = None) -> dict[s
             "by_kind": {str(k): state.anomaly_counts[k] for k in sorted(state.anomaly_counts)},
             "recent": [_plain(a) for a in state.anomalies],
         },
+        **_risk_doc(state),
+    }
+
+
+def _risk_doc(state: State) -> dict[str, Any]:
+    """The kill switch and the denials, once either was ever used (so the documents and
+    hashes of logs that never used them are as before). The check's bookkeeping (submit times,
+    PnL samples) is left out: it only serves the next decision."""
+    risk = state.risk
+    if not risk.used:
+        return {}
+    return {
+        "risk": {
+            "kill_switch": {
+                "tripped": risk.tripped,
+                "reason": risk.trip_reason,
+                "by": risk.trip_by,
+                "seq": risk.trip_seq,
+                "time_us": risk.trip_time_us,
+                "trips": risk.trips,
+                "resets": risk.resets,
+            },
+            "denials": {
+                "total": risk.denials,
+                "by_limit": dict(risk.denied_by_limit),
+                "last": risk.last_denial,
+            },
+        }
     }
 
 

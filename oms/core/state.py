@@ -44,6 +44,8 @@ __all__ = [
     "Position",
     "PositionFigures",
     "PositionFill",
+    "PnlSample",
+    "RiskState",
     "State",
 ]
 
@@ -290,6 +292,55 @@ class Position(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     baseline_before_us: int | None = None  # fills older than this are inside the baseline
 
 
+class PnlSample(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Each position's realized PnL (`oms.core.risk.realized`) at a submit's local time:
+    where a loss window starts (see `RiskState.pnl_samples`)."""
+
+    time_us: int
+    realized: tuple[tuple[str, Decimal], ...]
+
+
+class RiskState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The kill switch, the denials of the pre-trade check, and what the check needs from
+    the past (see docs/risk.md; `oms.core.risk` computes every change).
+
+    `tripped` latches on `KillSwitchTripped` and clears only on `KillSwitchReset`;
+    `trip_reason`, `trip_by`, `trip_seq` and `trip_time_us` describe the latest trip.
+    `denials` counts `OrderDenied` events, by limit in `denied_by_limit`; `last_denial` is the
+    newest one's reason, `last_denied_client_id` its client id (a session does not give that
+    id to the next order, so that a log never shows one id both denied and sent).
+
+    Bookkeeping, left out of the state document and hash (so logs that never used risk
+    features keep their hashes): `submit_times`, the local times of the newest submits (at
+    most `oms.core.risk.RATE_MEMORY`), for the rate of submits; `pnl_samples`, realized PnL
+    per position at submits at least a minute apart (at most `oms.core.risk.PNL_SAMPLES_KEPT`),
+    where a loss window starts.
+    """
+
+    tripped: bool = False
+    trip_reason: str | None = None
+    trip_by: str | None = None
+    trip_seq: int | None = None
+    trip_time_us: int | None = None
+    trips: int = 0
+    resets: int = 0
+    denials: int = 0
+    denied_by_limit: tuple[tuple[str, int], ...] = ()
+    last_denial: str | None = None
+    last_denied_client_id: int | None = None  # so that the next order takes a fresh id
+    submit_times: tuple[int, ...] = ()
+    pnl_samples: tuple[PnlSample, ...] = ()
+
+    @property
+    def used(self) -> bool:
+        """Whether the switch or the check ever recorded anything (else the state document
+        and hash leave the risk section out)."""
+        return bool(self.trips or self.resets or self.denials)
+
+
+_NO_RISK: Final = RiskState()
+
+
 @attrs.frozen(kw_only=True)
 class State:
     """Everything the events imply. `last_seq` is the seq of the last event applied."""
@@ -313,6 +364,8 @@ class State:
     # Seq of the account's first venue balance snapshot, the baseline it adopted (None before).
     # Until then a REST position report is adopted as its position's baseline too.
     baseline_seq: int | None = None
+    # The kill switch and the pre-trade check's records (docs/risk.md).
+    risk: RiskState = _NO_RISK
 
     def order(self, *, client_id: int | None = None, venue_id: str | None = None) -> Order | None:
         """Find an order by our client id or by the venue's order id."""

@@ -181,3 +181,39 @@ def test_an_error_on_the_trio_side_reaches_the_asyncio_caller_as_one_exception(
 
         with pytest.raises(ValueError, match="closed file"):
             asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_asyncio_programs_get_the_risk_check_and_the_kill_switch(tmp_path: Path) -> None:
+    from oms import AccountLimits, Limits, RiskDenied
+
+    with exchange_in_a_thread() as (exchange, clock):
+        engine = Engine.open(tmp_path / "s.jsonl", fsync=Fsync.never())
+        credentials = Credentials(exchange.credentials().api_secret)
+        limits = Limits(account=AccountLimits(max_order_notional=Decimal("1000")))
+        options = _options(exchange, clock, limits=limits)
+
+        async def main() -> None:
+            async with open_session(engine, credentials, **options) as s:
+                with pytest.raises(RiskDenied, match="max_order_notional"):
+                    await s.submit(
+                        SPOT, Side.BID, OrderType.LIMIT, quantity=Decimal("10"),
+                        price=Decimal("130"),
+                    )  # fmt: skip
+                await s.submit(
+                    SPOT, Side.BID, OrderType.LIMIT, quantity=Decimal("2"), price=Decimal("130"),
+                    client_id=21,
+                )  # fmt: skip
+                await s.trip("from asyncio")
+                assert s.state.risk.tripped
+                with pytest.raises(RiskDenied, match="kill_switch"):
+                    await s.submit(
+                        SPOT, Side.BID, OrderType.LIMIT, quantity=Decimal("1"),
+                        price=Decimal("130"),
+                    )  # fmt: skip
+                assert await s.reset_kill_switch("done")
+
+        asyncio.run(main())
+        engine.close()
+    order = engine.state.order(client_id=21)
+    assert order is not None and order.status is OrderStatus.CANCELLED
+    assert not engine.state.risk.tripped and engine.state.risk.denials == 2

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from oms.core.events import KillSwitchTripped
 from oms.core.reducer import replay
 from oms.core.values import OrderStatus
 from oms.log import LogReader
@@ -68,3 +70,40 @@ def test_the_real_venue_without_keys_fails_with_one_clear_line(tmp_path: Path) -
     assert result.returncode == 1
     assert "BACKPACK_API_SECRET is not set" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_limits_file_fails_with_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    limits = tmp_path / "limits.toml"
+    limits.write_text("[symbols.SOL_USDC_PERP]\nmax_position = 10.5\n", encoding="utf-8")
+    assert main(["--limits", str(limits), "--record", str(tmp_path / "x.jsonl")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{limits}: symbols.SOL_USDC_PERP: max_position must be a decimal string" in err
+    assert main(["--limits", str(tmp_path / "missing.toml")]) == 1
+    assert "cannot read the limits file" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="no SIGUSR1 on this platform")
+def test_sigusr1_trips_the_kill_switch_of_the_main_job(tmp_path: Path) -> None:
+    record = tmp_path / "s.jsonl"
+    limits = tmp_path / "limits.toml"
+    limits.write_text("[account]\nmax_submits = 50\n", encoding="utf-8")
+    job = subprocess.Popen(
+        [sys.executable, "-m", "oms_backpack.run", "--strategy", "none", "--duration", "3",
+         "--record", str(record), "--limits", str(limits)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert job.stdout is not None
+        first = job.stdout.readline()  # the status view starts once the signal is handled
+        assert first.startswith("oms  events"), first
+        job.send_signal(signal.SIGUSR1)
+        out, err = job.communicate(timeout=60)
+    finally:
+        job.kill()
+    assert job.returncode == 0, err
+    assert "replay matches the live state" in out
+    trips = [e for e in LogReader(record).events() if isinstance(e, KillSwitchTripped)]
+    assert [(e.by, e.reason) for e in trips] == [("signal", "signal SIGUSR1")]

@@ -24,10 +24,13 @@ from oms.core.events import (
     CancelRequested,
     Event,
     FundingPaid,
+    KillSwitchReset,
+    KillSwitchTripped,
     MarketInfo,
     MessageNotUnderstood,
     OrderAccepted,
     OrderCancelled,
+    OrderDenied,
     OrderExpired,
     OrderFilled,
     OrderModified,
@@ -193,6 +196,21 @@ EXAMPLES: list[Event] = [
     MessageNotUnderstood(
         source=Source.WS, recv_time_us=T0, raw='{"weird":\n"frame \u00e9\u2028"}', reason="no e"
     ),
+    OrderDenied(
+        source=Source.LOCAL,
+        recv_time_us=T0,
+        client_id=42,
+        symbol="SOL_USDC_PERP",
+        side=Side.BID,
+        order_type=OrderType.LIMIT,
+        limit="max_position",
+        scope="SOL_USDC_PERP",
+        reason="position 9 would become 11 if the order filled; at most 10 either way",
+        quantity=D("2"),
+        price=D("150.25"),
+    ),
+    KillSwitchTripped(source=Source.LOCAL, recv_time_us=T0, reason="SIGUSR1", by="signal"),
+    KillSwitchReset(source=Source.LOCAL, recv_time_us=T0, reason="checked by hand"),
 ]
 
 

@@ -324,3 +324,49 @@ def test_a_failure_applying_an_event_names_its_line(
     assert err == (
         f"{path}:{first_fill}: cannot apply OrderFilled: ArithmeticError: boom\\nsecond line\n"
     )
+
+
+def test_a_replay_shows_the_kill_switch_and_the_denials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from decimal import Decimal
+
+    from oms.core.events import KillSwitchTripped, OrderDenied
+    from oms.core.values import OrderType, Side, Source
+    from oms.log import EventLog
+
+    path = tmp_path / "risk.jsonl"
+    log = EventLog.open(path)
+    log.append(
+        OrderDenied(
+            source=Source.LOCAL,
+            recv_time_us=1,
+            client_id=7,
+            symbol="SOL_USDC_PERP",
+            side=Side.BID,
+            order_type=OrderType.MARKET,
+            limit="max_position",
+            scope="SOL_USDC_PERP",
+            reason="position 0 would become 12",
+            quantity=Decimal(12),
+        )
+    )
+    log.append(
+        KillSwitchTripped(source=Source.LOCAL, recv_time_us=2, reason="SIGUSR1", by="signal")
+    )
+    log.close()
+    code, out, _ = run([str(path)], capsys)
+    assert code == 0
+    assert "Kill switch: TRIPPED (tripped at seq 2 by signal: SIGUSR1); trips 1, resets 0" in out
+    assert "max_position: 1" in out and "position 0 would become 12" in out
+    code, out, _ = run([str(path), "--json"], capsys)
+    risk = json.loads(out)["risk"]
+    assert risk["kill_switch"]["tripped"] is True
+    assert risk["denials"] == {
+        "total": 1,
+        "by_limit": {"max_position": 1},
+        "last": "seq 1: max_position (SOL_USDC_PERP): position 0 would become 12",
+    }
+    # a session that never used them prints neither
+    code, out, _ = run([str(copy_session(tmp_path, "perp_position_lifecycle"))], capsys)
+    assert "Kill switch" not in out and "Risk denials" not in out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from decimal import Decimal
 
 from oms.core.events import EVENT_TYPES
 from oms.core.lifecycle import TRANSITIONS, Kind, Transition
@@ -160,3 +161,15 @@ def test_log_format_example_is_what_the_codec_writes() -> None:
         seq, event = decode_line(line)
         assert seq == expected_seq
         assert encode_line(seq, event) == line
+
+
+def test_the_example_limits_file_is_the_one_in_risk_doc_and_loads() -> None:
+    from oms_backpack.run import load_limits
+
+    example = ROOT / "examples" / "limits.toml"
+    block = re.search(r"```toml\n(.*?)```", _read("risk.md"), flags=re.DOTALL)
+    assert block is not None
+    assert example.read_text(encoding="utf-8").endswith(block.group(1))
+    limits = load_limits(example)
+    assert limits.account.max_submits == 20
+    assert limits.symbols["SOL_USDC_PERP"].max_position == Decimal("10")
