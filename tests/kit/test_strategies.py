@@ -78,7 +78,10 @@ def test_a_dropped_fill_is_missing_and_nothing_is_invented(drawn: DrawnSession) 
 def test_each_knob_perturbs_sessions(knob: str) -> None:
     seen: list[DrawnSession] = []
 
-    @settings(max_examples=40, deadline=None, database=None)
+    # Derandomized: a random run could draw too few sessions with two stream messages to
+    # reorder (it happened about one run in a few hundred); a fixed draw still fails if a knob
+    # stops acting.
+    @settings(max_examples=60, deadline=None, database=None, derandomize=True)
     @given(sessions(max_orders=3, **{knob: 2}))  # type: ignore[arg-type]
     def draw(drawn: DrawnSession) -> None:
         seen.append(drawn)
