@@ -44,6 +44,7 @@ from oms.core.events import (
     CancelRequested,
     Event,
     MarketInfo,
+    MarkObserved,
     MessageNotUnderstood,
     OrderCancelled,
     OrderExpired,
@@ -58,6 +59,7 @@ from oms.core.values import OrderStatus, OrderType, Side, Source, TimeInForce, V
 from oms.engine import Engine
 from oms_backpack import codec, endpoints
 from oms_backpack.clock import VenueClock
+from oms_backpack.marks import MarkSampler
 from oms_backpack.reconcile import Reconciler
 from oms_backpack.rest import (
     BackpackRest,
@@ -343,6 +345,7 @@ class BackpackSession:
             engine, rest, grace=fill_grace, attempts=fill_attempts, clock=self.clock
         )
         self.stream: BackpackStream | None = None
+        self.marks: MarkSampler | None = None  # the rule marks are recorded by
         self.errors = 0  # REST failures of reconciliation and polling (retried)
         self.reconciled = trio.Event()
         self._reconcile_lock = trio.Lock()
@@ -592,6 +595,7 @@ async def open_backpack_session(
     fill_grace: float = DEFAULT_FILL_GRACE,
     fill_attempts: int = DEFAULT_FILL_ATTEMPTS,
     clock: VenueClock | None = None,
+    marks: MarkSampler | None = None,
 ) -> AsyncIterator[BackpackSession]:
     """Connect, load markets, subscribe, reconcile; yield the session; shut down cleanly.
 
@@ -602,6 +606,9 @@ async def open_backpack_session(
     `fill_grace` and `fill_attempts` tune the fill chaser (see `FillChaser`). `clock` is the
     session's one clock (`VenueClock`: the wall clock and the measured venue offset), shared
     by the REST client, the stream and the session; tests pass one with a clock of their own.
+    The session follows the mark price of every market it trades (`markPrice.<symbol>`) and
+    records a sample of them as `MarkObserved` (`marks`: the rule, `MarkSampler()` by
+    default; see `oms_backpack.marks`).
 
     On the way out, within `shutdown_timeout` seconds and shielded from cancellation: open
     orders are cancelled if `cancel_on_shutdown`; then, only when the body exited normally,
@@ -630,23 +637,31 @@ async def open_backpack_session(
         session = BackpackSession(
             engine, rest, perpetual=perpetual, fill_grace=fill_grace, fill_attempts=fill_attempts
         )
+        sampler = MarkSampler() if marks is None else marks
         stream = BackpackStream(
             ws_url,
             credentials,
             private_streams=streams,
+            public_streams=[f"markPrice.{m.symbol}" for m in wanted],
             window_ms=window_ms,
             heartbeat_interval=heartbeat_interval,
             # Sign subscriptions with the venue's clock, as REST requests are.
             clock=rest.clock,
         )
         session.stream = stream
+        session.marks = sampler
+
+        def record(event: Event) -> None:
+            # Marks arrive about once a second per market: only a sample is recorded.
+            if type(event) is not MarkObserved or sampler.keep(event):
+                engine.record(event)
         unsubscribe = engine.subscribe(session.chaser.notice)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(engine.run)  # keeps the group commit on time
                 await nursery.start(
                     lambda task_status=trio.TASK_STATUS_IGNORED: stream.run(
-                        engine.record,
+                        record,
                         on_connect=session.on_connect,
                         before_connect=session.resync_clock,
                         task_status=task_status,

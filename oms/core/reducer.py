@@ -35,6 +35,7 @@ from oms.core.events import (
     Event,
     FundingPaid,
     MarketInfo,
+    MarkObserved,
     MessageNotUnderstood,
     OrderAccepted,
     OrderCancelled,
@@ -58,6 +59,7 @@ from oms.core.state import (
     AnomalyKind,
     Balance,
     FillKey,
+    Mark,
     Market,
     ObservedBalance,
     ObservedPosition,
@@ -115,6 +117,7 @@ def is_news(before: State, after: State) -> bool:
             (after.balances, before.balances),
             (after.positions, before.positions),
             (after.markets, before.markets),
+            (after.marks, before.marks),
         )
     )
     if changed:
@@ -204,6 +207,7 @@ class Fold:
         self.retain_finished = state.retain_finished
         self.last_client_id = state.last_client_id
         self.baseline_seq = state.baseline_seq
+        self.marks = state.marks
 
     def _w_orders(self) -> MapMutation[str, Order]:
         if self._orders_m is None:
@@ -270,6 +274,7 @@ class Fold:
             retain_finished=self.retain_finished,
             last_client_id=self.last_client_id,
             baseline_seq=self.baseline_seq,
+            marks=self.marks,
         )
 
     # --- dispatch ---------------------------------------------------------------------------
@@ -289,6 +294,21 @@ class Fold:
                 tick_size=event.tick_size,
                 step_size=event.step_size,
                 min_quantity=event.min_quantity,
+            ),
+        )
+
+    def _mark_observed(self, event: MarkObserved) -> None:
+        # The newest mark wins; marks move nothing else (derived figures: `oms.core.account`).
+        self.marks = self.marks.set(
+            event.symbol,
+            Mark(
+                symbol=event.symbol,
+                price=event.mark_price,
+                seq=self.seq,
+                recv_time_us=event.recv_time_us,
+                venue_time_us=event.venue_time_us,
+                index_price=event.index_price,
+                funding_rate=event.funding_rate,
             ),
         )
 
@@ -1058,6 +1078,7 @@ _STEPS: Final[dict[type[Event], Callable[[Fold, Any], None]]] = {
     FundingPaid: Fold._funding,
     MarketInfo: Fold._market_info,
     MessageNotUnderstood: Fold._not_understood,
+    MarkObserved: Fold._mark_observed,
 }
 assert set(_STEPS) == set(EVENT_TYPES.values())
 

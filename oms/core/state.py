@@ -35,6 +35,7 @@ __all__ = [
     "Anomaly",
     "AnomalyKind",
     "Balance",
+    "Mark",
     "Market",
     "ObservedBalance",
     "ObservedPosition",
@@ -88,6 +89,18 @@ class Market(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     tick_size: Decimal
     step_size: Decimal
     min_quantity: Decimal
+
+
+class Mark(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The newest recorded mark of one market (`MarkObserved`); `seq` is that event's."""
+
+    symbol: str
+    price: Decimal
+    seq: int
+    recv_time_us: int
+    venue_time_us: int | None = None
+    index_price: Decimal | None = None
+    funding_rate: Decimal | None = None
 
 
 class Order(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -295,6 +308,8 @@ class State:
     # Seq of the account's first venue balance snapshot, the baseline it adopted (None before).
     # Until then a REST position report is adopted as its position's baseline too.
     baseline_seq: int | None = None
+    # The newest recorded mark of each market (`MarkObserved`); see `oms.core.account`.
+    marks: Map[str, Mark] = Map()
 
     def order(self, *, client_id: int | None = None, venue_id: str | None = None) -> Order | None:
         """Find an order by our client id or by the venue's order id."""

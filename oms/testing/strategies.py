@@ -40,6 +40,7 @@ from oms.core.events import (
     Event,
     FundingPaid,
     MarketInfo,
+    MarkObserved,
     MessageNotUnderstood,
     OrderAccepted,
     OrderCancelled,
@@ -75,6 +76,7 @@ from oms.testing.builders import (
     expire,
     fill,
     funding,
+    mark,
     market,
     markets,
     observe,
@@ -97,6 +99,7 @@ __all__ = [
     "fill",
     "funding",
     "histories",
+    "mark",
     "market",
     "markets",
     "observe",
@@ -346,6 +349,14 @@ EVENT_STRATEGIES: Final[dict[type[Event], st.SearchStrategy[Event]]] = {
         min_quantity=wide_decimals,
     ),
     MessageNotUnderstood: st.builds(MessageNotUnderstood, **_meta, reason=texts),
+    MarkObserved: st.builds(
+        MarkObserved,
+        **_meta,
+        symbol=texts,
+        mark_price=wide_decimals,
+        index_price=optional_decimals,
+        funding_rate=optional_decimals,
+    ),
 }
 assert set(EVENT_STRATEGIES) == set(EVENT_TYPES.values()), "a strategy for every event type"
 

@@ -25,6 +25,7 @@ from oms.core.events import (
     Event,
     FundingPaid,
     MarketInfo,
+    MarkObserved,
     MessageNotUnderstood,
     OrderAccepted,
     OrderCancelled,
@@ -192,6 +193,16 @@ EXAMPLES: list[Event] = [
     ),
     MessageNotUnderstood(
         source=Source.WS, recv_time_us=T0, raw='{"weird":\n"frame \u00e9\u2028"}', reason="no e"
+    ),
+    MarkObserved(
+        source=Source.WS,
+        recv_time_us=T0,
+        venue_time_us=T0 - 3,
+        raw='{"stream":"markPrice.SOL_USDC_PERP","data":{"e":"markPrice","p":"150.1"}}',
+        symbol="SOL_USDC_PERP",
+        mark_price=D("150.1"),
+        index_price=D("150.05"),
+        funding_rate=D("0.0000125"),
     ),
 ]
 
