@@ -655,6 +655,7 @@ async def open_backpack_session(
             # Marks arrive about once a second per market: only a sample is recorded.
             if type(event) is not MarkObserved or sampler.keep(event):
                 engine.record(event)
+
         unsubscribe = engine.subscribe(session.chaser.notice)
         try:
             async with trio.open_nursery() as nursery:
