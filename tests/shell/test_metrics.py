@@ -46,7 +46,7 @@ def test_two_accounts_are_served_from_their_event_streams(tmp_path: Path) -> Non
                 client_id=2,
                 code="INVALID_ORDER",
                 message="no",
-            ),  # fmt: skip
+            ),
             balances({"USDC": ("80", "10"), "SOL": ("0.5", "0")}),  # SOL: 0.5 short of ours
         ]:
             a.record(event)
