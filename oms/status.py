@@ -169,13 +169,15 @@ def status_document(
     *,
     reconciliation: ReconciliationTracker | None = None,
     last_pass_us: int | None = None,
+    last_pass_events: int | None = None,
     source: str | None = None,
 ) -> dict[str, Any]:
     """The status of `state` as one JSON-ready document (docs/status.md).
 
-    `reconciliation` is the tracker that followed the events; `last_pass_us`, when known
-    (live), the local time the last reconciliation pass completed; `source` names where the
-    state came from (a path, an account).
+    `reconciliation` is the tracker that followed the events; `last_pass_us` and
+    `last_pass_events`, when known (live), the local time the last reconciliation pass
+    completed and how many events it recorded; `source` names where the state came from (a
+    path, an account).
     """
     orders = sorted(state.orders.values(), key=lambda o: o.created_seq)
     live = [o for o in orders if not o.status.is_terminal]
@@ -238,6 +240,7 @@ def status_document(
         "reconciliation": {
             "baseline_seq": state.baseline_seq,
             "last_pass_us": last_pass_us,
+            "last_pass_events": last_pass_events,
             "last_finding": found,
         },
         "anomalies": {
@@ -334,9 +337,13 @@ def render_text(doc: dict[str, Any], *, max_orders: int = 10) -> list[str]:
             else ""
         )
     )
-    lines.append(
-        f"reconciliation: last pass at {_show(recon['last_pass_us'])} us; newest finding: {text}"
+    last_pass = (
+        ""
+        if recon["last_pass_us"] is None
+        else f"last pass at {recon['last_pass_us']} us recorded {recon['last_pass_events']} "
+        "events; "
     )
+    lines.append(f"reconciliation: {last_pass}newest finding: {text}")
     return lines
 
 

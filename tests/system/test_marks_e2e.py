@@ -1,0 +1,45 @@
+"""Marks from the local exchange's `markPrice` stream: sampled into the log, and unrealized PnL
+derived from them agrees with the venue's position report."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from oms.core.account import marked_position
+from oms.core.events import MarkObserved
+from oms.core.reducer import replay
+from oms.core.serialization import state_hash
+from oms.core.values import OrderStatus, OrderType, Side
+from oms.log import LogReader
+from oms.status import status_document
+from oms.testing.books import PERP, SPOT
+from oms.testing.harness import open_harness
+from oms.testing.waiting import wait_state
+
+
+async def test_marks_are_sampled_and_the_venue_agrees_on_unrealized_pnl(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    async with open_harness(path, step_us=20_000, tick_interval=0.02) as h:
+        order = await h.submit(PERP, Side.BID, OrderType.MARKET, quantity="2")
+        await h.until(order, lambda o: o.status is OrderStatus.FILLED, "the perp buy to fill")
+        await wait_state(
+            h.engine,
+            lambda s: PERP in s.marks and SPOT in s.marks and s.marks[PERP].seq > order.created_seq,
+            "a mark of each market, the perp's after the fill",
+        )
+        await h.session.reconcile(gate=False)  # the venue's position report, with its mark
+        state = h.state
+        figures = marked_position(state, state.positions[PERP])
+        assert figures.net_quantity == Decimal("2") and figures.venue_mark_price is not None
+        assert figures.drift_quantity == 0 and figures.drift_unrealized_pnl == 0
+        assert figures.unrealized_pnl == (state.marks[PERP].price - figures.entry_price) * 2
+        doc = status_document(state)
+        assert doc["positions"][0]["mark_price"] == str(state.marks[PERP].price)
+        sampler = h.session.marks
+        assert sampler is not None
+        await h.finish()
+    recorded = [e for e in LogReader(path).events() if isinstance(e, MarkObserved)]
+    # The market moves every 20 ms and pushes a mark each time: most are not recorded.
+    assert len(recorded) == sampler.kept and sampler.dropped > sampler.kept
+    assert state_hash(replay(LogReader(path).events())) == state_hash(h.state)
