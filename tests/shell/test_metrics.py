@@ -5,8 +5,10 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
+from oms import metrics_bench
 from oms.core.events import SubmitRejected
 from oms.core.values import Side, Source
 from oms.engine import Engine
@@ -71,3 +73,9 @@ def test_two_accounts_are_served_from_their_event_streams(tmp_path: Path) -> Non
     assert 'oms_log_append_seconds_count{account="a"} 10.0' in text
     assert 'oms_log_fsync_seconds_count{account="a"} 10.0' in text
     assert 'oms_last_seq{account="b"} 0.0' in text
+
+
+def test_the_benchmark_prints_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    assert metrics_bench.main(["--events", "30", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "alone" in out and "metrics+scrape" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import msgspec
@@ -12,9 +13,9 @@ from oms.core.events import Event
 from oms.core.values import Side, Source
 from oms.engine import Engine
 from oms.log import Fsync
-from oms.status import STATUS_FORMAT, main
+from oms.status import STATUS_FORMAT, main, status_document, status_of_file
 from oms.testing.builders import PERP, accept, balances, fill, mark, markets, submit
-from tests.helpers import REPLAY_DIR
+from tests.helpers import REPLAY_DIR, ROOT
 
 
 def write_log(path: Path, events: list[Event]) -> Path:
@@ -105,3 +106,23 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main([])
     assert exit_.value.code == 2
+
+
+def _keys(value: object) -> set[str]:
+    if isinstance(value, dict):
+        return {k for k in value} | {n for v in value.values() for n in _keys(v)}
+    if isinstance(value, list):
+        return {n for v in value for n in _keys(v)}
+    return set()
+
+
+def test_docs_status_names_every_key_of_the_document(tmp_path: Path) -> None:
+    state, tracker, _ = status_of_file(str(session(tmp_path)))
+    doc = status_document(state, reconciliation=tracker, last_pass_us=1, last_pass_events=0)
+    dynamic = {"USDC", "OrderFilled"}  # assets and event types, not keys of the schema
+    text = (ROOT / "docs" / "status.md").read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)  # the code blocks
+    documented = set(re.findall(r"`([^`]+)`", text))
+    named = {part for item in documented for part in re.split(r"[.\[\]*, ]+", item) if part}
+    missing = sorted(_keys(doc) - dynamic - named)
+    assert not missing, f"docs/status.md does not name {missing}"
