@@ -24,27 +24,48 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from oms.core.events import Event
-from oms.core.values import Side
+from oms.core.events import Event, MarketInfo, OrderAccepted, OrderFilled, OrderSubmitted
+from oms.core.values import MarketType, OrderType, Side, Source
 from oms.engine import Engine
 from oms.log import Fsync
 from oms.metrics import EngineMetrics
-from oms.testing.builders import accept, fill, markets, submit
 
 __all__ = ["main"]
 
+SYMBOL = "SOL_USDC"
+
 
 def _events(count: int) -> list[Event]:
-    out: list[Event] = list(markets())
+    """Spot orders, each submitted, accepted and filled (its own events: the shell does not
+    import the test kit)."""
+    one, price = Decimal(1), Decimal(100)
+    out: list[Event] = [
+        MarketInfo(
+            source=Source.REST, recv_time_us=1, symbol=SYMBOL, base_asset="SOL",
+            quote_asset="USDC", market_type=MarketType.SPOT, tick_size=Decimal("0.01"),
+            step_size=Decimal("0.01"), min_quantity=Decimal("0.01"),
+        )
+    ]  # fmt: skip
     client = 0
     while len(out) < count:
         client += 1
-        venue = f"V{client}"
+        venue, now = f"V{client}", 1_000 + client
         out += [
-            submit(client, Side.BID, "1", "100"),
-            accept(venue, client_id=client),
-            fill(venue, client, Side.BID, "1", "100", client_id=client, fee=Decimal("0.01")),
-        ]
+            OrderSubmitted(
+                source=Source.LOCAL, recv_time_us=now, client_id=client, symbol=SYMBOL,
+                side=Side.BID, order_type=OrderType.LIMIT, quantity=one, price=price,
+            ),
+            OrderAccepted(
+                source=Source.WS, recv_time_us=now, symbol=SYMBOL, venue_id=venue,
+                client_id=client,
+            ),
+            OrderFilled(
+                source=Source.WS, recv_time_us=now, symbol=SYMBOL, venue_id=venue,
+                trade_id=client, side=Side.BID, quantity=one, price=price,
+                fee=Decimal("0.01"), fee_asset="USDC", maker=True, client_id=client,
+                cum_quantity=one,
+            ),
+        ]  # fmt: skip
     return out[:count]
 
 
