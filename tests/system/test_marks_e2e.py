@@ -25,8 +25,8 @@ async def test_marks_are_sampled_and_the_venue_agrees_on_unrealized_pnl(tmp_path
         await h.until(order, lambda o: o.status is OrderStatus.FILLED, "the perp buy to fill")
         await wait_state(
             h.engine,
-            lambda s: PERP in s.marks and SPOT in s.marks and s.marks[PERP].seq > order.created_seq,
-            "a mark of each market, the perp's after the fill",
+            lambda s: PERP in s.marks and SPOT in s.marks,
+            "a mark of each market",
         )
         await h.session.reconcile(gate=False)  # the venue's position report, with its mark
         state = h.state
