@@ -14,6 +14,7 @@ traceback); 2 usage. The input is only ever read.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -254,6 +255,14 @@ def _show(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _when(time_us: int | None) -> str:
+    """A time in microseconds as UTC, to the millisecond."""
+    if time_us is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(time_us / 1_000_000, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+
+
 def render_text(doc: dict[str, Any], *, max_orders: int = 10) -> list[str]:
     """The status document as lines for a terminal."""
     lines = [
@@ -275,7 +284,11 @@ def render_text(doc: dict[str, Any], *, max_orders: int = 10) -> list[str]:
             f"  {o['key']:<14} {o['symbol']:<14} {_show(o['side']):<4} "
             f"{_show(o['order_type']):<11} {o['status']:<16} {_show(o['price']):>12} "
             f"{o['filled_quantity']}/{_show(o['quantity'])}"
-            + ("" if o["venue_executed"] is None else f" (venue {o['venue_executed']})")
+            + (
+                ""
+                if o["venue_executed"] in (None, o["filled_quantity"])
+                else f" (venue {o['venue_executed']})"
+            )
             for o in listed[:max_orders]
         ]
         if len(listed) > max_orders:
@@ -329,7 +342,8 @@ def render_text(doc: dict[str, Any], *, max_orders: int = 10) -> list[str]:
     text = (
         "nothing found in this log"
         if finding is None
-        else f"seq {finding['first_seq']}..{finding['last_seq']}: {finding['events']} events "
+        else f"seq {finding['first_seq']}..{finding['last_seq']} at {_when(finding['time_us'])}: "
+        f"{finding['events']} events "
         + ", ".join(f"{n} {t}" for t, n in finding["by_type"].items())
         + (
             "; anomalies " + ", ".join(f"{n} {k}" for k, n in finding["anomalies"].items())
@@ -340,8 +354,8 @@ def render_text(doc: dict[str, Any], *, max_orders: int = 10) -> list[str]:
     last_pass = (
         ""
         if recon["last_pass_us"] is None
-        else f"last pass at {recon['last_pass_us']} us recorded {recon['last_pass_events']} "
-        "events; "
+        else f"last pass at {_when(recon['last_pass_us'])} recorded "
+        f"{recon['last_pass_events']} events; "
     )
     lines.append(f"reconciliation: {last_pass}newest finding: {text}")
     return lines
