@@ -79,8 +79,8 @@ def test_the_text_view_shows_positions_marked_to_market(
     assert "open orders: 1" in out
     assert "mark 103  unrealized 9" in out
     assert (
-        "reconciliation: newest finding: seq 11..11 at 1970-01-01 00:00:00.000 UTC: 1 events 1 OrderFilled"
-        in out
+        "reconciliation: newest finding: seq 11..11 at 1970-01-01 00:00:00.000 UTC: "
+        "1 events 1 OrderFilled" in out
     )
 
 
