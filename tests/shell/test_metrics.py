@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from oms import metrics_bench
-from oms.core.events import SubmitRejected
+from oms.core.events import Event, SubmitRejected
 from oms.core.values import Side, Source
 from oms.engine import Engine
 from oms.log import Fsync
@@ -34,7 +38,7 @@ def test_two_accounts_are_served_from_their_event_streams(tmp_path: Path) -> Non
     port, stop = serve_metrics(registry, port=0)
     try:
         a = engines["a"]
-        for event in [
+        recorded: list[Event] = [
             *markets(),
             balances({"USDC": ("100", "0")}),
             submit(1, Side.BID, "2", "10"),
@@ -50,7 +54,8 @@ def test_two_accounts_are_served_from_their_event_streams(tmp_path: Path) -> Non
                 message="no",
             ),
             balances({"USDC": ("80", "10"), "SOL": ("0.5", "0")}),  # SOL: 0.5 short of ours
-        ]:
+        ]
+        for event in recorded:
             a.record(event)
         collectors["a"].rest_timing("/api/v1/order", 0.02, None)
         collectors["a"].rest_timing("/api/v1/order", 0.5, "503")
@@ -79,3 +84,36 @@ def test_the_benchmark_prints_its_figures(capsys: pytest.CaptureFixture[str]) ->
     assert metrics_bench.main(["--events", "30", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "alone" in out and "metrics+scrape" in out
+
+
+def test_a_scrape_that_hangs_does_not_hold_up_the_writer(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    engine = Engine.open(tmp_path / "w.jsonl", fsync=Fsync.never())
+    collector = EngineMetrics(engine, "w")
+    registry.register(collector)
+    inside, release = threading.Event(), threading.Event()
+
+    class Stuck(Collector):
+        def collect(self) -> Iterator[Metric]:
+            inside.set()
+            release.wait(10)  # a scrape stuck half way, after our collector was read
+            return iter(())
+
+    registry.register(Stuck())
+    scraper = threading.Thread(target=generate_latest, args=(registry,), daemon=True)
+    scraper.start()
+    try:
+        assert inside.wait(5)
+        events: list[Event] = [
+            *markets(),
+            submit(1, Side.BID, "1", "10"),
+            accept("V1", client_id=1),
+        ]
+        for event in events:
+            engine.record(event)  # would wait here if the writer waited for the scrape
+        assert collector.events["OrderAccepted"] == 1
+        assert scraper.is_alive()  # recorded while the scrape is still stuck
+    finally:
+        release.set()
+        scraper.join(5)
+        engine.close()

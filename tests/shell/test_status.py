@@ -29,7 +29,8 @@ def write_log(path: Path, events: list[Event]) -> Path:
 def session(tmp_path: Path) -> Path:
     events: list[Event] = [
         *markets(),
-        balances({"USDC": ("1000", "0")}),
+        # An earlier finding: the baseline snapshot a first reconciliation pass recorded.
+        msgspec.structs.replace(balances({"USDC": ("1000", "0")}), source=Source.RECONCILE),
         submit(1, Side.BID, "3", "100", symbol=PERP),
         accept("V1", client_id=1, symbol=PERP),
         fill("V1", 1, Side.BID, "2", "100", client_id=1, symbol=PERP, fee="0.1", fee_asset="USDC"),

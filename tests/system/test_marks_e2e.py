@@ -1,5 +1,5 @@
 """Marks from the local exchange's `markPrice` stream: sampled into the log, and unrealized PnL
-derived from them agrees with the venue's position report."""
+derived from them agrees with the venue's position report. Metrics of a live session."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from oms.core.reducer import replay
 from oms.core.serialization import state_hash
 from oms.core.values import OrderStatus, OrderType, Side
 from oms.log import LogReader
+from oms.metrics import EngineMetrics
 from oms.status import status_document
 from oms.testing.books import PERP, SPOT
 from oms.testing.harness import open_harness
@@ -43,3 +44,20 @@ async def test_marks_are_sampled_and_the_venue_agrees_on_unrealized_pnl(tmp_path
     # The market moves every 20 ms and pushes a mark each time: most are not recorded.
     assert len(recorded) == sampler.kept and sampler.dropped > sampler.kept
     assert state_hash(replay(LogReader(path).events())) == state_hash(h.state)
+
+
+async def test_a_live_session_feeds_the_rest_and_log_metrics(tmp_path: Path) -> None:
+    async with open_harness(tmp_path / "x.jsonl") as h:
+        metrics = EngineMetrics(h.engine, "main")
+        h.session.rest.observer = metrics.rest_timing
+        try:
+            order = await h.submit(SPOT, Side.BID, OrderType.MARKET, quantity="0.1")
+            await h.until(order, lambda o: o.status is OrderStatus.FILLED, "the buy to fill")
+            await h.session.reconcile(gate=False)
+        finally:
+            metrics.close()
+        await h.finish()
+    assert sum(sum(hist.counts) for hist in metrics.rest.values()) >= 2
+    assert "/api/v1/order" in metrics.rest  # the submit itself was timed
+    assert sum(metrics.append.counts) >= 3  # submitted, answered, filled at least
+    assert metrics.fills >= 1
