@@ -13,7 +13,8 @@ engine's guarantees as invariants:
 
 - the engine agrees with the exchange's books once the stream has caught up: every fill
   counted once (none lost, none doubled), statuses, executed quantities, fees, balances,
-  positions and funding (`books_agree`, checked after every step);
+  positions and funding (`settle`, after every rule);
+- each order's filled quantity is the sum of its distinct fills in the log;
 - each perp position is the signed sum of its orders' fills;
 - per asset, what is locked is what the open orders lock, and total = available + locked;
 - replaying the log gives exactly the live state.
@@ -48,9 +49,10 @@ import trio
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from oms.core.events import OrderFilled
 from oms.core.reducer import replay
 from oms.core.serialization import state_hash
-from oms.core.state import State
+from oms.core.state import AnomalyKind, State
 from oms.core.values import ZERO, OrderStatus, OrderType, Side
 from oms.engine import Engine
 from oms.log import Fsync, LogReader
@@ -351,6 +353,35 @@ class EngineMachine(RuleBasedStateMachine):
                 f"{asset}: locked {balance.locked}, open orders lock {locks.get(asset, ZERO)}"
             )
             assert balance.total == balance.available + balance.locked
+
+    @invariant()
+    def every_fill_counted_once(self) -> None:
+        """Each order's filled quantity is the sum of its distinct fills in the log: a fill
+        delivered twice (or found again by a reconciliation) is counted once."""
+
+        def read() -> tuple[State, list[OrderFilled]]:
+            return self.state, [
+                e for e in LogReader(self.log_path).events() if isinstance(e, OrderFilled)
+            ]
+
+        state, fills = self.call_sync(read)
+        overfilled = {a.order_key for a in state.anomalies if a.kind is AnomalyKind.OVERFILL}
+        sums: dict[str, Decimal] = {}
+        seen: set[tuple[str, int]] = set()
+        for fill in fills:
+            order = state.order(client_id=fill.client_id, venue_id=fill.venue_id)
+            if order is None or (order.key, fill.trade_id) in seen:
+                continue
+            seen.add((order.key, fill.trade_id))
+            sums[order.key] = sums.get(order.key, ZERO) + fill.quantity
+        for order in state.orders.values():
+            if order.key in overfilled:
+                continue
+            assert order.filled_quantity == sums.get(order.key, ZERO), (
+                f"order {order.key}: filled {order.filled_quantity}, "
+                f"its distinct fills sum to {sums.get(order.key, ZERO)}"
+            )
+            assert len(order.trade_ids) == len({t for k, t in seen if k == order.key})
 
     @invariant()
     def replay_equals_live(self) -> None:
