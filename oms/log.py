@@ -291,6 +291,9 @@ class EventLog:
         self._pending = 0
         self._pending_since = 0.0
         self.syncs = 0
+        # Called with (what, seconds) after each append ("append") and fsync ("fsync"), when
+        # set (the metrics); costs nothing when not.
+        self.observer: Callable[[str, float], None] | None = None
         # The last seq known to be on disk (opening syncs what it read): a follower that
         # must not run ahead of the disk (the NATS shipper) ships up to here.
         self.synced_seq = last_seq
@@ -360,6 +363,15 @@ class EventLog:
 
     def append(self, event: Event) -> int:
         """Write `event` as the next seq and return that seq (durable per the policy)."""
+        observer = self.observer
+        if observer is None:
+            return self._append(event)
+        started = time.perf_counter()
+        seq = self._append(event)
+        observer("append", time.perf_counter() - started)
+        return seq
+
+    def _append(self, event: Event) -> int:
         seq = self.last_seq + 1
         line = encode_line(seq, event, self.version)
         policy = self.fsync
@@ -428,8 +440,11 @@ class EventLog:
         """Write everything appended so far to disk now."""
         self._handle.flush()
         if self._pending or self.fsync.max_events == 0:
+            started = time.perf_counter()
             os.fsync(self._handle.fileno())
             self.syncs += 1
+            if self.observer is not None:
+                self.observer("fsync", time.perf_counter() - started)
         self._pending = 0
         self.synced_seq = self.last_seq
 

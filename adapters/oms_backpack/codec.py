@@ -51,6 +51,7 @@ from oms.core.events import (
     Event,
     FundingPaid,
     MarketInfo,
+    MarkObserved,
     MessageNotUnderstood,
     OrderAccepted,
     OrderCancelled,
@@ -723,6 +724,8 @@ def _decode_tolerant(text: str, recv_time_us: int) -> WsFrame:
             return [position_update(data, text, recv_time_us)]
         if stream.startswith("account."):
             raise BadMessage(f"private stream {stream!r} is not consumed")
+        if stream.startswith("markPrice."):
+            return [mark_price(data, text, recv_time_us)]
         return []
 
     events = _guard(text, Source.WS, recv_time_us, build)
@@ -945,6 +948,27 @@ def position_update(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Ev
         mark_price=_dec_opt(data, "M"),
         realized_pnl=_dec_opt(data, "p"),
         unrealized_pnl=_dec_opt(data, "P"),
+    )
+
+
+def mark_price(data: Mapping[str, JSON], raw: str, recv_time_us: int) -> Event:
+    """One `markPrice.<symbol>` payload (fact sheet §4: `p` mark, `i` index, `f` estimated
+    funding rate; `f` and `i` may be absent) as a `MarkObserved`. The session samples them
+    before recording (`oms_backpack.marks`)."""
+    if data.get("e") != "markPrice":
+        raise BadMessage(f"not a mark price update: {data.get('e')!r}")
+    mark = _dec_req(data, "p")
+    if not mark > 0:
+        raise BadMessage(f"mark price {_show(data.get('p'))} is not positive")
+    return MarkObserved(
+        source=Source.WS,
+        recv_time_us=recv_time_us,
+        venue_time_us=_time_opt(data, "T", "E"),
+        raw=raw,
+        symbol=_str(data, "s"),
+        mark_price=mark,
+        index_price=_dec_opt(data, "i"),
+        funding_rate=_dec_opt(data, "f"),
     )
 
 

@@ -88,6 +88,10 @@ class Reconciler:
         # The fill window is asked in the venue's time; events are stamped in ours.
         self.started_us = clock.venue_us()
         self.synced_us: int | None = None  # when the last completed pass started
+        # Our local time when the last pass completed, and how many events it added (the
+        # status view: a pass that finds nothing records nothing in the log).
+        self.last_pass_us: int | None = None
+        self.last_added = 0
         # Fills and funding payments the engine has recorded: a baseline is adopted only if
         # none was recorded while its snapshots were being taken.
         self._moved = 0
@@ -221,4 +225,6 @@ class Reconciler:
         added += self._send(snapshots)
         self.passes += 1
         self.synced_us = started_us
+        self.last_pass_us = self.clock.local_us()
+        self.last_added = added
         return added

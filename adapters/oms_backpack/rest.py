@@ -625,6 +625,9 @@ class BackpackRest:
         self._lane: _Lane | None = None
         # (method, path) -> the request target and the headers httpx puts before ours.
         self._lane_heads: dict[tuple[str, str], _Head] = {}
+        # Called after every HTTP attempt with (path, seconds, error): `error` None for an
+        # answer below 400, else the status or the exception's class name (the metrics).
+        self.observer: Callable[[str, float, str | None], None] | None = None
 
     async def __aenter__(self) -> Self:
         if self._client is not None:
@@ -705,6 +708,20 @@ class BackpackRest:
         await trio.sleep(delay)
 
     async def _send(self, spec: RequestSpec) -> _Reply:
+        observer = self.observer
+        if observer is None:
+            return await self._send_once(spec)
+        started = time.perf_counter()
+        try:
+            reply = await self._send_once(spec)
+        except Exception as exc:
+            observer(spec.path, time.perf_counter() - started, type(exc).__name__)
+            raise
+        error = None if reply.status < 400 else str(reply.status)
+        observer(spec.path, time.perf_counter() - started, error)
+        return reply
+
+    async def _send_once(self, spec: RequestSpec) -> _Reply:
         client = self._client
         if client is None:
             raise RuntimeError("BackpackRest is not open: use `async with BackpackRest(...)`")

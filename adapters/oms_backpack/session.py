@@ -48,6 +48,7 @@ from oms.core.events import (
     KillSwitchReset,
     KillSwitchTripped,
     MarketInfo,
+    MarkObserved,
     MessageNotUnderstood,
     OrderCancelled,
     OrderDenied,
@@ -59,6 +60,7 @@ from oms.core.events import (
     SubmitRejected,
     SubmitUnknown,
 )
+from oms.core.account import mark_price
 from oms.core.risk import Limits, MarkSource
 from oms.core.state import Order, State
 from oms.core.values import (
@@ -73,6 +75,7 @@ from oms.core.values import (
 from oms.engine import Engine
 from oms_backpack import codec, endpoints
 from oms_backpack.clock import VenueClock
+from oms_backpack.marks import MarkSampler
 from oms_backpack.reconcile import Reconciler
 from oms_backpack.rest import (
     BackpackRest,
@@ -364,7 +367,7 @@ class BackpackSession:
         fill_grace: float = DEFAULT_FILL_GRACE,
         fill_attempts: int = DEFAULT_FILL_ATTEMPTS,
         limits: Limits | None = None,
-        marks: MarkSource = risk.observed_mark,
+        mark_source: MarkSource = mark_price,
     ) -> None:
         self.engine = engine
         self.rest = rest
@@ -372,7 +375,7 @@ class BackpackSession:
         # The pre-trade check's limits and where it finds mark prices (docs/risk.md); both
         # may be replaced at any time (the next submit uses them).
         self.limits = limits if limits is not None else Limits()
-        self.marks = marks
+        self.mark_source = mark_source
         self.kill_confirmations = 0  # times the venue confirmed nothing open after a trip
         self._trip_request: tuple[str, str] | None = None
         self._guard_wake = trio.Event()
@@ -381,6 +384,7 @@ class BackpackSession:
             engine, rest, grace=fill_grace, attempts=fill_attempts, clock=self.clock
         )
         self.stream: BackpackStream | None = None
+        self.marks: MarkSampler | None = None  # the rule marks are recorded by
         self.errors = 0  # REST failures of reconciliation and polling (retried)
         self.reconciled = trio.Event()
         self._reconcile_lock = trio.Lock()
@@ -509,7 +513,7 @@ class BackpackSession:
         # Checked last, with no await before `record`: no other task can take the id between.
         if self.engine.state.order(client_id=client_id) is not None:
             raise DuplicateClientId(client_id)
-        decision = risk.check(self.engine.state, command, self.limits, mark=self.marks)
+        decision = risk.check(self.engine.state, command, self.limits, mark=self.mark_source)
         if isinstance(decision, risk.Denied):
             self._deny(command, decision)
         self.engine.record(command)
@@ -645,14 +649,14 @@ class BackpackSession:
 
     def watch_risk(self, event: Event, state: State) -> None:
         """Engine listener: trip the switch when the account's loss limit breaks as fills,
-        position reports (marks) and funding arrive, not only at the next submit."""
+        marks, position reports and funding arrive, not only at the next submit."""
         if (
             self.limits.account.max_loss is None
             or state.risk.tripped
-            or not isinstance(event, OrderFilled | PositionObserved | FundingPaid)
+            or not isinstance(event, OrderFilled | MarkObserved | PositionObserved | FundingPaid)
         ):
             return
-        breach = risk.loss_breach(state, self.limits, event.recv_time_us, mark=self.marks)
+        breach = risk.loss_breach(state, self.limits, event.recv_time_us, mark=self.mark_source)
         if breach is not None:
             self.request_trip(f"account loss limit: {breach.reason}", by="limit")
 
@@ -787,7 +791,8 @@ async def open_backpack_session(
     fill_attempts: int = DEFAULT_FILL_ATTEMPTS,
     clock: VenueClock | None = None,
     limits: Limits | None = None,
-    marks: MarkSource = risk.observed_mark,
+    mark_source: MarkSource = mark_price,
+    marks: MarkSampler | None = None,
 ) -> AsyncIterator[BackpackSession]:
     """Connect, load markets, subscribe, reconcile; yield the session; shut down cleanly.
 
@@ -798,9 +803,14 @@ async def open_backpack_session(
     `fill_grace` and `fill_attempts` tune the fill chaser (see `FillChaser`). `clock` is the
     session's one clock (`VenueClock`: the wall clock and the measured venue offset), shared
     by the REST client, the stream and the session; tests pass one with a clock of their own.
-    `limits` are the pre-trade risk limits and `marks` where the check finds mark prices
-    (docs/risk.md); a kill switch the log left tripped cancels every open order again once
-    the session has reconciled.
+    `limits` are the pre-trade risk limits and `mark_source` where the check finds mark prices
+    (docs/risk.md; by default the newest recorded mark, else the venue's last position report);
+    a kill switch the log left tripped cancels every open order again once the session has
+    reconciled.
+
+    The session follows the mark price of every market it trades (`markPrice.<symbol>`) and
+    records a sample of them as `MarkObserved` (`marks`: the rule, `MarkSampler()` by
+    default; see `oms_backpack.marks`).
 
     On the way out, within `shutdown_timeout` seconds and shielded from cancellation: open
     orders are cancelled if `cancel_on_shutdown`; then, only when the body exited normally,
@@ -833,18 +843,27 @@ async def open_backpack_session(
             fill_grace=fill_grace,
             fill_attempts=fill_attempts,
             limits=limits,
-            marks=marks,
+            mark_source=mark_source,
         )
+        sampler = MarkSampler() if marks is None else marks
         stream = BackpackStream(
             ws_url,
             credentials,
             private_streams=streams,
+            public_streams=[f"markPrice.{m.symbol}" for m in wanted],
             window_ms=window_ms,
             heartbeat_interval=heartbeat_interval,
             # Sign subscriptions with the venue's clock, as REST requests are.
             clock=rest.clock,
         )
         session.stream = stream
+        session.marks = sampler
+
+        def record(event: Event) -> None:
+            # Marks arrive about once a second per market: only a sample is recorded.
+            if type(event) is not MarkObserved or sampler.keep(event):
+                engine.record(event)
+
         unsubscribe = engine.subscribe(session.chaser.notice)
         unwatch = engine.subscribe(session.watch_risk)
         try:
@@ -852,7 +871,7 @@ async def open_backpack_session(
                 nursery.start_soon(engine.run)  # keeps the group commit on time
                 await nursery.start(
                     lambda task_status=trio.TASK_STATUS_IGNORED: stream.run(
-                        engine.record,
+                        record,
                         on_connect=session.on_connect,
                         before_connect=session.resync_clock,
                         task_status=task_status,

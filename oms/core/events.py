@@ -45,6 +45,7 @@ __all__ = [
     "FundingPaid",
     "KillSwitchReset",
     "KillSwitchTripped",
+    "MarkObserved",
     "MarketInfo",
     "MessageNotUnderstood",
     "OrderAccepted",
@@ -379,6 +380,21 @@ class FundingPaid(_Meta, frozen=True):
     rate: Decimal | None = None
 
 
+class MarkObserved(_Meta, frozen=True):
+    """A market's mark price (the public `markPrice.<symbol>` stream), as sampled for the log.
+
+    The stream pushes a mark about once a second per symbol; the session records only a
+    sample of them (see `oms_backpack.marks.MarkSampler` for the rule), so the log does not
+    grow with time alone. `index_price` and `funding_rate` (the estimated rate of the current
+    interval) are perps' (`None` where the venue leaves them out).
+    """
+
+    symbol: str
+    mark_price: Decimal
+    index_price: Decimal | None = None
+    funding_rate: Decimal | None = None
+
+
 class MarketInfo(_Meta, frozen=True):
     """A market's definition (`GET /api/v1/markets`): assets, type and filters."""
 
@@ -464,6 +480,7 @@ Event = (
     | OrderDenied
     | KillSwitchTripped
     | KillSwitchReset
+    | MarkObserved
 )
 
 EVENT_TYPES: Final[dict[str, type[Event]]] = {
@@ -490,5 +507,6 @@ EVENT_TYPES: Final[dict[str, type[Event]]] = {
         OrderDenied,
         KillSwitchTripped,
         KillSwitchReset,
+        MarkObserved,
     )
 }

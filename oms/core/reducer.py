@@ -37,6 +37,7 @@ from oms.core.events import (
     KillSwitchReset,
     KillSwitchTripped,
     MarketInfo,
+    MarkObserved,
     MessageNotUnderstood,
     OrderAccepted,
     OrderCancelled,
@@ -62,6 +63,7 @@ from oms.core.state import (
     AnomalyKind,
     Balance,
     FillKey,
+    Mark,
     Market,
     ObservedBalance,
     ObservedPosition,
@@ -119,6 +121,7 @@ def is_news(before: State, after: State) -> bool:
             (after.balances, before.balances),
             (after.positions, before.positions),
             (after.markets, before.markets),
+            (after.marks, before.marks),
         )
     )
     if changed:
@@ -209,6 +212,7 @@ class Fold:
         self.last_client_id = state.last_client_id
         self.baseline_seq = state.baseline_seq
         self.risk = state.risk
+        self.marks = state.marks
 
     def _w_orders(self) -> MapMutation[str, Order]:
         if self._orders_m is None:
@@ -276,6 +280,7 @@ class Fold:
             last_client_id=self.last_client_id,
             baseline_seq=self.baseline_seq,
             risk=self.risk,
+            marks=self.marks,
         )
 
     # --- dispatch ---------------------------------------------------------------------------
@@ -313,6 +318,20 @@ class Fold:
             self._positions_base = self.positions = self._positions_m.finish()
             self._positions_m = None
         return self._positions_base
+    def _mark_observed(self, event: MarkObserved) -> None:
+        # The newest mark wins; marks move nothing else (derived figures: `oms.core.account`).
+        self.marks = self.marks.set(
+            event.symbol,
+            Mark(
+                symbol=event.symbol,
+                price=event.mark_price,
+                seq=self.seq,
+                recv_time_us=event.recv_time_us,
+                venue_time_us=event.venue_time_us,
+                index_price=event.index_price,
+                funding_rate=event.funding_rate,
+            ),
+        )
 
     def _not_understood(self, event: MessageNotUnderstood) -> None:
         self._anomaly(AnomalyKind.NOT_UNDERSTOOD, event.reason)
@@ -1112,6 +1131,7 @@ _STEPS: Final[dict[type[Event], Callable[[Fold, Any], None]]] = {
     OrderDenied: Fold._risk,
     KillSwitchTripped: Fold._risk,
     KillSwitchReset: Fold._risk,
+    MarkObserved: Fold._mark_observed,
 }
 assert set(_STEPS) == set(EVENT_TYPES.values())
 

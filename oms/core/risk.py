@@ -23,9 +23,9 @@ Rules (docs/risk.md has them with examples):
   set but cannot be checked must not let the order through.
 
 Marks come from a `MarkSource`: a function `(state, symbol) -> Decimal | None`. The default,
-`observed_mark`, is the mark of the venue's latest position report for the symbol (`None` for
-spot and for a position never reported). A program, or a later part of the engine that
-records marks, passes its own.
+`oms.core.account.mark_price`, is the newest recorded mark of the market (`MarkObserved`,
+`State.marks`), else the mark of the venue's latest position report for the symbol (`None`
+when neither is known). `observed_mark` is the report's mark only. A program may pass its own.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from typing import Any, Final
 import msgspec
 from msgspec.structs import replace
 
+from oms.core.account import mark_price
 from oms.core.errors import ConfigurationError
 from oms.core.events import (
     CancelRequested,
@@ -294,7 +295,7 @@ def check(
     command: OrderSubmitted | CancelRequested,
     limits: Limits,
     *,
-    mark: MarkSource = observed_mark,
+    mark: MarkSource = mark_price,
 ) -> Decision:
     """Judge `command` against `state` and `limits` (the rules are in the module docstring)."""
     if isinstance(command, CancelRequested):
@@ -448,7 +449,7 @@ def _losses(
 
 
 def loss_breach(
-    state: State, limits: Limits, now_us: int, *, mark: MarkSource = observed_mark
+    state: State, limits: Limits, now_us: int, *, mark: MarkSource = mark_price
 ) -> Denied | None:
     """The account loss limit, if it is broken now (`None` also when a mark is missing:
     tripping the switch needs a loss that is known). The session trips the kill switch on
@@ -485,7 +486,7 @@ def loss(
     now_us: int,
     window_us: int,
     *,
-    mark: MarkSource = observed_mark,
+    mark: MarkSource = mark_price,
     symbols: Iterable[str] | None = None,
 ) -> Decimal | None:
     """The loss (positive; a gain is negative) over the window ending at `now_us`: realized

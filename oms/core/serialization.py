@@ -582,7 +582,7 @@ def state_document(state: State, *, finished_limit: int | None = None) -> dict[s
         # one that reopened and is open now is listed with the open orders.
         if order is not None and order.finished_at == index and order.status.is_terminal:
             finished.append(_order_doc(order))
-    return {
+    document: dict[str, Any] = {
         "last_seq": state.last_seq,
         "last_client_id": state.last_client_id,
         "orders": {"open": open_orders, "finished": finished},
@@ -623,6 +623,11 @@ def _risk_doc(state: State) -> dict[str, Any]:
             },
         }
     }
+    if state.marks:
+        # Only when the log recorded marks: a log without any keeps the document (and the
+        # state hash) it had before marks were recorded.
+        document["marks"] = [_plain(state.marks[s]) for s in sorted(state.marks.keys())]
+    return document
 
 
 def state_hash(state: State) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "Anomaly",
     "AnomalyKind",
     "Balance",
+    "Mark",
     "Market",
     "ObservedBalance",
     "ObservedPosition",
@@ -90,6 +91,18 @@ class Market(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     tick_size: Decimal
     step_size: Decimal
     min_quantity: Decimal
+
+
+class Mark(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """The newest recorded mark of one market (`MarkObserved`); `seq` is that event's."""
+
+    symbol: str
+    price: Decimal
+    seq: int
+    recv_time_us: int
+    venue_time_us: int | None = None
+    index_price: Decimal | None = None
+    funding_rate: Decimal | None = None
 
 
 class Order(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -366,6 +379,8 @@ class State:
     baseline_seq: int | None = None
     # The kill switch and the pre-trade check's records (docs/risk.md).
     risk: RiskState = _NO_RISK
+    # The newest recorded mark of each market (`MarkObserved`); see `oms.core.account`.
+    marks: Map[str, Mark] = Map()
 
     def order(self, *, client_id: int | None = None, venue_id: str | None = None) -> Order | None:
         """Find an order by our client id or by the venue's order id."""

@@ -25,6 +25,7 @@ from oms.core.events import (
     BalanceObserved,
     FundingPaid,
     MarketInfo,
+    MarkObserved,
     OrderAccepted,
     OrderCancelled,
     OrderExpired,
@@ -55,6 +56,7 @@ __all__ = [
     "fill",
     "funding",
     "market",
+    "mark",
     "markets",
     "observe",
     "position",
@@ -272,4 +274,10 @@ def funding(interval_end_us: int, amount: Decimal | str, *, symbol: str = PERP) 
         symbol=symbol,
         interval_end_us=interval_end_us,
         amount=Decimal(amount),
+    )
+
+
+def mark(price: Decimal | str, *, symbol: str = PERP, recv_time_us: int = 100) -> MarkObserved:
+    return MarkObserved(
+        source=Source.WS, recv_time_us=recv_time_us, symbol=symbol, mark_price=Decimal(price)
     )

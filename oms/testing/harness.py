@@ -146,8 +146,13 @@ class Harness:
         `quiet_for` seconds, and no engine order is still waiting for its submit's answer."""
 
         def mark() -> tuple[int, int]:
-            # HTTP requests are left out: a poller makes them while nothing happens.
-            frames = sum(1 for kind, _ in self.exchange.wire_log if kind == "ws")
+            # HTTP requests are left out: a poller makes them while nothing happens; so are
+            # mark prices, which the moving market publishes all the time.
+            frames = sum(
+                1
+                for kind, label in self.exchange.wire_log
+                if kind == "ws" and not label.startswith("markPrice.")
+            )
             return (self.state.last_seq, frames)
 
         with trio.move_on_after(15):

@@ -42,6 +42,7 @@ from oms.core.events import (
     KillSwitchReset,
     KillSwitchTripped,
     MarketInfo,
+    MarkObserved,
     MessageNotUnderstood,
     OrderAccepted,
     OrderCancelled,
@@ -78,6 +79,7 @@ from oms.testing.builders import (
     expire,
     fill,
     funding,
+    mark,
     market,
     markets,
     observe,
@@ -100,6 +102,7 @@ __all__ = [
     "fill",
     "funding",
     "histories",
+    "mark",
     "market",
     "markets",
     "observe",
@@ -366,6 +369,14 @@ EVENT_STRATEGIES: Final[dict[type[Event], st.SearchStrategy[Event]]] = {
     ),
     KillSwitchTripped: st.builds(KillSwitchTripped, **_meta, reason=texts, by=texts),
     KillSwitchReset: st.builds(KillSwitchReset, **_meta, reason=texts),
+    MarkObserved: st.builds(
+        MarkObserved,
+        **_meta,
+        symbol=texts,
+        mark_price=wide_decimals,
+        index_price=optional_decimals,
+        funding_rate=optional_decimals,
+    ),
 }
 assert set(EVENT_STRATEGIES) == set(EVENT_TYPES.values()), "a strategy for every event type"
 

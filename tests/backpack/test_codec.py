@@ -15,6 +15,7 @@ from oms.core.events import (
     BalanceObserved,
     FundingPaid,
     MarketInfo,
+    MarkObserved,
     MessageNotUnderstood,
     OrderAccepted,
     OrderCancelled,
@@ -311,10 +312,32 @@ def test_only_a_stream_frame_not_understood_names_a_venue_error() -> None:
     assert codec.venue_error_of(accepted) is None
 
 
-def test_acks_and_public_streams_give_no_events() -> None:
+def test_acks_and_other_public_streams_give_no_events() -> None:
     assert codec.ws_frame('{"result":null,"id":1}', RECV) == []
+    ticker = {"e": "bookTicker", "s": "SOL_USDC", "a": "150.1", "b": "150.0"}
+    assert codec.ws_frame(frame("bookTicker.SOL_USDC", ticker), RECV) == []
+
+
+def test_a_mark_price_update_is_a_mark_observed() -> None:
     mark = next(s["json"] for s in RUST if s["json"].get("e") == "markPrice")
-    assert codec.ws_frame(frame("markPrice.SOL_USDC_PERP", mark), RECV) == []
+    text = frame("markPrice.SOL_USDC_PERP", mark)
+    event = only(codec.ws_frame(text, RECV))
+    assert isinstance(event, MarkObserved)
+    assert (event.symbol, event.mark_price, event.index_price, event.funding_rate) == (
+        mark["s"],
+        Decimal(mark["p"]),
+        Decimal(mark["i"]),
+        Decimal(mark["f"]),
+    )
+    assert event.source is Source.WS and event.raw == text and event.recv_time_us == RECV
+
+
+@pytest.mark.parametrize("price", ["0", "-1", "x", None])
+def test_a_mark_price_that_is_not_a_positive_number_is_not_understood(price: object) -> None:
+    data = {"e": "markPrice", "s": "SOL_USDC_PERP", "p": price, "E": 1}
+    assert isinstance(
+        only(codec.ws_frame(frame("markPrice.SOL_USDC_PERP", data), RECV)), MessageNotUnderstood
+    )
 
 
 def test_a_fill_with_an_unknown_status_still_counts() -> None:

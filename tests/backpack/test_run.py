@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 from oms.core.events import KillSwitchTripped
 from oms.core.reducer import replay
 from oms.core.values import OrderStatus
-from oms.log import LogReader
-from oms_backpack.run import main
+from oms.engine import Engine
+from oms.log import Fsync, LogReader
+from oms.status import ReconciliationTracker
+from oms_backpack.run import AccountConfig, _Running, main, status_view
+from tests.helpers import REPLAY_DIR
 
 
 def test_the_demo_trades_records_and_replays_to_the_live_state(
@@ -98,7 +103,7 @@ def test_sigusr1_trips_the_kill_switch_of_the_main_job(tmp_path: Path) -> None:
     try:
         assert job.stdout is not None
         first = job.stdout.readline()  # the status view starts once the signal is handled
-        assert first.startswith("oms  events"), first
+        assert first.startswith("oms main  events"), first
         job.send_signal(signal.SIGUSR1)
         out, err = job.communicate(timeout=60)
     finally:
@@ -107,3 +112,85 @@ def test_sigusr1_trips_the_kill_switch_of_the_main_job(tmp_path: Path) -> None:
     assert "replay matches the live state" in out
     trips = [e for e in LogReader(record).events() if isinstance(e, KillSwitchTripped)]
     assert [(e.by, e.reason) for e in trips] == [("signal", "signal SIGUSR1")]
+
+def test_two_accounts_from_one_config_file_trade_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "accounts.toml"
+    config.write_text(
+        f"""
+venue = "local"
+duration = 3
+
+[[accounts]]
+name = "main"
+record = "{tmp_path / "main.jsonl"}"
+
+[[accounts]]
+name = "hedge"
+record = "{tmp_path / "hedge.jsonl"}"
+strategy = "none"
+""",
+        encoding="utf-8",
+    )
+    assert main(["--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "main: replay matches the live state" in out
+    assert "hedge: replay matches the live state" in out
+    main_state = replay(LogReader(tmp_path / "main.jsonl").events())
+    hedge_state = replay(LogReader(tmp_path / "hedge.jsonl").events())
+    # Each account's engine saw its own orders and balances only: the demo traded on main,
+    # the other account (its own keys, opened on the exchange) placed nothing.
+    assert main_state.orders and not hedge_state.orders
+    assert main_state.positions and not hedge_state.positions
+    assert hedge_state.balances and hedge_state.anomaly_total == 0
+    assert main_state.marks and hedge_state.marks  # each follows the marks itself
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("venue = 'local'\n", "no [[accounts]]"),
+        ("[[accounts]]\nname = 'a'\nlimit = 3\n", "unknown key 'limit'"),
+        ("[[accounts]]\nname = 'a'\nlimits = 3\n", "limits must be a path to a limits file"),
+        (
+            "[[accounts]]\nname = 'a'\nlimits = { symbols = { X = { max_position = 1.5 } } }\n",
+            "account a: limits: symbols.X: max_position must be a decimal string",
+        ),
+        ("[[accounts]]\nname = 'a'\nlimits = 'nowhere.toml'\n", "cannot read the limits file"),
+        ("[[accounts]]\nname = 'a'\n[[accounts]]\nname = 'a'\n", "two accounts with the same name"),
+        ("venue = 'backpack'\n[[accounts]]\nname = 'a'\n[[accounts]]\nname = 'b'\n", "key_file"),
+        ("[[accounts]\n", "not TOML"),
+    ],
+)
+def test_a_bad_config_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, says: str
+) -> None:
+    config = tmp_path / "accounts.toml"
+    config.write_text(text, encoding="utf-8")
+    assert main(["--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and str(config) in err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_the_live_view_on_a_terminal_is_the_status_of_each_account(tmp_path: Path) -> None:
+    engine = Engine.open(tmp_path / "a.jsonl", fsync=Fsync.never())
+    try:
+        for event in LogReader(REPLAY_DIR / "perp_position_lifecycle.jsonl").events():
+            engine.record(event)
+        account = AccountConfig(name="alpha", record=tmp_path / "a.jsonl", strategy="none")
+        running = _Running(account, engine, ReconciliationTracker())
+        screen = _Terminal()
+        with trio.move_on_after(0.5):
+            await status_view([running], screen, 1.0)
+    finally:
+        engine.close()
+    shown = screen.getvalue()
+    assert "oms alpha  events 23" in shown
+    assert "SOL_USDC_PERP  net          0  entry 0  mark 146.1" in shown
+    assert "funding: 0.0002 USDC" in shown

@@ -27,6 +27,7 @@ from oms.core.events import (
     KillSwitchReset,
     KillSwitchTripped,
     MarketInfo,
+    MarkObserved,
     MessageNotUnderstood,
     OrderAccepted,
     OrderCancelled,
@@ -211,6 +212,16 @@ EXAMPLES: list[Event] = [
     ),
     KillSwitchTripped(source=Source.LOCAL, recv_time_us=T0, reason="SIGUSR1", by="signal"),
     KillSwitchReset(source=Source.LOCAL, recv_time_us=T0, reason="checked by hand"),
+    MarkObserved(
+        source=Source.WS,
+        recv_time_us=T0,
+        venue_time_us=T0 - 3,
+        raw='{"stream":"markPrice.SOL_USDC_PERP","data":{"e":"markPrice","p":"150.1"}}',
+        symbol="SOL_USDC_PERP",
+        mark_price=D("150.1"),
+        index_price=D("150.05"),
+        funding_rate=D("0.0000125"),
+    ),
 ]
 
 

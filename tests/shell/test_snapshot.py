@@ -133,6 +133,7 @@ def rich_state() -> State:
         s.fill("v9001", 1, Side.BID, "0.5", "20.0010", client_id=9001, cum="0.5"),  # again
         s.cancel(venue_id="v-unknown"),
         s.funding(1_000_000, "0.0010"),
+        s.mark("20.0150"),
     ]
     return replay([*bench(6000), *extra], State(retain_finished=300))
 
@@ -144,10 +145,10 @@ def test_a_rich_state_round_trips_exactly() -> None:
     assert state.finished_head > 0 and state.anomaly_total > 0
     assert any(p.recent and p.checkpoint.key for p in state.positions.values())
 
-    line = b'{"seq":6006}\n'
+    line = b'{"seq":6007}\n'
     data = encode_snapshot(state, offset=1000, line=line, core_digest="abc")
     header = read_header(data, core_digest="abc")
-    assert (header.seq, header.offset, header.line_length) == (6006, 1000, len(line))
+    assert (header.seq, header.offset, header.line_length) == (6007, 1000, len(line))
     decoded = decode_state(data, header)
     assert_same(decoded, state)
     # Decimals keep their digits and exponent, not only their value.
