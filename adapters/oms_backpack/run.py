@@ -104,9 +104,7 @@ class JobConfig:
 
 _VENUES: Final = ("local", "backpack", "backpack_perpetual")
 _JOB_KEYS: Final = frozenset({"venue", "duration", "seed", "metrics_port", "ship_to", "accounts"})
-_ACCOUNT_KEYS: Final = frozenset(
-    {"name", "record", "strategy", "symbols", "key_file", "limits"}
-)
+_ACCOUNT_KEYS: Final = frozenset({"name", "record", "strategy", "symbols", "key_file", "limits"})
 
 
 def load_config(path: str | os.PathLike[str]) -> JobConfig:
@@ -202,9 +200,7 @@ def load_config(path: str | os.PathLike[str]) -> JobConfig:
     )
 
 
-def _account_limits(
-    value: object, name: str, fail: Callable[[str], NoReturn]
-) -> Limits | None:
+def _account_limits(value: object, name: str, fail: Callable[[str], NoReturn]) -> Limits | None:
     """An account's `limits`: a path to a limits file, or the limits as a table."""
     if value is None:
         return None

@@ -39,6 +39,7 @@ import httpx
 import trio
 
 from oms.core import risk
+from oms.core.account import mark_price
 from oms.core.errors import ConfigurationError, DuplicateClientId, RiskDenied, UnknownMarket
 from oms.core.events import (
     CancelRejected,
@@ -60,7 +61,6 @@ from oms.core.events import (
     SubmitRejected,
     SubmitUnknown,
 )
-from oms.core.account import mark_price
 from oms.core.risk import Limits, MarkSource
 from oms.core.state import Order, State
 from oms.core.values import (

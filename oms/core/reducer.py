@@ -318,6 +318,7 @@ class Fold:
             self._positions_base = self.positions = self._positions_m.finish()
             self._positions_m = None
         return self._positions_base
+
     def _mark_observed(self, event: MarkObserved) -> None:
         # The newest mark wins; marks move nothing else (derived figures: `oms.core.account`).
         self.marks = self.marks.set(

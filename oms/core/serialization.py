@@ -596,6 +596,11 @@ def state_document(state: State, *, finished_limit: int | None = None) -> dict[s
         },
         **_risk_doc(state),
     }
+    if state.marks:
+        # Only when the log recorded marks: a log without any keeps the document (and the
+        # state hash) it had before marks were recorded.
+        document["marks"] = [_plain(state.marks[s]) for s in sorted(state.marks.keys())]
+    return document
 
 
 def _risk_doc(state: State) -> dict[str, Any]:
@@ -623,11 +628,6 @@ def _risk_doc(state: State) -> dict[str, Any]:
             },
         }
     }
-    if state.marks:
-        # Only when the log recorded marks: a log without any keeps the document (and the
-        # state hash) it had before marks were recorded.
-        document["marks"] = [_plain(state.marks[s]) for s in sorted(state.marks.keys())]
-    return document
 
 
 def state_hash(state: State) -> str:

@@ -113,6 +113,7 @@ def test_sigusr1_trips_the_kill_switch_of_the_main_job(tmp_path: Path) -> None:
     trips = [e for e in LogReader(record).events() if isinstance(e, KillSwitchTripped)]
     assert [(e.by, e.reason) for e in trips] == [("signal", "signal SIGUSR1")]
 
+
 def test_two_accounts_from_one_config_file_trade_apart(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
