@@ -3,7 +3,8 @@
 The same view the main job shows live (`oms_backpack.run`): open orders, orders waiting for
 fills or in doubt, positions marked to market (entry, mark, unrealized and realized PnL,
 notional, exposure, the venue's figures and the drift), balances derived beside the venue's
-with their drift, fees by asset, funding, the newest reconciliation finding, anomalies.
+with their drift, fees by asset, funding, the kill switch and the risk denials, the headroom
+left under each risk limit (given `--limits`), the newest reconciliation finding, anomalies.
 `--json` prints the same as one document, whose schema is docs/status.md (`format`
 `oms.status/1`).
 
@@ -25,10 +26,13 @@ from typing import Any, Final
 import attrs
 
 from oms.core.account import AccountTotals, MarkedPosition, account_totals
+from oms.core.errors import ConfigurationError
 from oms.core.events import Event
 from oms.core.reducer import Fold
+from oms.core.risk import Headroom, Limits, headroom
 from oms.core.state import Balance, Order, State
 from oms.core.values import CTX, OrderStatus, Source, canonical_decimal
+from oms.limits import load_limits
 from oms.log import LogReader, LogReadError
 
 __all__ = ["STATUS_FORMAT", "ReconciliationTracker", "main", "render_text", "status_document"]
@@ -172,13 +176,16 @@ def status_document(
     last_pass_us: int | None = None,
     last_pass_events: int | None = None,
     source: str | None = None,
+    limits: Limits | None = None,
+    now_us: int | None = None,
 ) -> dict[str, Any]:
     """The status of `state` as one JSON-ready document (docs/status.md).
 
     `reconciliation` is the tracker that followed the events; `last_pass_us` and
     `last_pass_events`, when known (live), the local time the last reconciliation pass
     completed and how many events it recorded; `source` names where the state came from (a
-    path, an account).
+    path, an account); `limits`, the risk limits to show the headroom of, as of `now_us` (the
+    rate of submits and the loss window end then; default: the newest submit's time).
     """
     orders = sorted(state.orders.values(), key=lambda o: o.created_seq)
     live = [o for o in orders if not o.status.is_terminal]
@@ -238,6 +245,7 @@ def status_document(
             }
             for m in (state.marks[s] for s in sorted(state.marks.keys()))
         ],
+        "risk": _risk(state, limits, now_us),
         "reconciliation": {
             "baseline_seq": state.baseline_seq,
             "last_pass_us": last_pass_us,
@@ -248,6 +256,46 @@ def status_document(
             "total": state.anomaly_total,
             "by_kind": {str(k): state.anomaly_counts[k] for k in sorted(state.anomaly_counts)},
         },
+    }
+
+
+def _number(value: Decimal | int | None) -> str | int | None:
+    return value if value is None or isinstance(value, int) else canonical_decimal(value)
+
+
+def _limit(row: Headroom) -> dict[str, Any]:
+    return {
+        "limit": str(row.limit),
+        "scope": row.scope,
+        "most": _number(row.most),
+        "used": _number(row.used),
+        "left": _number(row.left),
+        "per_order": row.per_order,
+    }
+
+
+def _risk(state: State, limits: Limits | None, now_us: int | None) -> dict[str, Any]:
+    risk = state.risk
+    if limits is not None and now_us is None:
+        now_us = risk.submit_times[-1] if risk.submit_times else 0
+    return {
+        "kill_switch": {
+            "tripped": risk.tripped,
+            "reason": risk.trip_reason,
+            "by": risk.trip_by,
+            "seq": risk.trip_seq,
+            "time_us": risk.trip_time_us,
+            "trips": risk.trips,
+            "resets": risk.resets,
+        },
+        "denials": {
+            "total": risk.denials,
+            "by_limit": dict(risk.denied_by_limit),
+            "last": risk.last_denial,
+        },
+        "limits": None
+        if limits is None or now_us is None
+        else {"as_of_us": now_us, "rows": [_limit(r) for r in headroom(state, limits, now_us)]},
     }
 
 
@@ -337,6 +385,7 @@ def render_text(doc: dict[str, Any], *, max_orders: int = 10) -> list[str]:
         "funding: "
         + (", ".join(f"{v} {k}" for k, v in doc["funding"]["by_asset"].items()) or "none")
     )
+    lines += _risk_lines(doc["risk"])
     recon = doc["reconciliation"]
     finding = recon["last_finding"]
     text = (
@@ -361,15 +410,52 @@ def render_text(doc: dict[str, Any], *, max_orders: int = 10) -> list[str]:
     return lines
 
 
-def status_of_file(path: str) -> tuple[State, ReconciliationTracker, LogReader]:
-    """Fold the whole log at `path`, following reconciliation. Raises `LogReadError`."""
+def _risk_lines(risk: dict[str, Any]) -> list[str]:
+    switch = risk["kill_switch"]
+    lines = [
+        (
+            f"KILL SWITCH TRIPPED at seq {switch['seq']} ({_when(switch['time_us'])}) by "
+            f"{switch['by']}: {switch['reason']}"
+            if switch["tripped"]
+            else "kill switch: not tripped"
+        )
+        + (f"  (trips {switch['trips']}, resets {switch['resets']})" if switch["trips"] else "")
+    ]
+    denials = risk["denials"]
+    if denials["total"]:
+        lines.append(
+            f"risk denials: {denials['total']} ("
+            + ", ".join(f"{n} {k}" for k, n in denials["by_limit"].items())
+            + f"); last: {denials['last']}"
+        )
+    table = risk["limits"]
+    if table is not None:
+        lines.append(f"risk limits (as of {_when(table['as_of_us'])}):")
+        lines += [
+            f"  {r['limit']:<20} {r['scope']:<14} "
+            + (
+                f"at most {r['most']} per order"
+                if r["per_order"]
+                else f"used {_show(r['used'])} of {r['most']}, left {_show(r['left'])}"
+                + ("  BROKEN" if r["left"] is not None and Decimal(r["left"]) < 0 else "")
+            )
+            for r in table["rows"]
+        ] or ["  (none set)"]
+    return lines
+
+
+def status_of_file(path: str) -> tuple[State, ReconciliationTracker, LogReader, int | None]:
+    """Fold the whole log at `path`, following reconciliation; also the local time of its last
+    event. Raises `LogReadError`."""
     reader = LogReader(path)
     fold = Fold(State())
     tracker = ReconciliationTracker()
+    last_us = None
     for _seq, event in reader:
         fold.step(event)
         tracker.note(event, fold.seq)
-    return fold.freeze(), tracker, reader
+        last_us = event.recv_time_us
+    return fold.freeze(), tracker, reader, last_us
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -380,6 +466,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("path", help="a session log (JSON Lines)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--limits", default=None, metavar="TOML",
+                        help="risk limits (docs/risk.md): show the headroom left under each, "
+                        "as of the log's last event")  # fmt: skip
     return parser
 
 
@@ -392,8 +481,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.path.exists(path):
         print(f"{path}: no such file", file=sys.stderr)
         return 1
+    limits = None
+    if args.limits is not None:
+        try:
+            limits = load_limits(args.limits)
+        except ConfigurationError as exc:
+            print(str(exc), file=sys.stderr)
+            return 1
     try:
-        state, tracker, reader = status_of_file(path)
+        state, tracker, reader, last_us = status_of_file(path)
     except LogReadError as exc:
         print(str(exc), file=sys.stderr)
         return 1
@@ -406,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{reader.torn.reason}",
             file=sys.stderr,
         )
-    doc = status_document(state, reconciliation=tracker, source=path)
+    doc = status_document(state, reconciliation=tracker, source=path, limits=limits, now_us=last_us)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

@@ -60,6 +60,7 @@ from oms.core.serialization import state_hash
 from oms.core.state import State
 from oms.core.values import CTX, OrderType, Side
 from oms.engine import Engine
+from oms.limits import load_limits
 from oms.log import Fsync, LogReader, LogReadError, Seconds
 from oms.ship import ShipConfig, ShipConflict, Shipper
 from oms.status import ReconciliationTracker, render_text, status_document
@@ -233,6 +234,8 @@ def _document(account: _Running) -> dict[str, Any]:
         last_pass_us=None if reconciler is None else reconciler.last_pass_us,
         last_pass_events=None if reconciler is None else reconciler.last_added,
         source=account.config.name,
+        limits=account.config.limits,
+        now_us=time.time_ns() // 1000,
     )
 
 
@@ -419,23 +422,6 @@ def _watch_session(item: _Running) -> None:
     stream = session.stream
     if stream is not None:
         collector.reconnects = lambda: stream.reconnects
-
-
-def load_limits(path: str | os.PathLike[str]) -> Limits:
-    """The risk limits in a TOML file (docs/risk.md). Raises `ConfigurationError` with one
-    line naming the file and what is wrong."""
-    where = os.fspath(path)
-    try:
-        with open(where, "rb") as file:
-            data = tomllib.load(file)
-    except OSError as exc:
-        raise ConfigurationError(f"{where}: cannot read the limits file ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"{where}: not valid TOML: {exc}") from None
-    try:
-        return limits_from_mapping(data)
-    except ConfigurationError as exc:
-        raise ConfigurationError(f"{where}: {exc}") from None
 
 
 # The signal that trips the kill switch of the main job (where the platform has it).

@@ -65,8 +65,10 @@ __all__ = [
     "LimitsError",
     "MarkSource",
     "SymbolLimits",
+    "Headroom",
     "after_event",
     "check",
+    "headroom",
     "limits_from_mapping",
     "loss",
     "loss_breach",
@@ -465,6 +467,93 @@ def loss_breach(
         scope="account",
         reason=f"loss {lost} over the last {account.loss_window} s is above {account.max_loss}",
     )
+
+
+# --- headroom -----------------------------------------------------------------------------------
+
+
+class Headroom(msgspec.Struct, frozen=True, kw_only=True):
+    """How much of one limit is used now, for a status report.
+
+    `used` is the figure the limit bounds as the state stands (`None` when it cannot be known:
+    a loss with a position that has no mark); `left` is `most - used` (negative when the limit
+    is already broken, which a fill or a mark can do after the check let an order through).
+    A per-order limit (largest order quantity or notional, price distance) bounds no standing
+    figure: `used` and `left` are `None`, `per_order` is true.
+    """
+
+    limit: LimitName
+    scope: str
+    most: Decimal | int
+    used: Decimal | int | None = None
+    left: Decimal | int | None = None
+    per_order: bool = False
+
+
+def _room(
+    limit: LimitName, scope: str, most: Decimal | int, used: Decimal | int | None
+) -> Headroom:
+    left = None if used is None else most - used
+    return Headroom(limit=limit, scope=scope, most=most, used=used, left=left)
+
+
+def headroom(
+    state: State, limits: Limits, now_us: int, *, mark: MarkSource = mark_price
+) -> list[Headroom]:
+    """Every limit that is set, with how much of it the state uses at `now_us`: the account's
+    limits first, then each symbol's (by symbol), in the order `check` tries them."""
+    rows: list[Headroom] = []
+    account = limits.account
+    open_orders = state.open_orders()
+    if account.max_submits is not None:
+        since = now_us - int(account.submit_window * _US)
+        recent = sum(1 for t in state.risk.submit_times if t > since)
+        rows.append(_room(LimitName.MAX_SUBMITS, "account", account.max_submits, recent))
+    if account.max_order_notional is not None:
+        rows.append(
+            Headroom(
+                limit=LimitName.MAX_ORDER_NOTIONAL,
+                scope="account",
+                most=account.max_order_notional,
+                per_order=True,
+            )
+        )
+    if account.max_open_orders is not None:
+        rows.append(
+            _room(LimitName.MAX_OPEN_ORDERS, "account", account.max_open_orders, len(open_orders))
+        )
+    window_us = account.loss_window * _US
+    if account.max_loss is not None:
+        lost = loss(state, now_us, window_us, mark=mark)
+        rows.append(_room(LimitName.MAX_LOSS, "account", account.max_loss, lost))
+    for symbol in sorted(limits.symbols):
+        own = limits.symbols[symbol]
+        for name, most in (
+            (LimitName.MAX_ORDER_QUANTITY, own.max_order_quantity),
+            (LimitName.MAX_ORDER_NOTIONAL, own.max_order_notional),
+        ):
+            if most is not None:
+                rows.append(Headroom(limit=name, scope=symbol, most=most, per_order=True))
+        if own.max_position is not None:
+            position = state.positions.get(symbol)
+            held = ZERO if position is None else abs(position.net_quantity)
+            rows.append(_room(LimitName.MAX_POSITION, symbol, own.max_position, held))
+        if own.max_open_orders is not None:
+            count = sum(1 for o in open_orders if o.symbol == symbol)
+            rows.append(_room(LimitName.MAX_OPEN_ORDERS, symbol, own.max_open_orders, count))
+        if own.max_price_distance is not None:
+            rows.append(
+                Headroom(
+                    limit=LimitName.MAX_PRICE_DISTANCE,
+                    scope=symbol,
+                    most=own.max_price_distance,
+                    per_order=True,
+                )
+            )
+        if own.max_loss is not None:
+            lost = loss(state, now_us, window_us, mark=mark, symbols=(symbol,))
+            rows.append(_room(LimitName.MAX_LOSS, symbol, own.max_loss, lost))
+    return rows
 
 
 # --- PnL --------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from oms.core.events import KillSwitchTripped
+from oms.core.events import KillSwitchTripped, OrderDenied
 from oms.core.reducer import replay
 from oms.core.values import OrderStatus
 from oms.engine import Engine
@@ -195,3 +195,37 @@ async def test_the_live_view_on_a_terminal_is_the_status_of_each_account(tmp_pat
     assert "oms alpha  events 23" in shown
     assert "SOL_USDC_PERP  net          0  entry 0  mark 146.1" in shown
     assert "funding: 0.0002 USDC" in shown
+
+
+def test_each_account_of_a_config_file_has_its_own_limits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    limits = tmp_path / "tight.toml"
+    limits.write_text('[symbols.SOL_USDC_PERP]\nmax_position = "0.5"\n', encoding="utf-8")
+    config = tmp_path / "accounts.toml"
+    config.write_text(
+        f"""
+venue = "local"
+duration = 2
+
+[[accounts]]
+name = "main"
+record = "{tmp_path / "main.jsonl"}"
+limits = "{limits}"
+
+[[accounts]]
+name = "free"
+record = "{tmp_path / "free.jsonl"}"
+""",
+        encoding="utf-8",
+    )
+    assert main(["--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    # The demo's first perp order (1 contract) breaks main's limit: denied, recorded, and the
+    # demo stops; the other account's demo, with no limits, trades its perp position.
+    assert "demo stopped: " in out and "max_position" in out
+    denied = [e for e in LogReader(tmp_path / "main.jsonl").events() if isinstance(e, OrderDenied)]
+    assert [(e.limit, e.symbol) for e in denied] == [("max_position", "SOL_USDC_PERP")]
+    free = replay(LogReader(tmp_path / "free.jsonl").events())
+    assert free.risk.denials == 0
+    assert any(o.symbol == "SOL_USDC_PERP" and o.filled_quantity for o in free.orders.values())

@@ -32,6 +32,7 @@ from oms.core.risk import (
     LimitsError,
     SymbolLimits,
     check,
+    headroom,
     limits_from_mapping,
     loss,
     loss_breach,
@@ -39,7 +40,7 @@ from oms.core.risk import (
 from oms.core.serialization import state_document, state_hash
 from oms.core.state import State
 from oms.core.values import OrderType, Side, Source
-from oms.testing.builders import PERP, SPOT, accept, fill, markets
+from oms.testing.builders import PERP, SPOT, accept, fill, mark, markets
 from oms.testing.strategies import histories, prices, quantities
 
 D = Decimal
@@ -444,3 +445,51 @@ def test_a_snapshot_keeps_the_kill_switch_and_the_checks_memory() -> None:
     restored = decode_state(data, read_header(data, core_digest="x"))
     assert restored == state
     assert restored.risk.tripped and restored.risk.pnl_samples == state.risk.pnl_samples
+
+
+def test_the_newest_recorded_mark_comes_before_the_venue_report() -> None:
+    limits = per_symbol(max_price_distance=D("0.05"))
+    reported = replay(long_position(mark="100"))
+    assert limit_of(check(reported, order(price="118"), limits)) == "max_price_distance"
+    # A MarkObserved (the markPrice stream) is newer than the position report: it is used.
+    marked = apply(reported, mark("120", symbol=PERP))
+    assert check(marked, order(price="118"), limits) == ACCEPTED
+    assert limit_of(check(marked, order(price="100"), limits)) == "max_price_distance"
+    # ... and a spot market, which has no position reports, gets a mark at all.
+    spot = per_symbol(max_price_distance=D("0.05"))
+    assert limit_of(check(marked, order(symbol=SPOT, price="100"), spot)) == "max_price_distance"
+    spot_marked = apply(marked, mark("101", symbol=SPOT))
+    assert check(spot_marked, order(symbol=SPOT, price="100"), spot) == ACCEPTED
+
+
+def test_headroom_is_what_the_check_leaves() -> None:
+    limits = Limits(
+        account=AccountLimits(max_open_orders=3, max_submits=5, max_loss=D("30")),
+        symbols={PERP: SymbolLimits(max_position=D("6"), max_order_quantity=D("2"))},
+    )
+    state = replay([*long_position(mark="100"), order(client_id=1, at=10 * S)])
+    rows = {(r.limit, r.scope): r for r in headroom(state, limits, 10 * S)}
+    assert (rows["max_open_orders", "account"].used, rows["max_open_orders", "account"].left) == (
+        1,
+        2,
+    )
+    assert rows["max_submits", "account"].used == 1  # the fill's order was long before
+    assert (rows["max_position", PERP].used, rows["max_position", PERP].left) == (D(5), D(1))
+    assert rows["max_loss", "account"].used == 0  # bought at 100, marked at 100
+    assert (
+        rows["max_order_quantity", PERP].per_order and rows["max_order_quantity", PERP].used is None
+    )
+    # What is left is what the check lets through, and no more.
+    assert check(state, order(client_id=2, quantity="1", at=10 * S), limits) == ACCEPTED
+    denied = check(state, order(client_id=2, quantity="1.5", at=10 * S), limits)
+    assert limit_of(denied) == "max_position"
+    state = replay([*long_position(mark="100"), *(order(client_id=c, at=10 * S) for c in (1, 2))])
+    state = apply(state, order(client_id=3, side=Side.ASK, quantity="1", at=10 * S))
+    assert headroom(state, limits, 10 * S)[1].left == 0  # max_open_orders, account
+    assert limit_of(check(state, order(client_id=4, side=Side.ASK, at=10 * S), limits)) == (
+        "max_open_orders"
+    )
+    # A loss with no mark is unknown, not zero.
+    unmarked = replay(long_position())
+    (row,) = headroom(unmarked, Limits(account=AccountLimits(max_loss=D("1"))), S)
+    assert (row.used, row.left) == (None, None)

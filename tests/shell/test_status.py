@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal as D
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from oms.core.events import Event
-from oms.core.values import Side, Source
+from oms.core.events import Event, KillSwitchTripped, OrderDenied
+from oms.core.risk import AccountLimits, Limits
+from oms.core.values import OrderType, Side, Source
 from oms.engine import Engine
 from oms.log import Fsync
 from oms.status import STATUS_FORMAT, main, status_document, status_of_file
@@ -121,8 +123,12 @@ def _keys(value: object) -> set[str]:
 
 
 def test_docs_status_names_every_key_of_the_document(tmp_path: Path) -> None:
-    state, tracker, _ = status_of_file(str(session(tmp_path)))
-    doc = status_document(state, reconciliation=tracker, last_pass_us=1, last_pass_events=0)
+    state, tracker, _, _ = status_of_file(str(session(tmp_path)))
+    limits = Limits(account=AccountLimits(max_open_orders=3))
+    doc = status_document(
+        state, reconciliation=tracker, last_pass_us=1, last_pass_events=0, limits=limits
+    )
+    assert doc["risk"]["limits"]["rows"]
     dynamic = {"USDC", "OrderFilled"}  # assets and event types, not keys of the schema
     text = (ROOT / "docs" / "status.md").read_text(encoding="utf-8")
     text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)  # the code blocks
@@ -130,3 +136,66 @@ def test_docs_status_names_every_key_of_the_document(tmp_path: Path) -> None:
     named = {part for item in documented for part in re.split(r"[.\[\]*, ]+", item) if part}
     missing = sorted(_keys(doc) - dynamic - named)
     assert not missing, f"docs/status.md does not name {missing}"
+
+
+def test_the_risk_section_shows_the_switch_denials_and_headroom(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = session(tmp_path)
+    engine = Engine.open(path, fsync=Fsync.never())  # append a denial, then a trip
+    engine.record(
+            OrderDenied(
+                source=Source.LOCAL, recv_time_us=200, client_id=3, symbol=PERP, side=Side.BID,
+                order_type=OrderType.LIMIT, limit="max_position", scope=PERP,
+                reason="position 3 would become 9", quantity=D("6"), price=D("100"),
+            )
+    )  # fmt: skip
+    engine.record(
+        KillSwitchTripped(source=Source.LOCAL, recv_time_us=300, reason="test", by="program")
+    )
+    engine.close()
+    limits = tmp_path / "limits.toml"
+    limits.write_text(
+        '[account]\nmax_open_orders = 5\nmax_loss = "4"\n'
+        '[symbols.SOL_USDC_PERP]\nmax_position = "2.5"\nmax_order_quantity = "10"\n',
+        encoding="utf-8",
+    )
+    assert main([str(path), "--json", "--limits", str(limits)]) == 0
+    risk = json.loads(capsys.readouterr().out)["risk"]
+    switch = risk["kill_switch"]
+    assert (switch["tripped"], switch["reason"], switch["by"], switch["seq"]) == (
+        True, "test", "program", 13,
+    )  # fmt: skip
+    assert risk["denials"]["total"] == 1 and risk["denials"]["by_limit"] == {"max_position": 1}
+    rows = {(r["limit"], r["scope"]): r for r in risk["limits"]["rows"]}
+    # One order open (V2) of at most 5; long 3 against at most 2.5 (a fill can overshoot);
+    # the loss: 3 long from 100 marked at 103 is a gain of 9, less the fee 0.1 = -8.9.
+    orders = rows["max_open_orders", "account"]
+    assert (orders["used"], orders["left"]) == (1, 4)
+    assert (rows["max_position", PERP]["used"], rows["max_position", PERP]["left"]) == ("3", "-0.5")
+    assert rows["max_loss", "account"]["used"] == "-8.9"
+    assert rows["max_order_quantity", PERP]["per_order"] is True
+    assert rows["max_order_quantity", PERP]["used"] is None
+    assert main([str(path), "--limits", str(limits)]) == 0
+    out = capsys.readouterr().out
+    assert "KILL SWITCH TRIPPED at seq 13" in out and "by program: test" in out
+    assert "max_position         SOL_USDC_PERP  used 3 of 2.5, left -0.5  BROKEN" in out
+    assert "risk denials: 1 (1 max_position)" in out
+
+
+def test_status_without_limits_says_the_switch_is_not_tripped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(session(tmp_path)), "--json"]) == 0
+    risk = json.loads(capsys.readouterr().out)["risk"]
+    assert risk["kill_switch"]["tripped"] is False and risk["limits"] is None
+    assert main([str(session(tmp_path))]) == 0
+    assert "kill switch: not tripped" in capsys.readouterr().out
+
+
+def test_a_bad_limits_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    limits = tmp_path / "limits.toml"
+    limits.write_text("[account]\nmax_loss = 0.5\n", encoding="utf-8")
+    assert main([str(session(tmp_path)), "--limits", str(limits)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(limits) in err and "max_loss" in err

@@ -164,7 +164,7 @@ def test_log_format_example_is_what_the_codec_writes() -> None:
 
 
 def test_the_example_limits_file_is_the_one_in_risk_doc_and_loads() -> None:
-    from oms_backpack.run import load_limits
+    from oms.limits import load_limits
 
     example = ROOT / "examples" / "limits.toml"
     block = re.search(r"```toml\n(.*?)```", _read("risk.md"), flags=re.DOTALL)

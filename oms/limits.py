@@ -1,0 +1,29 @@
+"""Risk limits from a TOML file (the format is in docs/risk.md), for the main job and
+`python -m oms.status --limits`."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+
+from oms.core.errors import ConfigurationError
+from oms.core.risk import Limits, limits_from_mapping
+
+__all__ = ["load_limits"]
+
+
+def load_limits(path: str | os.PathLike[str]) -> Limits:
+    """The risk limits in the TOML file at `path`. Raises `ConfigurationError` with one line
+    naming the file and what is wrong."""
+    where = os.fspath(path)
+    try:
+        with open(where, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigurationError(f"{where}: cannot read the limits file ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{where}: not valid TOML: {exc}") from None
+    try:
+        return limits_from_mapping(data)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
