@@ -75,6 +75,7 @@ __all__ = [
     "position",
     "prices",
     "quantities",
+    "sessions",
     "submit",
     "texts",
     "trading_event",
@@ -719,3 +720,89 @@ def histories(min_size: int = 0, max_size: int = 40) -> st.SearchStrategy[list[E
     return st.lists(trading_event(), min_size=min_size, max_size=max_size).map(
         lambda tail: [*markets(), *tail]
     )
+
+
+@st.composite
+def _order_life(draw: st.DrawFn, client_id: int, trade_ids: list[int]) -> list[Event]:
+    """One order as a healthy venue reports it: submitted, accepted, filled in parts (the
+    venue's cumulative figures agreeing), often cancelled, on any of the three markets."""
+    symbol = draw(st.sampled_from(_SYMBOLS))
+    side = draw(st.sampled_from(Side))
+    quantity = draw(quantities(500))
+    price = draw(prices(2000))
+    venue_id = _venue_id(client_id)
+    events: list[Event] = [submit(client_id, side, quantity, price, symbol=symbol)]
+    events.append(
+        accept(
+            venue_id,
+            client_id=client_id,
+            symbol=symbol,
+            side=side,
+            quantity=draw(st.sampled_from([quantity, None])),
+            price=draw(st.sampled_from([price, None])),
+        )
+    )
+    filled = Decimal(0)
+    for _ in range(draw(st.integers(0, 4))):
+        part = draw(quantities(300))
+        if filled + part > quantity:
+            break
+        filled += part
+        trade_ids[0] += draw(st.integers(1, 3))
+        events.append(
+            fill(
+                venue_id,
+                trade_ids[0],
+                side,
+                part,
+                draw(st.sampled_from([price, price - Decimal("0.01")])),
+                fee=draw(st.sampled_from(["0", "0.01", "0.0003"])),
+                fee_asset=draw(st.sampled_from(_ASSETS)),
+                client_id=client_id,
+                cum=draw(st.sampled_from([filled, None])),
+                status=VenueStatus.FILLED if filled == quantity else VenueStatus.PARTIALLY_FILLED,
+                symbol=symbol,
+            )
+        )
+    if filled < quantity and draw(st.booleans()):
+        if draw(st.booleans()):
+            events.append(
+                CancelRequested(
+                    source=Source.LOCAL,
+                    recv_time_us=35,
+                    symbol=symbol,
+                    client_id=client_id,
+                    venue_id=draw(st.sampled_from([venue_id, None])),
+                )
+            )
+        events.append(
+            cancel(
+                venue_id=draw(st.sampled_from([venue_id, None])),
+                client_id=client_id,
+                symbol=symbol,
+                cum=draw(st.sampled_from([filled, None])),
+            )
+        )
+    return events
+
+
+@st.composite
+def sessions(draw: st.DrawFn, max_orders: int = 8) -> list[Event]:
+    """Markets, then several healthy orders (`_order_life`) interleaved as a venue's reports
+    interleave, each order's own reports in order; sometimes a balance snapshot among them.
+    The usual shape of a recorded session, unlike `histories`, which is mostly trouble."""
+    trade_ids = [draw(st.integers(0, 5))]
+    lives = [
+        draw(_order_life(client_id, trade_ids))
+        for client_id in range(10, 10 + draw(st.integers(1, max_orders)))
+    ]
+    random = draw(st.randoms(use_true_random=False))
+    out: list[Event] = [*markets()]
+    while lives:
+        life = random.choice(lives)
+        out.append(life.pop(0))
+        if not life:
+            lives.remove(life)
+        if random.random() < 0.05:
+            out.append(balances({"SOL": ("1000", "0"), "USDC": ("50000", "0")}))
+    return out

@@ -28,13 +28,19 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
-import zlib
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final, get_type_hints
 
 import attrs
 import msgspec
+
+try:
+    # ISA-L's CRC-32 is the same function as zlib's, about six times faster on a log line
+    # (it uses the processor's carry-less multiplication).
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # pragma: no cover - a platform without an isal wheel
+    from zlib import crc32 as _crc32
 
 from oms.core.errors import ExternalError
 from oms.core.events import EVENT_TYPES, BalanceObserved, Event, Int64, OrderFilled
@@ -284,7 +290,7 @@ def encode_line(seq: int, event: Event, version: int = FORMAT_VERSION) -> bytes:
         body = _encoder.encode(_LineOut(seq, _VERSION_OF[type(event)], event))[:-1]
     except (ValueError, TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise LogFormatError(f"{type(event).__name__} cannot be written: {exc}") from None
-    return b'%s,"crc":"%08x"}\n' % (body, zlib.crc32(body))
+    return b'%s,"crc":"%08x"}\n' % (body, _crc32(body))
 
 
 def _encode_v1(seq: int, event: Event) -> bytes:
@@ -339,10 +345,11 @@ def _decode_v2(line: bytes) -> tuple[int, Event]:
     cls = type(event)
     if decoded.v != 1 and decoded.v != _VERSION_OF[cls]:  # every type is at version 1 today
         return _guarded(_decode_v2_parts, line)
-    # The checksum (`_check_crc`, inlined: this runs for every line replayed).
-    end = len(line) - (19 if line.endswith(b"\n") else 18)
+    # The checksum (`_check_crc`, inlined: this runs for every line replayed). The line is
+    # not empty: it decoded.
+    end = len(line) - (19 if line[-1] == 10 else 18)
     try:
-        matches = line.startswith(_CRC_KEY, end) and int(decoded.crc, 16) == zlib.crc32(line[:end])
+        matches = line[end : end + 8] == _CRC_KEY and int(decoded.crc, 16) == _crc32(line[:end])
     except ValueError:
         matches = False
     if not matches:
@@ -364,7 +371,7 @@ def _check_crc(line: bytes, crc: str) -> None:
         )
     try:
         # Compared as numbers: parsing the eight digits is cheaper than formatting the sum.
-        matches = int(crc, 16) == zlib.crc32(memoryview(line)[:end])
+        matches = int(crc, 16) == _crc32(memoryview(line)[:end])
     except ValueError:
         matches = False
     if not matches:
