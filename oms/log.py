@@ -26,7 +26,7 @@ from oms.core.serialization import (
     LogFormatError,
     decode_header,
     encode_header,
-    encode_line,
+    encode_line_into,
     line_decoder,
 )
 
@@ -284,7 +284,10 @@ class EventLog:
         # Where the file ends (what this log has written included) and the last event line:
         # a snapshot names that position and checks that line (`mark`).
         self.offset = offset
-        self._last_line = last_line
+        # The last event line: bytes as read at open, then the buffer the last append wrote
+        # (appends encode into the other buffer, `_spare`, and swap).
+        self._last_line: bytes | bytearray | None = last_line
+        self._spare = bytearray()
         self.fsync = fsync
         self._clock = clock
         self.torn = torn
@@ -358,19 +361,24 @@ class EventLog:
     def append(self, event: Event) -> int:
         """Write `event` as the next seq and return that seq (durable per the policy)."""
         seq = self.last_seq + 1
-        line = encode_line(seq, event, self.version)
+        # Encoded into a spare buffer: if encoding fails, nothing is written and the last
+        # line (kept for `mark`) is intact.
+        line = self._spare
+        encode_line_into(seq, event, line, self.version)
         policy = self.fsync
         if policy.max_events == 0:
-            self._handle.write(line)  # into this process's buffer
+            self._handle.write(line)  # into this process's buffer (a copy)
         else:
             # Unbuffered: the line is with the OS when this returns, so a crash of this
             # process loses nothing; only a power loss can take events not yet fsynced.
             written = self._handle.write(line)
             if written != len(line):
                 self._write_rest(line, written)
+        previous = self._last_line
+        self._spare = previous if type(previous) is bytearray else bytearray()
+        self._last_line = line
         self.last_seq = seq
         self.offset += len(line)
-        self._last_line = line
         if policy.max_events == 0:
             return seq
         pending = self._pending + 1
@@ -385,7 +393,7 @@ class EventLog:
             self.sync()
         return seq
 
-    def _write_rest(self, line: bytes, written: int | None) -> None:
+    def _write_rest(self, line: bytearray, written: int | None) -> None:
         """Finish a short write (rare: a signal, a full disk that is then reported)."""
         view = memoryview(line)[written or 0 :]
         while view:
@@ -397,7 +405,7 @@ class EventLog:
         if self._last_line is None or self.last_seq == 0:
             return None
         return LogMark(
-            seq=self.last_seq, offset=self.offset, line=self._last_line, version=self.version
+            seq=self.last_seq, offset=self.offset, line=bytes(self._last_line), version=self.version
         )
 
     def flush(self) -> None:
