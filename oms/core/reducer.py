@@ -145,6 +145,8 @@ def _fees_plus(
     fees: tuple[tuple[str, Decimal], ...], asset: str, amount: Decimal
 ) -> tuple[tuple[str, Decimal], ...]:
     """Fees per asset, sorted by asset, with `amount` of `asset` added."""
+    if not fees:  # the first fee (added to zero, as below)
+        return ((asset, _add(ZERO, amount)),)
     if len(fees) == 1 and fees[0][0] == asset:  # the usual case: one fee asset per order
         return ((asset, _add(fees[0][1], amount)),)
     out = dict(fees)

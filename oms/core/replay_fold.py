@@ -485,12 +485,7 @@ class ReplayFold(Fold):
             locked, lock_asset = self._relocked(
                 order, status, order_quantity, filled, side=side, price=price
             )
-        fees = order.fees
-        if event.fee:
-            if len(fees) == 1 and fees[0][0] == fee_asset:  # `_fees_plus`'s usual case
-                fees = ((fee_asset, _add(fees[0][1], event.fee)),)
-            else:
-                fees = _fees_plus(fees, fee_asset, event.fee)
+        fees = _fees_plus(order.fees, fee_asset, event.fee) if event.fee else order.fees
         finishing = status in _TERMINAL and old_status not in _TERMINAL
         order_type = order.order_type or event.order_type
         if (
@@ -526,6 +521,32 @@ class ReplayFold(Fold):
         )
         if finishing:
             self._finished(key)
+
+    def _finished(self, key: str) -> None:
+        """`Fold._finished`, on the dicts."""
+        finished = self._finished_dict
+        tail = self.finished_tail
+        finished[tail] = key
+        tail += 1
+        self.finished_tail = tail
+        head = self.finished_head
+        if tail - head <= self.retain_finished:
+            return
+        orders = self._order_dict
+        while tail - head > self.retain_finished:
+            old_key = finished.pop(head)
+            head += 1
+            self.finished_head = head
+            old = orders.get(old_key)
+            if old is None or old.finished_at != head - 1:
+                continue  # gone already, or reopened since (see `Fold._finished`)
+            del orders[old_key]
+            client_id = old.client_id
+            if client_id is not None and self._client_dict.get(client_id) == old_key:
+                del self._client_dict[client_id]
+            venue_id = old.venue_id
+            if venue_id is not None and self._venue_dict.get(venue_id) == old_key:
+                del self._venue_dict[venue_id]
 
     def _relocked(
         self,
@@ -611,13 +632,8 @@ class ReplayFold(Fold):
             # The checkpoint moves past the oldest fill, whose figures are at hand.
             draft.checkpoint = recent.popleft().after
         recent.append(PositionFill(key=key, delta=delta, price=price, after=current))
-        fee = event.fee
-        if fee:
-            fees = draft.fees
-            if len(fees) == 1 and fees[0][0] == event.fee_asset:  # `_fees_plus`'s usual case
-                draft.fees = ((event.fee_asset, _add(fees[0][1], fee)),)
-            else:
-                draft.fees = _fees_plus(fees, event.fee_asset, fee)
+        if event.fee:
+            draft.fees = _fees_plus(draft.fees, event.fee_asset, event.fee)
         realized = _sub(current.realized_pnl, draft.realized_pnl)
         draft.net_quantity = current.net_quantity
         draft.entry_price = current.entry_price
