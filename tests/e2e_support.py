@@ -26,6 +26,7 @@ from oms.core.state import Anomaly, AnomalyKind, Order, State
 from oms.core.values import ZERO, OrderStatus, OrderType, Side
 from oms.engine import Engine
 from oms.log import Fsync, LogReader
+from oms.replay import replay_file
 from oms_backpack.codec import venue_error_of
 from oms_backpack.session import BackpackSession, open_backpack_session
 from oms_backpack.signing import Credentials
@@ -370,6 +371,8 @@ async def open_session(
     assert harness.finished, "a scenario ends with `await harness.finish(...)`"
     live = state_hash(engine.state)
     assert state_hash(replay(LogReader(path).events())) == live, "replay differs from live"
+    # The fold `oms.replay` and `Engine.open` use (`ReplayFold`) too.
+    assert state_hash(replay_file(str(path))[0]) == live, "replay_file differs from live"
 
 
 # --- the vocabulary of random sessions (the e2e property test and the campaign) ------------

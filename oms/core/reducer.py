@@ -13,7 +13,9 @@ The n-th event applied gets seq n: `apply` numbers events itself, so a log with 
 seqs from 1 replays to exactly the live state.
 
 `replay` folds with one mutable draft and freezes once at the end; `apply` thaws, steps and
-freezes. Both run the same step code, so they agree bit for bit.
+freezes. Both run the same step code, so they agree bit for bit. Logs are replayed by
+`oms.core.replay_fold.ReplayFold`, a `Fold` with a short path for a healthy session's reports,
+held to `apply` by a differential test; `apply` is the reference.
 """
 
 from __future__ import annotations
