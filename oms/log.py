@@ -300,7 +300,10 @@ class EventLog:
         # The last event line: bytes as read at open, then the buffer the last append wrote
         # (appends encode into the other buffer, `_spare`, and swap).
         self._last_line: bytes | bytearray | None = last_line
-        self._spare = bytearray()
+        # Appends encode into one of two buffers in turn, `_buffers[_spare]`: the other one
+        # holds the last line written (`_last_line`), intact if encoding fails.
+        self._buffers = (bytearray(), bytearray())
+        self._spare = 0
         self.fsync = fsync
         self._clock = clock
         self.torn = torn
@@ -376,33 +379,27 @@ class EventLog:
         seq = self.last_seq + 1
         # Encoded into a spare buffer: if encoding fails, nothing is written and the last
         # line (kept for `mark`) is intact.
-        line = self._spare
+        line = self._buffers[self._spare]
         encode_line_into(seq, event, line, self.version)
-        policy = self.fsync
-        if policy.max_events == 0:
-            self._handle.write(line)  # into this process's buffer (a copy)
-        else:
-            # Unbuffered: the line is with the OS when this returns, so a crash of this
-            # process loses nothing; only a power loss can take events not yet fsynced.
-            written = self._handle.write(line)
-            if written != len(line):
-                self._write_rest(line, written)
-        previous = self._last_line
-        self._spare = previous if type(previous) is bytearray else bytearray()
+        max_events = self.fsync.max_events
+        # Unbuffered unless the policy is `never`: the line is with the OS when this returns,
+        # so a crash of this process loses nothing; only a power loss can take events not yet
+        # fsynced. (`never` writes into this process's buffer, a copy.)
+        written = self._handle.write(line)
+        if max_events and written != len(line):
+            self._write_rest(line, written)
+        self._spare ^= 1
         self._last_line = line
         self.last_seq = seq
         self.offset += len(line)
-        if policy.max_events == 0:
+        if not max_events:
             return seq
-        pending = self._pending + 1
-        self._pending = pending
+        pending = self._pending = self._pending + 1
         if pending == 1:
             self._pending_since = self._clock()
-            if pending >= policy.max_events or policy.max_delay <= 0:
+            if max_events <= 1 or self.fsync.max_delay <= 0:
                 self.sync()
-        elif pending >= policy.max_events or (
-            self._clock() - self._pending_since >= policy.max_delay
-        ):
+        elif pending >= max_events or self._clock() - self._pending_since >= self.fsync.max_delay:
             self.sync()
         return seq
 

@@ -10,7 +10,8 @@ that would record an anomaly, goes to `Fold`'s own handler, untouched. Each shor
 decides before it changes anything, so that it can still hand the event over.
 
 What makes it cheaper than `Fold`: one handler per report instead of the general steps,
-one copy of the order per report, and balances and perp positions kept as private mutable
+one copy of the order per report (two for a fill that brings what the order did not know
+yet), the order maps as plain dicts, and balances and perp positions kept as private mutable
 drafts while the short path runs (a balance move is an addition in place; a position's
 window of fills is a deque, not a tuple copied on every fill). The drafts are written back as
 the usual frozen records before any event goes to `Fold`'s handlers and when the fold is
@@ -73,7 +74,6 @@ _mul = CTX.multiply
 _FILLED: Final = OrderStatus.FILLED
 _PARTIALLY_FILLED: Final = OrderStatus.PARTIALLY_FILLED
 _NEW: Final = OrderStatus.NEW
-_CANCELLED: Final = OrderStatus.CANCELLED
 _BID: Final = Side.BID
 _ASK: Final = Side.ASK
 _V_FILLED: Final = VenueStatus.FILLED
