@@ -28,7 +28,8 @@ from pathlib import Path
 import trio
 
 from oms.core.events import Event
-from oms.core.reducer import Fold, apply, is_news
+from oms.core.reducer import apply, is_news
+from oms.core.replay_fold import ReplayFold
 from oms.core.serialization import LogFormatError, scrub
 from oms.core.state import DEFAULT_RETAIN_FINISHED, Order, State
 from oms.core.values import OrderStatus
@@ -120,7 +121,7 @@ class Engine:
         log: EventLog | None = None
         state = State(retain_finished=retain_finished)
         if resume is not None:
-            draft = Fold(resume.state)
+            draft = ReplayFold(resume.state)
             try:
                 log = EventLog.open(path, fsync=fsync, on_event=draft.step, start=resume.mark)
             except (LogReadError, OSError):
@@ -138,7 +139,7 @@ class Engine:
             else:
                 state = draft.freeze()
         if log is None:
-            draft = Fold(state)
+            draft = ReplayFold(state)
             try:
                 log = EventLog.open(path, fsync=fsync, on_event=draft.step)
             except (ArithmeticError, ValueError) as exc:

@@ -26,7 +26,7 @@ from oms.core.serialization import (
     LogFormatError,
     decode_header,
     encode_header,
-    encode_line,
+    encode_line_into,
     line_decoder,
 )
 
@@ -34,7 +34,20 @@ from oms.core.serialization import (
 # time. Never a price, quantity, fee or PnL: those are Decimal, and the pure core has no float.
 Seconds = float
 
-__all__ = ["EventLog", "Fsync", "LogMark", "LogReadError", "LogReader", "Seconds", "TornTail"]
+__all__ = [
+    "READ_BUFFER_BYTES",
+    "EventLog",
+    "Fsync",
+    "LogMark",
+    "LogReadError",
+    "LogReader",
+    "Seconds",
+    "TornTail",
+]
+
+# `LogReader` reads a log through a buffer this large: an eighth of the system calls of the
+# default 8 KiB when replaying (about 0.08 µs a line less on the bench session).
+READ_BUFFER_BYTES = 1 << 16
 
 
 def fsync_directory(directory: Path) -> None:
@@ -153,7 +166,7 @@ class LogReader:
 
     def __iter__(self) -> Iterator[tuple[int, Event]]:
         try:
-            handle = self.path.open("rb")
+            handle = self.path.open("rb", buffering=READ_BUFFER_BYTES)
         except FileNotFoundError:
             if self.start is not None:
                 raise ValueError(f"{self.path} does not exist: nothing to start after") from None
@@ -284,7 +297,13 @@ class EventLog:
         # Where the file ends (what this log has written included) and the last event line:
         # a snapshot names that position and checks that line (`mark`).
         self.offset = offset
-        self._last_line = last_line
+        # The last event line: bytes as read at open, then the buffer the last append wrote
+        # (appends encode into the other buffer, `_spare`, and swap).
+        self._last_line: bytes | bytearray | None = last_line
+        # Appends encode into one of two buffers in turn, `_buffers[_spare]`: the other one
+        # holds the last line written (`_last_line`), intact if encoding fails.
+        self._buffers = (bytearray(), bytearray())
+        self._spare = 0
         self.fsync = fsync
         self._clock = clock
         self.torn = torn
@@ -373,34 +392,33 @@ class EventLog:
 
     def _append(self, event: Event) -> int:
         seq = self.last_seq + 1
-        line = encode_line(seq, event, self.version)
-        policy = self.fsync
-        if policy.max_events == 0:
-            self._handle.write(line)  # into this process's buffer
-        else:
-            # Unbuffered: the line is with the OS when this returns, so a crash of this
-            # process loses nothing; only a power loss can take events not yet fsynced.
-            written = self._handle.write(line)
-            if written != len(line):
-                self._write_rest(line, written)
+        # Encoded into a spare buffer: if encoding fails, nothing is written and the last
+        # line (kept for `mark`) is intact.
+        line = self._buffers[self._spare]
+        encode_line_into(seq, event, line, self.version)
+        max_events = self.fsync.max_events
+        # Unbuffered unless the policy is `never`: the line is with the OS when this returns,
+        # so a crash of this process loses nothing; only a power loss can take events not yet
+        # fsynced. (`never` writes into this process's buffer, a copy.)
+        written = self._handle.write(line)
+        if max_events and written != len(line):
+            self._write_rest(line, written)
+        self._spare ^= 1
+        self._last_line = line
         self.last_seq = seq
         self.offset += len(line)
-        self._last_line = line
-        if policy.max_events == 0:
+        if not max_events:
             return seq
-        pending = self._pending + 1
-        self._pending = pending
+        pending = self._pending = self._pending + 1
         if pending == 1:
             self._pending_since = self._clock()
-            if pending >= policy.max_events or policy.max_delay <= 0:
+            if max_events <= 1 or self.fsync.max_delay <= 0:
                 self.sync()
-        elif pending >= policy.max_events or (
-            self._clock() - self._pending_since >= policy.max_delay
-        ):
+        elif pending >= max_events or self._clock() - self._pending_since >= self.fsync.max_delay:
             self.sync()
         return seq
 
-    def _write_rest(self, line: bytes, written: int | None) -> None:
+    def _write_rest(self, line: bytearray, written: int | None) -> None:
         """Finish a short write (rare: a signal, a full disk that is then reported)."""
         view = memoryview(line)[written or 0 :]
         while view:
@@ -412,7 +430,7 @@ class EventLog:
         if self._last_line is None or self.last_seq == 0:
             return None
         return LogMark(
-            seq=self.last_seq, offset=self.offset, line=self._last_line, version=self.version
+            seq=self.last_seq, offset=self.offset, line=bytes(self._last_line), version=self.version
         )
 
     def flush(self) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from oms.core.events import Event
-from oms.core.reducer import Fold
+from oms.core.replay_fold import ReplayFold
 from oms.core.serialization import state_document, state_hash
 from oms.core.state import DEFAULT_RETAIN_FINISHED, State
 from oms.log import LogReader, LogReadError, _one_line
@@ -122,10 +122,10 @@ def _replay(
 ) -> tuple[State, LogReader]:
     if resume is None:
         reader = LogReader(path)
-        fold = Fold(State(retain_finished=retain_finished))
+        fold = ReplayFold(State(retain_finished=retain_finished))
     else:
         reader = LogReader(path, start=resume.mark)
-        fold = Fold(resume.state)
+        fold = ReplayFold(resume.state)
     step = fold.step
     meter = _Progress(progress, _size(path)) if progress is not None else None
 

@@ -40,6 +40,7 @@ import trio
 from oms.core.reducer import replay
 from oms.core.serialization import state_hash
 from oms.log import LogReader
+from oms.replay import replay_file
 from oms.testing.books import PERP, SPOT, book_differences
 from oms.testing.harness import open_session
 from oms_local_exchange import open_local_exchange
@@ -140,7 +141,12 @@ async def _play(path: Path, script: list[Action], seed: int) -> tuple[list[str],
         unexplained = {k.value for k in h.state.anomaly_counts} - allowed
     # After the session has closed: a clean exit records a final reconciliation pass.
     live = state_hash(h.engine.state)
-    same = state_hash(replay(LogReader(path).events())) == live
+    # Both folds: the reference (`replay`, made of `apply`'s step) and the one `oms.replay`
+    # and `Engine.open` use (`ReplayFold`, with its short path).
+    same = (
+        state_hash(replay(LogReader(path).events())) == live
+        and state_hash(replay_file(str(path))[0]) == live
+    )
     return differences, same, unexplained
 
 

@@ -77,7 +77,7 @@ from oms.core.values import (
     VenueStatus,
 )
 from oms.engine import Engine
-from oms.log import EventLog, Fsync
+from oms.log import READ_BUFFER_BYTES, EventLog, Fsync
 from oms.replay import replay_file
 from oms.snapshot import SnapshotPolicy, snapshot_dir
 from oms_backpack import codec
@@ -783,7 +783,7 @@ def _json_lines(path: Path) -> int:
     """Parse every line with the standard json module, reading as `LogReader` does."""
     loads = json.loads
     count = 0
-    with path.open("rb") as handle:
+    with path.open("rb", buffering=READ_BUFFER_BYTES) as handle:
         for line in handle:
             loads(line)
             count += 1

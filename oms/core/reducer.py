@@ -13,7 +13,9 @@ The n-th event applied gets seq n: `apply` numbers events itself, so a log with 
 seqs from 1 replays to exactly the live state.
 
 `replay` folds with one mutable draft and freezes once at the end; `apply` thaws, steps and
-freezes. Both run the same step code, so they agree bit for bit.
+freezes. Both run the same step code, so they agree bit for bit. Logs are replayed by
+`oms.core.replay_fold.ReplayFold`, a `Fold` with a short path for a healthy session's reports,
+held to `apply` by a differential test; `apply` is the reference.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ __all__ = ["Fold", "apply", "is_news", "replay"]
 _add = CTX.add
 _sub = CTX.subtract
 _mul = CTX.multiply
+_div = CTX.divide
+_quantize = CTX.quantize  # `_quantize(a, b)` is `a.quantize(b, context=CTX)`
 
 
 def apply(state: State, event: Event) -> State:
@@ -150,6 +154,8 @@ def _fees_plus(
     fees: tuple[tuple[str, Decimal], ...], asset: str, amount: Decimal
 ) -> tuple[tuple[str, Decimal], ...]:
     """Fees per asset, sorted by asset, with `amount` of `asset` added."""
+    if not fees:  # the first fee (added to zero, as below)
+        return ((asset, _add(ZERO, amount)),)
     if len(fees) == 1 and fees[0][0] == asset:  # the usual case: one fee asset per order
         return ((asset, _add(fees[0][1], amount)),)
     out = dict(fees)
@@ -157,12 +163,10 @@ def _fees_plus(
     return tuple(sorted(out.items()))
 
 
-def _round_pnl(value: Decimal) -> Decimal:
-    """Realized PnL rounded to `PNL_QUANTUM`. Beyond about 1e41 a 1e-18 grain no longer fits
-    the context's 60 digits (quantize would trap), and the figure is kept as it is."""
-    if value.adjusted() < CTX.prec - 19:
-        return value.quantize(PNL_QUANTUM, context=CTX)
-    return value
+# Realized PnL is rounded to `PNL_QUANTUM` below this adjusted exponent: beyond about 1e41 a
+# 1e-18 grain no longer fits the context's 60 digits (quantize would trap), and the figure is
+# kept as it is.
+_ROUNDED_BELOW: Final = CTX.prec - 19
 
 
 _K = TypeVar("_K")
@@ -393,15 +397,15 @@ class Fold:
         # Index ids the order did not have yet (the venue id arrives with the first report).
         if venue_id is not None and order.venue_id is None:
             order = replace(order, venue_id=venue_id)
-            self._w_by_venue().set(venue_id, key)
+            self._w_by_venue()[venue_id] = key
         if client_id is not None and order.client_id is None:
             order = replace(order, client_id=client_id)
-            self._w_by_client().set(client_id, key)
+            self._w_by_client()[client_id] = key
         if order is not stored:
             # Store the ids now: `_advance` may return early (an absorbed report, a duplicate
             # fill), and an index entry for an id the order does not carry would outlive the
             # order when retention drops it (a later report then finds a missing key).
-            self._w_orders().set(key, order)
+            self._w_orders()[key] = order
         self._advance(order, event)
 
     def _submit(self, event: OrderSubmitted) -> None:
@@ -429,8 +433,8 @@ class Fold:
             take_profit_trigger_price=event.take_profit_trigger_price,
             take_profit_limit_price=event.take_profit_limit_price,
         )
-        self._w_orders().set(key, order)
-        self._w_by_client().set(event.client_id, key)
+        self._w_orders()[key] = order
+        self._w_by_client()[event.client_id] = key
 
     def _create_from_report(
         self, event: OrderEvent, client_id: int | None, venue_id: str | None
@@ -484,11 +488,11 @@ class Fold:
             related_order_id=related,
             strategy_id=strategy,
         )
-        self._w_orders().set(key, order)
+        self._w_orders()[key] = order
         if client_id is not None:
-            self._w_by_client().set(client_id, key)
+            self._w_by_client()[client_id] = key
         if venue_id is not None:
-            self._w_by_venue().set(venue_id, key)
+            self._w_by_venue()[venue_id] = key
         return key
 
     def _advance(self, order: Order, event: OrderEvent) -> None:
@@ -802,7 +806,7 @@ class Fold:
         )
 
     def _finished(self, key: str) -> None:
-        self._w_finished().set(self.finished_tail, key)
+        self._w_finished()[self.finished_tail] = key
         self.finished_tail += 1
         while self.finished_tail - self.finished_head > self.retain_finished:
             old_key = self.finished[self.finished_head]
@@ -1199,10 +1203,13 @@ def _position_step(
         # Opening or increasing: the entry is the open cost over the open quantity.
         cost = _add(cost, _mul(size, price))
         if new_qty:  # a zero-quantity fill on a flat position opens nothing (and 0/0 traps)
-            entry = CTX.divide(cost, new_qty.copy_abs())
+            entry = _div(cost, new_qty.copy_abs())
     else:
-        closed = min(size, qty.copy_abs())
-        pnl = _round_pnl(_mul(closed, _sub(price, entry)))
+        held = qty.copy_abs()
+        closed = held if held < size else size  # min(size, held)
+        pnl = _mul(closed, _sub(price, entry))
+        if pnl.adjusted() < _ROUNDED_BELOW:
+            pnl = _quantize(pnl, PNL_QUANTUM)
         realized = _add(realized, pnl if qty > 0 else pnl.copy_negate())
         if not new_qty:
             entry = cost = ZERO

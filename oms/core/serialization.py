@@ -27,14 +27,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import operator
-import zlib
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, Final, get_type_hints
 
 import attrs
 import msgspec
+
+try:
+    # ISA-L's CRC-32 is the same function as zlib's, about six times faster on a log line
+    # (it uses the processor's carry-less multiplication).
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # pragma: no cover - a platform without an isal wheel
+    from zlib import crc32 as _crc32
 
 from oms.core.errors import ExternalError
 from oms.core.events import EVENT_TYPES, BalanceObserved, Event, Int64, OrderFilled
@@ -60,6 +65,7 @@ __all__ = [
     "decode_line",
     "encode_header",
     "encode_line",
+    "encode_line_into",
     "line_decoder",
     "scrub",
     "state_document",
@@ -173,6 +179,7 @@ _INPUT_ERRORS: Final = (
 # `,"crc":"` + 8 hex digits + `"}`: the fixed tail of a version 2 line.
 _CRC_TAIL: Final = 18
 _CRC_KEY: Final = b',"crc":"'
+_CRC_FIELD: Final = b',"crc":"%08x"}\n'
 
 
 def decode_header(line: bytes) -> int:
@@ -201,20 +208,7 @@ def check_ranges(event: Event) -> None:
     The writer runs it on every event, so a log never holds a line it could not read back,
     and the reducer never meets a figure its fixed context cannot add or multiply exactly.
     """
-    cls = type(event)
-    decimals, ints = _CHECKS[cls]
-    # One C-level fetch of all the fields, then a test on each: this runs on every append.
-    for value in decimals(event):
-        if value is not None and not (
-            value.is_finite() and (not value or _LOW <= value.adjusted() <= _HIGH)
-        ):
-            _refuse(event)
-    for number in ints(event):
-        if number is not None and not INT_MIN <= number < _INT64_END:
-            _refuse(event)  # wider, or a trade id in the unsigned half (synthetic ids): check
-            break
-    if isinstance(event, BalanceObserved):
-        _refuse_balances(event)
+    _CHECKERS[type(event)](event)
 
 
 def _refuse(event: Event) -> None:
@@ -243,21 +237,43 @@ def _refuse_balances(event: BalanceObserved) -> None:
                 )
 
 
-def _getter(fields: tuple[str, ...]) -> Callable[[Event], tuple[Any, ...]]:
-    if not fields:
-        return lambda event: ()
-    if len(fields) == 1:
-        one = operator.attrgetter(fields[0])
-        return lambda event: (one(event),)
-    return operator.attrgetter(*fields)
+def _checker(cls: type[Event]) -> Callable[[Event], None]:
+    """`check_ranges` for one event class: a test of each of its fields, written out (this
+    runs on every append, and a loop over the fields costs twice as much). A value out of
+    the quick tests goes to `_refuse`, which raises for the first field out of its own range
+    (a trade id may use the unsigned half) and otherwise returns: then all are in range."""
+    lines = [f"def check_{cls.__name__}(event):"]
+    for name in _DECIMALS[cls]:
+        lines += [
+            f"    value = event.{name}",
+            "    if value is not None and not (",
+            "        value.is_finite() and (_LOW <= value.adjusted() <= _HIGH or not value)",
+            "    ):",
+            "        return _refuse(event)",
+        ]
+    for name in _INTS[cls]:
+        lines += [
+            f"    number = event.{name}",
+            "    if number is not None and not INT_MIN <= number < _INT64_END:",
+            "        return _refuse(event)",
+        ]
+    if cls is BalanceObserved:
+        lines.append("    _refuse_balances(event)")
+    lines.append("    return None")
+    scope: dict[str, Any] = {
+        "_LOW": _LOW,
+        "_HIGH": _HIGH,
+        "INT_MIN": INT_MIN,
+        "_INT64_END": _INT64_END,
+        "_refuse": _refuse,
+        "_refuse_balances": _refuse_balances,
+    }
+    exec("\n".join(lines), scope)  # the names are our own classes' field names
+    checker: Callable[[Event], None] = scope[f"check_{cls.__name__}"]
+    return checker
 
 
-# Per event class: a getter of its decimals and one of its integers for the fast check; an
-# integer beyond int64 sends the event to `_refuse`, which applies each field's own bound
-# (trade ids may use the unsigned half).
-_CHECKS: Final = {
-    cls: (_getter(_DECIMALS[cls]), _getter(_INTS[cls])) for cls in EVENT_TYPES.values()
-}
+_CHECKERS: Final = {cls: _checker(cls) for cls in EVENT_TYPES.values()}
 
 
 def encode_header(version: int = FORMAT_VERSION) -> bytes:
@@ -273,18 +289,30 @@ def encode_line(seq: int, event: Event, version: int = FORMAT_VERSION) -> bytes:
     (`check_ranges`) or one that cannot be written as UTF-8 JSON (a string with a lone
     surrogate); `scrub` makes the latter writable.
     """
-    check_ranges(event)
+    line = bytearray()
+    encode_line_into(seq, event, line, version)
+    return bytes(line)
+
+
+def encode_line_into(
+    seq: int, event: Event, line: bytearray, version: int = FORMAT_VERSION
+) -> None:
+    """`encode_line`, written into `line` in place of what it held: a writer that appends
+    many lines reuses one buffer. On `LogFormatError` what `line` holds is undefined."""
+    _CHECKERS[type(event)](event)  # `check_ranges`
     if not INT_MIN <= seq < INT_END:
         raise LogFormatError(f"seq is not a 64-bit integer: {_digits(seq)}")
     try:
         if version == 1:
-            return _encode_v1(seq, event)
+            line[:] = _encode_v1(seq, event)
+            return
         # `{"seq":..,"v":..,"event":{..}}` in one pass; the closing brace makes way for the
         # checksum of everything before it.
-        body = _encoder.encode(_LineOut(seq, _VERSION_OF[type(event)], event))[:-1]
+        _encoder.encode_into(_LineOut(seq, _VERSION_OF[type(event)], event), line)
     except (ValueError, TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise LogFormatError(f"{type(event).__name__} cannot be written: {exc}") from None
-    return b'%s,"crc":"%08x"}\n' % (body, zlib.crc32(body))
+    del line[-1]
+    line += _CRC_FIELD % _crc32(line)
 
 
 def _encode_v1(seq: int, event: Event) -> bytes:
@@ -339,10 +367,11 @@ def _decode_v2(line: bytes) -> tuple[int, Event]:
     cls = type(event)
     if decoded.v != 1 and decoded.v != _VERSION_OF[cls]:  # every type is at version 1 today
         return _guarded(_decode_v2_parts, line)
-    # The checksum (`_check_crc`, inlined: this runs for every line replayed).
-    end = len(line) - (19 if line.endswith(b"\n") else 18)
+    # The checksum (`_check_crc`, inlined: this runs for every line replayed). The line is
+    # not empty: it decoded.
+    end = len(line) - (19 if line[-1] == 10 else 18)
     try:
-        matches = line.startswith(_CRC_KEY, end) and int(decoded.crc, 16) == zlib.crc32(line[:end])
+        matches = line[end : end + 8] == _CRC_KEY and int(decoded.crc, 16) == _crc32(line[:end])
     except ValueError:
         matches = False
     if not matches:
@@ -364,7 +393,7 @@ def _check_crc(line: bytes, crc: str) -> None:
         )
     try:
         # Compared as numbers: parsing the eight digits is cheaper than formatting the sum.
-        matches = int(crc, 16) == zlib.crc32(memoryview(line)[:end])
+        matches = int(crc, 16) == _crc32(memoryview(line)[:end])
     except ValueError:
         matches = False
     if not matches:

@@ -25,6 +25,7 @@ from oms.core.state import AnomalyKind, Order, State
 from oms.core.values import OrderStatus, OrderType, Side
 from oms.engine import Engine
 from oms.log import Fsync, LogReader
+from oms.replay import replay_file
 from oms.testing.books import NO_POLLING, PERP, SPOT, assert_books_agree
 from oms_backpack.clock import VenueClock
 from oms_backpack.session import BackpackSession, open_backpack_session
@@ -264,3 +265,6 @@ async def open_session(
     live = state_hash(engine.state)
     if state_hash(replay(LogReader(path).events())) != live:
         raise AssertionError(f"replaying {path} does not give the live state")
+    # The fold `python -m oms.replay` and `Engine.open` use (`ReplayFold`) must agree too.
+    if state_hash(replay_file(str(path))[0]) != live:
+        raise AssertionError(f"oms.replay of {path} does not give the live state")

@@ -97,6 +97,7 @@ def oms_engine(oms_log_path: Path) -> Iterator[Engine]:
     from oms.core.serialization import state_hash
     from oms.engine import Engine
     from oms.log import Fsync, LogReader
+    from oms.replay import replay_file
 
     engine = Engine.open(oms_log_path, fsync=Fsync.group())
     try:
@@ -106,6 +107,8 @@ def oms_engine(oms_log_path: Path) -> Iterator[Engine]:
     live = state_hash(engine.state)
     if state_hash(replay(LogReader(oms_log_path).events())) != live:
         raise AssertionError(f"replaying {oms_log_path} does not give the engine's live state")
+    if state_hash(replay_file(str(oms_log_path))[0]) != live:
+        raise AssertionError(f"oms.replay of {oms_log_path} does not give the engine's live state")
 
 
 @pytest.fixture

@@ -163,6 +163,12 @@ _types = st.none() | st.sampled_from(OrderType)
 # Known origins, and any text as an origin the venue may add later.
 _origins = st.sampled_from(ORIGINS) | texts.map(OrderOrigin)
 
+# The links of a venue report: an attached exit's parent, a venue strategy's id (either makes
+# a report of an order we did not send expected rather than an anomaly).
+_links: Final[dict[str, st.SearchStrategy[Any]]] = {
+    "related_order_id": st.none() | texts,
+    "strategy_id": st.none() | int64,
+}
 EVENT_STRATEGIES: Final[dict[type[Event], st.SearchStrategy[Event]]] = {
     OrderSubmitted: st.builds(
         OrderSubmitted,
@@ -201,6 +207,7 @@ EVENT_STRATEGIES: Final[dict[type[Event], st.SearchStrategy[Event]]] = {
     OrderAccepted: st.builds(
         OrderAccepted,
         **_meta,
+        **_links,
         symbol=texts,
         venue_id=texts,
         client_id=st.none() | uint32,
@@ -217,6 +224,7 @@ EVENT_STRATEGIES: Final[dict[type[Event], st.SearchStrategy[Event]]] = {
     OrderFilled: st.builds(
         OrderFilled,
         **_meta,
+        **_links,
         symbol=texts,
         venue_id=texts,
         trade_id=int64,
@@ -238,6 +246,7 @@ EVENT_STRATEGIES: Final[dict[type[Event], st.SearchStrategy[Event]]] = {
     OrderCancelled: st.builds(
         OrderCancelled,
         **_meta,
+        **_links,
         symbol=texts,
         venue_id=optional_texts,
         client_id=st.none() | uint32,
@@ -251,6 +260,7 @@ EVENT_STRATEGIES: Final[dict[type[Event], st.SearchStrategy[Event]]] = {
     OrderExpired: st.builds(
         OrderExpired,
         **_meta,
+        **_links,
         symbol=texts,
         venue_id=optional_texts,
         client_id=st.none() | uint32,
@@ -274,6 +284,7 @@ EVENT_STRATEGIES: Final[dict[type[Event], st.SearchStrategy[Event]]] = {
     TriggerPlaced: st.builds(
         TriggerPlaced,
         **_meta,
+        **_links,
         symbol=texts,
         venue_id=optional_texts,
         client_id=st.none() | uint32,
@@ -286,6 +297,7 @@ EVENT_STRATEGIES: Final[dict[type[Event], st.SearchStrategy[Event]]] = {
     TriggerFailed: st.builds(
         TriggerFailed,
         **_meta,
+        **_links,
         symbol=texts,
         venue_id=optional_texts,
         client_id=st.none() | uint32,
@@ -293,6 +305,7 @@ EVENT_STRATEGIES: Final[dict[type[Event], st.SearchStrategy[Event]]] = {
     OrderObserved: st.builds(
         OrderObserved,
         **_meta,
+        **_links,
         symbol=texts,
         status=st.sampled_from(VenueStatus),
         venue_id=optional_texts,

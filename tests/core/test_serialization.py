@@ -52,9 +52,11 @@ from oms.core.serialization import (
     decode_line,
     encode_header,
     encode_line,
+    encode_line_into,
     state_document,
     state_hash,
 )
+from oms.core.serialization import _crc32 as log_crc32
 from oms.core.values import (
     MarketType,
     OrderType,
@@ -267,6 +269,26 @@ def test_line_layout(event: Event) -> None:
     # The checksum covers every byte before `,"crc"`.
     covered = line[: line.rindex(b',"crc":"')]
     assert document["crc"] == f"{zlib.crc32(covered):08x}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=3000), st.integers(0, 2**32 - 1))
+def test_the_log_checksum_is_zlibs_crc32(data: bytes, start: int) -> None:
+    # ISA-L's CRC-32 where it is installed: the same function as zlib's, on any bytes, from
+    # any starting value, and on a bytearray as on bytes.
+    assert log_crc32(data) == zlib.crc32(data)
+    assert log_crc32(data, start) == zlib.crc32(data, start)
+    assert log_crc32(bytearray(data)) == zlib.crc32(data)
+
+
+@pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: type(e).__name__)
+def test_a_line_encoded_into_a_buffer_is_the_line(event: Event) -> None:
+    # Whatever the buffer held before (a longer line included) is replaced.
+    buffer = bytearray(b"x" * 5000)
+    encode_line_into(7, event, buffer)
+    assert bytes(buffer) == encode_line(7, event)
+    encode_line_into(8, event, buffer, version=1)
+    assert bytes(buffer) == encode_line(8, event, version=1)
 
 
 @pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: type(e).__name__)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import attrs
 import msgspec
 import pytest
 
@@ -436,6 +437,32 @@ def test_an_integer_beyond_64_bits_is_refused_before_anything_is_written(
             log.append(msgspec.structs.replace(fill(2), trade_id=trade_id))
         assert log.last_seq == 1
     assert [seq for seq, _ in LogReader(path)] == [1]
+
+
+@pytest.mark.parametrize("policy", [Fsync.never(), Fsync.group(), Fsync.every_event()])
+def test_an_event_that_cannot_be_written_leaves_the_last_line_as_it_was(
+    tmp_path: Path, policy: Fsync
+) -> None:
+    # Appends encode into a reused buffer: a failure while encoding (here a lone surrogate,
+    # refused by the encoder itself) must not touch the line a snapshot's mark names.
+    path = tmp_path / "s.jsonl"
+    with EventLog.open(path, fsync=policy) as log:
+        log.append(fill(1))
+        log.append(fill(2))
+        mark = log.mark()
+        assert mark is not None and mark.line == encode_line(2, fill(2))
+        with pytest.raises(LogFormatError, match="cannot be written"):
+            log.append(msgspec.structs.replace(fill(3), raw="\ud800"))
+        assert log.mark() == mark
+        log.append(fill(3))
+        assert log.mark() == attrs.evolve(
+            mark,
+            seq=3,
+            offset=mark.offset + len(encode_line(3, fill(3))),
+            line=encode_line(3, fill(3)),
+        )
+    assert [seq for seq, _ in LogReader(path)] == [1, 2, 3]
+    assert path.read_bytes().endswith(encode_line(3, fill(3)))
 
 
 def test_the_64_bit_extremes_round_trip(tmp_path: Path) -> None:

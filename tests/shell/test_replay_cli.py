@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from oms.core.events import Event, OrderFilled
-from oms.core.reducer import Fold
+from oms.core.replay_fold import ReplayFold
 from oms.replay import main
 from tests.helpers import REPLAY_DIR
 
@@ -306,14 +306,14 @@ def test_a_failure_applying_an_event_names_its_line(
     # The reducer is total on what the reader accepts; should it ever fail, the user still
     # gets the file and line and exit 1, not a traceback.
     path = copy_session(tmp_path, "spot_limit_partial_cancel")
-    real_step = Fold.step
+    real_step = ReplayFold.step
 
-    def step(self: Fold, event: Event) -> None:
+    def step(self: ReplayFold, event: Event) -> None:
         if isinstance(event, OrderFilled):
             raise ArithmeticError("boom\nsecond line")
         real_step(self, event)
 
-    monkeypatch.setattr(Fold, "step", step)
+    monkeypatch.setattr(ReplayFold, "step", step)
     code, out, err = run([str(path)], capsys)
     assert (code, out) == (1, "")
     first_fill = next(

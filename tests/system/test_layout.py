@@ -32,7 +32,7 @@ PACKAGES = {
     "oms_local_exchange": Path(oms_local_exchange.__file__).parent,
 }
 OURS = ("oms", "oms_backpack", "oms_local_exchange")
-CORE_THIRD_PARTY = {"attrs", "msgspec", "immutables"}
+CORE_THIRD_PARTY = {"attrs", "msgspec", "immutables", "isal"}
 # Modules of the adapter that start or imitate the local exchange (the main job's embedded
 # default, the benchmark's synthetic sessions).
 MAY_USE_THE_EXCHANGE = {"oms_backpack.run", "oms_backpack.bench", "oms_backpack.demo"}

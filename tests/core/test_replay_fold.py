@@ -1,0 +1,209 @@
+"""`ReplayFold` (the fold for replaying logs, with its short path and private drafts) against
+the reference, `apply` event by event: the same state, record for record, after every prefix
+that is frozen, over random sessions and the recorded ones. And the property is shown to catch
+a fold that is wrong in small ways.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from oms.core.events import Event, OrderAccepted, OrderFilled
+from oms.core.reducer import apply
+from oms.core.replay_fold import ReplayFold, _PositionDraft
+from oms.core.serialization import state_hash
+from oms.core.state import POSITION_WINDOW, Position, State
+from oms.core.values import ZERO, Side, Source
+from oms.log import LogReader
+from oms.testing.strategies import (
+    PERP,
+    events,
+    histories,
+    markets,
+    sessions,
+    submit,
+    trading_event,
+)
+from tests.helpers import REPLAY_DIR
+
+CHECKS = settings(max_examples=300, deadline=None)
+# A wrong fold has to be caught within this many examples (found, not shrunk).
+HUNT = settings(
+    max_examples=2_000,
+    deadline=None,
+    database=None,
+    phases=[Phase.generate],
+    report_multiple_bugs=False,
+)
+
+
+def _agree(
+    fold_class: type[ReplayFold], history: Sequence[Event], state: State, cuts: set[int]
+) -> None:
+    """Fold `history` with `fold_class` from `state`, freezing after each index in `cuts` and
+    at the end, and check each frozen state against `apply` event by event."""
+    fold = fold_class(state)
+    expected = state
+    for index, event in enumerate(history):
+        fold.step(event)
+        expected = apply(expected, event)
+        if index in cuts:
+            assert fold.freeze() == expected, f"after event {index} ({type(event).__name__})"
+    final = fold.freeze()
+    assert final == expected
+    assert state_hash(final) == state_hash(expected)
+
+
+def _sessions(max_size: int) -> st.SearchStrategy[list[Event]]:
+    """Healthy sessions (the short path's usual input) and troubled ones (duplicates, unknown
+    orders, forbidden transitions, overfills, drift: `Fold`'s), with arbitrary events of every
+    type mixed in."""
+    noise = st.lists(events() | trading_event(), max_size=3)
+    healthy = sessions(max_orders=8).map(lambda drawn: list(drawn.delivered))
+    troubled = sessions(max_orders=6, duplicates=2, drops=1, reorders=2).map(
+        lambda drawn: list(drawn.delivered)
+    )
+    base = healthy | troubled | histories(max_size=max_size)
+    return st.tuples(base, noise, st.randoms(use_true_random=False)).map(
+        lambda parts: _mixed(*parts)
+    )
+
+
+def _mixed(history: list[Event], noise: list[Event], random: Any) -> list[Event]:
+    out = list(history)
+    for event in noise:
+        out.insert(random.randint(0, len(out)), event)
+    return out
+
+
+def _check(fold_class: type[ReplayFold]) -> Callable[[], None]:
+    @given(
+        history=_sessions(60),
+        retain=st.integers(1, 6),
+        cuts=st.sets(st.integers(0, 70), max_size=4),
+    )
+    def check(history: list[Event], retain: int, cuts: set[int]) -> None:
+        # A small retention, so that finished orders are dropped as the session goes.
+        _agree(fold_class, history, State(retain_finished=retain), cuts)
+
+    return check
+
+
+test_replay_fold_is_apply = CHECKS(_check(ReplayFold))
+
+
+def _perp_fill(trade_id: int, quantity: Decimal, price: Decimal, side: Side) -> OrderFilled:
+    """A fill of order 1 (submitted for more than all of them) on the perp market."""
+    return OrderFilled(
+        source=Source.WS,
+        recv_time_us=trade_id,
+        venue_time_us=trade_id,
+        symbol=PERP,
+        venue_id="V1",
+        client_id=1,
+        trade_id=trade_id,
+        side=side,
+        quantity=quantity,
+        price=price,
+        fee=Decimal("0.01"),
+        fee_asset="USDC",
+        maker=False,
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    moves=st.lists(
+        st.tuples(st.sampled_from(Side), st.integers(1, 300), st.integers(9_000, 11_000)),
+        min_size=POSITION_WINDOW + 1,
+        max_size=POSITION_WINDOW + 40,
+    ),
+    late=st.lists(st.integers(0, POSITION_WINDOW + 40), max_size=3),
+    cuts=st.sets(st.integers(0, POSITION_WINDOW + 50), max_size=3),
+)
+def test_replay_fold_is_apply_past_the_position_window(
+    moves: list[tuple[Side, int, int]], late: list[int], cuts: set[int]
+) -> None:
+    # More perp fills than the window holds, so the checkpoint moves; a few of them arrive
+    # late (Fold's path) among the fills in order (the short path).
+    fills = [
+        _perp_fill(1_000 + i, Decimal(q).scaleb(-2), Decimal(p).scaleb(-2), side)
+        for i, (side, q, p) in enumerate(moves)
+    ]
+    for index in late:
+        if index < len(fills):
+            fills.append(fills.pop(index))
+    order = submit(1, Side.BID, Decimal(10**9), Decimal(100), symbol=PERP)
+    history: list[Event] = [*markets(), order, *fills]
+    _agree(ReplayFold, history, State(), cuts)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(REPLAY_DIR.glob("*.jsonl")) + sorted((REPLAY_DIR / "v1").glob("*.jsonl")),
+    ids=lambda path: f"{path.parent.name}/{path.name}",
+)
+def test_recorded_sessions_fold_alike(path: Any) -> None:
+    history = list(LogReader(path).events())
+    assert history
+    _agree(ReplayFold, history, State(), set(range(len(history))))
+
+
+# --- the property catches a fold that is wrong in small ways --------------------------------
+
+
+class _AcceptedWithoutTime(ReplayFold):
+    """An accept that does not move the order's venue time."""
+
+    def _accepted(self, event: OrderAccepted) -> None:
+        super()._accepted(event.__class__(**{**_fields(event), "venue_time_us": None}))
+
+
+class _StaleWindow(ReplayFold):
+    """Writes a position back with the window it started from."""
+
+    def _write_back(self) -> None:
+        for draft in self._position_drafts.values():
+            draft.recent.clear()
+            draft.recent.extend(draft.record.recent)
+        super()._write_back()
+
+
+class _KeepsItsDrafts(ReplayFold):
+    """Hands events to `Fold` without writing the balance drafts back first."""
+
+    def _slow(self, event: Event) -> None:
+        drafts = self._balance_drafts
+        self._balance_drafts = {}
+        super()._slow(event)
+        self._balance_drafts.update(drafts)
+
+
+class _FeeOnce(ReplayFold):
+    """Counts a fill's fee in its position only for the position's first fill."""
+
+    def _position_in_order(self, event: OrderFilled) -> Decimal | None:
+        if self._position_drafts.get(event.symbol) is not None:
+            event = event.__class__(**{**_fields(event), "fee": ZERO})
+        return super()._position_in_order(event)
+
+
+def _fields(event: Event) -> dict[str, Any]:
+    return {name: getattr(event, name) for name in event.__struct_fields__}
+
+
+@pytest.mark.parametrize("wrong", [_AcceptedWithoutTime, _StaleWindow, _KeepsItsDrafts, _FeeOnce])
+def test_the_property_catches_a_wrong_fold(wrong: type[ReplayFold]) -> None:
+    with pytest.raises(AssertionError):
+        HUNT(_check(wrong))()
+
+
+def test_a_position_draft_freezes_to_its_record() -> None:
+    record = Position(symbol=PERP, funding=Decimal("1.5"))
+    assert _PositionDraft(record).freeze() == record
