@@ -253,9 +253,11 @@ class LogReader:
                     if _padding(line):
                         return  # the zero tail of a mapped log: the end of its events
                     # The decoders raise nothing else, whatever the bytes (deep nesting, huge
-                    # numbers, bad UTF-8 included). Only a last line without its newline can
-                    # be torn (a crash while it was written).
-                    if not line.endswith(b"\n"):
+                    # numbers, bad UTF-8 included). Only a last line can be torn (a crash
+                    # while it was written): one without its newline, or one with zero bytes
+                    # in it (never in a written line: JSON escapes them), which is a line a
+                    # mapped log's writer was copying (the file's zero tail shows through).
+                    if not line.endswith(b"\n") or b"\0" in line:
                         self.torn = TornTail(
                             line=number,
                             offset=offset,

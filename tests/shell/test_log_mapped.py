@@ -182,3 +182,18 @@ def test_a_killed_writer_loses_nothing_append_returned_for(
     log.append(fill(log.last_seq + 1))
     log.close()
     assert read_all(path)[0] == list(range(1, len(seqs) + 2))
+
+
+def test_a_line_read_while_it_is_copied_is_torn_not_corrupt(tmp_path: Path) -> None:
+    """A reader of a live mapped log may see a line's newline before its first bytes (the
+    copy is not ordered for other readers): the zero bytes show it is not written yet."""
+    path = tmp_path / "s.jsonl"
+    with EventLog.open(path, fsync=Fsync.group()) as log:
+        for n in range(1, 4):
+            log.append(fill(n))
+        end = log.offset
+    line = encode_line(4, fill(4))
+    with open(path, "ab") as file:
+        file.write(b"\0" * 40 + line[40:] + b"\0" * 5_000)
+    seqs, reader = read_all(path)
+    assert seqs == [1, 2, 3] and reader.torn is not None and reader.torn.offset == end
