@@ -22,6 +22,7 @@ wait in the file, and the shipper catches up when it is back.
 from __future__ import annotations
 
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -170,6 +171,7 @@ class _Lines:
         self.seq = 0  # the last event read
         self.version = 2
         self._handle: BinaryIO | None = None
+        self._stale = False
         self._offset = 0
         self._line_number = 1
         self._header_end = 0
@@ -207,9 +209,18 @@ class _Lines:
         handle = self._open()
         if handle is None:
             return None
+        if self._stale:
+            # The last read met the unwritten end of the file (a mapped log's zero tail, a
+            # line being written): seeking to the end drops what the reader buffered, so
+            # that the bytes are read again as they are now.
+            handle.seek(0, os.SEEK_END)
+            self._stale = False
         handle.seek(self._offset)
         line = handle.readline()
-        if not line.endswith(b"\n"):
+        if not line.endswith(b"\n") or b"\0" in line:
+            # Not written yet. No complete line holds a zero byte (JSON escapes it); one that
+            # seems to is a line the writer is still copying into its mapping, read early.
+            self._stale = True
             return None
         try:
             seq, _event = self._decode(line)
@@ -247,11 +258,13 @@ class _Lines:
         handle = self._open()
         if handle is None:
             return None
+        handle.seek(0, os.SEEK_END)  # drop what was buffered: read the file as it is now
         handle.seek(self._offset)
         recent = self._recent
         while self.seq < seq - 1:
             line = handle.readline()
-            if not line.endswith(b"\n"):
+            if not line.endswith(b"\n") or b"\0" in line:
+                self._stale = True
                 return None
             self.seq += 1
             recent[self.seq] = self._offset
