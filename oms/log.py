@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -141,21 +142,28 @@ class Fsync:
     `max_events=1` fsyncs every event. A group commit fsyncs once `max_events` are waiting
     or the oldest waiting event is `max_delay` seconds old (checked on append and by `poll`);
     until then each line is already with the OS, so a crash of the process loses nothing and
-    a power loss at most the events of the last `max_delay` seconds. `max_events=0` never
+    a power loss at most the events of the last `max_delay` seconds (with `background`, plus
+    those appended while the fsync in flight ran). `max_events=0` never
     fsyncs and leaves lines in this process's buffer until it fills or the log is closed:
     for tests, benchmarks and scratch files only.
     """
 
     max_events: int = 1
     max_delay: Seconds = 0.0
+    background: bool = False
 
     @classmethod
     def every_event(cls) -> Fsync:
         return cls(max_events=1)
 
     @classmethod
-    def group(cls, max_events: int = 512, max_delay: Seconds = 0.05) -> Fsync:
-        return cls(max_events=max_events, max_delay=max_delay)
+    def group(
+        cls, max_events: int = 512, max_delay: Seconds = 0.05, *, background: bool = True
+    ) -> Fsync:
+        """A group commit. With `background` (the default) a thread of the log's own runs the
+        fsyncs, so `append` never waits for the disk; a power loss can then also take the
+        events appended while the last fsync ran. `background=False` fsyncs in `append`."""
+        return cls(max_events=max_events, max_delay=max_delay, background=background)
 
     @classmethod
     def never(cls) -> Fsync:
@@ -296,6 +304,69 @@ class LogReader:
             )
 
 
+class _Syncer:
+    """The fsyncs of a log with a background group commit: `request(seq)` asks for the log to
+    be on disk up to `seq` and returns at once; a thread of its own fsyncs (through its own
+    descriptor) and reports each completed fsync to the log (`EventLog._synced`). An fsync
+    that fails is kept in `error` and raised by the log's next `append` or `sync`."""
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+        self._fd = os.dup(log.fileno())
+        self._cv = threading.Condition()
+        self._want = self._done = log.synced_seq
+        self._closing = False
+        self.error: OSError | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"oms-fsync {log.path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def request(self, seq: int) -> None:
+        with self._cv:
+            if seq > self._want:
+                self._want = seq
+                self._cv.notify()
+
+    def wait(self, seq: int) -> None:
+        """Block until the log is on disk up to `seq` (or an fsync failed)."""
+        with self._cv:
+            if seq > self._want:
+                self._want = seq
+                self._cv.notify()
+            while self._done < seq and self.error is None:
+                self._cv.wait()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join()
+        os.close(self._fd)
+
+    def _run(self) -> None:
+        cv = self._cv
+        while True:
+            with cv:
+                while self._want <= self._done and not self._closing:
+                    cv.wait()
+                if self._want <= self._done or self.error is not None:
+                    return
+                target = self._want
+            started = time.perf_counter()
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                with cv:
+                    self.error = exc
+                    cv.notify_all()
+                return
+            self._log._synced(target, time.perf_counter() - started)
+            with cv:
+                self._done = target
+                cv.notify_all()
+
+
 class EventLog:
     """Appends events to a log file. One writer per file (the engine's single task).
 
@@ -350,6 +421,8 @@ class EventLog:
         self._map: mmap.mmap | None = None
         self._map_base = 0
         self._map_end = 0
+        # The fsync thread of a background group commit (started at the first group).
+        self._syncer: _Syncer | None = None
 
     @classmethod
     def open(
@@ -433,6 +506,11 @@ class EventLog:
         return seq
 
     def _append(self, event: Event) -> int:
+        syncer = self._syncer
+        if syncer is not None and syncer.error is not None:
+            # The disk failed an fsync: nothing more is appended (the lines since the last
+            # good fsync may be lost), until the program deals with it.
+            raise syncer.error
         seq = self.last_seq + 1
         # Encoded into a spare buffer: if encoding fails, nothing is written and the last
         # line (kept for `mark`) is intact.
@@ -463,10 +541,29 @@ class EventLog:
         if pending == 1:
             self._pending_since = self._clock()
             if max_events <= 1 or self.fsync.max_delay <= 0:
-                self.sync()
+                self._commit()
         elif pending >= max_events or self._clock() - self._pending_since >= self.fsync.max_delay:
-            self.sync()
+            self._commit()
         return seq
+
+    def _commit(self) -> None:
+        """A group is due: fsync it, here or (background) in the fsync thread."""
+        if not self.fsync.background:
+            self.sync()
+            return
+        syncer = self._syncer
+        if syncer is None:
+            syncer = self._syncer = _Syncer(self)
+        syncer.request(self.last_seq)
+        self._pending = 0
+
+    def _synced(self, seq: int, seconds: float) -> None:
+        """The fsync thread made the log durable up to `seq` (it took `seconds`)."""
+        self.syncs += 1
+        self.synced_seq = max(self.synced_seq, seq)
+        observer = self.observer
+        if observer is not None:
+            observer("fsync", seconds)
 
     def _write_rest(self, line: bytearray, written: int | None) -> None:
         """Finish a short write (rare: a signal, a full disk that is then reported)."""
@@ -539,17 +636,26 @@ class EventLog:
 
     @property
     def unsynced(self) -> bool:
-        """Events are waiting for a group commit's fsync."""
-        return self._pending > 0
+        """Events are waiting for a group commit's fsync (or, background, for the one in
+        flight)."""
+        return self._pending > 0 or (self._syncer is not None and self.synced_seq < self.last_seq)
 
     def poll(self) -> None:
         """Group commit: sync if the oldest waiting event has waited `max_delay`."""
         if self._pending and self._clock() - self._pending_since >= self.fsync.max_delay:
-            self.sync()
+            self._commit()
 
     def sync(self) -> None:
         """Write everything appended so far to disk now."""
         self._handle.flush()
+        syncer = self._syncer
+        if syncer is not None:
+            if self._pending or self.synced_seq < self.last_seq:
+                self._pending = 0
+                syncer.wait(self.last_seq)
+            if syncer.error is not None:
+                raise syncer.error
+            return
         if self._pending or self.fsync.max_events == 0:
             started = time.perf_counter()
             os.fsync(self._handle.fileno())
@@ -566,6 +672,14 @@ class EventLog:
             if self.fsync.max_events == 0:
                 self._handle.flush()  # the `never` policy: the OS writes it when it likes
             else:
+                syncer, self._syncer = self._syncer, None
+                if syncer is not None:
+                    # What the thread has not synced is synced below, in this thread.
+                    syncer.close()
+                    if self.synced_seq < self.last_seq:
+                        self._pending = max(self._pending, 1)
+                    if syncer.error is not None:
+                        raise syncer.error
                 # Cut the zero tail (if the cut is lost to a power loss, readers skip the
                 # tail), then sync what is pending.
                 self._unmap()

@@ -308,45 +308,57 @@ def test_every_event_syncs_each_append(tmp_path: Path, fsyncs: list[int]) -> Non
     assert log.syncs == 5
 
 
-def test_group_commit_syncs_on_count(tmp_path: Path, fsyncs: list[int]) -> None:
+def settled(log: EventLog) -> EventLog:
+    """`log` once its fsync thread (a background group commit) has done what was asked."""
+    syncer = log._syncer
+    if syncer is not None:
+        syncer.wait(syncer._want)
+    return log
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_group_commit_syncs_on_count(tmp_path: Path, fsyncs: list[int], background: bool) -> None:
     clock = FakeClock()
-    policy = Fsync.group(max_events=3, max_delay=10.0)
+    policy = Fsync.group(max_events=3, max_delay=10.0, background=background)
     with EventLog.open(tmp_path / "s.jsonl", fsync=policy, clock=clock) as log:
         fsyncs.clear()
         log.append(fill(1))
         log.append(fill(2))
-        assert (log.syncs, len(fsyncs)) == (0, 0)
+        assert (settled(log).syncs, len(fsyncs)) == (0, 0)
         log.append(fill(3))
-        assert (log.syncs, len(fsyncs)) == (1, 1)
+        assert (settled(log).syncs, len(fsyncs)) == (1, 1)
+        assert log.synced_seq == 3 and not log.unsynced
         for n in range(4, 9):
             log.append(fill(n))
-        assert log.syncs == 2  # after the 6th; the 7th and 8th wait
+        assert settled(log).syncs == 2  # after the 6th; the 7th and 8th wait
+        assert log.synced_seq == 6 and log.unsynced
     assert log.syncs == 3  # closing syncs what waits
     assert last_seq(log.path) == 8
 
 
-def test_group_commit_syncs_on_delay(tmp_path: Path, fsyncs: list[int]) -> None:
+@pytest.mark.parametrize("background", [False, True])
+def test_group_commit_syncs_on_delay(tmp_path: Path, fsyncs: list[int], background: bool) -> None:
     clock = FakeClock()
-    policy = Fsync.group(max_events=100, max_delay=0.5)
+    policy = Fsync.group(max_events=100, max_delay=0.5, background=background)
     with EventLog.open(tmp_path / "s.jsonl", fsync=policy, clock=clock) as log:
         fsyncs.clear()
         log.poll()
-        assert log.syncs == 0  # nothing waiting
+        assert settled(log).syncs == 0  # nothing waiting
         log.append(fill(1))
         clock.now += 0.25
         log.append(fill(2))
         log.poll()
-        assert log.syncs == 0  # the oldest has waited 0.25 s
+        assert settled(log).syncs == 0  # the oldest has waited 0.25 s
         clock.now += 0.25
         log.poll()
-        assert (log.syncs, len(fsyncs)) == (1, 1)  # 0.5 s: due
+        assert (settled(log).syncs, len(fsyncs)) == (1, 1)  # 0.5 s: due
         log.poll()
-        assert log.syncs == 1  # nothing new
+        assert settled(log).syncs == 1  # nothing new
         # An append after the delay syncs by itself, with no poll.
         log.append(fill(3))
         clock.now += 0.75
         log.append(fill(4))
-        assert (log.syncs, len(fsyncs)) == (2, 2)
+        assert (settled(log).syncs, len(fsyncs)) == (2, 2)
     assert log.syncs == 2
     assert last_seq(log.path) == 4
 
@@ -527,3 +539,49 @@ def test_group_commit_hands_every_line_to_the_os_at_once(tmp_path: Path) -> None
             log.append(fill(n))
             assert log.syncs == 0
             assert last_seq(path) == n
+
+
+def test_a_background_group_commit_never_makes_append_wait_for_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    disk = threading.Event()  # the disk answers when this is set
+    callers: list[str] = []
+
+    def slow_fsync(fd: int) -> None:
+        callers.append(threading.current_thread().name)
+        assert disk.wait(10)
+
+    path = tmp_path / "s.jsonl"
+    log = EventLog.open(path, fsync=Fsync.group(max_events=2, max_delay=60.0))
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    for n in range(1, 11):  # five groups fall due while the first fsync hangs
+        log.append(fill(n))
+    assert log.last_seq == 10 and log.synced_seq == 0 and log.unsynced
+    assert last_seq(path) == 10  # and every line is with the OS
+    disk.set()
+    log.sync()  # waits for the disk
+    assert log.synced_seq == 10 and not log.unsynced
+    assert callers and all(name.startswith("oms-fsync") for name in callers)
+    log.close()
+
+
+def test_a_failed_background_fsync_is_raised_by_the_next_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    log = EventLog.open(tmp_path / "s.jsonl", fsync=Fsync.group(max_events=1, max_delay=60.0))
+    monkeypatch.setattr(os, "fsync", broken)
+    log.append(fill(1))  # its fsync fails in the thread
+    with pytest.raises(OSError, match="Input/output error"):
+        log.sync()
+    with pytest.raises(OSError, match="Input/output error"):
+        log.append(fill(2))
+    assert log.synced_seq == 0 and log.last_seq == 1  # nothing more was appended
+    monkeypatch.undo()
+    with pytest.raises(OSError):
+        log.close()  # the failure is not forgotten on close either
+    assert log.closed
