@@ -1,7 +1,8 @@
 """`python -m oms.status SESSION.jsonl [--json]`: where the account stands, at a glance.
 
 The same view the main job shows live (`oms_backpack.run`): open orders, orders waiting for
-fills or in doubt, positions marked to market (entry, mark, unrealized and realized PnL,
+fills or in doubt, the orders the venue placed (liquidation, ADL, its strategies) with their
+origin, positions marked to market (entry, mark, unrealized and realized PnL,
 notional, exposure, the venue's figures and the drift), balances derived beside the venue's
 with their drift, fees by asset, funding, the kill switch and the risk denials, the headroom
 left under each risk limit (given `--limits`), the newest reconciliation finding, anomalies.
@@ -97,6 +98,10 @@ def _order(order: Order) -> dict[str, Any]:
         "cancel_requested": order.cancel_requested,
         "created_seq": order.created_seq,
         "updated_seq": order.updated_seq,
+        "origin": str(order.origin),
+        "placed_by_venue": order.placed_by_venue,
+        "strategy_id": order.strategy_id,
+        "related_order_id": order.related_order_id,
     }
 
 
@@ -190,6 +195,7 @@ def status_document(
     orders = sorted(state.orders.values(), key=lambda o: o.created_seq)
     live = [o for o in orders if not o.status.is_terminal]
     waiting = [o for o in orders if o.awaiting_fills]
+    by_venue = [o for o in orders if o.placed_by_venue]
     marked, totals = account_totals(state)
     fees: list[tuple[str, Decimal]] = [pair for o in state.orders.values() for pair in o.fees]
     funding: list[tuple[str, Decimal]] = []
@@ -224,6 +230,7 @@ def status_document(
             ],
             "in_doubt": [_order(o) for o in live if o.status is IN_DOUBT],
             "waiting_for_fills": [_order(o) for o in waiting],
+            "placed_by_venue": [_order(o) for o in by_venue],
         },
         "positions": [_position(state, m) for m in marked],
         "account": [_account(t) for t in totals],
@@ -311,6 +318,23 @@ def _when(time_us: int | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
+def _order_line(o: dict[str, Any]) -> str:
+    """One order of the status document as a line; an order the user did not place shows
+    where it came from (its origin, the venue strategy that placed it)."""
+    line = (
+        f"  {o['key']:<14} {o['symbol']:<14} {_show(o['side']):<4} "
+        f"{_show(o['order_type']):<11} {o['status']:<16} {_show(o['price']):>12} "
+        f"{o['filled_quantity']}/{_show(o['quantity'])}"
+    )
+    if o["venue_executed"] not in (None, o["filled_quantity"]):
+        line += f" (venue {o['venue_executed']})"
+    if o["placed_by_venue"]:
+        line += f"  origin {o['origin']}"
+        if o["strategy_id"] is not None:
+            line += f" strategy {o['strategy_id']}"
+    return line
+
+
 def render_text(doc: dict[str, Any], *, max_orders: int = 10) -> list[str]:
     """The status document as lines for a terminal."""
     lines = [
@@ -328,19 +352,16 @@ def render_text(doc: dict[str, Any], *, max_orders: int = 10) -> list[str]:
         if not listed and key != "open":
             continue
         lines.append(f"{title}: {len(listed)}")
-        lines += [
-            f"  {o['key']:<14} {o['symbol']:<14} {_show(o['side']):<4} "
-            f"{_show(o['order_type']):<11} {o['status']:<16} {_show(o['price']):>12} "
-            f"{o['filled_quantity']}/{_show(o['quantity'])}"
-            + (
-                ""
-                if o["venue_executed"] in (None, o["filled_quantity"])
-                else f" (venue {o['venue_executed']})"
-            )
-            for o in listed[:max_orders]
-        ]
+        lines += [_order_line(o) for o in listed[:max_orders]]
         if len(listed) > max_orders:
             lines.append(f"  ... {len(listed) - max_orders} more")
+    by_venue = orders["placed_by_venue"]
+    if by_venue:
+        # The newest matter most here: a liquidation that just happened.
+        lines.append(f"placed by the venue (kept, any status): {len(by_venue)}")
+        if len(by_venue) > max_orders:
+            lines.append(f"  ... {len(by_venue) - max_orders} earlier")
+        lines += [_order_line(o) for o in by_venue[-max_orders:]]
     lines.append("positions:")
     lines += [
         f"  {p['symbol']:<14} net {p['net_quantity']:>10}  entry {p['entry_price']}  "

@@ -58,6 +58,11 @@ __all__ = [
 JSON = Any
 ORDER_STREAM: Final = "account.orderUpdate"
 POSITION_STREAM: Final = "account.positionUpdate"
+LIQUIDATION_STREAM: Final = "liquidation"
+# The origins (`O`) of the orders the venue places to close a position: their trades are also
+# published on the `liquidation` stream. The others (collateral conversion, settlement, the
+# backstop liquidity provider taking over a position) are not liquidations of the account.
+LIQUIDATION_ORIGINS: Final = frozenset({"LIQUIDATION_AUTOCLOSE", "ADL_AUTOCLOSE"})
 _EPOCH: Final = datetime(1970, 1, 1)
 _IMF_FUNCTION: Final = {"base": "0.02", "factor": "0.0001", "type": "sqrt"}
 _MMF_FUNCTION: Final = {"base": "0.0125", "factor": "0.00006", "type": "sqrt"}
@@ -520,6 +525,22 @@ def trade(
         "t": trade_id,
         "T": time_us,
         "m": buyer_is_maker,
+    }
+
+
+def liquidation(
+    *, symbol: str, side: str, price: Decimal, quantity: Decimal, time_us: int
+) -> dict[str, JSON]:
+    """A public `liquidation` payload: one trade of an order the venue placed to close a
+    position (`side` is that order's, `Ask` when a long is closed)."""
+    return {
+        "e": "liquidation",
+        "E": time_us + 1,
+        "q": text(quantity),
+        "p": text(price),
+        "S": side,
+        "s": symbol,
+        "T": time_us,
     }
 
 

@@ -43,7 +43,9 @@ from oms_local_exchange.arithmetic import (
     multiply,
     subtract,
 )
+from oms_local_exchange.frames import LIQUIDATION_ORIGINS
 from oms_local_exchange.frames import kline as kline_payload
+from oms_local_exchange.frames import liquidation as liquidation_payload
 from oms_local_exchange.frames import trade as trade_payload
 from oms_local_exchange.model import (
     KLINE_INTERVALS,
@@ -770,6 +772,17 @@ class Matcher:
         book.trades.append(data)
         book.add_to_candles(price, quantity, self._time.now)
         self._outbox.trade(book.spec.symbol, data)
+        for order in (taker, maker):
+            if order is not None and order.origin in LIQUIDATION_ORIGINS:
+                self._outbox.liquidation(
+                    liquidation_payload(
+                        symbol=book.spec.symbol,
+                        side=order.side,
+                        price=price,
+                        quantity=quantity,
+                        time_us=self._time.now,
+                    )
+                )
 
     def _fill(
         self,

@@ -66,6 +66,10 @@ class Outbox:
     def trade(self, symbol: str, data: dict[str, JSON]) -> None:
         self._messages.append(Outbound(stream=f"trade.{symbol}", data=data))
 
+    def liquidation(self, data: dict[str, JSON]) -> None:
+        """A `liquidation` payload: one stream for every market."""
+        self._messages.append(Outbound(stream=frames.LIQUIDATION_STREAM, data=data))
+
     def update_id(self, symbol: str) -> int:
         """The id of the latest depth update of `symbol` (0 before the first)."""
         published = self._published.get(symbol)

@@ -60,8 +60,9 @@ _PRIVATE: Final = (frames.ORDER_STREAM, frames.POSITION_STREAM, _RFQ_STREAM)
 _PUBLIC_KINDS: Final = (
     "depth", "bookTicker", "trade", "markPrice", "ticker", "openInterest", "kline",
 )  # fmt: skip
-# Public streams without a symbol; `liquidation` stays silent (no liquidations here).
-_PUBLIC_GLOBAL: Final = ("liquidation",)
+# Public streams without a symbol: `liquidation`, the trades of the orders the venue places to
+# close a position (`Venue.liquidate`), in every market.
+_PUBLIC_GLOBAL: Final = (frames.LIQUIDATION_STREAM,)
 _DEPTH_INTERVALS: Final = ("200ms", "600ms", "1000ms")
 # Error codes of our own for WebSocket refusals other than the venue's 4006 "Invalid stream".
 WS_INVALID_REQUEST: Final = 4001

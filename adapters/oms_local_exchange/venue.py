@@ -204,7 +204,9 @@ class Venue:
     ) -> Order:
         """Close the account's position on `symbol` with a market order the venue places
         itself (`O` = `origin`: `LIQUIDATION_AUTOCLOSE`, `ADL_AUTOCLOSE`, ...), as a
-        liquidation or an auto-deleveraging does. `ApiError` if there is no position."""
+        liquidation or an auto-deleveraging does. Its trades are public (`trade.<symbol>`)
+        and, for those two origins, each is also published on the `liquidation` stream.
+        `ApiError` if there is no position."""
         self.advance()
         account = self.account(api_key)
         net = self._ledger.net(account, symbol)

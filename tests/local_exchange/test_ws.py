@@ -287,3 +287,55 @@ async def test_kline_stream_pushes_changed_candles_then_the_closed_one() -> None
         ("149.99", "149.99", "13", 3, True),
     ]
     assert {d["t"] for d in data} == {first["data"]["t"]} and start_s % 60 == 0
+
+
+async def test_liquidations_are_published_with_their_trades() -> None:
+    """`Venue.liquidate` closes a position with an order of the venue's own: each of its trades
+    is a public trade and a `liquidation` message (`S` the closing order's side); a user's
+    trade or a venue strategy's is a trade only."""
+    perp = "SOL_USDC_PERP"
+    async with local_exchange() as (exchange, clock), connected(exchange) as ws:
+        streams = ["liquidation", f"trade.{perp}"]
+        await ws.send_message(json.dumps({"method": "SUBSCRIBE", "params": streams}))
+        await settle()
+        venue, key = exchange.venue, exchange.api_key
+        place(exchange, symbol=perp, side="Bid", order_type="Market", quantity=D(2))
+        liquidated = venue.liquidate(key, perp)  # sells the long 2
+        exchange.dispatch()
+        place(exchange, symbol=perp, side="Ask", order_type="Market", quantity=D(1))
+        deleveraged = venue.liquidate(key, perp, origin="ADL_AUTOCLOSE")  # buys the short 1
+        exchange.dispatch()
+        venue.run_strategy(key, perp, "Ask", D(1), strategy_id=7)
+        exchange.dispatch()
+        place(exchange, symbol=perp, side="Bid", order_type="Market", quantity=D(1))
+        frames = [await next_frame(ws) for _ in range(8)]
+        with trio.move_on_after(0.1):
+            raise AssertionError(f"one frame too many: {await next_frame(ws)}")
+    assert [f["stream"] for f in frames] == [
+        f"trade.{perp}",
+        f"trade.{perp}",
+        "liquidation",
+        f"trade.{perp}",
+        f"trade.{perp}",
+        "liquidation",
+        f"trade.{perp}",
+        f"trade.{perp}",
+    ]
+    now = clock.now_us
+    for trade, closing, order, side in (
+        (frames[1]["data"], frames[2]["data"], liquidated, "Ask"),
+        (frames[4]["data"], frames[5]["data"], deleveraged, "Bid"),
+    ):
+        assert closing == {
+            "e": "liquidation",
+            "E": now + 1,
+            "q": trade["q"],
+            "p": trade["p"],
+            "S": side,
+            "s": perp,
+            "T": now,
+        }
+        assert trade["b" if side == "Bid" else "a"] == order.id
+        assert events_of({"stream": "liquidation", "data": closing}) == []
+    assert (frames[1]["data"]["q"], frames[1]["data"]["p"]) == ("2", "149.99")
+    assert (frames[4]["data"]["q"], frames[4]["data"]["p"]) == ("1", "150.01")

@@ -12,7 +12,7 @@ import pytest
 
 from oms.core.events import Event, KillSwitchTripped, OrderDenied
 from oms.core.risk import AccountLimits, Limits
-from oms.core.values import OrderType, Side, Source
+from oms.core.values import OrderOrigin, OrderType, Side, Source
 from oms.engine import Engine
 from oms.log import Fsync
 from oms.status import STATUS_FORMAT, main, status_document, status_of_file
@@ -112,6 +112,65 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main([])
     assert exit_.value.code == 2
+
+
+def test_orders_the_venue_placed_are_listed_with_their_origin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A long 3 the venue liquidates, then a slice of a venue strategy: both finished orders
+    are listed (open ones of ours are not), each row says who placed it and what it is
+    linked to."""
+    liquidation = OrderOrigin.LIQUIDATION_AUTOCLOSE
+    closing = accept("V9", symbol=PERP, side=Side.ASK, quantity="3", origin=liquidation)
+    slice_ = accept("V8", symbol=PERP, side=Side.BID, quantity="1")
+    exit_ = accept("V3", symbol=PERP, side=Side.ASK, quantity="1", price="120")
+    events: list[Event] = [
+        *markets(),
+        submit(1, Side.BID, "3", "100", symbol=PERP),
+        accept("V1", client_id=1, symbol=PERP),
+        fill("V1", 1, Side.BID, "3", "100", client_id=1, symbol=PERP),
+        submit(2, Side.BID, "1", "90", symbol=PERP),  # rests: open, ours
+        accept("V2", client_id=2, symbol=PERP),
+        msgspec.structs.replace(closing, order_type=OrderType.MARKET),
+        fill("V9", 2, Side.ASK, "3", "80", symbol=PERP, origin=liquidation, cum="3"),
+        msgspec.structs.replace(slice_, order_type=OrderType.MARKET, strategy_id=6023471188),
+        fill("V8", 3, Side.BID, "1", "81", symbol=PERP, cum="1"),
+        # A take profit attached to order 1 (by the venue, for us): linked, not the venue's.
+        msgspec.structs.replace(exit_, related_order_id="V1"),
+    ]
+    path = write_log(tmp_path / "v.jsonl", events)
+    assert main([str(path), "--json"]) == 0
+    orders = json.loads(capsys.readouterr().out)["orders"]
+    ours, attached = orders["open"]
+    assert (ours["origin"], ours["placed_by_venue"], ours["strategy_id"]) == ("USER", False, None)
+    assert ours["related_order_id"] is None
+    assert (attached["venue_id"], attached["related_order_id"]) == ("V3", "V1")
+    assert (attached["origin"], attached["placed_by_venue"]) == ("USER", False)
+    closed, bought = orders["placed_by_venue"]
+    assert (closed["venue_id"], closed["status"], closed["filled_quantity"]) == (
+        "V9",
+        "Filled",
+        "3",
+    )
+    assert (closed["origin"], closed["placed_by_venue"], closed["strategy_id"]) == (
+        "LIQUIDATION_AUTOCLOSE",
+        True,
+        None,
+    )
+    assert (bought["origin"], bought["placed_by_venue"], bought["strategy_id"]) == (
+        "USER",
+        True,
+        6023471188,
+    )
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    at = out.index("placed by the venue (kept, any status): 2")
+    v9, v8 = out[at + 1 : at + 3]
+    assert v9.startswith("  vV9 ") and v9.endswith("3/3  origin LIQUIDATION_AUTOCLOSE"), v9
+    assert v8.startswith("  vV8 ") and v8.endswith("1/1  origin USER strategy 6023471188"), v8
+    for key in ("c2", "vV3"):  # ours: no origin shown
+        (line,) = [line for line in out if line.startswith(f"  {key} ")]
+        assert line.endswith("0/1"), line
 
 
 def _keys(value: object) -> set[str]:

@@ -13,6 +13,7 @@ import trio
 
 from oms.core.state import AnomalyKind, Order, State
 from oms.core.values import Exit, OrderOrigin, OrderStatus, OrderType, Side
+from oms.status import render_text, status_document
 from oms.testing.books import PERP
 from oms.testing.harness import Harness, open_harness
 
@@ -150,6 +151,15 @@ async def test_orders_the_venue_places_are_tracked_with_their_origin(tmp_path: P
             assert ours.origin is OrderOrigin.LIQUIDATION_AUTOCLOSE and ours.placed_by_venue
             assert theirs.strategy_id == 6023471188 and theirs.placed_by_venue
             assert h.state.positions[PERP].net_quantity == D(-1)
+            doc = status_document(h.state)
+            shown = {o["venue_id"]: o for o in doc["orders"]["placed_by_venue"]}
+            assert shown.keys() == {liquidation.id, slice_.id}
+            assert shown[liquidation.id]["origin"] == "LIQUIDATION_AUTOCLOSE"
+            assert shown[slice_.id]["strategy_id"] == 6023471188
+            assert any(
+                line.startswith(f"  {ours.key} ") and line.endswith("origin LIQUIDATION_AUTOCLOSE")
+                for line in render_text(doc)
+            )
             await h.finish()
             assert AnomalyKind.UNKNOWN_ORDER not in h.state.anomaly_counts
 
