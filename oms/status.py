@@ -31,6 +31,7 @@ from oms.core.errors import ConfigurationError
 from oms.core.events import Event
 from oms.core.reducer import Fold
 from oms.core.risk import Headroom, Limits, headroom
+from oms.core.serialization import risk_document
 from oms.core.state import Balance, Order, State
 from oms.core.values import CTX, OrderStatus, Source, canonical_decimal
 from oms.limits import load_limits
@@ -286,20 +287,7 @@ def _risk(state: State, limits: Limits | None, now_us: int | None) -> dict[str, 
     if limits is not None and now_us is None:
         now_us = risk.submit_times[-1] if risk.submit_times else 0
     return {
-        "kill_switch": {
-            "tripped": risk.tripped,
-            "reason": risk.trip_reason,
-            "by": risk.trip_by,
-            "seq": risk.trip_seq,
-            "time_us": risk.trip_time_us,
-            "trips": risk.trips,
-            "resets": risk.resets,
-        },
-        "denials": {
-            "total": risk.denials,
-            "by_limit": dict(risk.denied_by_limit),
-            "last": risk.last_denial,
-        },
+        **risk_document(risk),
         "limits": None
         if limits is None or now_us is None
         else {"as_of_us": now_us, "rows": [_limit(r) for r in headroom(state, limits, now_us)]},

@@ -44,7 +44,6 @@ import os
 import signal
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -60,7 +59,7 @@ from oms.core.serialization import state_hash
 from oms.core.state import State
 from oms.core.values import CTX, OrderType, Side
 from oms.engine import Engine
-from oms.limits import load_limits
+from oms.limits import load_limits, read_toml
 from oms.log import Fsync, LogReader, LogReadError, Seconds
 from oms.ship import ShipConfig, ShipConflict, Shipper
 from oms.status import ReconciliationTracker, render_text, status_document
@@ -112,13 +111,7 @@ def load_config(path: str | os.PathLike[str]) -> JobConfig:
     """Read a TOML file of accounts (docs/status.md). Raises `ConfigurationError` with one
     line naming the file and what is wrong."""
     where = os.fspath(path)
-    try:
-        with open(where, "rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigurationError(f"{where}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigurationError(f"{where}: not TOML: {exc}") from None
+    data = read_toml(where, "config file")
 
     def fail(what: str) -> NoReturn:
         raise ConfigurationError(f"{where}: {what}")

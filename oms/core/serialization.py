@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - a platform without an isal wheel
 
 from oms.core.errors import ExternalError
 from oms.core.events import EVENT_TYPES, BalanceObserved, Event, Int64, OrderFilled
-from oms.core.state import Balance, Order, Position, State
+from oms.core.state import Balance, Order, Position, RiskState, State
 from oms.core.values import (
     MAX_MAGNITUDE_EXPONENT,
     OrderOrigin,
@@ -67,6 +67,7 @@ __all__ = [
     "encode_line",
     "encode_line_into",
     "line_decoder",
+    "risk_document",
     "scrub",
     "state_document",
     "state_hash",
@@ -636,26 +637,29 @@ def _risk_doc(state: State) -> dict[str, Any]:
     """The kill switch and the denials, once either was ever used (so the documents and
     hashes of logs that never used them are as before). The check's bookkeeping (submit times,
     PnL samples) is left out: it only serves the next decision."""
-    risk = state.risk
-    if not risk.used:
+    if not state.risk.used:
         return {}
+    return {"risk": risk_document(state.risk)}
+
+
+def risk_document(risk: RiskState) -> dict[str, Any]:
+    """The kill switch and the denials as a JSON-ready document (the state document's `risk`
+    section, and the status view's)."""
     return {
-        "risk": {
-            "kill_switch": {
-                "tripped": risk.tripped,
-                "reason": risk.trip_reason,
-                "by": risk.trip_by,
-                "seq": risk.trip_seq,
-                "time_us": risk.trip_time_us,
-                "trips": risk.trips,
-                "resets": risk.resets,
-            },
-            "denials": {
-                "total": risk.denials,
-                "by_limit": dict(risk.denied_by_limit),
-                "last": risk.last_denial,
-            },
-        }
+        "kill_switch": {
+            "tripped": risk.tripped,
+            "reason": risk.trip_reason,
+            "by": risk.trip_by,
+            "seq": risk.trip_seq,
+            "time_us": risk.trip_time_us,
+            "trips": risk.trips,
+            "resets": risk.resets,
+        },
+        "denials": {
+            "total": risk.denials,
+            "by_limit": dict(risk.denied_by_limit),
+            "last": risk.last_denial,
+        },
     }
 
 

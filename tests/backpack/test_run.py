@@ -161,7 +161,7 @@ strategy = "none"
         ("[[accounts]]\nname = 'a'\nlimits = 'nowhere.toml'\n", "cannot read the limits file"),
         ("[[accounts]]\nname = 'a'\n[[accounts]]\nname = 'a'\n", "two accounts with the same name"),
         ("venue = 'backpack'\n[[accounts]]\nname = 'a'\n[[accounts]]\nname = 'b'\n", "key_file"),
-        ("[[accounts]\n", "not TOML"),
+        ("[[accounts]\n", "not valid TOML"),
     ],
 )
 def test_a_bad_config_file_is_one_line(
