@@ -13,9 +13,10 @@ What makes it cheaper than `Fold`: one handler per report instead of the general
 one copy of the order per report (two for a fill that brings what the order did not know
 yet), the order maps as plain dicts, and balances and perp positions kept as private mutable
 drafts while the short path runs (a balance move is an addition in place; a position's
-window of fills is a deque, not a tuple copied on every fill). The drafts are written back as
-the usual frozen records before any event goes to `Fold`'s handlers and when the fold is
-frozen, so `Fold`'s code never sees a stale record. Every figure is computed by the same
+window of fills is a deque, not a tuple copied on every fill; so are the risk check's submit
+times, not a tuple of up to 256 copied on every submit). The drafts are written back as the
+usual frozen records before any event goes to `Fold`'s handlers and when the fold is frozen,
+so `Fold`'s code never sees a stale record. Every figure is computed by the same
 operations, in the same order, as in `Fold`, so the results are the same Decimals.
 """
 
@@ -47,7 +48,7 @@ from oms.core.reducer import (
     _fees_plus,
     _position_step,
 )
-from oms.core.risk import after_event as _risk_after
+from oms.core.risk import RATE_MEMORY, pnl_sample_due, with_pnl_sample
 from oms.core.state import (
     POSITION_WINDOW,
     Balance,
@@ -177,6 +178,9 @@ class ReplayFold(Fold):
         # Drafts, by asset: [available, locked, the record they started from].
         self._balance_drafts: dict[str, list[Any]] = {}
         self._position_drafts: dict[str, _PositionDraft] = {}
+        # `risk.submit_times` while submits append to it (a tuple of up to 256 copied on each
+        # submit otherwise), or None.
+        self._submit_times: deque[int] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -203,6 +207,9 @@ class ReplayFold(Fold):
 
     def _write_back(self) -> None:
         """Write the drafts back as frozen records (before `Fold`'s code reads any)."""
+        if self._submit_times is not None:
+            self.risk = replace(self.risk, submit_times=tuple(self._submit_times))
+            self._submit_times = None
         if self._balance_drafts:
             balances = self._w_balances()
             for asset, (available, locked, record) in self._balance_drafts.items():
@@ -239,9 +246,18 @@ class ReplayFold(Fold):
         if self.by_client.get(client_id) is not None:
             self._slow(event)  # a client id used before: the table's anomaly
             return
-        # The risk check's memory of submits, as `Fold._submitted` keeps it (the positions,
-        # for a PnL sample, only about once a minute: drafts written back first).
-        self.risk = _risk_after(self.risk, event, self.seq, self._positions_now, self.markets)
+        # The risk check's memory of submits, as `Fold._submitted` keeps it (`risk.after_event`):
+        # a PnL sample about once a minute (drafts written back first), and the submit's time.
+        now = event.recv_time_us
+        samples = self.risk.pnl_samples
+        if pnl_sample_due(samples, now):
+            samples = with_pnl_sample(samples, now, self._positions_now(), self.markets)
+            self.risk = replace(self.risk, pnl_samples=samples)
+        times = self._submit_times
+        if times is None:
+            # The newest `RATE_MEMORY` times: appending drops the oldest beyond them.
+            times = self._submit_times = deque(self.risk.submit_times, maxlen=RATE_MEMORY)
+        times.append(now)
         if self.last_client_id is None or client_id > self.last_client_id:
             self.last_client_id = client_id
         self._submit(event)
