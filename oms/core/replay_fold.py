@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Any, ClassVar, Final, TypeVar
+from typing import Any, ClassVar, Final
 
 from immutables import Map
 from msgspec.structs import replace
@@ -107,18 +107,6 @@ assert all(
 ), "a cancel request never moves the status"
 
 
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-class _Dict(dict[_K, _V]):
-    """One of the state's maps as a private dict while replaying: `Fold` writes to it as to
-    the `MapMutation` it would make, and `Fold.freeze` finishes it into a Map."""
-
-    def finish(self) -> Map[_K, _V]:
-        return Map(self)
-
-
 class _PositionDraft:
     """A perp position while fills in matching order change it: the stored record's figures,
     with the window of recent fills as a deque."""
@@ -170,10 +158,12 @@ class ReplayFold(Fold):
     def __init__(self, state: State) -> None:
         super().__init__(state)
         # The maps of orders as private dicts (cheaper to read and write than a mutation).
-        self._order_dict: _Dict[str, Order] = _Dict(state.orders)
-        self._client_dict: _Dict[int, str] = _Dict(state.by_client)
-        self._venue_dict: _Dict[str, str] = _Dict(state.by_venue)
-        self._finished_dict: _Dict[int, str] = _Dict(state.finished)
+        # (Plain dicts: the interpreter's fast paths for reading and writing a dict are for
+        # `dict` itself, not a subclass.)
+        self._order_dict: dict[str, Order] = dict(state.orders)
+        self._client_dict: dict[int, str] = dict(state.by_client)
+        self._venue_dict: dict[str, str] = dict(state.by_venue)
+        self._finished_dict: dict[int, str] = dict(state.finished)
         self._use_dicts()
         # Drafts, by asset: [available, locked, the record they started from].
         self._balance_drafts: dict[str, list[Any]] = {}
@@ -205,7 +195,13 @@ class ReplayFold(Fold):
 
     def freeze(self) -> State:
         self._write_back()
-        state = super().freeze()  # each dict finished into a Map
+        # Each dict into a Map here: `Fold.freeze` finishes only the mutations it made.
+        self._orders_m = self._by_client_m = self._by_venue_m = self._finished_m = None
+        self._orders_base = Map(self._order_dict)
+        self._by_client_base = Map(self._client_dict)
+        self._by_venue_base = Map(self._venue_dict)
+        self._finished_base = Map(self._finished_dict)
+        state = super().freeze()
         self._use_dicts()  # and written to again if the fold goes on
         return state
 
@@ -293,16 +289,22 @@ class ReplayFold(Fold):
         return order
 
     def _accepted(self, event: OrderAccepted) -> None:
-        venue_id = event.venue_id
-        order = self._known(event.client_id, venue_id)
-        if order is None:
+        # `_known`, written out: one in five events is an accept.
+        client_id = event.client_id
+        key = None if client_id is None else self._client_dict.get(client_id)
+        if key is None:
             self._slow(event)
+            return
+        venue_id = event.venue_id
+        other = self._venue_dict.get(venue_id)
+        order = self._order_dict[key]
+        if (other is not None and other != key) or order.client_id is None:
+            self._slow(event)  # an id conflict
             return
         status = _ACCEPT_TO.get(order.status)
         if status is None:
             self._slow(event)  # absorbed, or the table's anomaly
             return
-        key = order.key
         if order.venue_id is None:
             self._venue_dict[venue_id] = key
         else:
@@ -320,7 +322,7 @@ class ReplayFold(Fold):
         ):
             venue_time = event.venue_time_us
         locked, lock_asset = self._relocked(
-            order, status, quantity, order.filled_quantity, side=side, price=price
+            order, status, quantity, order.filled_quantity, side, price
         )
         self._order_dict[key] = replace(
             order,
@@ -358,8 +360,8 @@ class ReplayFold(Fold):
             status,
             order.quantity,
             order.filled_quantity,
-            side=order.side,
-            price=order.price,
+            order.side,
+            order.price,
         )
         self._order_dict[order.key] = replace(
             order,
@@ -394,8 +396,8 @@ class ReplayFold(Fold):
             status,
             order.quantity,
             order.filled_quantity,
-            side=order.side,
-            price=order.price,
+            order.side,
+            order.price,
         )
         key = order.key
         finishing = status in _TERMINAL  # and it was not: the table moved it
@@ -519,9 +521,7 @@ class ReplayFold(Fold):
             # A perp order holds nothing locked, and comes to hold nothing: `_relock` is a no-op.
             locked, lock_asset = order.locked, None
         else:
-            locked, lock_asset = self._relocked(
-                order, status, order_quantity, filled, side=side, price=price
-            )
+            locked, lock_asset = self._relocked(order, status, order_quantity, filled, side, price)
         fees = _fees_plus(order.fees, fee_asset, event.fee) if event.fee else order.fees
         finishing = status in _TERMINAL and old_status not in _TERMINAL
         order_type = order.order_type or event.order_type
@@ -591,7 +591,6 @@ class ReplayFold(Fold):
         status: OrderStatus,
         quantity: Decimal | None,
         filled: Decimal,
-        *,
         side: Side | None,
         price: Decimal | None,
     ) -> tuple[Decimal, str | None]:
@@ -610,18 +609,18 @@ class ReplayFold(Fold):
         held, held_asset = order.locked, order.lock_asset
         if asset == held_asset and amount == held:
             return held, held_asset
+        drafts = self._balance_drafts
         if held_asset is not None and held:
+            draft = drafts.get(held_asset) or self._balance(held_asset)
             if held_asset == asset:
                 change = _sub(held, amount)
-                draft = self._balance(held_asset)
                 draft[0] = _add(draft[0], change)
                 draft[1] = _add(draft[1], change.copy_negate())
                 return amount, asset if amount else None
-            draft = self._balance(held_asset)
             draft[0] = _add(draft[0], held)
             draft[1] = _add(draft[1], held.copy_negate())
         if asset is not None and amount:
-            draft = self._balance(asset)
+            draft = drafts.get(asset) or self._balance(asset)
             draft[0] = _add(draft[0], amount.copy_negate())
             draft[1] = _add(draft[1], amount)
         return amount, asset if amount else None
