@@ -322,7 +322,7 @@ class ReplayFold(Fold):
         ):
             venue_time = event.venue_time_us
         locked, lock_asset = self._relocked(
-            order, status, quantity, order.filled_quantity, side, price
+            order, status, quantity, order.filled_quantity, side=side, price=price
         )
         self._order_dict[key] = replace(
             order,
@@ -360,8 +360,8 @@ class ReplayFold(Fold):
             status,
             order.quantity,
             order.filled_quantity,
-            order.side,
-            order.price,
+            side=order.side,
+            price=order.price,
         )
         self._order_dict[order.key] = replace(
             order,
@@ -396,8 +396,8 @@ class ReplayFold(Fold):
             status,
             order.quantity,
             order.filled_quantity,
-            order.side,
-            order.price,
+            side=order.side,
+            price=order.price,
         )
         key = order.key
         finishing = status in _TERMINAL  # and it was not: the table moved it
@@ -521,7 +521,9 @@ class ReplayFold(Fold):
             # A perp order holds nothing locked, and comes to hold nothing: `_relock` is a no-op.
             locked, lock_asset = order.locked, None
         else:
-            locked, lock_asset = self._relocked(order, status, order_quantity, filled, side, price)
+            locked, lock_asset = self._relocked(
+                order, status, order_quantity, filled, side=side, price=price
+            )
         fees = _fees_plus(order.fees, fee_asset, event.fee) if event.fee else order.fees
         finishing = status in _TERMINAL and old_status not in _TERMINAL
         order_type = order.order_type or event.order_type
@@ -591,6 +593,7 @@ class ReplayFold(Fold):
         status: OrderStatus,
         quantity: Decimal | None,
         filled: Decimal,
+        *,
         side: Side | None,
         price: Decimal | None,
     ) -> tuple[Decimal, str | None]:
