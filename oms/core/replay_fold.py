@@ -46,6 +46,7 @@ from oms.core.reducer import (
     _TERMINAL,
     Fold,
     _fees_plus,
+    _new_order,
     _position_step,
 )
 from oms.core.risk import RATE_MEMORY, pnl_sample_due, with_pnl_sample
@@ -269,7 +270,11 @@ class ReplayFold(Fold):
         times.append(now)
         if self.last_client_id is None or client_id > self.last_client_id:
             self.last_client_id = client_id
-        self._submit(event)
+        # `Fold._submit`, on the dicts.
+        order = _new_order(event, self.seq)
+        key = order.key
+        self._order_dict[key] = order
+        self._client_dict[client_id] = key
 
     def _known(self, client_id: int | None, venue_id: str | None) -> Order | None:
         """The order a report names by its client id, when `Fold` would take it as it is:
