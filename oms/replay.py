@@ -12,12 +12,14 @@ It never writes a snapshot.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import IO, Any
 
 from oms.core.events import Event
@@ -113,6 +115,24 @@ def _replay_file(
     return (*_replay(path, until, retain_finished, progress, None), ignored)
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector paused while a replay folds, then as it was.
+
+    A replay makes no reference cycles, but every order it keeps holds a few objects the
+    collector tracks (its set of trade ids, its tuple of fees), so the collector would walk
+    the young ones every few hundred orders: about 3% of a replay's time. Reference counting
+    frees memory as usual meanwhile; only the search for cycles waits."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _replay(
     path: str,
     until: int | None,
@@ -128,36 +148,41 @@ def _replay(
         fold = ReplayFold(resume.state)
     step = fold.step
     meter = _Progress(progress, _size(path)) if progress is not None else None
+    if meter is not None and not meter.enabled:
+        meter = None  # nothing to show (not a terminal, or a small log)
 
     event: Event | None = None
-    try:
-        if until is None and meter is None:
-            for _seq, event in reader:  # the usual case, with nothing else to do per event
-                step(event)
-        else:
-            for seq, event in reader:
-                if until is not None and seq > until:
-                    break
-                step(event)
-                if meter is not None and seq % _PROGRESS_EVERY == 0:
-                    meter.update(seq, reader.end_offset)
-    except (LogReadError, OSError):
-        raise
-    except Exception as exc:
-        if resume is not None or event is None:
-            raise  # perhaps the snapshot's fault: the caller reads the whole log
-        # The reducer is total on what the reader accepts; should that ever fail, the user
-        # still gets the line to look at, not a traceback. The event being applied is the
-        # last one read; seq n is on line n + 1.
-        raise LogReadError(
-            path,
-            reader.last_seq + 1,
-            f"cannot apply {type(event).__name__}: {type(exc).__name__}: {exc}",
-        ) from exc
-    finally:
-        if meter is not None:
-            meter.done()
-    return fold.freeze(), reader
+    with _collector_paused():
+        try:
+            if until is None and meter is None:
+                # The usual case, with nothing else to do per event.
+                fold.step_all(reader)
+            else:
+                for seq, event in reader:
+                    if until is not None and seq > until:
+                        break
+                    step(event)
+                    if meter is not None and seq % _PROGRESS_EVERY == 0:
+                        meter.update(seq, reader.end_offset)
+        except (LogReadError, OSError):
+            raise
+        except Exception as exc:
+            if event is None:
+                event = fold.failed  # the event `step_all` was folding
+            if resume is not None or event is None:
+                raise  # perhaps the snapshot's fault: the caller reads the whole log
+            # The reducer is total on what the reader accepts; should that ever fail, the user
+            # still gets the line to look at, not a traceback. The event being applied is the
+            # last one read; seq n is on line n + 1.
+            raise LogReadError(
+                path,
+                reader.last_seq + 1,
+                f"cannot apply {type(event).__name__}: {type(exc).__name__}: {exc}",
+            ) from exc
+        finally:
+            if meter is not None:
+                meter.done()
+        return fold.freeze(), reader
 
 
 def _size(path: str) -> int:

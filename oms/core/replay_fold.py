@@ -13,18 +13,19 @@ What makes it cheaper than `Fold`: one handler per report instead of the general
 one copy of the order per report (two for a fill that brings what the order did not know
 yet), the order maps as plain dicts, and balances and perp positions kept as private mutable
 drafts while the short path runs (a balance move is an addition in place; a position's
-window of fills is a deque, not a tuple copied on every fill). The drafts are written back as
-the usual frozen records before any event goes to `Fold`'s handlers and when the fold is
-frozen, so `Fold`'s code never sees a stale record. Every figure is computed by the same
+window of fills is a deque, not a tuple copied on every fill; so are the risk check's submit
+times, not a tuple of up to 256 copied on every submit). The drafts are written back as the
+usual frozen records before any event goes to `Fold`'s handlers and when the fold is frozen,
+so `Fold`'s code never sees a stale record. Every figure is computed by the same
 operations, in the same order, as in `Fold`, so the results are the same Decimals.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
-from typing import Any, ClassVar, Final, TypeVar
+from typing import Any, ClassVar, Final
 
 from immutables import Map
 from msgspec.structs import replace
@@ -45,9 +46,10 @@ from oms.core.reducer import (
     _TERMINAL,
     Fold,
     _fees_plus,
+    _new_order,
     _position_step,
 )
-from oms.core.risk import after_event as _risk_after
+from oms.core.risk import RATE_MEMORY, pnl_sample_due, with_pnl_sample
 from oms.core.state import (
     POSITION_WINDOW,
     Balance,
@@ -106,18 +108,6 @@ assert all(
 ), "a cancel request never moves the status"
 
 
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-class _Dict(dict[_K, _V]):
-    """One of the state's maps as a private dict while replaying: `Fold` writes to it as to
-    the `MapMutation` it would make, and `Fold.freeze` finishes it into a Map."""
-
-    def finish(self) -> Map[_K, _V]:
-        return Map(self)
-
-
 class _PositionDraft:
     """A perp position while fills in matching order change it: the stored record's figures,
     with the window of recent fills as a deque."""
@@ -169,14 +159,20 @@ class ReplayFold(Fold):
     def __init__(self, state: State) -> None:
         super().__init__(state)
         # The maps of orders as private dicts (cheaper to read and write than a mutation).
-        self._order_dict: _Dict[str, Order] = _Dict(state.orders)
-        self._client_dict: _Dict[int, str] = _Dict(state.by_client)
-        self._venue_dict: _Dict[str, str] = _Dict(state.by_venue)
-        self._finished_dict: _Dict[int, str] = _Dict(state.finished)
+        # (Plain dicts: the interpreter's fast paths for reading and writing a dict are for
+        # `dict` itself, not a subclass.)
+        self._order_dict: dict[str, Order] = dict(state.orders)
+        self._client_dict: dict[int, str] = dict(state.by_client)
+        self._venue_dict: dict[str, str] = dict(state.by_venue)
+        self._finished_dict: dict[int, str] = dict(state.finished)
         self._use_dicts()
         # Drafts, by asset: [available, locked, the record they started from].
         self._balance_drafts: dict[str, list[Any]] = {}
         self._position_drafts: dict[str, _PositionDraft] = {}
+        # `risk.submit_times` while submits append to it (a tuple of up to 256 copied on each
+        # submit otherwise), or None.
+        self._submit_times: deque[int] | None = None
+        self.failed: Event | None = None  # see `step_all`
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -186,9 +182,27 @@ class ReplayFold(Fold):
         self.seq += 1
         self._handlers[type(event)](self, event)
 
+    def step_all(self, records: Iterable[tuple[int, Event]]) -> None:
+        """`step` each event of `records` (the `(seq, event)` pairs a `LogReader` yields), in
+        one loop (a call fewer per event). Should a step raise, `failed` is its event."""
+        handlers = self._handlers
+        for _seq, event in records:
+            self.seq += 1
+            try:
+                handlers[type(event)](self, event)
+            except BaseException:
+                self.failed = event
+                raise
+
     def freeze(self) -> State:
         self._write_back()
-        state = super().freeze()  # each dict finished into a Map
+        # Each dict into a Map here: `Fold.freeze` finishes only the mutations it made.
+        self._orders_m = self._by_client_m = self._by_venue_m = self._finished_m = None
+        self._orders_base = Map(self._order_dict)
+        self._by_client_base = Map(self._client_dict)
+        self._by_venue_base = Map(self._venue_dict)
+        self._finished_base = Map(self._finished_dict)
+        state = super().freeze()
         self._use_dicts()  # and written to again if the fold goes on
         return state
 
@@ -203,6 +217,9 @@ class ReplayFold(Fold):
 
     def _write_back(self) -> None:
         """Write the drafts back as frozen records (before `Fold`'s code reads any)."""
+        if self._submit_times is not None:
+            self.risk = replace(self.risk, submit_times=tuple(self._submit_times))
+            self._submit_times = None
         if self._balance_drafts:
             balances = self._w_balances()
             for asset, (available, locked, record) in self._balance_drafts.items():
@@ -239,12 +256,25 @@ class ReplayFold(Fold):
         if self.by_client.get(client_id) is not None:
             self._slow(event)  # a client id used before: the table's anomaly
             return
-        # The risk check's memory of submits, as `Fold._submitted` keeps it (the positions,
-        # for a PnL sample, only about once a minute: drafts written back first).
-        self.risk = _risk_after(self.risk, event, self.seq, self._positions_now, self.markets)
+        # The risk check's memory of submits, as `Fold._submitted` keeps it (`risk.after_event`):
+        # a PnL sample about once a minute (drafts written back first), and the submit's time.
+        now = event.recv_time_us
+        samples = self.risk.pnl_samples
+        if pnl_sample_due(samples, now):
+            samples = with_pnl_sample(samples, now, self._positions_now(), self.markets)
+            self.risk = replace(self.risk, pnl_samples=samples)
+        times = self._submit_times
+        if times is None:
+            # The newest `RATE_MEMORY` times: appending drops the oldest beyond them.
+            times = self._submit_times = deque(self.risk.submit_times, maxlen=RATE_MEMORY)
+        times.append(now)
         if self.last_client_id is None or client_id > self.last_client_id:
             self.last_client_id = client_id
-        self._submit(event)
+        # `Fold._submit`, on the dicts.
+        order = _new_order(event, self.seq)
+        key = order.key
+        self._order_dict[key] = order
+        self._client_dict[client_id] = key
 
     def _known(self, client_id: int | None, venue_id: str | None) -> Order | None:
         """The order a report names by its client id, when `Fold` would take it as it is:
@@ -264,16 +294,22 @@ class ReplayFold(Fold):
         return order
 
     def _accepted(self, event: OrderAccepted) -> None:
-        venue_id = event.venue_id
-        order = self._known(event.client_id, venue_id)
-        if order is None:
+        # `_known`, written out: one in five events is an accept.
+        client_id = event.client_id
+        key = None if client_id is None else self._client_dict.get(client_id)
+        if key is None:
             self._slow(event)
+            return
+        venue_id = event.venue_id
+        other = self._venue_dict.get(venue_id)
+        order = self._order_dict[key]
+        if (other is not None and other != key) or order.client_id is None:
+            self._slow(event)  # an id conflict
             return
         status = _ACCEPT_TO.get(order.status)
         if status is None:
             self._slow(event)  # absorbed, or the table's anomaly
             return
-        key = order.key
         if order.venue_id is None:
             self._venue_dict[venue_id] = key
         else:
@@ -581,18 +617,18 @@ class ReplayFold(Fold):
         held, held_asset = order.locked, order.lock_asset
         if asset == held_asset and amount == held:
             return held, held_asset
+        drafts = self._balance_drafts
         if held_asset is not None and held:
+            draft = drafts.get(held_asset) or self._balance(held_asset)
             if held_asset == asset:
                 change = _sub(held, amount)
-                draft = self._balance(held_asset)
                 draft[0] = _add(draft[0], change)
                 draft[1] = _add(draft[1], change.copy_negate())
                 return amount, asset if amount else None
-            draft = self._balance(held_asset)
             draft[0] = _add(draft[0], held)
             draft[1] = _add(draft[1], held.copy_negate())
         if asset is not None and amount:
-            draft = self._balance(asset)
+            draft = drafts.get(asset) or self._balance(asset)
             draft[0] = _add(draft[0], amount.copy_negate())
             draft[1] = _add(draft[1], amount)
         return amount, asset if amount else None

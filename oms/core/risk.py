@@ -73,7 +73,9 @@ __all__ = [
     "loss",
     "loss_breach",
     "observed_mark",
+    "pnl_sample_due",
     "realized",
+    "with_pnl_sample",
 ]
 
 # The newest submit times kept for the rate limit: `max_submits` may not exceed it.
@@ -611,6 +613,26 @@ def loss(
 # --- the reducer's part -------------------------------------------------------------------------
 
 
+def pnl_sample_due(samples: tuple[PnlSample, ...], now_us: int) -> bool:
+    """Whether a submit at `now_us` takes a PnL sample: the first one, or a minute after the
+    newest."""
+    return not samples or now_us - samples[-1].time_us >= PNL_SAMPLE_SPACING_US
+
+
+def with_pnl_sample(
+    samples: tuple[PnlSample, ...],
+    now_us: int,
+    positions: Mapping[str, Position],
+    markets: Mapping[str, Market],
+) -> tuple[PnlSample, ...]:
+    """`samples` and one more, taken at `now_us` (the oldest dropped beyond
+    `PNL_SAMPLES_KEPT`)."""
+    figures = tuple(sorted((s, realized(p, markets.get(s))) for s, p in positions.items()))
+    if len(samples) >= PNL_SAMPLES_KEPT:
+        samples = samples[len(samples) - PNL_SAMPLES_KEPT + 1 :]
+    return (*samples, PnlSample(time_us=now_us, realized=figures))
+
+
 def after_event(
     risk: RiskState,
     event: OrderSubmitted | OrderDenied | KillSwitchTripped | KillSwitchReset,
@@ -626,13 +648,8 @@ def after_event(
         if len(times) >= RATE_MEMORY:
             times = times[len(times) - RATE_MEMORY + 1 :]
         samples = risk.pnl_samples
-        if not samples or now - samples[-1].time_us >= PNL_SAMPLE_SPACING_US:
-            figures = tuple(
-                sorted((s, realized(p, markets.get(s))) for s, p in positions().items())
-            )
-            if len(samples) >= PNL_SAMPLES_KEPT:
-                samples = samples[len(samples) - PNL_SAMPLES_KEPT + 1 :]
-            samples = (*samples, PnlSample(time_us=now, realized=figures))
+        if pnl_sample_due(samples, now):
+            samples = with_pnl_sample(samples, now, positions(), markets)
         return replace(risk, submit_times=(*times, now), pnl_samples=samples)
     if isinstance(event, OrderDenied):
         counts = dict(risk.denied_by_limit)

@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import attrs
 import msgspec
+import pytest
 
 from oms.core.events import (
     CancelRequested,
@@ -396,6 +397,32 @@ def test_zero_quantity_fill_on_a_flat_position_does_not_raise() -> None:
     state = replay(perp_fills((BID, "0", "100")))
     p = pos(state)
     assert (p.net_quantity, p.entry_price) == (D(0), D(0))
+
+
+# --- what a submit records ---------------------------------------------------------------------
+
+_TRIGGER_FIELDS = {
+    "trigger_price": D("151"),
+    "trigger_quantity": "50%",
+    "trigger_by": "MarkPrice",
+    "stop_loss_trigger_price": D("140"),
+    "stop_loss_limit_price": D("139.5"),
+    "take_profit_trigger_price": D("160"),
+    "take_profit_limit_price": D("160.5"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_TRIGGER_FIELDS))
+def test_a_submit_keeps_each_trigger_and_exit_field_on_the_order(name: str) -> None:
+    # Each field alone (the order is built in two steps when any is set), then all together.
+    for fields in ({name: _TRIGGER_FIELDS[name]}, _TRIGGER_FIELDS):
+        state = funded(msgspec.structs.replace(submit(1, BID, "2", "150"), **fields))
+        order = state.order(client_id=1)
+        assert order is not None
+        assert {key: getattr(order, key) for key in _TRIGGER_FIELDS} == {
+            key: fields.get(key) for key in _TRIGGER_FIELDS
+        }
+        assert (order.price, order.quantity, order.created_seq) == (D(150), D(2), 3)
 
 
 # --- finding orders -----------------------------------------------------------------------------

@@ -6,6 +6,7 @@ a fold that is wrong in small ways.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -13,13 +14,24 @@ from typing import Any
 import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
+from immutables import Map
+from msgspec.structs import replace
 
-from oms.core.events import Event, OrderAccepted, OrderFilled
+from oms.core.events import (
+    Event,
+    KillSwitchReset,
+    KillSwitchTripped,
+    OrderAccepted,
+    OrderDenied,
+    OrderFilled,
+    OrderSubmitted,
+)
 from oms.core.reducer import apply
 from oms.core.replay_fold import ReplayFold, _PositionDraft
+from oms.core.risk import PNL_SAMPLE_SPACING_US, RATE_MEMORY
 from oms.core.serialization import state_hash
 from oms.core.state import POSITION_WINDOW, Position, State
-from oms.core.values import ZERO, Side, Source
+from oms.core.values import ZERO, OrderType, Side, Source
 from oms.log import LogReader
 from oms.testing.strategies import (
     PERP,
@@ -60,25 +72,44 @@ def _agree(
     assert state_hash(final) == state_hash(expected)
 
 
+# Gaps between receive times: the risk check samples PnL at a submit a minute after the last.
+_GAPS_US = st.sampled_from([1, 1_000, PNL_SAMPLE_SPACING_US - 1, PNL_SAMPLE_SPACING_US, 10**8])
+
+
 def _sessions(max_size: int) -> st.SearchStrategy[list[Event]]:
     """Healthy sessions (the short path's usual input) and troubled ones (duplicates, unknown
     orders, forbidden transitions, overfills, drift: `Fold`'s), with arbitrary events of every
-    type mixed in."""
+    type mixed in; some with receive times restamped up to minutes apart."""
     noise = st.lists(events() | trading_event(), max_size=3)
     healthy = sessions(max_orders=8).map(lambda drawn: list(drawn.delivered))
     troubled = sessions(max_orders=6, duplicates=2, drops=1, reorders=2).map(
         lambda drawn: list(drawn.delivered)
     )
     base = healthy | troubled | histories(max_size=max_size)
-    return st.tuples(base, noise, st.randoms(use_true_random=False)).map(
+    gaps = st.none() | st.lists(_GAPS_US, min_size=1, max_size=8)
+    return st.tuples(base, noise, st.randoms(use_true_random=False), gaps).map(
         lambda parts: _mixed(*parts)
     )
 
 
-def _mixed(history: list[Event], noise: list[Event], random: Any) -> list[Event]:
+def _mixed(
+    history: list[Event], noise: list[Event], random: Any, gaps: list[int] | None
+) -> list[Event]:
     out = list(history)
     for event in noise:
         out.insert(random.randint(0, len(out)), event)
+    if gaps is not None:
+        out = _restamped(out, gaps)
+    return out
+
+
+def _restamped(history: Sequence[Event], gaps: Sequence[int]) -> list[Event]:
+    """`history` received `gaps` apart (in turn), from 1 s on."""
+    out = []
+    time = 1_000_000
+    for index, event in enumerate(history):
+        time += gaps[index % len(gaps)]
+        out.append(replace(event, recv_time_us=time))
     return out
 
 
@@ -144,6 +175,95 @@ def test_replay_fold_is_apply_past_the_position_window(
     _agree(ReplayFold, history, State(), cuts)
 
 
+# One submit of a long session: the gap before it, its side and price in cents, how many
+# fills it gets, and what else comes with it (see `_long_session`).
+_Step = tuple[int, Side, int, int, int]
+_long_plans = st.lists(
+    st.tuples(
+        _GAPS_US,
+        st.sampled_from(Side),
+        st.integers(9_000, 11_000),
+        st.integers(0, 2),
+        st.integers(0, 29),
+    ),
+    min_size=RATE_MEMORY + 1,
+    max_size=RATE_MEMORY + 30,
+)
+
+
+def _long_session(plan: Sequence[_Step]) -> list[Event]:
+    """More submits than the risk check remembers (`RATE_MEMORY`), received from a
+    microsecond to minutes apart (so PnL samples are taken), with perp fills between them
+    that move the position a sample reads, and the risk events (`Fold`'s) mixed in: some
+    denials, trips and resets, and submits that reuse a client id."""
+    history: list[Event] = list(markets())
+    time = 1_000_000
+    trade_id = 0
+    for client_id, (gap, side, cents, fills, other) in enumerate(plan, start=1):
+        time += gap + (PNL_SAMPLE_SPACING_US if client_id % 64 == 0 else 0)
+        price = Decimal(cents).scaleb(-2)
+        order = submit(client_id, side, Decimal(5), price, symbol=PERP)
+        history.append(replace(order, recv_time_us=time))
+        for _ in range(fills):
+            trade_id += 1
+            fill = _perp_fill(trade_id, Decimal(1), price, side)
+            history.append(replace(fill, client_id=client_id, venue_id=f"V{client_id}"))
+        if other == 0:
+            history.append(_denied(client_id + 10_000, time))
+        elif other == 1:
+            history.append(
+                KillSwitchTripped(
+                    source=Source.LOCAL, recv_time_us=time, reason="test", by="program"
+                )
+            )
+        elif other == 2:
+            history.append(KillSwitchReset(source=Source.LOCAL, recv_time_us=time, reason="test"))
+        elif other == 3:
+            history.append(replace(order, recv_time_us=time + 1))  # the same client id again
+    return history
+
+
+def _denied(client_id: int, time: int) -> OrderDenied:
+    return OrderDenied(
+        source=Source.LOCAL,
+        recv_time_us=time,
+        client_id=client_id,
+        symbol=PERP,
+        side=Side.BID,
+        order_type=OrderType.LIMIT,
+        limit="max_submits",
+        scope="account",
+        reason="test",
+    )
+
+
+def _long_check(fold_class: type[ReplayFold]) -> Callable[[], None]:
+    @given(plan=_long_plans, cuts=st.sets(st.integers(0, 3 * RATE_MEMORY), max_size=3))
+    def check(plan: list[_Step], cuts: set[int]) -> None:
+        _agree(fold_class, _long_session(plan), State(), cuts)
+
+    return check
+
+
+test_replay_fold_is_apply_past_the_rate_memory = settings(max_examples=25, deadline=None)(
+    _long_check(ReplayFold)
+)
+
+
+@settings(max_examples=3, deadline=None)
+@given(plan=_long_plans)
+def test_long_sessions_wrap_the_rate_memory_and_take_samples(plan: list[_Step]) -> None:
+    # What the check above relies on: the submit times wrap, and samples are taken.
+    history = _long_session(plan)
+    state = ReplayFold(State())
+    for event in history:
+        state.step(event)
+    risk = state.freeze().risk
+    assert sum(isinstance(event, OrderSubmitted) for event in history) > RATE_MEMORY
+    assert len(risk.submit_times) == RATE_MEMORY
+    assert len(risk.pnl_samples) >= 4
+
+
 @pytest.mark.parametrize(
     "path",
     sorted(REPLAY_DIR.glob("*.jsonl")) + sorted((REPLAY_DIR / "v1").glob("*.jsonl")),
@@ -194,6 +314,32 @@ class _FeeOnce(ReplayFold):
         return super()._position_in_order(event)
 
 
+class _ShortRateMemory(ReplayFold):
+    """Remembers one submit time fewer than the risk check keeps."""
+
+    def _submitted(self, event: OrderSubmitted) -> None:
+        if self._submit_times is None:
+            self._submit_times = deque(self.risk.submit_times, maxlen=RATE_MEMORY - 1)
+        super()._submitted(event)
+
+
+class _StaleSample(ReplayFold):
+    """Takes a PnL sample from the positions as last written back (not the drafts)."""
+
+    def _positions_now(self) -> Map[str, Position]:
+        return self._frozen_positions()
+
+
+class _TimesKeptFromFold(ReplayFold):
+    """Writes the submit times back only when frozen, not before `Fold`'s handlers."""
+
+    def _slow(self, event: Event) -> None:
+        times = self._submit_times
+        self._submit_times = None
+        super()._slow(event)
+        self._submit_times = times
+
+
 def _fields(event: Event) -> dict[str, Any]:
     return {name: getattr(event, name) for name in event.__struct_fields__}
 
@@ -202,6 +348,14 @@ def _fields(event: Event) -> dict[str, Any]:
 def test_the_property_catches_a_wrong_fold(wrong: type[ReplayFold]) -> None:
     with pytest.raises(AssertionError):
         HUNT(_check(wrong))()
+
+
+@pytest.mark.parametrize("wrong", [_ShortRateMemory, _StaleSample, _TimesKeptFromFold])
+def test_the_long_sessions_catch_a_wrong_risk_memory(wrong: type[ReplayFold]) -> None:
+    # Every long session wraps the memory and takes samples, and almost every one reuses a
+    # client id several times (one submit in 30): a few examples suffice.
+    with pytest.raises(AssertionError):
+        settings(HUNT, max_examples=50)(_long_check(wrong))()
 
 
 def test_a_position_draft_freezes_to_its_record() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import shutil
@@ -14,7 +15,8 @@ import pytest
 
 from oms.core.events import Event, OrderFilled
 from oms.core.replay_fold import ReplayFold
-from oms.replay import main
+from oms.log import LogReadError
+from oms.replay import main, replay_file
 from tests.helpers import REPLAY_DIR
 
 TOP_KEYS = {
@@ -306,14 +308,11 @@ def test_a_failure_applying_an_event_names_its_line(
     # The reducer is total on what the reader accepts; should it ever fail, the user still
     # gets the file and line and exit 1, not a traceback.
     path = copy_session(tmp_path, "spot_limit_partial_cancel")
-    real_step = ReplayFold.step
 
-    def step(self: ReplayFold, event: Event) -> None:
-        if isinstance(event, OrderFilled):
-            raise ArithmeticError("boom\nsecond line")
-        real_step(self, event)
+    def fail(self: ReplayFold, event: Event) -> None:
+        raise ArithmeticError("boom\nsecond line")
 
-    monkeypatch.setattr(ReplayFold, "step", step)
+    monkeypatch.setitem(ReplayFold._handlers, OrderFilled, fail)
     code, out, err = run([str(path)], capsys)
     assert (code, out) == (1, "")
     first_fill = next(
@@ -324,6 +323,47 @@ def test_a_failure_applying_an_event_names_its_line(
     assert err == (
         f"{path}:{first_fill}: cannot apply OrderFilled: ArithmeticError: boom\\nsecond line\n"
     )
+    # The same from the library, folding with nothing else to do per event (`step_all`).
+    with pytest.raises(LogReadError) as caught:
+        replay_file(str(path))
+    assert (caught.value.line, caught.value.message) == (
+        first_fill,
+        "cannot apply OrderFilled: ArithmeticError: boom\\nsecond line",
+    )
+
+
+def test_a_replay_leaves_the_garbage_collector_as_it_found_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The collector is paused while a replay folds (docs/speed.md); whatever happens, the
+    # program gets it back as it was.
+    path = copy_session(tmp_path, "spot_limit_partial_cancel")
+    seen: list[bool] = []
+    real = ReplayFold._handlers[OrderFilled]
+
+    def watch(self: ReplayFold, event: Event) -> None:
+        seen.append(gc.isenabled())
+        real(self, event)
+
+    monkeypatch.setitem(ReplayFold._handlers, OrderFilled, watch)
+    assert gc.isenabled()
+    replay_file(str(path))
+    assert gc.isenabled() and seen and not any(seen)
+
+    def fail(self: ReplayFold, event: Event) -> None:
+        raise ArithmeticError("boom")
+
+    monkeypatch.setitem(ReplayFold._handlers, OrderFilled, fail)
+    with pytest.raises(LogReadError):
+        replay_file(str(path))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        monkeypatch.setitem(ReplayFold._handlers, OrderFilled, real)
+        replay_file(str(path))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_a_replay_shows_the_kill_switch_and_the_denials(
