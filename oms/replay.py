@@ -77,6 +77,10 @@ def replay_file(
     By default every event is read. With `use_snapshots`, the replay resumes from the
     newest valid snapshot (up to `until`) and reads the events after it; the state is the
     same. Snapshots passed over are logged as warnings on logger `oms.snapshot`.
+
+    The cyclic garbage collector is paused while the log folds (a replay makes no cycles;
+    about 3% of its time went to the collector's walks) and restored as it was after, also on
+    an error: other threads of the process run without cycle collection meanwhile.
     """
     state, reader, ignored = _replay_file(
         path,
