@@ -4,11 +4,12 @@ exchange's own books, with the figures printed at the end.
     .venv/bin/python -m tests.campaign --sessions 1000 --seed 1
 
 Each session starts a fresh exchange and a recorded engine, plays a random script of orders
-(spot and perps, both sides: opens, reductions, flips, closes), cancels and faults (dropped,
-duplicated and held private messages, WebSocket drops, 429 and 503 answers, a 503 on an
-execute that was placed, clock skew), then ends as `Harness.finish` does: quiet, one more
-reconciliation, and the engine's books compared with the exchange's. Instead of stopping at
-the first difference it counts them:
+(spot and perps, both sides: opens, reductions, flips, closes; conditional orders on the perp
+that the market's moves trigger, and perp orders with an attached stop loss and take profit),
+waits, cancels and faults (dropped, duplicated and held private messages, WebSocket drops, 429
+and 503 answers, a 503 on an execute that was placed, clock skew), then ends as
+`Harness.finish` does: quiet, one more reconciliation, and the engine's books compared with
+the exchange's. Instead of stopping at the first difference it counts them:
 
 - lost: trade ids the exchange has for an order and the engine does not;
 - doubled: trade ids the engine counts that the exchange does not, or fills counted twice
@@ -18,6 +19,10 @@ the first difference it counts them:
 - hash mismatches: the log replayed to another state than the live one;
 - unexplained anomalies: anomaly kinds that none of the session's faults explains;
 - crashes: a session that raised (printed with its script, so it can be replayed).
+
+It also prints, not judged, what became of the conditional orders on the exchange (attached
+exits included): triggered, failed when triggered, cancelled before triggering (an exit whose
+partner fired is one), still waiting at the end.
 
 The tests run a few such sessions (tests/system/test_e2e.py); this runs as many as asked.
 """

@@ -125,11 +125,15 @@ class Reconciler:
         ]
         return [*reported, *flat]
 
-    async def _link_unknown(self, fills: list[Event], source: Source) -> list[Event]:
+    async def _link_unknown(
+        self, fills: list[Event], source: Source
+    ) -> tuple[list[Event], list[Event]]:
         """Fills of orders the engine does not know carry no parent link (the fill history
         has no `relatedOrderId`): ask each such order's history once and copy its parent and
         strategy onto its fills, so that an attached exit first seen by its fill is recorded
-        as the exit it is, not as an order we know nothing of."""
+        as the exit it is, not as an order we know nothing of. Returns the fills and the
+        orders as the history shows them, to be recorded after the fills (their trigger,
+        reduce-only flag and status; their executed quantity is then no gap)."""
         state = self.state()
         unknown = {
             e.venue_id
@@ -139,14 +143,16 @@ class Reconciler:
             and e.strategy_id is None
             and state.order(client_id=e.client_id, venue_id=e.venue_id) is None
         }
+        described: list[Event] = []
         links: dict[str, tuple[str | None, int | None]] = {}
         for venue_id in sorted(unknown):
             for seen in await self.rest.order_history(venue_id=venue_id, source=source):
                 if isinstance(seen, OrderObserved) and seen.venue_id == venue_id:
                     links[venue_id] = (seen.related_order_id, seen.strategy_id)
+                    described.append(seen)
         if not links:
-            return fills
-        return [
+            return fills, described
+        linked = [
             msgspec.structs.replace(
                 e, related_order_id=links[e.venue_id][0], strategy_id=links[e.venue_id][1]
             )
@@ -154,6 +160,7 @@ class Reconciler:
             else e
             for e in fills
         ]
+        return linked, described
 
     async def _missing_exits(self, source: Source) -> list[Event]:
         """The attached exits of our executed, finished orders that the engine has not seen,
@@ -210,9 +217,10 @@ class Reconciler:
             times = [o.venue_time_us for o in state.orders.values() if o.venue_time_us is not None]
             since_us = (max(times) if times else self.started_us) - FILL_LOOKBACK_US
         fills = await self.rest.fill_history(from_ms=max(since_us, 0) // 1000, source=source)
-        fills = await self._link_unknown(fills, source)
+        fills, described = await self._link_unknown(fills, source)
         # Items the codec could not read are sent too: recorded once as not understood.
         added += self._send(e for e in fills if isinstance(e, OrderFilled | MessageNotUnderstood))
+        added += self._send(described)
         # 2. What rests on the book now.
         open_now = await self.rest.open_orders(source=source)
         added += self._send(open_now)
