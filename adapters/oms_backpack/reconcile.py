@@ -51,6 +51,8 @@ class ReconcileSource(Protocol):
         self, *, venue_id: str | None = None, symbol: str | None = None, source: Source
     ) -> list[Event]: ...
 
+    async def recent_orders(self, *, symbol: str, source: Source) -> list[Event]: ...
+
     async def fill_history(
         self, *, symbol: str | None = None, from_ms: int | None = None, source: Source
     ) -> list[Event]: ...
@@ -164,8 +166,9 @@ class Reconciler:
 
     async def _missing_exits(self, source: Source) -> list[Event]:
         """The attached exits of our executed, finished orders that the engine has not seen,
-        from the order history of their markets. Each parent is looked for once: exits are
-        placed when it has executed, so the history has them by the time it has finished."""
+        from the newest orders of their markets' history (one page each, newest first: an
+        exit is placed when its parent executes, so it is recent). Each parent is looked for
+        once: the history has its exits by the time it has finished."""
         state = self.state()
         known: dict[str, int] = {}
         parents: list[Order] = []
@@ -194,7 +197,7 @@ class Reconciler:
                 wanted.setdefault(parent.symbol, set()).add(parent.venue_id)
         found: list[Event] = []
         for symbol in sorted(wanted):
-            for seen in await self.rest.order_history(symbol=symbol, source=source):
+            for seen in await self.rest.recent_orders(symbol=symbol, source=source):
                 if (
                     isinstance(seen, OrderObserved)
                     and seen.related_order_id in wanted[symbol]
