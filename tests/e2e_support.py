@@ -11,8 +11,10 @@ from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 
+import trio
+
 from oms.core.state import Anomaly, AnomalyKind
-from oms.core.values import OrderType, Side
+from oms.core.values import Exit, OrderType, Side
 from oms.log import LogReader
 from oms.testing.books import PERP
 from oms.testing.harness import Harness
@@ -24,6 +26,7 @@ __all__ = [
     "FAULTS",
     "ORDER_KINDS",
     "REFUSED",
+    "TRIGGER_KINDS",
     "Action",
     "act",
     "refused_subscriptions",
@@ -32,9 +35,25 @@ __all__ = [
 # --- the vocabulary of random sessions (the e2e property test and the campaign) ------------
 
 # ("order", symbol, kind, side, size) | ("cancel_last",) | ("cancel_all", symbol) |
-# ("fault", name)
+# ("wait",) | ("fault", name)
 Action = tuple[str, ...]
-ORDER_KINDS = ("market", "market_quote", "limit_near", "limit_far", "post_only_near", "reduce")
+# The conditional kinds (`TRIGGER_KINDS`) always trade the perp, whatever the action's symbol:
+# "stop" is a market order that waits until the mark moves a few ticks past the mid in its
+# own direction (a breakout stop), "stop_limit" a limit order that waits for the mark to move
+# the other way (buy the dip, sell the rally), "stop_close" a reduce-only market stop for the
+# whole position (it fails when it fires with nothing to reduce); "bracket" is a market order
+# and "bracket_limit" a limit order at the mid, both with a market stop loss and a limit
+# take profit a few ticks away, which the venue places once the order has executed.
+TRIGGER_KINDS = ("stop", "stop_limit", "stop_close", "bracket", "bracket_limit")
+ORDER_KINDS = (
+    "market",
+    "market_quote",
+    "limit_near",
+    "limit_far",
+    "post_only_near",
+    "reduce",
+    *TRIGGER_KINDS,
+)
 FAULTS = ("drop_ws", "drop_fill", "duplicate", "hold_fill", "429", "503", "ws_first", "skew")
 # What each fault can legitimately leave among the anomalies, and why:
 EXPLAINED: dict[str, set[AnomalyKind]] = {
@@ -71,10 +90,75 @@ def _tick(price: Decimal) -> Decimal:
     return price.quantize(Decimal("0.01"))
 
 
+TICK = Decimal("0.01")
+# How far from the mid a trigger waits, in ticks: the mark moves up to 4 ticks a step (a step
+# is 50 ms in these sessions), so most triggers fire within the session and some do not.
+TRIGGER_TICKS = 1
+# How long a ("wait",) action lets the market move: 5 steps of 50 ms.
+WAIT_SECONDS = 0.25
+
+
+async def _conditional(h: Harness, kind: str, side: Side, size: str) -> None:
+    """Place one of the `TRIGGER_KINDS` on the perp."""
+    mid = h.mid(PERP)
+    away = TRIGGER_TICKS * TICK
+    up = side is Side.BID  # the way the market moves against a buyer's stop
+    if kind == "stop":
+        trigger = mid + away if up else mid - away
+        await h.session.submit(
+            PERP,
+            side,
+            OrderType.MARKET,
+            trigger_price=trigger,
+            trigger_quantity=Decimal(size),
+            trigger_by="MarkPrice",
+        )
+    elif kind == "stop_limit":
+        trigger = mid - away if up else mid + away
+        # Marketable by a tick when it fires: it fills, or rests if the market ran past.
+        limit = trigger + TICK if up else trigger - TICK
+        await h.session.submit(
+            PERP,
+            side,
+            OrderType.LIMIT,
+            price=limit,
+            trigger_price=trigger,
+            trigger_quantity=Decimal(size),
+        )
+    elif kind == "stop_close":
+        held = h.state.positions.get(PERP)
+        against = Side.ASK if held is not None and held.net_quantity > 0 else Side.BID
+        trigger = mid - away if against is Side.ASK else mid + away
+        await h.session.submit(
+            PERP,
+            against,
+            OrderType.MARKET,
+            reduce_only=True,
+            trigger_price=trigger,
+            trigger_quantity="100%",
+        )
+    else:  # a bracket: exits on the other side of the mid, a loss below a buyer's entry
+        loss = mid - away if up else mid + away
+        profit = mid + away if up else mid - away
+        market = kind == "bracket"
+        await h.session.submit(
+            PERP,
+            side,
+            OrderType.MARKET if market else OrderType.LIMIT,
+            quantity=Decimal(size),
+            price=None if market else mid,
+            stop_loss=Exit(loss),
+            take_profit=Exit(profit, limit_price=profit - TICK if up else profit + TICK),
+        )
+
+
 async def act(h: Harness, action: Action) -> None:
     if action[0] == "order":
         _, symbol, kind, side_name, size = action
         side = Side(side_name)
+        if kind in TRIGGER_KINDS:
+            await _conditional(h, kind, side, size)
+            return
         mid = h.mid(symbol)
         if kind == "market":
             await h.submit(symbol, side, OrderType.MARKET, quantity=size)
@@ -98,6 +182,10 @@ async def act(h: Harness, action: Action) -> None:
             await h.session.cancel(newest.symbol, client_id=newest.client_id)
     elif action[0] == "cancel_all":
         await h.session.cancel_all(action[1])
+    elif action[0] == "wait":
+        # The market moves on for a few steps: resting orders fill, waiting triggers fire
+        # (and the exits of executed orders are placed), under whatever faults are armed.
+        await trio.sleep(WAIT_SECONDS)
     else:
         fault = action[1]
         faults = h.faults

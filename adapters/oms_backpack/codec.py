@@ -1031,6 +1031,7 @@ def order_object(item: JSON, source: Source, recv_time_us: int) -> Event:
             trigger_quantity=_str_opt(data, "triggerQuantity"),
             related_order_id=_str_opt(data, "relatedOrderId"),
             strategy_id=_int_opt(data, "strategyId"),
+            reduce_only=_bool(data, "reduceOnly"),
         )
 
     return _rest_guard(item, source, recv_time_us, build)

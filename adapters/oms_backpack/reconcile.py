@@ -27,7 +27,7 @@ from oms.core.events import (
     PositionObserved,
     SubmitRejected,
 )
-from oms.core.state import State
+from oms.core.state import Order, State
 from oms.core.values import ZERO, OrderStatus, Source
 from oms.engine import Engine
 from oms_backpack.clock import VenueClock
@@ -50,6 +50,8 @@ class ReconcileSource(Protocol):
     async def order_history(
         self, *, venue_id: str | None = None, symbol: str | None = None, source: Source
     ) -> list[Event]: ...
+
+    async def recent_orders(self, *, symbol: str, source: Source) -> list[Event]: ...
 
     async def fill_history(
         self, *, symbol: str | None = None, from_ms: int | None = None, source: Source
@@ -96,6 +98,8 @@ class Reconciler:
         # none was recorded while its snapshots were being taken.
         self._moved = 0
         self.close = engine.subscribe(self._count_moves)  # call when the session ends
+        # Venue ids of executed orders with attached exits already looked for in the history.
+        self._exits_sought: set[str] = set()
 
     def state(self) -> State:
         return self.engine.state
@@ -123,6 +127,85 @@ class Reconciler:
         ]
         return [*reported, *flat]
 
+    async def _link_unknown(
+        self, fills: list[Event], source: Source
+    ) -> tuple[list[Event], list[Event]]:
+        """Fills of orders the engine does not know carry no parent link (the fill history
+        has no `relatedOrderId`): ask each such order's history once and copy its parent and
+        strategy onto its fills, so that an attached exit first seen by its fill is recorded
+        as the exit it is, not as an order we know nothing of. Returns the fills and the
+        orders as the history shows them, to be recorded after the fills (their trigger,
+        reduce-only flag and status; their executed quantity is then no gap)."""
+        state = self.state()
+        unknown = {
+            e.venue_id
+            for e in fills
+            if isinstance(e, OrderFilled)
+            and e.related_order_id is None
+            and e.strategy_id is None
+            and state.order(client_id=e.client_id, venue_id=e.venue_id) is None
+        }
+        described: list[Event] = []
+        links: dict[str, tuple[str | None, int | None]] = {}
+        for venue_id in sorted(unknown):
+            for seen in await self.rest.order_history(venue_id=venue_id, source=source):
+                if isinstance(seen, OrderObserved) and seen.venue_id == venue_id:
+                    links[venue_id] = (seen.related_order_id, seen.strategy_id)
+                    described.append(seen)
+        if not links:
+            return fills, described
+        linked = [
+            msgspec.structs.replace(
+                e, related_order_id=links[e.venue_id][0], strategy_id=links[e.venue_id][1]
+            )
+            if isinstance(e, OrderFilled) and e.venue_id in links
+            else e
+            for e in fills
+        ]
+        return linked, described
+
+    async def _missing_exits(self, source: Source) -> list[Event]:
+        """The attached exits of our executed, finished orders that the engine has not seen,
+        from the newest orders of their markets' history (one page each, newest first: an
+        exit is placed when its parent executes, so it is recent). Each parent is looked for
+        once: the history has its exits by the time it has finished."""
+        state = self.state()
+        known: dict[str, int] = {}
+        parents: list[Order] = []
+        for order in state.orders.values():
+            if order.related_order_id is not None:
+                known[order.related_order_id] = known.get(order.related_order_id, 0) + 1
+            elif (
+                order.venue_id is not None
+                and order.venue_id not in self._exits_sought
+                and (
+                    order.stop_loss_trigger_price is not None
+                    or order.take_profit_trigger_price is not None
+                )
+                and order.filled_quantity > ZERO
+                and order.status.is_terminal
+            ):
+                parents.append(order)
+        wanted: dict[str, set[str]] = {}
+        for parent in parents:
+            assert parent.venue_id is not None
+            self._exits_sought.add(parent.venue_id)
+            attached = (parent.stop_loss_trigger_price is not None) + (
+                parent.take_profit_trigger_price is not None
+            )
+            if known.get(parent.venue_id, 0) < attached:
+                wanted.setdefault(parent.symbol, set()).add(parent.venue_id)
+        found: list[Event] = []
+        for symbol in sorted(wanted):
+            for seen in await self.rest.recent_orders(symbol=symbol, source=source):
+                if (
+                    isinstance(seen, OrderObserved)
+                    and seen.related_order_id in wanted[symbol]
+                    and self.state().order(venue_id=seen.venue_id) is None
+                ):
+                    found.append(seen)
+        return found
+
     async def run_pass(self) -> int:
         """One full pass; returns how many events it added."""
         source = Source.RECONCILE
@@ -137,8 +220,10 @@ class Reconciler:
             times = [o.venue_time_us for o in state.orders.values() if o.venue_time_us is not None]
             since_us = (max(times) if times else self.started_us) - FILL_LOOKBACK_US
         fills = await self.rest.fill_history(from_ms=max(since_us, 0) // 1000, source=source)
+        fills, described = await self._link_unknown(fills, source)
         # Items the codec could not read are sent too: recorded once as not understood.
         added += self._send(e for e in fills if isinstance(e, OrderFilled | MessageNotUnderstood))
+        added += self._send(described)
         # 2. What rests on the book now.
         open_now = await self.rest.open_orders(source=source)
         added += self._send(open_now)
@@ -181,6 +266,9 @@ class Reconciler:
                         )
                     ]
                 )
+        # 3b. Exits the venue attached to our executed orders that the engine has not seen
+        # (placed and cancelled while the stream was down: no fill and no longer open).
+        added += self._send(await self._missing_exits(source))
         # 4-6. Funding, then positions and balances. Snapshots count every fill and payment up
         # to the moment they were taken. Until the account has a baseline (its first balance
         # snapshot) they are adopted, so they must agree with what the engine has counted: a

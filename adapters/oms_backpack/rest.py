@@ -917,6 +917,16 @@ class BackpackRest:
 
         return await self._paginate(page, page_size, "order history", source, codec.order_object)
 
+    async def recent_orders(
+        self, *, symbol: str, count: int = 1000, source: Source = Source.REST
+    ) -> list[Event]:
+        """The newest `count` orders of `symbol` in the order history (one page, newest
+        first): for what happened lately, without paging through an account's whole past."""
+        body = await self.call(
+            endpoints.order_history(symbol=symbol, limit=count, sort_direction="Desc")
+        )
+        return list(self._items(body, "order history", source, self._now_us(), codec.order_object))
+
     async def fill_history(
         self,
         *,

@@ -328,6 +328,7 @@ class OrderObserved(_Meta, frozen=True):
     trigger_quantity: str | None = None
     related_order_id: str | None = None
     strategy_id: Int64 | None = None
+    reduce_only: bool = False
 
 
 # --- account and market -----------------------------------------------------------------------

@@ -559,6 +559,9 @@ class Fold:
         return replace(order, cancel_requested=False) if order.cancel_requested else order
 
     def _report_accepted(self, order: Order, event: OrderAccepted) -> Order | None:
+        if event.reduce_only and not order.reduce_only:
+            # The venue's word (an order it placed, an exit): reduce-only is never taken away.
+            order = replace(order, reduce_only=True)
         order = _fill_in(
             order,
             side=event.side,
@@ -614,6 +617,8 @@ class Fold:
         )
 
     def _report_observed(self, order: Order, event: OrderObserved) -> Order | None:
+        if event.reduce_only and not order.reduce_only:
+            order = replace(order, reduce_only=True)
         order = _fill_in(
             order,
             side=event.side,

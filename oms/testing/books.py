@@ -56,8 +56,9 @@ def book_differences(
     """Every way `state` disagrees with the exchange's books for one account (the funded
     account by default), as readable lines; empty when they agree.
 
-    Compared: each exchange order (found by client id, else venue id) for venue id, status,
-    origin, strategy id and parent (`related_order_id`),
+    Compared: each exchange order (found by client id, else venue id) for venue id, side,
+    reduce-only flag, trigger price and quantity, status, origin, strategy id and parent
+    (`related_order_id`),
     executed quantity and quote, its fills' trade ids (each counted once, no others) and fees;
     engine orders the exchange never saw (only a refused submit may be one) and orders left
     PendingNew or InDoubt; available and locked balances of every asset; net quantity and
@@ -82,6 +83,18 @@ def book_differences(
             out.append(f"{name}: engine has venue id {ours.venue_id}")
         if venue.quantity is not None and ours.quantity != venue.quantity:
             out.append(f"{name}: exchange quantity {venue.quantity}, engine {ours.quantity}")
+        if ours.side is not None and ours.side.value != venue.side:
+            out.append(f"{name}: exchange side {venue.side}, engine {ours.side.value}")
+        if ours.reduce_only != bool(venue.reduce_only):
+            out.append(
+                f"{name}: exchange reduce-only {bool(venue.reduce_only)}, engine {ours.reduce_only}"
+            )
+        trigger = (venue.trigger_price, venue.trigger_quantity)
+        if trigger != (ours.trigger_price, ours.trigger_quantity):
+            out.append(
+                f"{name}: exchange trigger price/quantity {trigger[0]}/{trigger[1]}, "
+                f"engine {ours.trigger_price}/{ours.trigger_quantity}"
+            )
         expected = _VENUE_STATUS.get(venue.status)
         if expected is None or ours.status is not expected:
             out.append(f"{name}: exchange status {venue.status}, engine {ours.status.value}")

@@ -7,9 +7,10 @@ both. They run in trio, in a thread of their own, because Hypothesis calls rules
 functions: a rule hands its work to that thread with `self.call(async_function, ...)` and
 waits for the answer.
 
-The base class brings the rules a venue can throw at a program (`submit`, `take`,
-`fill` by moving the market, `cancel`, `reconnect`, and faults on the private stream) and the
-engine's guarantees as invariants:
+The base class brings the rules a venue can throw at a program (`submit`, `take`, `stop`
+and `bracket` for conditional orders and attached exits on the perp, `fill` by moving the
+market, `cancel`, `reconnect`, and faults on the private stream) and the engine's guarantees
+as invariants:
 
 - the engine agrees with the exchange's books once the stream has caught up: every fill
   counted once (none lost, none doubled), statuses, executed quantities, fees, balances,
@@ -17,6 +18,8 @@ engine's guarantees as invariants:
 - each order's filled quantity is the sum of its distinct fills in the log;
 - each perp position is the signed sum of its orders' fills;
 - per asset, what is locked is what the open orders lock, and total = available + locked;
+- each attached exit names an order of ours that asked for exits, on its other side, one of
+  at most two;
 - replaying the log gives exactly the live state.
 
 A program adds its own rules and invariants in a subclass:
@@ -53,7 +56,7 @@ from oms.core.events import OrderFilled
 from oms.core.reducer import replay
 from oms.core.serialization import state_hash
 from oms.core.state import AnomalyKind, State
-from oms.core.values import ZERO, OrderStatus, OrderType, Side
+from oms.core.values import ZERO, Exit, OrderStatus, OrderType, Side
 from oms.engine import Engine
 from oms.log import Fsync, LogReader
 from oms.testing.books import PERP, SPOT, book_differences
@@ -229,6 +232,14 @@ class EngineMachine(RuleBasedStateMachine):
                 "and a reconciliation:\n  " + "\n  ".join(found)
             )
 
+    def _perp(self) -> str | None:
+        """The first perpetual market among `symbols` (None: the session trades none)."""
+        for symbol in self.symbols:
+            market = self.state.markets.get(symbol)
+            if market is not None and market.market_type.has_positions:
+                return symbol
+        return None
+
     # --- rules ----------------------------------------------------------------------------
 
     @rule(
@@ -263,9 +274,94 @@ class EngineMachine(RuleBasedStateMachine):
         self.call(lambda: self.harness.submit(symbol, side, OrderType.MARKET, quantity=quantity))
         self.settle()
 
+    @rule(
+        side=st.sampled_from(Side),
+        size=st.integers(1, 20),
+        ticks=st.integers(-4, 4),
+        limit=st.booleans(),
+        close=st.booleans(),
+    )
+    def stop(self, side: Side, size: int, ticks: int, limit: bool, close: bool) -> None:
+        """A conditional order on the perp: it waits until the mark price reaches a trigger
+        `ticks` ticks from the mid (0: reached already, it fires at once), then becomes a
+        market order (`limit`: a limit order a tick past the trigger). With `close` it is a
+        reduce-only order for the whole position against it (`side` is ignored): it fails
+        when it fires with no position."""
+        symbol = self._perp()
+        if symbol is None:
+            return
+
+        async def place() -> None:
+            mid, tick = self.harness.mid(symbol), self.state.markets[symbol].tick_size
+            trigger = mid + ticks * tick
+            order_side = side
+            if close:
+                held = self.state.positions.get(symbol)
+                order_side = Side.ASK if held is not None and held.net_quantity > 0 else Side.BID
+            past = trigger + tick if order_side is Side.BID else trigger - tick
+            await self.session.submit(
+                symbol,
+                order_side,
+                OrderType.LIMIT if limit else OrderType.MARKET,
+                price=past if limit else None,
+                trigger_price=trigger,
+                trigger_quantity="100%" if close else Decimal(size) / 10,
+                reduce_only=close,
+            )
+
+        self.call(place)
+        self.settle()
+
+    @rule(
+        side=st.sampled_from(Side),
+        size=st.integers(1, 20),
+        offset=st.sampled_from((None, -2, 0, 2)),
+        loss=st.integers(1, 5),
+        profit=st.integers(1, 5),
+        profit_limit=st.booleans(),
+    )
+    def bracket(
+        self,
+        *,
+        side: Side,
+        size: int,
+        offset: int | None,
+        loss: int,
+        profit: int,
+        profit_limit: bool,
+    ) -> None:
+        """An order on the perp with a stop loss `loss` ticks and a take profit `profit`
+        ticks from the mid, against and for the position it opens: a market order (`offset`
+        None) or a limit order `offset` tenths of a percent from the mid. The venue places
+        the exits once the order has executed; when one fires, it cancels the other."""
+        symbol = self._perp()
+        if symbol is None:
+            return
+
+        async def place() -> None:
+            mid, tick = self.harness.mid(symbol), self.state.markets[symbol].tick_size
+            sign = 1 if side is Side.BID else -1
+            stop_at = mid - sign * loss * tick
+            take_at = mid + sign * profit * tick
+            await self.session.submit(
+                symbol,
+                side,
+                OrderType.MARKET if offset is None else OrderType.LIMIT,
+                quantity=Decimal(size) / 10,
+                price=None if offset is None else _tick(mid * (1 + Decimal(offset) / 1000)),
+                stop_loss=Exit(stop_at),
+                take_profit=Exit(take_at, limit_price=take_at - sign * tick)
+                if profit_limit
+                else Exit(take_at),
+            )
+
+        self.call(place)
+        self.settle()
+
     @rule(steps=st.integers(1, 5))
     def fill(self, steps: int) -> None:
-        """Move the market `steps` steps: resting orders it crosses fill."""
+        """Move the market `steps` steps: resting orders it crosses fill and waiting triggers
+        it reaches fire."""
         self.clock.advance(steps * self.step_seconds)
 
         async def advance() -> None:
@@ -382,6 +478,25 @@ class EngineMachine(RuleBasedStateMachine):
                 f"its distinct fills sum to {sums.get(order.key, ZERO)}"
             )
             assert len(order.trade_ids) == len({t for k, t in seen if k == order.key})
+
+    @invariant()
+    def exits_belong_to_their_parent(self) -> None:
+        """Each attached exit the engine tracks names an order of ours that asked for exits,
+        closes on the other side, and is one of at most two."""
+        state = self.state
+        exits: dict[str, int] = {}
+        for order in state.orders.values():
+            if order.related_order_id is None:
+                continue
+            parent = state.order(venue_id=order.related_order_id)
+            assert parent is not None, f"exit {order.key}: parent {order.related_order_id} unknown"
+            assert (
+                parent.stop_loss_trigger_price is not None
+                or parent.take_profit_trigger_price is not None
+            ), f"exit {order.key}: its parent {parent.key} asked for none"
+            assert order.side is not parent.side, f"exit {order.key} adds to {parent.key}"
+            exits[parent.key] = exits.get(parent.key, 0) + 1
+            assert exits[parent.key] <= 2, f"order {parent.key} has more than two exits"
 
     @invariant()
     def replay_equals_live(self) -> None:

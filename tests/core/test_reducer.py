@@ -42,6 +42,7 @@ from oms.testing.strategies import (
     fill,
     funding,
     market,
+    observe,
     position,
     submit,
 )
@@ -808,3 +809,27 @@ def test_apply_keeps_every_map_an_event_does_not_touch_as_the_same_object() -> N
     again = apply(after, request)  # the same request again changes nothing
     assert again.orders is after.orders
     assert again.balances is after.balances
+
+
+# --- reduce-only, in the venue's words -----------------------------------------------------------
+
+
+def test_an_order_the_venue_reports_reduce_only_is_reduce_only_and_stays_so() -> None:
+    # A liquidation first seen by its accept, an exit first seen by reconciliation: the
+    # reports say reduce-only, so the records are; a later report without the flag (a fill,
+    # an observation that leaves it out) does not take it away.
+    liquidation = msgspec.structs.replace(
+        accept("L1", symbol=PERP, side=ASK, quantity="2", origin="LIQUIDATION_AUTOCLOSE"),
+        reduce_only=True,
+    )
+    exit_ = msgspec.structs.replace(
+        observe(VenueStatus.CANCELLED, venue_id="X1", symbol=PERP, executed="0"),
+        reduce_only=True,
+    )
+    state = replay([PERP_MARKET, liquidation, exit_])
+    assert state.orders["vL1"].reduce_only and state.orders["vX1"].reduce_only
+    later = observe(VenueStatus.CANCELLED, venue_id="X1", symbol=PERP, executed="0")
+    assert apply(state, later).orders["vX1"].reduce_only
+    # Our own order, not reduce-only: a report without the flag leaves it so.
+    ours = replay([PERP_MARKET, submit(7, BID, "1", "100", symbol=PERP), accept("O7", client_id=7)])
+    assert not ours.orders["c7"].reduce_only

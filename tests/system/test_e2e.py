@@ -502,6 +502,7 @@ order_actions = st.tuples(
 other_actions = st.one_of(
     st.tuples(st.just("cancel_last")),
     st.tuples(st.just("cancel_all"), st.sampled_from((SPOT, PERP))),
+    st.tuples(st.just("wait")),
     st.tuples(st.just("fault"), st.sampled_from(FAULTS)),
 )
 actions = st.lists(st.one_of(order_actions, order_actions, other_actions), max_size=8)

@@ -188,3 +188,40 @@ async def test_a_trigger_whose_messages_are_lost_is_found_by_reconciliation(
             await h.session.reconcile()
             await h.until(stop, lambda o: o.status is OrderStatus.FILLED, "the reconciled stop")
             await h.finish()
+
+
+async def test_exits_placed_and_done_while_the_stream_is_silent_are_found_with_their_parent(
+    tmp_path: Path,
+) -> None:
+    """The parent fills and its exits are placed, one fires and fills and the other is
+    cancelled, all while the stream delivers nothing: the reconciliation finds both exits,
+    linked to their parent, and neither is taken for an order we know nothing of."""
+    with trio.fail_after(LIMIT):
+        async with harness(tmp_path / "q.jsonl") as h:
+            h.faults.drop_private(symbol=PERP, count=None)
+            mid = h.mid(PERP)
+            parent = await h.session.submit(
+                PERP,
+                Side.BID,
+                OrderType.MARKET,
+                quantity=D(1),
+                stop_loss=Exit(mid - D(5)),
+                # Already reached (a take profit below a long's price): it fires at once,
+                # and the stop loss is cancelled.
+                take_profit=Exit(mid - D(1)),
+            )
+            assert parent.status is OrderStatus.FILLED
+            venue_exits = [
+                o
+                for o in h.exchange.venue.accounts[h.exchange.api_key].orders.values()
+                if o.related_order_id == parent.venue_id
+            ]
+            assert sorted(o.status for o in venue_exits) == ["Cancelled", "Filled"]
+            await h.quiet(0.1)
+            assert not [o for o in h.state.orders.values() if o.related_order_id is not None]
+            await h.session.reconcile()
+            h.faults.clear()
+            stop, take = await linked(h, parent, 2)
+            assert {stop.status, take.status} == {OrderStatus.CANCELLED, OrderStatus.FILLED}
+            await h.finish(allowed={AnomalyKind.FILL_GAP, AnomalyKind.POSITION_DRIFT})
+            assert AnomalyKind.UNKNOWN_ORDER not in h.state.anomaly_counts
