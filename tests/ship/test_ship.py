@@ -173,6 +173,9 @@ async def test_the_engine_trades_on_while_the_server_is_killed_and_restarted(
             if number == len(events) // 3:
                 await wait_for(lambda: shipper.statistics().acked_seq > 0, "the first acks")
                 await nats_server.kill()  # mid-stream: events keep coming
+                # Acks read before the kill may still be handled: count from when the
+                # shipper has seen the connection break.
+                await wait_for(lambda: shipper.statistics().failures > 0, "the broken connection")
                 killed_at = shipper.statistics().acked_seq
             if number == 2 * len(events) // 3:
                 # The engine went on recording while the server was away.
