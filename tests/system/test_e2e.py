@@ -537,7 +537,7 @@ async def _random_session(
 _examples = itertools.count()
 
 
-# A few sessions in CI; a campaign sets OMS_E2E_SESSIONS (see docs/testing-campaigns.md).
+# A few sessions in CI; a campaign sets OMS_E2E_SESSIONS (the larger runs are `python -m tests.campaign`: see its docstring).
 @settings(
     max_examples=int(os.environ.get("OMS_E2E_SESSIONS", "5")),
     deadline=None,
