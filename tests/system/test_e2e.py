@@ -537,7 +537,8 @@ async def _random_session(
 _examples = itertools.count()
 
 
-# A few sessions in CI; a campaign sets OMS_E2E_SESSIONS (the larger runs are `python -m tests.campaign`: see its docstring).
+# A few sessions in CI; more with OMS_E2E_SESSIONS. The larger runs are `python -m
+# tests.campaign` (its docstring says what it counts).
 @settings(
     max_examples=int(os.environ.get("OMS_E2E_SESSIONS", "5")),
     deadline=None,
