@@ -158,11 +158,15 @@ class Fsync:
 
     @classmethod
     def group(
-        cls, max_events: int = 512, max_delay: Seconds = 0.05, *, background: bool = True
+        cls, max_events: int = 4096, max_delay: Seconds = 0.05, *, background: bool = True
     ) -> Fsync:
         """A group commit. With `background` (the default) a thread of the log's own runs the
         fsyncs, so `append` never waits for the disk; a power loss can then also take the
-        events appended while the last fsync ran. `background=False` fsyncs in `append`."""
+        events appended while the last fsync ran. `background=False` fsyncs in `append`.
+
+        `max_delay` is the bound that matters live (a trading session records hundreds of
+        events a second, not thousands); `max_events` bounds a burst (a replay into a new
+        log, a flood of reports): 4,096 events, about 2.8 MB of lines, a fsync each."""
         return cls(max_events=max_events, max_delay=max_delay, background=background)
 
     @classmethod

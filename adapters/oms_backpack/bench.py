@@ -584,6 +584,13 @@ class _Append:
         return self.events / self.seconds
 
 
+def _settle() -> None:
+    """Have the kernel write what the earlier figures left dirty (the session file, the logs
+    of the Engine.open figure: hundreds of MB) before a figure that writes, fsyncs or waits
+    on the machine, so that it does not pay for another figure's files."""
+    os.sync()
+
+
 def _append(path: Path, events: Iterable[Event], fsync: Fsync, label: str) -> tuple[_Append, float]:
     """Append `events` to a new log at `path`; (append timing, total seconds incl. making them).
 
@@ -926,6 +933,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             Fsync.every_event(),
             "every_event()",
         )
+        _settle()
         group, _ = _append(
             scratch / "group.jsonl",
             session_events(min(count, GROUP_COUNT), seed),
@@ -933,6 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "group()",
         )
 
+        _settle()
         live = _live_path(
             scratch / "live.jsonl", session_events(count, seed), min(count, LIVE_FRAMES)
         )
@@ -945,6 +954,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         out.flush()
         opening = _open_figure(scratch, open_small, seed, 3 if args.quick else OPEN_RUNS)
+        _settle()
         submit = measure_submit(
             args.submit_samples or (SUBMIT_QUICK_SAMPLES if args.quick else SUBMIT_SAMPLES)
         )
