@@ -23,6 +23,7 @@ import mmap
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -312,10 +313,13 @@ class _Syncer:
     """The fsyncs of a log with a background group commit: `request(seq)` asks for the log to
     be on disk up to `seq` and returns at once; a thread of its own fsyncs (through its own
     descriptor) and reports each completed fsync to the log (`EventLog._synced`). An fsync
-    that fails is kept in `error` and raised by the log's next `append` or `sync`."""
+    that fails is kept in `error` and raised by the log's next `append` or `sync`.
+
+    The thread holds the log weakly: a log dropped without `close` is still collected, and
+    the thread then ends and closes its descriptor."""
 
     def __init__(self, log: EventLog) -> None:
-        self._log = log
+        self._log = weakref.ref(log)
         self._fd = os.dup(log.fileno())
         self._cv = threading.Condition()
         self._want = self._done = log.synced_seq
@@ -325,6 +329,7 @@ class _Syncer:
             target=self._run, name=f"oms-fsync {log.path.name}", daemon=True
         )
         self._thread.start()
+        weakref.finalize(log, self.stop)
 
     def request(self, seq: int) -> None:
         with self._cv:
@@ -341,14 +346,23 @@ class _Syncer:
             while self._done < seq and self.error is None:
                 self._cv.wait()
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Ask the thread to end once it has done what was asked (it does not wait)."""
         with self._cv:
             self._closing = True
             self._cv.notify()
+
+    def close(self) -> None:
+        self.stop()
         self._thread.join()
-        os.close(self._fd)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            os.close(self._fd)
+
+    def _loop(self) -> None:
         cv = self._cv
         while True:
             with cv:
@@ -365,7 +379,10 @@ class _Syncer:
                     self.error = exc
                     cv.notify_all()
                 return
-            self._log._synced(target, time.perf_counter() - started)
+            log = self._log()
+            if log is not None:
+                log._synced(target, time.perf_counter() - started)
+            del log
             with cv:
                 self._done = target
                 cv.notify_all()

@@ -585,3 +585,29 @@ def test_a_failed_background_fsync_is_raised_by_the_next_append(
     with pytest.raises(OSError):
         log.close()  # the failure is not forgotten on close either
     assert log.closed
+
+
+# Dropping a log unclosed is the user's mistake, and Python says so (a ResourceWarning).
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_log_dropped_without_close_ends_its_fsync_thread(tmp_path: Path) -> None:
+    import gc
+    import threading
+    import weakref
+
+    def fsync_threads() -> int:
+        return sum(t.name.startswith("oms-fsync d.jsonl") for t in threading.enumerate())
+
+    log = EventLog.open(tmp_path / "d.jsonl", fsync=Fsync.group(max_events=1, max_delay=60.0))
+    log.append(fill(1))  # starts the thread
+    assert fsync_threads() == 1
+    dropped = weakref.ref(log)
+    del log
+    gc.collect()
+    assert dropped() is None  # the thread does not keep the log alive
+    for _ in range(200):
+        if not fsync_threads():
+            break
+        threading.Event().wait(0.01)
+    assert fsync_threads() == 0
+    assert last_seq(tmp_path / "d.jsonl") == 1
