@@ -49,7 +49,7 @@ from oms.core.state import State
 from oms.core.values import OrderType, Side
 from oms.engine import Engine
 from oms.log import Fsync
-from oms_backpack import signing
+from oms_backpack import rest, signing
 from oms_backpack.session import BackpackSession, open_backpack_session
 from oms_backpack.signing import Credentials
 
@@ -78,7 +78,8 @@ _clock = time.perf_counter_ns
 
 
 class _SendProbe:
-    """Timestamps every `send` system call on sockets connected to `port` (the REST server):
+    """Timestamps every `send` (or the order lane's `write`) system call on sockets connected
+    to `port` (the REST server):
     `last_ns` is when the latest one returned, `sends` and `sent` count calls and bytes."""
 
     def __init__(self, port: int) -> None:
@@ -126,11 +127,27 @@ class _SendProbe:
             result: int = await self._nonblocking_helper(wait_writable, timed, *args)
             return result
 
+        # The order lane writes a request's bytes itself (`_Lane._send_now`, one `write` on a
+        # plain TCP socket) and calls trio's `send` only for what that left: timed alike.
+        lane_cls: Any = rest._Lane
+        original_now = lane_cls.__dict__["_send_now"]
+
+        def send_now(lane: Any, data: bytes) -> int:
+            sent: int = original_now(lane, data)
+            now = _clock()
+            if sent and probe.port == lane._port:
+                probe.last_ns = now
+                probe.sends += 1
+                probe.sent += sent
+            return sent
+
         cls.send = send
+        lane_cls._send_now = send_now
         try:
             yield
         finally:
             cls.send = original
+            lane_cls._send_now = original_now
 
 
 # --- breakdown hooks --------------------------------------------------------------------------

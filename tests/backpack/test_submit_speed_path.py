@@ -270,6 +270,47 @@ async def test_the_lane_and_httpx_put_the_same_bytes_on_the_wire(venue: Venue) -
     assert venue.connections == [1, 2, 1, 2]
 
 
+@pytest.mark.parametrize("takes", [0, 1, 100, None])
+async def test_what_the_direct_write_leaves_is_sent_by_trio(
+    venue: Venue, monkeypatch: pytest.MonkeyPatch, takes: int | None
+) -> None:
+    # A plain TCP lane writes the request itself, once, without waiting; a socket that takes
+    # none of it or part of it (a full send buffer) leaves the rest to trio's `send_all`
+    # under the write timeout. Either way the venue gets the same bytes, once.
+    writes: list[int] = []
+    original = rest._Lane._send_now
+
+    def send_now(self: rest._Lane, data: bytes) -> int:
+        written = original(self, data[:takes]) if takes != 0 else 0  # [:None]: all of it
+        writes.append(written)
+        return written
+
+    monkeypatch.setattr(rest._Lane, "_send_now", send_now)
+    async with client(venue.url) as api:
+        answer = await api.call(execute())
+        await api.call(execute())
+    expected = expected_execute(port_of(venue.url))
+    assert venue.requests == [expected, expected]
+    assert answer["id"] == "8284661092"
+    assert writes == [len(expected) if takes is None else takes] * 2
+    assert venue.connections == [1, 1]
+
+
+async def test_over_tls_the_lane_never_writes_to_the_socket_itself(
+    ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # TLS records are trio's to write: the direct write is for plain TCP only.
+    def send_now(self: rest._Lane, data: bytes) -> int:
+        raise AssertionError("a TLS lane wrote to its socket directly")
+
+    monkeypatch.setattr(rest._Lane, "_send_now", send_now)
+    carried = spy_on_lane(monkeypatch)
+    async with Venue().running(server_context(ca)) as venue, client(venue.url) as api:
+        answer = await api.call(execute())
+    assert answer["id"] == "8284661092"
+    assert len(carried) == len(venue.requests) == 1
+
+
 def spy_on_lane(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Record the body of every request the lane carries."""
     carried: list[bytes] = []
