@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
 import httpx
+import msgspec
 import trio
 
 from oms.core import risk
@@ -503,12 +504,24 @@ class BackpackSession:
             time_in_force=time_in_force,
             post_only=order_type is OrderType.LIMIT_MAKER,
             reduce_only=reduce_only,
-            trigger_price=trigger_price,
-            trigger_quantity=None if trigger_quantity is None else str(trigger_quantity),
-            trigger_by=trigger_by,
-            **_exit_fields("stop_loss", stop_loss),
-            **_exit_fields("take_profit", take_profit),
         )
+        if (
+            trigger_price is not None
+            or trigger_quantity is not None
+            or trigger_by is not None
+            or stop_loss is not None
+            or take_profit is not None
+        ):
+            # A second call for the trigger and exit fields (every other order skips it: a
+            # call with this many keywords builds a dictionary first).
+            command = msgspec.structs.replace(
+                command,
+                trigger_price=trigger_price,
+                trigger_quantity=None if trigger_quantity is None else str(trigger_quantity),
+                trigger_by=trigger_by,
+                **_exit_fields("stop_loss", stop_loss),
+                **_exit_fields("take_profit", take_profit),
+            )
         spec = endpoints.execute_order(command, market)  # raises before anything is logged
         # Checked last, with no await before `record`: no other task can take the id between.
         if self.engine.state.order(client_id=client_id) is not None:
