@@ -189,11 +189,22 @@ class LogReader:
     file ends before), iterating raises `ValueError` before yielding anything, so that the
     caller can read the whole log instead. Everything after the mark is read exactly as in a
     full read (line numbers, torn last line, `end_offset` in the whole file).
+
+    With `fold_only`, the usual reports come as the fold-only classes of
+    `oms.core.serialization.FOLD_ONLY` (their `raw` undecoded): for folding with
+    `ReplayFold` only, which is all that is cheaper for it.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, start: LogMark | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        start: LogMark | None = None,
+        fold_only: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.start = start
+        self.fold_only = fold_only
         self.last_seq = 0
         self.end_offset = 0
         self.torn: TornTail | None = None
@@ -255,7 +266,7 @@ class LogReader:
             self.last_seq, self.end_offset = start.seq, start.offset
             self.last_line, self.missing_newline = start.line, False
         expected = self.last_seq + 1
-        decode_line = line_decoder(self.version)
+        decode_line = line_decoder(self.version, fold_only=self.fold_only)
         line = b""
         try:
             for line in handle:

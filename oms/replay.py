@@ -144,11 +144,12 @@ def _replay(
     progress: IO[str] | None,
     resume: Resume | None,
 ) -> tuple[State, LogReader]:
+    # The fold reads no event's venue text: it is left undecoded.
     if resume is None:
-        reader = LogReader(path)
+        reader = LogReader(path, fold_only=True)
         fold = ReplayFold(State(retain_finished=retain_finished))
     else:
-        reader = LogReader(path, start=resume.mark)
+        reader = LogReader(path, start=resume.mark, fold_only=True)
         fold = ReplayFold(resume.state)
     step = fold.step
     meter = _Progress(progress, _size(path)) if progress is not None else None

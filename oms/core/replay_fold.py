@@ -50,6 +50,7 @@ from oms.core.reducer import (
     _position_step,
 )
 from oms.core.risk import RATE_MEMORY, pnl_sample_due, with_pnl_sample
+from oms.core.serialization import FULL_CLASS, full_event
 from oms.core.state import (
     POSITION_WINDOW,
     Balance,
@@ -245,9 +246,14 @@ class ReplayFold(Fold):
         return self._frozen_positions()
 
     def _slow(self, event: Event) -> None:
-        """`Fold`'s own handler (seq already counted)."""
+        """`Fold`'s own handler (seq already counted), for an event of its own class (a
+        fold-only one, see `serialization.FOLD_ONLY`, is turned back into one first)."""
         self._write_back()
-        _STEPS[type(event)](self, event)
+        cls = type(event)
+        if cls in FULL_CLASS:
+            event = full_event(event)
+            cls = type(event)
+        _STEPS[cls](self, event)
 
     # --- the short path ---------------------------------------------------------------------
 
@@ -699,7 +705,11 @@ _SHORT: Final[dict[type[Event], str]] = {
 
 
 def _handlers(cls: type[ReplayFold]) -> dict[type[Event], Callable[[ReplayFold, Any], None]]:
-    return {event_class: getattr(cls, _SHORT.get(event_class, "_slow")) for event_class in _STEPS}
+    table = {event_class: getattr(cls, _SHORT.get(event_class, "_slow")) for event_class in _STEPS}
+    # A fold-only class (`raw` undecoded, read by `LogReader(..., fold_only=True)`) takes
+    # the handler of the class it stands for: no handler reads `raw`.
+    table.update({lean: table[full] for lean, full in FULL_CLASS.items()})
+    return table
 
 
 ReplayFold._handlers = _handlers(ReplayFold)

@@ -27,9 +27,20 @@ from oms.core.events import (
     OrderSubmitted,
 )
 from oms.core.reducer import apply
+from oms.core.reducer import replay as replay_events
 from oms.core.replay_fold import ReplayFold, _PositionDraft
 from oms.core.risk import PNL_SAMPLE_SPACING_US, RATE_MEMORY
-from oms.core.serialization import state_hash
+from oms.core.serialization import (
+    FOLD_ONLY,
+    FORMAT_VERSION,
+    LogFormatError,
+    decode_line,
+    encode_line,
+    full_event,
+    line_decoder,
+    scrub,
+    state_hash,
+)
 from oms.core.state import POSITION_WINDOW, Position, State
 from oms.core.values import ZERO, OrderType, Side, Source
 from oms.log import LogReader
@@ -56,14 +67,22 @@ HUNT = settings(
 
 
 def _agree(
-    fold_class: type[ReplayFold], history: Sequence[Event], state: State, cuts: set[int]
+    fold_class: type[ReplayFold],
+    history: Sequence[Event],
+    state: State,
+    cuts: set[int],
+    *,
+    fold_only: bool = False,
 ) -> None:
     """Fold `history` with `fold_class` from `state`, freezing after each index in `cuts` and
-    at the end, and check each frozen state against `apply` event by event."""
+    at the end, and check each frozen state against `apply` event by event. With `fold_only`,
+    each event goes through a log line first: `apply` takes it as read back, the fold as read
+    for folding only."""
     fold = fold_class(state)
     expected = state
-    for index, event in enumerate(history):
-        fold.step(event)
+    for index, original in enumerate(history):
+        event, folded = _as_read(original) if fold_only else (original, original)
+        fold.step(folded)
         expected = apply(expected, event)
         if index in cuts:
             assert fold.freeze() == expected, f"after event {index} ({type(event).__name__})"
@@ -113,7 +132,7 @@ def _restamped(history: Sequence[Event], gaps: Sequence[int]) -> list[Event]:
     return out
 
 
-def _check(fold_class: type[ReplayFold]) -> Callable[[], None]:
+def _check(fold_class: type[ReplayFold], *, fold_only: bool = False) -> Callable[[], None]:
     @given(
         history=_sessions(60),
         retain=st.integers(1, 6),
@@ -121,12 +140,49 @@ def _check(fold_class: type[ReplayFold]) -> Callable[[], None]:
     )
     def check(history: list[Event], retain: int, cuts: set[int]) -> None:
         # A small retention, so that finished orders are dropped as the session goes.
-        _agree(fold_class, history, State(retain_finished=retain), cuts)
+        _agree(fold_class, history, State(retain_finished=retain), cuts, fold_only=fold_only)
 
     return check
 
 
 test_replay_fold_is_apply = CHECKS(_check(ReplayFold))
+
+
+_read_fold_only = line_decoder(FORMAT_VERSION, fold_only=True)
+
+
+def _as_read(event: Event) -> tuple[Event, Event]:
+    """(the event as a log gives it back, the same line read for folding only): the usual
+    reports come back as their fold-only classes. An event no log can hold (a value out of
+    range) is returned as it is, twice."""
+    for candidate in (event, scrub(event)):
+        try:
+            line = encode_line(1, candidate)
+        except LogFormatError:
+            continue
+        return decode_line(line)[1], _read_fold_only(line)[1]
+    return event, event
+
+
+# Replays read the usual reports into fold-only classes (`raw` undecoded): folded from those,
+# the state is the state `apply` gives from the events themselves, the slow path included.
+test_replay_fold_of_fold_only_events_is_apply = CHECKS(_check(ReplayFold, fold_only=True))
+
+
+def test_fold_only_events_are_their_events_without_the_venue_text() -> None:
+    for path in sorted(REPLAY_DIR.glob("*.jsonl")):
+        with path.open("rb") as handle:
+            lines = handle.readlines()[1:]
+        for line in lines:
+            seq, event = decode_line(line)
+            lean_seq, lean = _read_fold_only(line)
+            assert lean_seq == seq
+            assert isinstance(lean, type(event)) and type(lean).__name__ == type(event).__name__
+            if type(event) in FOLD_ONLY:
+                assert type(lean) is FOLD_ONLY[type(event)]
+                assert full_event(lean) == replace(event, raw=None)
+            else:
+                assert lean == event
 
 
 def _perp_fill(trade_id: int, quantity: Decimal, price: Decimal, side: Side) -> OrderFilled:
@@ -273,6 +329,12 @@ def test_recorded_sessions_fold_alike(path: Any) -> None:
     history = list(LogReader(path).events())
     assert history
     _agree(ReplayFold, history, State(), set(range(len(history))))
+    # As a replay reads them (the usual reports without their venue text).
+    lean = list(LogReader(path, fold_only=True).events())
+    fold = ReplayFold(State())
+    for event in lean:
+        fold.step(event)
+    assert fold.freeze() == replay_events(history)
 
 
 # --- the property catches a fold that is wrong in small ways --------------------------------

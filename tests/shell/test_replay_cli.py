@@ -15,6 +15,7 @@ import pytest
 
 from oms.core.events import Event, OrderFilled
 from oms.core.replay_fold import ReplayFold
+from oms.core.serialization import FOLD_ONLY
 from oms.log import LogReadError
 from oms.replay import main, replay_file
 from tests.helpers import REPLAY_DIR
@@ -302,6 +303,13 @@ def test_usage_error_as_a_process(tmp_path: Path) -> None:
     assert "usage:" in done.stderr and "Traceback" not in done.stderr
 
 
+def _set_fill_handler(monkeypatch: pytest.MonkeyPatch, handler: object) -> None:
+    """Make `handler` ReplayFold's handler of fills, as read by a replay (the fold-only class
+    of `OrderFilled`) and as objects."""
+    for cls in (OrderFilled, FOLD_ONLY[OrderFilled]):
+        monkeypatch.setitem(ReplayFold._handlers, cls, handler)
+
+
 def test_a_failure_applying_an_event_names_its_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -312,7 +320,7 @@ def test_a_failure_applying_an_event_names_its_line(
     def fail(self: ReplayFold, event: Event) -> None:
         raise ArithmeticError("boom\nsecond line")
 
-    monkeypatch.setitem(ReplayFold._handlers, OrderFilled, fail)
+    _set_fill_handler(monkeypatch, fail)
     code, out, err = run([str(path)], capsys)
     assert (code, out) == (1, "")
     first_fill = next(
@@ -345,7 +353,7 @@ def test_a_replay_leaves_the_garbage_collector_as_it_found_it(
         seen.append(gc.isenabled())
         real(self, event)
 
-    monkeypatch.setitem(ReplayFold._handlers, OrderFilled, watch)
+    _set_fill_handler(monkeypatch, watch)
     assert gc.isenabled()
     replay_file(str(path))
     assert gc.isenabled() and seen and not any(seen)
@@ -353,13 +361,13 @@ def test_a_replay_leaves_the_garbage_collector_as_it_found_it(
     def fail(self: ReplayFold, event: Event) -> None:
         raise ArithmeticError("boom")
 
-    monkeypatch.setitem(ReplayFold._handlers, OrderFilled, fail)
+    _set_fill_handler(monkeypatch, fail)
     with pytest.raises(LogReadError):
         replay_file(str(path))
     assert gc.isenabled()
     gc.disable()
     try:
-        monkeypatch.setitem(ReplayFold._handlers, OrderFilled, real)
+        _set_fill_handler(monkeypatch, real)
         replay_file(str(path))
         assert not gc.isenabled()
     finally:
