@@ -123,7 +123,9 @@ class Engine:
         if resume is not None:
             draft = ReplayFold(resume.state)
             try:
-                log = EventLog.open(path, fsync=fsync, on_event=draft.step, start=resume.mark)
+                log = EventLog.open(
+                    path, fsync=fsync, on_event=draft.step, start=resume.mark, fold_only=True
+                )
             except (LogReadError, OSError):
                 # A bad line after the snapshot, or a log that cannot be read or opened for
                 # writing: reading all of it fails the same way.
@@ -141,7 +143,7 @@ class Engine:
         if log is None:
             draft = ReplayFold(state)
             try:
-                log = EventLog.open(path, fsync=fsync, on_event=draft.step)
+                log = EventLog.open(path, fsync=fsync, on_event=draft.step, fold_only=True)
             except (ArithmeticError, ValueError) as exc:
                 if draft.seq == state.last_seq:
                     raise  # not from the reducer

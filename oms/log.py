@@ -465,16 +465,18 @@ class EventLog:
         clock: Callable[[], float] = time.monotonic,
         on_event: Callable[[Event], object] | None = None,
         start: LogMark | None = None,
+        fold_only: bool = False,
     ) -> EventLog:
         """Open (or create) a log for appending. Existing events are read and passed to
         `on_event` in order; a torn last line is cut off the file and reported in `.torn`.
 
         With `start`, only the events after that mark are read (`LogReader`'s `start`); the
         caller holds the state up to it (a snapshot's). If the file does not hold the mark's
-        line where it says, `ValueError` is raised before anything is written.
+        line where it says, `ValueError` is raised before anything is written. With
+        `fold_only` (`LogReader`'s), `on_event` must be a `ReplayFold`'s `step`.
         """
         path = Path(path)
-        reader = LogReader(path, start=start)
+        reader = LogReader(path, start=start, fold_only=fold_only)
         for _seq, event in reader:
             if on_event is not None:
                 on_event(event)
