@@ -5,7 +5,8 @@ Writes a synthetic, fill-heavy Backpack session of N events (default 1,000,000) 
 
 - replay: `oms.replay.replay_file` over the file (read, decode, reduce), events/s;
 - the baseline: `json.loads` on every line of the same file, read the same way, lines/s,
-  and the ratio of the two rates;
+  and the ratio of the two rates; the two are timed alternately, 3 rounds (5 with `--quick`),
+  and each rate is taken from the median CPU time of its runs;
 - the peak RSS of a replay in a fresh process (`python -m oms.replay FILE --json`);
 - append rates for each fsync policy, and the file's size per event;
 - `Engine.open` of a session twice as long as N against one a tenth of that (2,000,000 vs
@@ -107,7 +108,11 @@ LIVE_FRAMES: Final = 20_000  # frames timed on the live path
 
 EVERY_EVENT_COUNT: Final = 2_000  # fsync per event is slow: a smaller sample
 GROUP_COUNT: Final = 200_000
-SMALL_RUN: Final = 200_000  # up to this many events, timings are the best of 3 runs
+# Replay and its json.loads baseline are timed in rounds, alternating, each figure the median
+# CPU time of its runs (the machine is shared: alternating spreads its moods over both, and
+# CPU time leaves out the time another process had the core).
+RATIO_ROUNDS: Final = 3
+RATIO_ROUNDS_QUICK: Final = 5
 GENERATION_NOTE_SECONDS: Final = 60.0
 OPEN_RUNS: Final = 5  # opens of each session for the Engine.open figure (3 with --quick)
 # --quick's sizes for it: the smaller session must be long enough that finished-order
@@ -777,13 +782,21 @@ def _percentile(values: Sequence[int], share: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(share * len(ordered)))])
 
 
-def _best(runs: int, work: Callable[[], object]) -> float:
-    best = float("inf")
-    for _ in range(runs):
-        begin = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - begin)
-    return best
+def _interleaved(rounds: int, works: Sequence[Callable[[], object]]) -> list[tuple[float, float]]:
+    """Run each of `works` once per round, in turn, for `rounds` rounds; for each, the median
+    (CPU seconds of this process, wall seconds) of its runs."""
+    cpu: list[list[float]] = [[] for _ in works]
+    wall: list[list[float]] = [[] for _ in works]
+    for _ in range(rounds):
+        for index, work in enumerate(works):
+            wall_begin, cpu_begin = time.perf_counter(), time.process_time()
+            work()
+            cpu[index].append(time.process_time() - cpu_begin)
+            wall[index].append(time.perf_counter() - wall_begin)
+    return [
+        (statistics.median(cpu[index]), statistics.median(wall[index]))
+        for index in range(len(works))
+    ]
 
 
 def _json_lines(path: Path) -> int:
@@ -872,8 +885,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"{QUICK_EVENTS:,} events, one run of each (under a minute; the RSS target is "
-        "for 1,000,000 events)",
+        help=f"{QUICK_EVENTS:,} events, {RATIO_ROUNDS_QUICK} rounds of replay and json.loads "
+        "(under a minute; the RSS target is for 1,000,000 events)",
     )
     return parser
 
@@ -891,8 +904,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="oms-bench-") as scratch_name:
         scratch = Path(scratch_name)
         path: Path = args.keep if args.keep is not None else scratch / "session.jsonl"
-        runs = 3 if count <= SMALL_RUN and not args.quick else 1
-        out.write(f"oms bench: {count:,} events, seed {seed}, best of {runs} run(s)\n")
+        rounds = RATIO_ROUNDS_QUICK if args.quick else RATIO_ROUNDS
+        out.write(f"oms bench: {count:,} events, seed {seed}\n")
         out.write(f"session file: {path}{'' if args.keep else ' (temporary)'}\n")
         out.flush()
 
@@ -910,16 +923,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         results: list[State] = []
 
         def run_replay() -> None:
-            results.append(replay_file(str(path))[0])
+            results[:] = [replay_file(str(path))[0]]
 
-        replay_seconds = _best(runs, run_replay)
-        state = results[-1]
         lines = [0]
 
         def run_json() -> None:
             lines[0] = _json_lines(path)
 
-        json_seconds = _best(runs, run_json)
+        out.write(f"timing replay and json.loads alternately, {rounds} rounds (median CPU time)\n")
+        out.flush()
+        (replay_seconds, replay_wall), (json_seconds, json_wall) = _interleaved(
+            rounds, [run_replay, run_json]
+        )
+        state = results[-1]
         replay_rate = count / replay_seconds
         json_rate = lines[0] / json_seconds
         ratio = replay_rate / json_rate
@@ -1040,8 +1056,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write("\n")
         _write_table(rows, out)
         out.write(
-            f"\nreplay: {replay_seconds:.2f} s for {count:,} events; json: "
-            f"{json_seconds:.2f} s for {lines[0]:,} lines\n"
+            f"\nreplay: {replay_seconds:.2f} s CPU ({replay_wall:.2f} s wall) for {count:,} "
+            f"events; json: {json_seconds:.2f} s CPU ({json_wall:.2f} s wall) for "
+            f"{lines[0]:,} lines (medians of {rounds} alternating rounds)\n"
             f"replayed state: last seq {state.last_seq:,}, {len(state.orders):,} orders kept "
             f"({len(state.open_orders()):,} open), anomalies {state.anomaly_total}\n"
         )
