@@ -161,7 +161,7 @@ def _replay(
         try:
             if until is None and meter is None:
                 # The usual case, with nothing else to do per event.
-                fold.step_all(reader)
+                reader.feed(step)
             else:
                 for seq, event in reader:
                     if until is not None and seq > until:
@@ -173,7 +173,7 @@ def _replay(
             raise
         except Exception as exc:
             if event is None:
-                event = fold.failed  # the event `step_all` was folding
+                event = fold.failed  # the event `step` was folding
             if resume is not None or event is None:
                 raise  # perhaps the snapshot's fault: the caller reads the whole log
             # The reducer is total on what the reader accepts; should that ever fail, the user

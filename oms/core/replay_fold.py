@@ -23,7 +23,7 @@ operations, in the same order, as in `Fold`, so the results are the same Decimal
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, ClassVar, Final
 
@@ -173,7 +173,7 @@ class ReplayFold(Fold):
         # `risk.submit_times` while submits append to it (a tuple of up to 256 copied on each
         # submit otherwise), or None.
         self._submit_times: deque[int] | None = None
-        self.failed: Event | None = None  # see `step_all`
+        self.failed: Event | None = None  # the event a step raised on
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -181,19 +181,11 @@ class ReplayFold(Fold):
 
     def step(self, event: Event) -> None:
         self.seq += 1
-        self._handlers[type(event)](self, event)
-
-    def step_all(self, records: Iterable[tuple[int, Event]]) -> None:
-        """`step` each event of `records` (the `(seq, event)` pairs a `LogReader` yields), in
-        one loop (a call fewer per event). Should a step raise, `failed` is its event."""
-        handlers = self._handlers
-        for _seq, event in records:
-            self.seq += 1
-            try:
-                handlers[type(event)](self, event)
-            except BaseException:
-                self.failed = event
-                raise
+        try:
+            self._handlers[type(event)](self, event)
+        except BaseException:
+            self.failed = event
+            raise
 
     def freeze(self) -> State:
         self._write_back()

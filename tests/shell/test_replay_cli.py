@@ -331,7 +331,7 @@ def test_a_failure_applying_an_event_names_its_line(
     assert err == (
         f"{path}:{first_fill}: cannot apply OrderFilled: ArithmeticError: boom\\nsecond line\n"
     )
-    # The same from the library, folding with nothing else to do per event (`step_all`).
+    # The same from the library, folding with nothing else to do per event (`LogReader.feed`).
     with pytest.raises(LogReadError) as caught:
         replay_file(str(path))
     assert (caught.value.line, caught.value.message) == (
