@@ -16,9 +16,10 @@ every `_CANCEL_EVERY` orders, outside the timed spans. After each submit the ben
 the order's stream report and for every task of this process to block, so each sample starts
 from a quiet process and carries nothing of the previous order.
 
-The end of the span is observed at the socket: while measuring, trio's socket `send` is
+The end of the span is observed at the socket: while measuring, trio's socket `send` and the
+order lane's own `write` (`rest._Lane._send_now`, which a plain TCP lane makes first) are
 wrapped so that the REST connection's sends are timestamped right after the system call
-returns (before trio's scheduling point that follows it). The breakdown comes from the same
+returns (before any scheduling point that follows it). The breakdown comes from the same
 samples: the time inside `Engine.record` for the `OrderSubmitted`, the time spent signing, and
 the rest of the HTTP client up to the last byte ("HTTP layer"); "before record" is the gate,
 the checks and the request spec.

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from decimal import Decimal
 from typing import Any, Final, TypeAlias, TypeVar
 
@@ -413,6 +413,30 @@ class Fold:
         self._w_orders()[order.key] = order
         self._w_by_client()[event.client_id] = order.key
 
+    def _exits_may_be_ours(self, symbol: str) -> bool:
+        """Whether an order of ours on `symbol` asked for exits (stop loss, take profit) and
+        has no venue id yet: its submit in doubt, or not answered yet. The venue's exits for it
+        name a parent (`related_order_id`) we cannot match until the order's own report comes,
+        which can be after theirs (an answer lost, a stream late). Rare: a report naming an
+        unknown parent; the orders kept are scanned."""
+        mutation = self._orders_m
+        if mutation is not None and not isinstance(mutation, dict):  # (`ReplayFold`: a dict)
+            self._orders_base = self.orders = mutation.finish()  # finished, to be read
+            self._orders_m = None
+        orders: Mapping[str, Order] = self.orders  # type: ignore[assignment]
+        for order in orders.values():
+            if (
+                order.symbol == symbol
+                and order.venue_id is None
+                and order.status not in _TERMINAL
+                and (
+                    order.stop_loss_trigger_price is not None
+                    or order.take_profit_trigger_price is not None
+                )
+            ):
+                return True
+        return False
+
     def _create_from_report(
         self, event: OrderEvent, client_id: int | None, venue_id: str | None
     ) -> str | None:
@@ -434,10 +458,16 @@ class Fold:
         if (
             origin == OrderOrigin.USER
             and strategy is None
-            and (related is None or self.by_venue.get(related) is None)
+            and (
+                related is None
+                or (
+                    self.by_venue.get(related) is None and not self._exits_may_be_ours(event.symbol)
+                )
+            )
         ):
             # Venue-originated orders (liquidation, ADL, a venue strategy's orders) and the
-            # exits the venue attaches to an order we know are expected to be new to us.
+            # exits the venue attaches to an order we know are expected to be new to us; so
+            # are exits whose parent may be an order of ours the venue has not named yet.
             self._anomaly(
                 AnomalyKind.UNKNOWN_ORDER,
                 f"{type(event).__name__} for an order we did not submit "

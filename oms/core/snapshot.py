@@ -57,8 +57,9 @@ SNAPSHOT_FORMAT_VERSION: Final = 1
 # records changes shape: a snapshot from another reducer version is ignored and the log
 # replayed in full. (The shell also fingerprints the core's source, `oms.snapshot`, so a
 # forgotten bump costs a full replay, not a wrong state; the bump is still the contract.)
-# 2: State.risk (the kill switch and the risk check's records); 3: State.marks (MarkObserved).
-REDUCER_VERSION: Final = 3
+# 2: State.risk (the kill switch and the risk check's records); 3: State.marks (MarkObserved);
+# 4: an exit whose parent may be an order of ours still without a venue id is no anomaly.
+REDUCER_VERSION: Final = 4
 
 _DIGEST_SIZE: Final = 32
 _LENGTH_SIZE: Final = 4

@@ -19,6 +19,7 @@ from oms.core.events import (
     MessageNotUnderstood,
     PositionObserved,
     SubmitRejected,
+    SubmitUnknown,
 )
 from oms.core.reducer import apply, replay
 from oms.core.serialization import state_hash
@@ -28,6 +29,7 @@ from oms.core.values import (
     MarketType,
     OrderOrigin,
     OrderStatus,
+    OrderType,
     Side,
     Source,
     VenueStatus,
@@ -833,3 +835,67 @@ def test_an_order_the_venue_reports_reduce_only_is_reduce_only_and_stays_so() ->
     # Our own order, not reduce-only: a report without the flag leaves it so.
     ours = replay([PERP_MARKET, submit(7, BID, "1", "100", symbol=PERP), accept("O7", client_id=7)])
     assert not ours.orders["c7"].reduce_only
+
+
+# --- exits reported before their parent ---------------------------------------------------------
+
+
+def _exit(venue_id: str, parent: str) -> Event:
+    """The venue's report of a stop-loss exit it attached to order `parent`, cancelled."""
+    return msgspec.structs.replace(
+        observe(VenueStatus.CANCELLED, venue_id=venue_id, symbol=PERP),
+        related_order_id=parent,
+        reduce_only=True,
+        trigger_price=D("140"),
+    )
+
+
+@pytest.mark.parametrize("answered", [False, True])
+def test_an_exit_of_an_order_still_without_its_venue_id_is_no_anomaly(answered: bool) -> None:
+    # A bracket order's submit got no answer (or its answer has not been recorded yet): its
+    # venue id is unknown, and the venue's report of one of its exits names that id as its
+    # parent. The exit is ours; it is kept, with no unknown-order anomaly.
+    bracket = msgspec.structs.replace(
+        submit(7, ASK, "3", None, symbol=PERP, order_type=OrderType.MARKET),
+        stop_loss_trigger_price=D("150"),
+    )
+    events: list[Event] = [PERP_MARKET, bracket]
+    if not answered:
+        events.append(
+            SubmitUnknown(
+                source=Source.REST, recv_time_us=20, symbol=PERP, client_id=7, reason="503"
+            )
+        )
+    state = replay([*events, _exit("8000000007", "8000000006")])
+    assert state.anomaly_counts.get(AnomalyKind.UNKNOWN_ORDER) is None
+    exit_order = state.order(venue_id="8000000007")
+    assert exit_order is not None and exit_order.related_order_id == "8000000006"
+    # The parent's own report comes later and finds its order by client id.
+    state = apply(state, accept("8000000006", client_id=7, symbol=PERP))
+    parent = state.order(client_id=7)
+    assert parent is not None and parent.venue_id == "8000000006"
+    assert state.anomaly_counts.get(AnomalyKind.UNKNOWN_ORDER) is None
+
+
+@pytest.mark.parametrize(
+    "ours",
+    [
+        [],  # no order of ours at all
+        [submit(7, ASK, "3", None, symbol=PERP, order_type=OrderType.MARKET)],  # no exits asked
+        [  # exits asked, on another market
+            msgspec.structs.replace(
+                submit(7, ASK, "3", "150", symbol=SPOT), stop_loss_trigger_price=D("140")
+            )
+        ],
+        [  # exits asked, but the order already has its venue id
+            msgspec.structs.replace(
+                submit(7, ASK, "3", None, symbol=PERP, order_type=OrderType.MARKET),
+                stop_loss_trigger_price=D("150"),
+            ),
+            accept("8000000001", client_id=7, symbol=PERP),
+        ],
+    ],
+)
+def test_an_exit_no_order_of_ours_can_own_is_an_unknown_order(ours: list[Event]) -> None:
+    state = replay([SPOT_MARKET, PERP_MARKET, *ours, _exit("8000000007", "8000000006")])
+    assert state.anomaly_counts.get(AnomalyKind.UNKNOWN_ORDER) == 1
