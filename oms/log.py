@@ -252,9 +252,7 @@ class LogReader:
                         self._refused(line, expected + 1, offset, exc)
                         return
                     if seq != expected:
-                        raise LogReadError(
-                            self.path, expected + 1, f"expected seq {expected}, found {seq}"
-                        )
+                        raise self._out_of_order(expected, seq)
                     offset += len(line)
                     expected += 1
                     last_line = line
@@ -317,6 +315,9 @@ class LogReader:
             self.last_line, self.missing_newline = start.line, False
         return line_decoder(self.version, fold_only=self.fold_only), offset
 
+    def _out_of_order(self, expected: int, seq: int) -> LogReadError:
+        return LogReadError(self.path, expected + 1, f"expected seq {expected}, found {seq}")
+
     def _refused(self, line: bytes, number: int, offset: int, exc: LogFormatError) -> None:
         """A line at `offset` (line `number`) that does not decode: the end of the events (the
         zero tail of a mapped log), a torn last line (noted in `torn`), or else raised."""
@@ -335,6 +336,8 @@ class LogReader:
         raise LogReadError(self.path, number, str(exc)) from None
 
     def _read_open(self, handle: BinaryIO) -> Iterator[tuple[int, Event]]:
+        # The same loop as `feed`'s, yielding instead of calling (a generator cannot be made
+        # of a callback's loop); tests/shell/test_log_feed.py holds the two to each other.
         begun = self._begin(handle)
         if begun is None:
             return
@@ -350,9 +353,7 @@ class LogReader:
                     return
                 offset += len(line)
                 if seq != expected:
-                    raise LogReadError(
-                        self.path, expected + 1, f"expected seq {expected}, found {seq}"
-                    )
+                    raise self._out_of_order(expected, seq)
                 expected += 1
                 self.last_seq = seq
                 self.end_offset = offset
