@@ -422,9 +422,9 @@ def decode_line(line: bytes | str, version: int = FORMAT_VERSION) -> tuple[int, 
     return line_decoder(version)(data)
 
 
-def _v2_decoder(decode: Callable[[bytes], _Line]) -> LineDecoder:
-    """A version 2 line decoder whose one-pass decode is `decode`: one body for the full and
-    the fold-only decoder, with no call more per line."""
+def _v2_decoder(decode: Callable[[bytes], _Line], *, fold_only: bool = False) -> LineDecoder:
+    """A version 2 line decoder whose one-pass decode is `decode` (`_FoldLine`'s with
+    `fold_only`): one body for the full and the fold-only decoder, with no call more per line."""
 
     def decode_v2(line: bytes) -> tuple[int, Event]:
         try:
@@ -436,6 +436,12 @@ def _v2_decoder(decode: Callable[[bytes], _Line]) -> LineDecoder:
         cls = type(event)
         if decoded.v != 1 and decoded.v != _VERSION_OF[cls]:  # every type is at version 1 today
             return _guarded(_decode_v2_parts, line)
+        if fold_only and cls in FULL_CLASS:
+            # The fold-only `raw` takes any JSON value: refuse what the full decoder refuses
+            # (a string or null, its first byte a quote or an `n`), as that decoder says it.
+            raw: msgspec.Raw = event.raw  # type: ignore[assignment]
+            if raw and memoryview(raw)[0] != 34 and bytes(raw) != b"null":
+                return _guarded(_decode_v2_parts, line)
         # The checksum (`_check_crc`, inlined: this runs for every line replayed). The line is
         # not empty: it decoded.
         end = len(line) - (19 if line[-1] == 10 else 18)
@@ -456,7 +462,7 @@ def _v2_decoder(decode: Callable[[bytes], _Line]) -> LineDecoder:
 
 
 _decode_v2 = _v2_decoder(_line_decoder.decode)
-_decode_v2_fold_only = _v2_decoder(_fold_line_decoder.decode)  # type: ignore[arg-type]
+_decode_v2_fold_only = _v2_decoder(_fold_line_decoder.decode, fold_only=True)  # type: ignore[arg-type]
 
 
 def _check_crc(line: bytes, crc: str) -> None:

@@ -53,6 +53,7 @@ from oms.core.serialization import (
     encode_header,
     encode_line,
     encode_line_into,
+    line_decoder,
     state_document,
     state_hash,
 )
@@ -527,3 +528,34 @@ def test_the_writer_refuses_an_int64_field_in_the_unsigned_half(field: str) -> N
     assert decode_line(encode_line(1, top)) == (1, top)
     wide = msgspec.structs.replace(EXAMPLES[6], trade_id=2**64 - 1)  # a synthetic trade id
     assert decode_line(encode_line(1, wide)) == (1, wide)
+
+
+# --- fold-only reading ----------------------------------------------------------------------
+
+
+def _with_checksum(body: bytes) -> bytes:
+    """A line made of `body` (the envelope up to `,"crc":"`), checksummed as the writer does."""
+    return body + b',"crc":"%08x"}\n' % zlib.crc32(body)
+
+
+@pytest.mark.parametrize("raw", [b"5", b"{}", b"[1]", b"true", b"-0.5"])
+def test_fold_only_reading_refuses_a_raw_the_full_reader_refuses(raw: bytes) -> None:
+    # A line checksummed as the writer does but with `raw` not a string: the fold-only
+    # decoder, which does not build the text, still refuses it, with the same words.
+    from oms.testing.builders import fill
+
+    event = msgspec.structs.replace(fill("8", 9, Side.BID, "1", "150"), raw="x")
+    line = encode_line(9, event)
+    body = line[: line.rindex(b',"crc":"')].replace(b'"raw":"x"', b'"raw":' + raw)
+    crafted = _with_checksum(body)
+    with pytest.raises(LogFormatError) as full:
+        decode_line(crafted)
+    with pytest.raises(LogFormatError) as lean:
+        line_decoder(2, fold_only=True)(crafted)
+    assert str(lean.value) == str(full.value)
+    # A string or null is read by both.
+    for accepted in (b'"{\\"a\\":1}"', b"null"):
+        good = _with_checksum(
+            line[: line.rindex(b',"crc":"')].replace(b'"raw":"x"', b'"raw":' + accepted)
+        )
+        assert decode_line(good)[0] == line_decoder(2, fold_only=True)(good)[0] == 9
