@@ -197,3 +197,48 @@ def test_a_line_read_while_it_is_copied_is_torn_not_corrupt(tmp_path: Path) -> N
         file.write(b"\0" * 40 + line[40:] + b"\0" * 5_000)
     seqs, reader = read_all(path)
     assert seqs == [1, 2, 3] and reader.torn is not None and reader.torn.offset == end
+
+
+def mapped_kib(path: Path) -> int:
+    """How much of the file is mapped into this process now (its mappings' `Rss`), in KiB."""
+    total = 0
+    inside = False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header: range perms ... [path]
+            inside = fields[-1] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pages leave the mapping on Linux")
+def test_at_each_group_the_filled_pages_leave_the_mapping_and_keep_their_lines(
+    tmp_path: Path,
+) -> None:
+    """Before a group's fsync the log takes the pages it has filled out of its mapping (so
+    that the fsync need not write-protect them under the writer): their lines stay in the
+    file, for a reader now, after a close, and after a crash (the kill tests above)."""
+    path = tmp_path / "s.jsonl"
+    count = 1_000  # about 2 MB of lines
+    with EventLog.open(path, fsync=Fsync.group(max_events=10)) as log:
+        for n in range(1, count + 1):
+            log.append(fill(n, raw_size=2_000))
+        assert mapped_kib(path) <= 3 * 4  # the page being filled, and the one after it
+        assert read_all(path)[0] == list(range(1, count + 1))
+        log.append(fill(count + 1))
+    assert read_all(path)[0] == list(range(1, count + 2))
+
+
+def test_where_the_kernel_will_not_release_pages_the_log_keeps_them_mapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`madvise` refused (a process with its memory locked): appends go on as before."""
+    monkeypatch.setattr("oms.log._DONTNEED", 0x7FFF)  # no such advice: EINVAL
+    path = tmp_path / "s.jsonl"
+    with EventLog.open(path, fsync=Fsync.group(max_events=10)) as log:
+        for n in range(1, 301):
+            log.append(fill(n, raw_size=2_000))
+        if sys.platform.startswith("linux"):
+            assert mapped_kib(path) >= 300 * 2_000 // 1024 - 8  # all still mapped
+    assert read_all(path)[0] == list(range(1, 301))
