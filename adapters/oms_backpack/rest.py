@@ -31,7 +31,8 @@ What a caller can rely on:
   connection kept for it (`_Lane`: h11 over a trio stream, the whole request in one send),
   with the very bytes httpx would send and the same verdicts on failure; everything else, a
   second execute while one is in flight, a caller's transport and a proxy named by the
-  environment stay on httpx.
+  environment stay on httpx. `keep_lane_warm` (a task the session runs) keeps that
+  connection open through pauses, so that an order after a quiet spell pays no handshake.
 
 Callers own timeouts (`trio.fail_after` around the call). The transport timeout below only
 guards against a dead socket; if a caller's cancel scope interrupts an execute, its outcome
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import logging
+import math
 import os
 import random
 import ssl
@@ -94,6 +96,11 @@ _EXECUTE_PATHS: Final = frozenset({"/api/v1/order", "/api/v1/orders"})
 # leave an order in doubt).
 _READ_SIZE: Final = 64 * 1024
 KEEPALIVE_EXPIRY: Final = 5.0
+# How long the order lane may sit idle before `BackpackRest.keep_lane_warm` uses it: below
+# `KEEPALIVE_EXPIRY`, so that the connection is never too old for the next order.
+LANE_IDLE_S: Final = 4.0
+# The request that keeps the lane's connection in use: public, unsigned, answered "pong".
+_PING_PATH: Final = "/api/v1/ping"
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -453,6 +460,8 @@ class _Lane:
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADER_BYTES)
         self._expires = 0.0
         self.busy = False
+        # When (trio's clock) the last request on the lane ended, answered or not.
+        self.last_used = -math.inf
 
     async def request(
         self, head: _Head, headers: Mapping[str, str], body: bytes
@@ -469,6 +478,7 @@ class _Lane:
             raise
         finally:
             self.busy = False
+            self.last_used = trio.current_time()
 
     async def aclose(self) -> None:
         stream, self._stream, self._socket, self._fd = self._stream, None, None, -1
@@ -681,6 +691,56 @@ class BackpackRest:
 
     def _now_us(self) -> int:
         return self.clock.local_us()
+
+    async def keep_lane_warm(self, idle: float | None = None) -> None:
+        """Keep the order lane connected and its connection fresh, until cancelled.
+
+        The lane does not reuse a connection idle for `KEEPALIVE_EXPIRY` seconds, so the first
+        order after a pause would open a new one inside its own time to the socket: a TCP and
+        a TLS handshake, a few round trips to the venue. This task connects the lane at once
+        and, whenever the lane has carried nothing for `idle` seconds (`LANE_IDLE_S` unless
+        given), sends `GET /api/v1/ping` on it (through the rate limiter and the observer, as
+        any request). A ping that fails is logged and tried again `idle` seconds later;
+        nothing is raised. Returns at once where executes do not take the lane (a caller's
+        transport, a proxy).
+        """
+        if idle is None:
+            idle = LANE_IDLE_S
+        if not 0 < idle < KEEPALIVE_EXPIRY:
+            raise ConfigurationError(f"idle must be in (0, {KEEPALIVE_EXPIRY}) s, not {idle}")
+        while True:
+            lane, client = self._lane, self._client
+            if lane is None or client is None:
+                return
+            wait = lane.last_used + idle - trio.current_time()
+            if wait > 0 or lane.busy:
+                await trio.sleep(wait if wait > 0 else idle)
+                continue
+            await self._limiter.acquire()
+            if lane.busy:  # an order took it while the limiter held this ping
+                continue
+            await self._ping_lane(lane, client)
+
+    async def _ping_lane(self, lane: _Lane, client: httpx.AsyncClient) -> None:
+        """One ping on the lane (`keep_lane_warm`); a failure is logged, not raised."""
+        head = self._lane_head(client, "GET", _PING_PATH)
+        started = time.perf_counter()
+        error: str | None
+        try:
+            status, _headers, _body = await lane.request(head, {}, b"")
+        except Exception as exc:  # the lane closed its connection; the next ping opens one
+            error = type(exc).__name__
+            log.log(
+                logging.DEBUG if isinstance(exc, httpx.HTTPError) else logging.WARNING,
+                "order lane ping failed (tried again in a moment): %s: %s",
+                error,
+                exc,
+            )
+        else:
+            error = None if status < 400 else str(status)
+        observer = self.observer
+        if observer is not None:
+            observer(_PING_PATH, time.perf_counter() - started, error)
 
     # --- core --------------------------------------------------------------------------------
 

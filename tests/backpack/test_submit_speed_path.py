@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import random
 import ssl
 import traceback
@@ -32,11 +33,14 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
+from oms.core.errors import ConfigurationError
 from oms.core.events import OrderSubmitted, SubmitRejected, SubmitUnknown
 from oms.core.state import Market
 from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, TimeInForce
 from oms.engine import Engine
 from oms.log import Fsync, LogReader
+from oms.testing.books import SPOT
+from oms.testing.harness import open_harness
 from oms_backpack import endpoints, rest
 from oms_backpack.clock import VenueClock
 from oms_backpack.rest import BackpackRest, OutcomeUnknown, VenueUnavailable
@@ -519,6 +523,133 @@ async def test_concurrent_executes_share_nothing(
         1,
         2,
     ]
+
+
+# --- keeping the lane warm -------------------------------------------------------------------
+
+
+def pings(venue: Venue) -> list[int]:
+    """The connection each `GET /api/v1/ping` came on."""
+    return [
+        number
+        for raw, number in zip(venue.requests, venue.connections, strict=True)
+        if raw.startswith(b"GET /api/v1/ping HTTP/1.1\r\n")
+    ]
+
+
+async def test_a_lane_kept_warm_carries_an_order_after_a_pause_on_its_connection(
+    venue: Venue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pause longer than the keep-alive limit: without the task the order after it opens a
+    new connection (a handshake inside its time to the socket); with it, the lane was
+    connected before the first order and the same connection carries them all."""
+    monkeypatch.setattr(rest, "KEEPALIVE_EXPIRY", 0.3)
+    async with client(venue.url) as api:
+        await api.call(execute(1))
+        await trio.sleep(0.6)
+        await api.call(execute(2))
+    assert venue.connections == [1, 2] and not pings(venue)  # the pause expired connection 1
+
+    warm = Venue()
+    async with warm.running(), client(warm.url) as api, trio.open_nursery() as nursery:
+        nursery.start_soon(partial(api.keep_lane_warm, idle=0.2))
+        await trio.testing.wait_all_tasks_blocked()
+        assert warm.accepted == 1 and pings(warm) == [1]  # connected before any order
+        await api.call(execute(1))
+        await trio.sleep(0.6)
+        await api.call(execute(2))
+        nursery.cancel_scope.cancel()
+    assert set(warm.connections) == {1}
+    assert len(pings(warm)) >= 3  # at start, then after each 0.2 s without an order
+    executes = [r for r in warm.requests if r.startswith(b"POST /api/v1/order ")]
+    assert len(executes) == 2
+
+
+async def test_the_lane_is_not_pinged_while_orders_keep_it_busy(venue: Venue) -> None:
+    async with client(venue.url) as api, trio.open_nursery() as nursery:
+        nursery.start_soon(partial(api.keep_lane_warm, idle=0.5))
+        await trio.testing.wait_all_tasks_blocked()
+        for client_id in range(1, 21):  # an order every 50 ms for a second
+            await api.call(execute(client_id))
+            await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert pings(venue) == [1]  # only the one that connected the lane
+    assert set(venue.connections) == {1}
+
+
+async def test_a_failed_ping_is_tried_again_and_raises_nothing(
+    venue: Venue, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server drops the connection on the first ping (as on a restart): the next ping
+    opens a new connection, and the order after it goes out on that one."""
+    venue.script[:] = [CLOSE]
+    seen: list[tuple[str, str | None]] = []
+    async with client(venue.url) as api, trio.open_nursery() as nursery:
+        api.observer = lambda path, _seconds, error: seen.append((path, error))
+        nursery.start_soon(partial(api.keep_lane_warm, idle=0.1))
+        await trio.sleep(0.15)
+        await api.call(execute(1))
+        nursery.cancel_scope.cancel()
+    assert pings(venue)[:2] == [1, 2]
+    assert venue.connections[-1] == 2
+    assert seen[0] == ("/api/v1/ping", "RemoteProtocolError")
+    assert ("/api/v1/ping", None) in seen and ("/api/v1/order", None) in seen
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_with_no_venue_to_reach_the_warming_task_waits_and_raises_nothing() -> None:
+    with trio.socket.socket() as unused:  # a port with nothing listening
+        await unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    async with client(f"http://127.0.0.1:{port}") as api:
+        with trio.move_on_after(0.35):
+            await api.keep_lane_warm(idle=0.1)  # three failed connects, nothing raised
+
+
+async def test_where_executes_do_not_take_the_lane_there_is_nothing_to_keep_warm(
+    venue: Venue,
+) -> None:
+    transport = httpx.AsyncHTTPTransport()
+    async with client(venue.url, transport=transport) as api:
+        with trio.fail_after(1):
+            await api.keep_lane_warm()  # returns at once
+    assert venue.requests == []
+
+
+async def test_a_session_connects_its_order_lane_before_the_first_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`open_backpack_session` keeps the lane warm by default: its first order, and an order
+    after a pause past the keep-alive limit, go out without connecting inside the submit."""
+    monkeypatch.setattr(rest, "KEEPALIVE_EXPIRY", 0.5)
+    monkeypatch.setattr(rest, "LANE_IDLE_S", 0.3)  # the task's default idle, read at its call
+    connects: list[float] = []
+    connected = trio.Event()
+    original = rest._Lane._connect
+
+    async def connect(lane: Any) -> None:
+        connects.append(trio.current_time())
+        await original(lane)
+        connected.set()
+
+    monkeypatch.setattr(rest._Lane, "_connect", connect)
+    with trio.fail_after(30):
+        async with open_harness(tmp_path / "s.jsonl") as h:
+            await connected.wait()
+            await trio.sleep(0.1)  # the first ping answered
+            before = len(connects)
+            await h.submit(SPOT, Side.BID, OrderType.LIMIT, quantity="0.1", price="100")
+            await trio.sleep(1.0)
+            await h.submit(SPOT, Side.BID, OrderType.LIMIT, quantity="0.1", price="100")
+            assert len(connects) == before == 1
+            await h.finish()
+
+
+@pytest.mark.parametrize("idle", [0, -1, rest.KEEPALIVE_EXPIRY, 60])
+async def test_an_idle_time_the_lane_would_outlive_is_refused(venue: Venue, idle: float) -> None:
+    async with client(venue.url) as api:
+        with pytest.raises(ConfigurationError, match="idle must be"):
+            await api.keep_lane_warm(idle=idle)
 
 
 # --- the session's submit ----------------------------------------------------------------------
