@@ -430,7 +430,7 @@ async def _after_pause(
     exchange: _Exchange, samples: int, pause: float
 ) -> dict[str, tuple[list[int], list[int]]]:
     """Submits each made after `pause` seconds without a request, on two sessions in turn: one
-    that keeps its order lane warm (the default) and one that does not. Per session: the
+    that keeps its connections warm (the default) and one that does not. Per session: the
     spans, and the durations of the lane connects made inside them."""
     port = urlsplit(exchange.rest_url).port
     if port is None:
@@ -446,11 +446,11 @@ async def _after_pause(
             async with (
                 open_backpack_session(
                     engines[0], credentials, rest_url=exchange.rest_url,
-                    ws_url=exchange.ws_url, symbols=[SYMBOL], keep_lane_warm=True,
+                    ws_url=exchange.ws_url, symbols=[SYMBOL], keep_warm=True,
                 ) as warm,
                 open_backpack_session(
                     engines[1], credentials, rest_url=exchange.rest_url,
-                    ws_url=exchange.ws_url, symbols=[SYMBOL], keep_lane_warm=False,
+                    ws_url=exchange.ws_url, symbols=[SYMBOL], keep_warm=False,
                 ) as cold,
             ):  # fmt: skip
                 with probe.installed():
@@ -478,7 +478,7 @@ async def _after_pause(
 
 def measure_after_pause(samples: int) -> dict[str, float]:
     """Time `samples` submits made after a pause longer than the lane's keep-alive limit,
-    with the order lane kept warm and without (alternately), in µs: for each, the p50 and
+    with the connections kept warm and without (alternately), in µs: for each, the p50 and
     maximum of the span, and the connects made inside the spans (count, p50 duration).
     Blocking, about 2 x `samples` x 6 s."""
     if samples < 1:
@@ -517,7 +517,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="instead: N submits after a pause past the keep-alive limit, with the order "
-        "lane kept warm and without (about 12 s each pair)",
+        "connections kept warm and without (about 12 s each pair)",
     )
     return parser
 

@@ -31,8 +31,9 @@ What a caller can rely on:
   connection kept for it (`_Lane`: h11 over a trio stream, the whole request in one send),
   with the very bytes httpx would send and the same verdicts on failure; everything else, a
   second execute while one is in flight, a caller's transport and a proxy named by the
-  environment stay on httpx. `keep_lane_warm` (a task the session runs) keeps that
-  connection open through pauses, so that an order after a quiet spell pays no handshake.
+  environment stay on httpx. `keep_warm` (a task the session runs) keeps that connection
+  and httpx's open through pauses, so that an order or a cancel after a quiet spell pays no
+  handshake.
 
 Callers own timeouts (`trio.fail_after` around the call). The transport timeout below only
 guards against a dead socket; if a caller's cancel scope interrupts an execute, its outcome
@@ -50,7 +51,8 @@ import ssl
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from functools import partial
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -96,9 +98,9 @@ _EXECUTE_PATHS: Final = frozenset({"/api/v1/order", "/api/v1/orders"})
 # leave an order in doubt).
 _READ_SIZE: Final = 64 * 1024
 KEEPALIVE_EXPIRY: Final = 5.0
-# How long the order lane may sit idle before `BackpackRest.keep_lane_warm` uses it: below
-# `KEEPALIVE_EXPIRY`, so that the connection is never too old for the next order.
-LANE_IDLE_S: Final = 4.0
+# How long a connection may sit idle before `BackpackRest.keep_warm` uses it: below
+# `KEEPALIVE_EXPIRY`, so that it is never too old for the next request.
+WARM_IDLE_S: Final = 4.0
 # The request that keeps the lane's connection in use: public, unsigned, answered "pong".
 _PING_PATH: Final = "/api/v1/ping"
 
@@ -603,6 +605,12 @@ class _Lane:
         return status, response_headers, b"".join(chunks)
 
 
+async def _status_of(client: httpx.AsyncClient, path: str) -> tuple[int, None, None]:
+    """`GET path` through httpx's pool; its status (`keep_warm`'s ping)."""
+    response = await client.get(path)
+    return response.status_code, None, None
+
+
 def _seconds(value: float | None) -> float:
     return float("inf") if value is None else value
 
@@ -653,6 +661,8 @@ class BackpackRest:
         self._limiter = _SlidingWindow(max_requests_per_minute, RATE_PERIOD_S)
         self._client: httpx.AsyncClient | None = None
         self._lane: _Lane | None = None
+        # When (trio's clock) the last request through httpx's pool ended (`keep_warm`).
+        self._pool_used = -math.inf
         # (method, path) -> the request target and the headers httpx puts before ours.
         self._lane_heads: dict[tuple[str, str], _Head] = {}
         # Called after every HTTP attempt with (path, seconds, error): `error` None for an
@@ -663,7 +673,13 @@ class BackpackRest:
         if self._client is not None:
             raise RuntimeError("this BackpackRest is already open")
         self._client = httpx.AsyncClient(
-            base_url=self._base_url, transport=self._transport, timeout=TRANSPORT_TIMEOUT
+            base_url=self._base_url,
+            transport=self._transport,
+            timeout=TRANSPORT_TIMEOUT,
+            # httpx's default, stated: `keep_warm` pings within it.
+            limits=httpx.Limits(
+                max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY
+            ),
         )
         # An API client keeps no cookies (a CDN's would only go stale): every request carries
         # the same headers whichever path sends it, the lane or httpx.
@@ -692,22 +708,31 @@ class BackpackRest:
     def _now_us(self) -> int:
         return self.clock.local_us()
 
-    async def keep_lane_warm(self, idle: float | None = None) -> None:
-        """Keep the order lane connected and its connection fresh, until cancelled.
+    async def keep_warm(self, idle: float | None = None) -> None:
+        """Keep the connections to the venue open and fresh, until cancelled.
 
-        The lane does not reuse a connection idle for `KEEPALIVE_EXPIRY` seconds, so the first
-        order after a pause would open a new one inside its own time to the socket: a TCP and
-        a TLS handshake, a few round trips to the venue. This task connects the lane at once
-        and, whenever the lane has carried nothing for `idle` seconds (`LANE_IDLE_S` unless
-        given), sends `GET /api/v1/ping` on it (through the rate limiter and the observer, as
-        any request). A ping that fails is logged and tried again `idle` seconds later;
-        nothing is raised. Returns at once where executes do not take the lane (a caller's
-        transport, a proxy).
+        Neither the order lane nor httpx's pool reuses a connection idle for
+        `KEEPALIVE_EXPIRY` seconds, so the first request after a pause would open one inside
+        its own latency: a TCP and a TLS handshake, a few round trips to the venue. That hits
+        the first order (the lane) and the first cancel (httpx) after any quiet spell. This
+        task connects the lane at once and, whenever the lane or the pool has carried nothing
+        for `idle` seconds (`WARM_IDLE_S` unless given), sends `GET /api/v1/ping` on it
+        (through the rate limiter and the observer, as any request). A ping that fails is
+        logged and tried again `idle` seconds later; nothing is raised. Returns at once where
+        the client does not reach the venue directly (a caller's transport, a proxy): there
+        are no connections of ours to keep.
         """
         if idle is None:
-            idle = LANE_IDLE_S
+            idle = WARM_IDLE_S
         if not 0 < idle < KEEPALIVE_EXPIRY:
             raise ConfigurationError(f"idle must be in (0, {KEEPALIVE_EXPIRY}) s, not {idle}")
+        if self._lane is None:
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_lane_warm, idle)
+            nursery.start_soon(self._keep_pool_warm, idle)
+
+    async def _keep_lane_warm(self, idle: float) -> None:
         while True:
             lane, client = self._lane, self._client
             if lane is None or client is None:
@@ -719,20 +744,36 @@ class BackpackRest:
             await self._limiter.acquire()
             if lane.busy:  # an order took it while the limiter held this ping
                 continue
-            await self._ping_lane(lane, client)
+            head = self._lane_head(client, "GET", _PING_PATH)
+            await self._ping("order lane", partial(lane.request, head, {}, b""))
 
-    async def _ping_lane(self, lane: _Lane, client: httpx.AsyncClient) -> None:
-        """One ping on the lane (`keep_lane_warm`); a failure is logged, not raised."""
-        head = self._lane_head(client, "GET", _PING_PATH)
+    async def _keep_pool_warm(self, idle: float) -> None:
+        while True:
+            client = self._client
+            if client is None:
+                return
+            wait = self._pool_used + idle - trio.current_time()
+            if wait > 0:
+                await trio.sleep(wait)
+                continue
+            await self._limiter.acquire()
+            try:
+                await self._ping("httpx pool", partial(_status_of, client, _PING_PATH))
+            finally:
+                self._pool_used = trio.current_time()
+
+    async def _ping(self, where: str, send: Callable[[], Awaitable[tuple[int, Any, Any]]]) -> None:
+        """One ping (`keep_warm`): timed for the observer; a failure is logged, not raised."""
         started = time.perf_counter()
         error: str | None
         try:
-            status, _headers, _body = await lane.request(head, {}, b"")
-        except Exception as exc:  # the lane closed its connection; the next ping opens one
+            status, _headers, _body = await send()
+        except Exception as exc:  # the connection is closed; the next ping opens another
             error = type(exc).__name__
             log.log(
                 logging.DEBUG if isinstance(exc, httpx.HTTPError) else logging.WARNING,
-                "order lane ping failed (tried again in a moment): %s: %s",
+                "%s ping failed (tried again in a moment): %s: %s",
+                where,
                 error,
                 exc,
             )
@@ -834,9 +875,12 @@ class BackpackRest:
             return _lane_reply(status, answer_headers, answer, sent_ms, received_ms)
         params = _query_params(spec.query) if spec.query else None
         sent_ms = self.clock.local_ms()
-        response = await client.request(
-            spec.method, spec.path, params=params, content=content, headers=headers
-        )
+        try:
+            response = await client.request(
+                spec.method, spec.path, params=params, content=content, headers=headers
+            )
+        finally:
+            self._pool_used = trio.current_time()
         received_ms = self.clock.local_ms()
         return _Reply(
             response.status_code,

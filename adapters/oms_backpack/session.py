@@ -806,7 +806,7 @@ async def open_backpack_session(
     limits: Limits | None = None,
     mark_source: MarkSource = mark_price,
     marks: MarkSampler | None = None,
-    keep_lane_warm: bool = True,
+    keep_warm: bool = True,
 ) -> AsyncIterator[BackpackSession]:
     """Connect, load markets, subscribe, reconcile; yield the session; shut down cleanly.
 
@@ -826,9 +826,10 @@ async def open_backpack_session(
     records a sample of them as `MarkObserved` (`marks`: the rule, `MarkSampler()` by
     default; see `oms_backpack.marks`).
 
-    With `keep_lane_warm` (the default) the connection orders are sent on is opened at once
-    and kept open through quiet spells by a ping after 4 s without a request
-    (`BackpackRest.keep_lane_warm`), so that no order waits for a handshake.
+    With `keep_warm` (the default) the connection orders are sent on is opened at once, and
+    it and httpx's (cancels, queries) are kept open through quiet spells by a ping after 4 s
+    without a request (`BackpackRest.keep_warm`), so that no order or cancel waits for a
+    handshake.
 
     On the way out, within `shutdown_timeout` seconds and shielded from cancellation: open
     orders are cancelled if `cancel_on_shutdown`; then, only when the body exited normally,
@@ -898,8 +899,8 @@ async def open_backpack_session(
                 nursery.start_soon(session.poll, poll_interval)
                 nursery.start_soon(session.chaser.run)
                 nursery.start_soon(session.guard)
-                if keep_lane_warm:
-                    nursery.start_soon(rest.keep_lane_warm)
+                if keep_warm:
+                    nursery.start_soon(rest.keep_warm)
                 clean = False
                 try:
                     yield session

@@ -528,71 +528,93 @@ async def test_concurrent_executes_share_nothing(
 # --- keeping the lane warm -------------------------------------------------------------------
 
 
-def pings(venue: Venue) -> list[int]:
-    """The connection each `GET /api/v1/ping` came on."""
+def pings(venue: Venue, *, lane: bool) -> list[int]:
+    """The connection each `GET /api/v1/ping` came on: the lane's (which, like all its
+    requests, carry a Content-Length) or httpx's pool's (which do not, on a GET)."""
     return [
         number
         for raw, number in zip(venue.requests, venue.connections, strict=True)
         if raw.startswith(b"GET /api/v1/ping HTTP/1.1\r\n")
+        and (b"\r\nContent-Length: 0\r\n" in raw) == lane
     ]
 
 
-async def test_a_lane_kept_warm_carries_an_order_after_a_pause_on_its_connection(
+def carried(venue: Venue, start: bytes) -> list[int]:
+    """The connection each request starting with `start` came on."""
+    return [
+        n for raw, n in zip(venue.requests, venue.connections, strict=True) if raw.startswith(start)
+    ]
+
+
+EXECUTE = b"POST /api/v1/order "
+TIME = b"GET /api/v1/time "
+
+
+async def test_connections_kept_warm_carry_requests_after_a_pause(
     venue: Venue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A pause longer than the keep-alive limit: without the task the order after it opens a
-    new connection (a handshake inside its time to the socket); with it, the lane was
-    connected before the first order and the same connection carries them all."""
+    """A pause longer than the keep-alive limit: without the task the order and the query
+    after it each open a new connection (a handshake inside their latency); with it, both
+    connections were open before the first request and carry everything."""
     monkeypatch.setattr(rest, "KEEPALIVE_EXPIRY", 0.3)
     async with client(venue.url) as api:
         await api.call(execute(1))
+        await api.call(endpoints.server_time())
         await trio.sleep(0.6)
         await api.call(execute(2))
-    assert venue.connections == [1, 2] and not pings(venue)  # the pause expired connection 1
+        await api.call(endpoints.server_time())
+    # The pause expired both connections: four requests, four connections.
+    assert sorted(venue.connections) == [1, 2, 3, 4]
 
     warm = Venue()
     async with warm.running(), client(warm.url) as api, trio.open_nursery() as nursery:
-        nursery.start_soon(partial(api.keep_lane_warm, idle=0.2))
+        nursery.start_soon(partial(api.keep_warm, idle=0.2))
         await trio.testing.wait_all_tasks_blocked()
-        assert warm.accepted == 1 and pings(warm) == [1]  # connected before any order
+        assert warm.accepted == 2  # the lane and the pool, connected before any request
         await api.call(execute(1))
+        await api.call(endpoints.server_time())
         await trio.sleep(0.6)
         await api.call(execute(2))
+        await api.call(endpoints.server_time())
         nursery.cancel_scope.cancel()
-    assert set(warm.connections) == {1}
-    assert len(pings(warm)) >= 3  # at start, then after each 0.2 s without an order
-    executes = [r for r in warm.requests if r.startswith(b"POST /api/v1/order ")]
-    assert len(executes) == 2
+    assert warm.accepted == 2
+    lane = set(pings(warm, lane=True))
+    pool = set(pings(warm, lane=False))
+    assert len(lane) == len(pool) == 1 and lane != pool
+    assert set(carried(warm, EXECUTE)) == lane and set(carried(warm, TIME)) == pool
+    assert len(pings(warm, lane=True)) >= 3  # at the start, then after each 0.2 s unused
 
 
-async def test_the_lane_is_not_pinged_while_orders_keep_it_busy(venue: Venue) -> None:
+async def test_a_connection_in_use_is_not_pinged(venue: Venue) -> None:
     async with client(venue.url) as api, trio.open_nursery() as nursery:
-        nursery.start_soon(partial(api.keep_lane_warm, idle=0.5))
+        nursery.start_soon(partial(api.keep_warm, idle=0.5))
         await trio.testing.wait_all_tasks_blocked()
-        for client_id in range(1, 21):  # an order every 50 ms for a second
+        for client_id in range(1, 21):  # an order and a query every 50 ms for a second
             await api.call(execute(client_id))
+            await api.call(endpoints.server_time())
             await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
-    assert pings(venue) == [1]  # only the one that connected the lane
-    assert set(venue.connections) == {1}
+    # Only the pings that opened the two connections.
+    assert len(pings(venue, lane=True)) == len(pings(venue, lane=False)) == 1
+    assert venue.accepted == 2
 
 
 async def test_a_failed_ping_is_tried_again_and_raises_nothing(
     venue: Venue, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The server drops the connection on the first ping (as on a restart): the next ping
-    opens a new connection, and the order after it goes out on that one."""
-    venue.script[:] = [CLOSE]
+    """The server drops both connections on their first ping (as on a restart): the next
+    pings open new ones, and the order after them goes out on the lane's new one."""
+    venue.script[:] = [CLOSE, CLOSE]
     seen: list[tuple[str, str | None]] = []
     async with client(venue.url) as api, trio.open_nursery() as nursery:
         api.observer = lambda path, _seconds, error: seen.append((path, error))
-        nursery.start_soon(partial(api.keep_lane_warm, idle=0.1))
+        nursery.start_soon(partial(api.keep_warm, idle=0.1))
         await trio.sleep(0.15)
         await api.call(execute(1))
         nursery.cancel_scope.cancel()
-    assert pings(venue)[:2] == [1, 2]
-    assert venue.connections[-1] == 2
-    assert seen[0] == ("/api/v1/ping", "RemoteProtocolError")
+    assert sorted(pings(venue, lane=True)[:1] + pings(venue, lane=False)[:1]) == [1, 2]
+    assert carried(venue, EXECUTE) == pings(venue, lane=True)[1:2] and venue.accepted >= 4
+    assert seen[:2] == [("/api/v1/ping", "RemoteProtocolError")] * 2
     assert ("/api/v1/ping", None) in seen and ("/api/v1/order", None) in seen
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -603,7 +625,7 @@ async def test_with_no_venue_to_reach_the_warming_task_waits_and_raises_nothing(
         port = unused.getsockname()[1]
     async with client(f"http://127.0.0.1:{port}") as api:
         with trio.move_on_after(0.35):
-            await api.keep_lane_warm(idle=0.1)  # three failed connects, nothing raised
+            await api.keep_warm(idle=0.1)  # failed connects on both sides, nothing raised
 
 
 async def test_where_executes_do_not_take_the_lane_there_is_nothing_to_keep_warm(
@@ -612,17 +634,17 @@ async def test_where_executes_do_not_take_the_lane_there_is_nothing_to_keep_warm
     transport = httpx.AsyncHTTPTransport()
     async with client(venue.url, transport=transport) as api:
         with trio.fail_after(1):
-            await api.keep_lane_warm()  # returns at once
+            await api.keep_warm()  # returns at once
     assert venue.requests == []
 
 
-async def test_a_session_connects_its_order_lane_before_the_first_order(
+async def test_a_session_keeps_its_connections_warm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`open_backpack_session` keeps the lane warm by default: its first order, and an order
     after a pause past the keep-alive limit, go out without connecting inside the submit."""
     monkeypatch.setattr(rest, "KEEPALIVE_EXPIRY", 0.5)
-    monkeypatch.setattr(rest, "LANE_IDLE_S", 0.3)  # the task's default idle, read at its call
+    monkeypatch.setattr(rest, "WARM_IDLE_S", 0.3)  # the task's default idle, read at its call
     connects: list[float] = []
     connected = trio.Event()
     original = rest._Lane._connect
@@ -646,10 +668,12 @@ async def test_a_session_connects_its_order_lane_before_the_first_order(
 
 
 @pytest.mark.parametrize("idle", [0, -1, rest.KEEPALIVE_EXPIRY, 60])
-async def test_an_idle_time_the_lane_would_outlive_is_refused(venue: Venue, idle: float) -> None:
+async def test_an_idle_time_the_connections_would_outlive_is_refused(
+    venue: Venue, idle: float
+) -> None:
     async with client(venue.url) as api:
         with pytest.raises(ConfigurationError, match="idle must be"):
-            await api.keep_lane_warm(idle=idle)
+            await api.keep_warm(idle=idle)
 
 
 # --- the session's submit ----------------------------------------------------------------------
