@@ -302,6 +302,20 @@ class _SlidingWindow:
         self._starts: deque[float] = deque()
         self._lock = trio.Lock()
 
+    def try_acquire(self) -> bool:
+        """Take room in the window only if there is some now and nobody is waiting for it:
+        for requests that may be skipped (`keep_warm`'s pings), which must never hold up one
+        that may not."""
+        if self._lock.locked():
+            return False
+        now = trio.current_time()
+        while self._starts and self._starts[0] <= now - self._period:
+            self._starts.popleft()
+        if len(self._starts) >= self._limit:
+            return False
+        self._starts.append(now)
+        return True
+
     async def acquire(self) -> None:
         if not self._lock.locked():
             # Nobody is queued: with room in the window, take it at once. No scheduling point
@@ -717,7 +731,8 @@ class BackpackRest:
         the first order (the lane) and the first cancel (httpx) after any quiet spell. This
         task connects the lane at once and, whenever the lane or the pool has carried nothing
         for `idle` seconds (`WARM_IDLE_S` unless given), sends `GET /api/v1/ping` on it
-        (through the rate limiter and the observer, as any request). A ping that fails is
+        (counted by the rate limiter and reported to the observer, as any request; but only
+        when the rate window has room and no request waits for it). A ping that fails is
         logged and tried again `idle` seconds later; nothing is raised. Returns at once where
         the client does not reach the venue directly (a caller's transport, a proxy): there
         are no connections of ours to keep.
@@ -741,8 +756,10 @@ class BackpackRest:
             if wait > 0 or lane.busy:
                 await trio.sleep(wait if wait > 0 else idle)
                 continue
-            await self._limiter.acquire()
-            if lane.busy:  # an order took it while the limiter held this ping
+            if not self._limiter.try_acquire():
+                # The rate window is full or has a queue: a ping must not take room an order
+                # or a cancel is waiting for. Tried again later (the connection may expire).
+                await trio.sleep(idle)
                 continue
             head = self._lane_head(client, "GET", _PING_PATH)
             await self._ping("order lane", partial(lane.request, head, {}, b""))
@@ -756,7 +773,9 @@ class BackpackRest:
             if wait > 0:
                 await trio.sleep(wait)
                 continue
-            await self._limiter.acquire()
+            if not self._limiter.try_acquire():  # as for the lane
+                await trio.sleep(idle)
+                continue
             try:
                 await self._ping("httpx pool", partial(_status_of, client, _PING_PATH))
             finally:

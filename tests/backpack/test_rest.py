@@ -34,6 +34,7 @@ from oms.core.events import (
 from oms.core.state import Market
 from oms.core.values import MarketType, OrderType, Side, Source, TimeInForce
 from oms_backpack import endpoints
+from oms_backpack import rest as rest_module
 from oms_backpack.clock import VenueClock
 from oms_backpack.rest import (
     BackpackRest,
@@ -539,6 +540,31 @@ async def test_rate_limiter_is_shared_by_concurrent_callers(
             nursery.start_soon(client.call, endpoints.ticker("SOL_USDC"))
     # 7 requests at 3 a minute: 3 now, 3 a minute later, 1 two minutes later.
     assert sorted(round(t - start) for t in times) == [0, 0, 0, 60, 60, 60, 120]
+
+
+async def test_room_that_may_be_skipped_is_taken_only_when_nobody_waits(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """`try_acquire` (the warming pings) takes room only when the window has some and no
+    request is queued for it, and never waits."""
+    window = rest_module._SlidingWindow(2, 60.0)
+    assert window.try_acquire()
+    await window.acquire()
+    assert not window.try_acquire()  # full: refused at once, and nothing recorded
+    got: list[float] = []
+    async with trio.open_nursery() as nursery:
+
+        async def wait_for_room() -> None:
+            await window.acquire()
+            got.append(trio.current_time())
+
+        start = trio.current_time()
+        nursery.start_soon(wait_for_room)
+        await trio.sleep(30)
+        assert not window.try_acquire()  # a request is queued: it goes first
+    assert got == [start + 60]  # the refused attempts took no room from it
+    await trio.sleep(60)
+    assert window.try_acquire()
 
 
 # --- domain helpers ----------------------------------------------------------------------------

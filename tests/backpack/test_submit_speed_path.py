@@ -619,6 +619,22 @@ async def test_a_failed_ping_is_tried_again_and_raises_nothing(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+async def test_pings_take_no_room_an_order_needs(
+    venue: Venue, autojump_clock: trio.abc.Clock
+) -> None:
+    """One request a minute, spent: a ping does not queue for the next room ahead of the
+    order that comes while the window is full, which goes out as soon as there is room."""
+    async with client(venue.url, max_requests_per_minute=1) as api, trio.open_nursery() as nursery:
+        await api.call(execute(1))
+        full_since = trio.current_time()
+        nursery.start_soon(partial(api.keep_warm, idle=0.1))
+        await trio.sleep(1)
+        await api.call(execute(2))
+        assert trio.current_time() - full_since < 61  # when the window had room again
+        nursery.cancel_scope.cancel()
+    assert len(carried(venue, EXECUTE)) == 2
+
+
 async def test_with_no_venue_to_reach_the_warming_task_waits_and_raises_nothing() -> None:
     with trio.socket.socket() as unused:  # a port with nothing listening
         await unused.bind(("127.0.0.1", 0))
