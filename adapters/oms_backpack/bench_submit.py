@@ -516,7 +516,7 @@ def _parser() -> argparse.ArgumentParser:
         "--after-pause",
         type=int,
         metavar="N",
-        help="instead: N submits after a pause past the keep-alive limit, with the order "
+        help="instead: N submits after a pause past the keep-alive limit, with the "
         "connections kept warm and without (about 12 s each pair)",
     )
     return parser

@@ -101,7 +101,7 @@ KEEPALIVE_EXPIRY: Final = 5.0
 # How long a connection may sit idle before `BackpackRest.keep_warm` uses it: below
 # `KEEPALIVE_EXPIRY`, so that it is never too old for the next request.
 WARM_IDLE_S: Final = 4.0
-# The request that keeps the lane's connection in use: public, unsigned, answered "pong".
+# The request that keeps a connection in use (`keep_warm`): public, unsigned, "pong".
 _PING_PATH: Final = "/api/v1/ping"
 
 
@@ -619,10 +619,16 @@ class _Lane:
         return status, response_headers, b"".join(chunks)
 
 
-async def _status_of(client: httpx.AsyncClient, path: str) -> tuple[int, None, None]:
-    """`GET path` through httpx's pool; its status (`keep_warm`'s ping)."""
-    response = await client.get(path)
-    return response.status_code, None, None
+async def _pool_ping(client: httpx.AsyncClient) -> int:
+    """A ping through httpx's pool (`keep_warm`); its status."""
+    response = await client.get(_PING_PATH)
+    return response.status_code
+
+
+async def _lane_ping(lane: _Lane, head: _Head) -> int:
+    """A ping on the order lane (`keep_warm`); its status."""
+    status, _headers, _body = await lane.request(head, {}, b"")
+    return status
 
 
 def _seconds(value: float | None) -> float:
@@ -762,7 +768,7 @@ class BackpackRest:
                 await trio.sleep(idle)
                 continue
             head = self._lane_head(client, "GET", _PING_PATH)
-            await self._ping("order lane", partial(lane.request, head, {}, b""))
+            await self._ping("order lane", partial(_lane_ping, lane, head))
 
     async def _keep_pool_warm(self, idle: float) -> None:
         while True:
@@ -777,16 +783,16 @@ class BackpackRest:
                 await trio.sleep(idle)
                 continue
             try:
-                await self._ping("httpx pool", partial(_status_of, client, _PING_PATH))
+                await self._ping("httpx pool", partial(_pool_ping, client))
             finally:
                 self._pool_used = trio.current_time()
 
-    async def _ping(self, where: str, send: Callable[[], Awaitable[tuple[int, Any, Any]]]) -> None:
+    async def _ping(self, where: str, send: Callable[[], Awaitable[int]]) -> None:
         """One ping (`keep_warm`): timed for the observer; a failure is logged, not raised."""
         started = time.perf_counter()
         error: str | None
         try:
-            status, _headers, _body = await send()
+            status = await send()
         except Exception as exc:  # the connection is closed; the next ping opens another
             error = type(exc).__name__
             log.log(

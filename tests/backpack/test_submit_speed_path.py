@@ -525,7 +525,7 @@ async def test_concurrent_executes_share_nothing(
     ]
 
 
-# --- keeping the lane warm -------------------------------------------------------------------
+# --- keeping the connections warm ------------------------------------------------------------
 
 
 def pings(venue: Venue, *, lane: bool) -> list[int]:
@@ -556,11 +556,11 @@ async def test_connections_kept_warm_carry_requests_after_a_pause(
     """A pause longer than the keep-alive limit: without the task the order and the query
     after it each open a new connection (a handshake inside their latency); with it, both
     connections were open before the first request and carry everything."""
-    monkeypatch.setattr(rest, "KEEPALIVE_EXPIRY", 0.3)
+    monkeypatch.setattr(rest, "KEEPALIVE_EXPIRY", 0.6)
     async with client(venue.url) as api:
         await api.call(execute(1))
         await api.call(endpoints.server_time())
-        await trio.sleep(0.6)
+        await trio.sleep(1.2)
         await api.call(execute(2))
         await api.call(endpoints.server_time())
     # The pause expired both connections: four requests, four connections.
@@ -573,7 +573,7 @@ async def test_connections_kept_warm_carry_requests_after_a_pause(
         assert warm.accepted == 2  # the lane and the pool, connected before any request
         await api.call(execute(1))
         await api.call(endpoints.server_time())
-        await trio.sleep(0.6)
+        await trio.sleep(1.2)
         await api.call(execute(2))
         await api.call(endpoints.server_time())
         nursery.cancel_scope.cancel()
@@ -609,7 +609,7 @@ async def test_a_failed_ping_is_tried_again_and_raises_nothing(
     async with client(venue.url) as api, trio.open_nursery() as nursery:
         api.observer = lambda path, _seconds, error: seen.append((path, error))
         nursery.start_soon(partial(api.keep_warm, idle=0.1))
-        await trio.sleep(0.15)
+        await trio.sleep(0.35)
         await api.call(execute(1))
         nursery.cancel_scope.cancel()
     assert sorted(pings(venue, lane=True)[:1] + pings(venue, lane=False)[:1]) == [1, 2]
@@ -659,7 +659,7 @@ async def test_a_session_keeps_its_connections_warm(
 ) -> None:
     """`open_backpack_session` keeps the lane warm by default: its first order, and an order
     after a pause past the keep-alive limit, go out without connecting inside the submit."""
-    monkeypatch.setattr(rest, "KEEPALIVE_EXPIRY", 0.5)
+    monkeypatch.setattr(rest, "KEEPALIVE_EXPIRY", 0.9)
     monkeypatch.setattr(rest, "WARM_IDLE_S", 0.3)  # the task's default idle, read at its call
     connects: list[float] = []
     connected = trio.Event()
@@ -677,7 +677,7 @@ async def test_a_session_keeps_its_connections_warm(
             await trio.sleep(0.1)  # the first ping answered
             before = len(connects)
             await h.submit(SPOT, Side.BID, OrderType.LIMIT, quantity="0.1", price="100")
-            await trio.sleep(1.0)
+            await trio.sleep(1.8)
             await h.submit(SPOT, Side.BID, OrderType.LIMIT, quantity="0.1", price="100")
             assert len(connects) == before == 1
             await h.finish()
