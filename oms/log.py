@@ -675,8 +675,8 @@ class EventLog:
         To write a page that is mapped, the kernel write-protects it first, which costs a
         TLB flush of every CPU the process runs on: with the fsync in its own thread, an
         interrupt of the writer for each page. Pages that are no longer mapped cost
-        nothing of the kind. (200,000 appends under `Fsync.group()`: 237,000 -> 250,000
-        events a second, docs/speed.md.) Where the kernel refuses (memory locked with
+        nothing of the kind. (200,000 appends in one burst under `Fsync.group()`: 230,189
+        -> 253,313 events a second, docs/speed.md.) Where the kernel refuses (memory locked with
         `mlockall`, say), the log stops trying and goes on as before."""
         mapping, release = self._map, self._release
         if mapping is None or release is None:
