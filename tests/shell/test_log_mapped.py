@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,35 @@ def test_where_the_kernel_will_not_release_pages_the_log_keeps_them_mapped(
         if sys.platform.startswith("linux"):
             assert mapped_kib(path) >= 300 * 2_000 // 1024 - 8  # all still mapped
     assert read_all(path)[0] == list(range(1, 301))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pages leave the mapping on Linux")
+def test_while_an_fsync_runs_the_pages_filled_meanwhile_leave_the_mapping_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fsync writes every dirty page of the file, those the writer fills while it runs
+    included: the log takes them out of its mapping as it goes (every 64 KiB), not at the
+    next group, and their lines are all there."""
+    fsync_started = threading.Event()
+    disk_done = threading.Event()
+    real_fsync = os.fsync
+
+    def slow_disk(fd: int) -> None:
+        if threading.current_thread().name.startswith("oms-fsync"):
+            fsync_started.set()
+            assert disk_done.wait(30)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_disk)
+    path = tmp_path / "s.jsonl"
+    with EventLog.open(path, fsync=Fsync.group(max_events=100, max_delay=3600)) as log:
+        try:
+            for n in range(1, 101):  # the hundredth asks the thread for an fsync
+                log.append(fill(n, raw_size=2_000))
+            assert fsync_started.wait(30)
+            for n in range(101, 401):  # about 600 KB while that fsync runs
+                log.append(fill(n, raw_size=2_000))
+                assert mapped_kib(path) <= 64 + 2 * 4
+        finally:
+            disk_done.set()
+    assert read_all(path)[0] == list(range(1, 401))
