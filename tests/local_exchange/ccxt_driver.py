@@ -300,12 +300,20 @@ async def rest(d: Driver) -> None:
 async def first(
     watch: Callable[[], Awaitable[Any]], trigger: Callable[[], Awaitable[Any]] | None = None
 ) -> Any:
-    """Start a watch, let it subscribe, cause an update if asked, and return the first result."""
+    """Start a watch, let it subscribe, cause an update if asked, and return the first result.
+
+    The watch says nothing when its subscription is in place: an update caused before that
+    is not seen. So the update is caused again every second until the watch returns (the
+    caller's `CALL_TIMEOUT` bounds it), which a slow, busy machine needs."""
     task = asyncio.ensure_future(watch())
-    await asyncio.sleep(0.3)
-    if trigger is not None and not task.done():
-        await trigger()
-    return await task
+    try:
+        await asyncio.sleep(0.3)
+        while trigger is not None and not task.done():
+            await trigger()
+            await asyncio.wait({task}, timeout=1.0)
+        return await task
+    finally:
+        task.cancel()
 
 
 async def streams(d: Driver) -> None:
