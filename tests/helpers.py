@@ -17,6 +17,7 @@ import trio
 import trio_websocket
 
 from oms.core.events import Event
+from oms.core.serialization import _resealed as resealed
 from oms.testing.harness import local_exchange, venue_clock
 from oms_backpack.rest import BackpackRest
 from oms_backpack.signing import Credentials
@@ -29,6 +30,7 @@ __all__ = [
     "ROOT",
     "local_exchange_and_rest",
     "next_frame",
+    "resealed",
     "signed_request",
     "subscribe",
 ]

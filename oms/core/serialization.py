@@ -83,8 +83,8 @@ __all__ = [
 
 FORMAT: Final = "oms-event-log"
 # The line format this program writes; it reads every version in READABLE_VERSIONS.
-FORMAT_VERSION: Final = 2
-READABLE_VERSIONS: Final = (1, 2)
+FORMAT_VERSION: Final = 3
+READABLE_VERSIONS: Final = (1, 2, 3)
 # Schema version of every event type's payload; bump a type's entry when its fields change
 # and add an upgrade from the old version.
 SCHEMA_VERSION: Final[dict[str, int]] = {name: 1 for name in EVENT_TYPES}
@@ -104,7 +104,7 @@ class _Header(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class _Line(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """A version 2 line, decoded in one pass: the event by its `type` tag. (A seq or version
+    """A version 2 or 3 line, decoded in one pass: the event by its `type` tag. (A seq or version
     beyond 64 bits fails here and is described by the slow path.)"""
 
     seq: Int64
@@ -114,7 +114,7 @@ class _Line(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 class _LineOut(msgspec.Struct):
-    """A version 2 line as the writer encodes it, before its checksum."""
+    """A version 2 or 3 line as the writer encodes it, before its checksum."""
 
     seq: int
     v: int
@@ -122,7 +122,7 @@ class _LineOut(msgspec.Struct):
 
 
 class _LineParts(msgspec.Struct, forbid_unknown_fields=True):
-    """A version 2 line with the event left undecoded: the slow path, for upgrades and for
+    """A version 2 or 3 line with the event left undecoded: the slow path, for upgrades and for
     saying precisely what is wrong with a line the one-pass decoder refused."""
 
     seq: int
@@ -241,6 +241,132 @@ _INPUT_ERRORS: Final = (
 _CRC_TAIL: Final = 18
 _CRC_KEY: Final = b',"crc":"'
 _CRC_FIELD: Final = b',"crc":"%08x"}\n'
+
+# Version 3 seals a line instead: its `crc` field holds nine characters (`@` to `O`: 0x40 plus
+# four free bits each), chosen so that the CRC-32 of the whole line, newline included, is
+# `_SEAL_RESIDUE`. A reader checks a line with one CRC over the bytes it has, no slice of
+# them and no number parsed: 0.54 µs a line less than version 2's check (docs/speed.md).
+# A CRC-32 is affine in the bits of its input, so the nine characters' 36 free bits move the
+# line's CRC by a linear map; `_seal_tables` inverts it once, as four tables by byte.
+_SEAL_RESIDUE: Final = 0x6F6D7333
+_SEAL_CHARS: Final = 9
+_SEAL_BLANK: Final = _CRC_KEY + b"@" * _SEAL_CHARS + b'"}\n'
+_SEAL_AT: Final = 3 + _SEAL_CHARS  # the characters start this many bytes before the end
+_SEAL_TAIL: Final = len(_SEAL_BLANK) - 1  # `,"crc":"` + the characters + `"}`
+
+
+def _seal_tables() -> tuple[list[int], list[int], list[int], list[int]]:
+    """Four tables, by byte of the CRC of a line's bytes before its seal's tail: the nine
+    characters of the seal (their bytes as a little-endian integer) that the tables of the
+    four bytes give when XORed together."""
+    blank = _SEAL_BLANK
+    free = [(char, bit) for char in range(_SEAL_CHARS) for bit in range(4)]
+    # What each free bit of the characters does to the CRC of the tail, from any start.
+    at = len(blank) - _SEAL_AT
+    effects = []
+    for char, bit in free:
+        flipped = bytearray(blank)
+        flipped[at + char] ^= 1 << bit
+        effects.append(_crc32(flipped) ^ _crc32(blank))
+    # Gauss-Jordan over GF(2): for each CRC bit, a set of free bits that flips it alone.
+    pivots: dict[int, tuple[int, int]] = {}  # CRC bit -> (effect, free bits as a mask)
+    for index, flips in enumerate(effects):
+        effect, bits = flips, 1 << index
+        for top in range(31, -1, -1):
+            if not effect >> top & 1:
+                continue
+            if top not in pivots:
+                pivots[top] = (effect, bits)
+                break
+            effect ^= pivots[top][0]
+            bits ^= pivots[top][1]
+    if len(pivots) != 32:  # a property of the CRC and the layout, checked once
+        raise RuntimeError("the seal's characters cannot reach every CRC")
+    alone: dict[int, int] = {}
+    for top in sorted(pivots):
+        effect, bits = pivots[top]
+        for lower in range(top):
+            if effect >> lower & 1:
+                effect ^= 1 << lower
+                bits ^= alone[lower]
+        alone[top] = bits
+
+    def solve(change: int) -> int:
+        """The characters' bits (in place in their bytes) that change the CRC by `change`."""
+        bits = 0
+        for crc_bit in range(32):
+            if change >> crc_bit & 1:
+                bits ^= alone[crc_bit]
+        out = 0
+        for index, (char, bit) in enumerate(free):
+            if bits >> index & 1:
+                out |= 1 << (8 * char + bit)
+        return out
+
+    # The CRC of the blank tail after a prefix whose CRC is `c` is affine in `c`, and so is
+    # the seal: a constant (the seal after a prefix of CRC 0, with the `@`s) and a part
+    # linear in `c`, tabled by byte.
+    after_zero = _crc32(blank, 0)
+    constant = int.from_bytes(b"@" * _SEAL_CHARS, "little") ^ solve(after_zero ^ _SEAL_RESIDUE)
+    column = [solve(_crc32(blank, 1 << bit) ^ after_zero) for bit in range(32)]
+    tables = []
+    for byte in range(4):
+        table = []
+        for value in range(256):
+            seal = constant if byte == 0 else 0
+            for bit in range(8):
+                if value >> bit & 1:
+                    seal ^= column[8 * byte + bit]
+            table.append(seal)
+        tables.append(table)
+    return tables[0], tables[1], tables[2], tables[3]
+
+
+_SEAL_T0, _SEAL_T1, _SEAL_T2, _SEAL_T3 = _seal_tables()
+_SEAL_END: Final = b'"}\n'
+
+
+def _seal(line: bytearray) -> None:
+    """Append version 3's sealed tail to `line` (an encoded envelope without its closing
+    brace): `,"crc":"<nine characters>"}` and the newline. (Written out in `encode_line_into`.)"""
+    crc = _crc32(line)
+    line += _CRC_KEY
+    line += (
+        _SEAL_T0[crc & 255]
+        ^ _SEAL_T1[crc >> 8 & 255]
+        ^ _SEAL_T2[crc >> 16 & 255]
+        ^ _SEAL_T3[crc >> 24]
+    ).to_bytes(_SEAL_CHARS, "little")
+    line += _SEAL_END
+
+
+def _resealed(line: bytes) -> bytes:
+    """A version 2 or 3 line (the version told by its checksum's length) with its checksum or
+    seal made anew for what it holds now: for tests that edit lines on purpose."""
+    at = line.rindex(_CRC_KEY)
+    head = bytearray(line[:at])
+    if line.endswith(b"\n"):
+        sealed = len(line) - at == len(_SEAL_BLANK)
+    else:
+        sealed = len(line) - at == len(_SEAL_BLANK) - 1
+    if sealed:
+        _seal(head)
+    else:
+        head += _CRC_FIELD % _crc32(head)
+    return bytes(head if line.endswith(b"\n") else head[:-1])
+
+
+def _check_seal(line: bytes) -> None:
+    """Raise unless `line` is sealed as version 3 seals lines (a last line may lack its
+    newline): saying what is wrong."""
+    whole = line if line.endswith(b"\n") else line + b"\n"
+    end = len(whole) - 1 - _SEAL_TAIL
+    if whole[end : end + 8] != _CRC_KEY:
+        raise LogFormatError(
+            "the checksum is not where the writer puts it (the line was rewritten?)"
+        )
+    if _crc32(whole) != _SEAL_RESIDUE:
+        raise LogFormatError("checksum mismatch: the line is damaged")
 
 
 def decode_header(line: bytes) -> int:
@@ -368,12 +494,23 @@ def encode_line_into(
             line[:] = _encode_v1(seq, event)
             return
         # `{"seq":..,"v":..,"event":{..}}` in one pass; the closing brace makes way for the
-        # checksum of everything before it.
+        # checksum (version 2: of everything before it) or the seal (version 3).
         _encoder.encode_into(_LineOut(seq, _VERSION_OF[type(event)], event), line)
     except (ValueError, TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise LogFormatError(f"{type(event).__name__} cannot be written: {exc}") from None
     del line[-1]
-    line += _CRC_FIELD % _crc32(line)
+    crc = _crc32(line)
+    if version == 3:  # `_seal`, written out
+        line += _CRC_KEY
+        line += (
+            _SEAL_T0[crc & 255]
+            ^ _SEAL_T1[crc >> 8 & 255]
+            ^ _SEAL_T2[crc >> 16 & 255]
+            ^ _SEAL_T3[crc >> 24]
+        ).to_bytes(_SEAL_CHARS, "little")
+        line += _SEAL_END
+    else:
+        line += _CRC_FIELD % crc
 
 
 def _encode_v1(seq: int, event: Event) -> bytes:
@@ -404,13 +541,15 @@ def scrub(event: Event) -> Event:
 def line_decoder(version: int, *, fold_only: bool = False) -> LineDecoder:
     """The decoder for lines of a log whose header says `version` (see `decode_header`).
 
-    With `fold_only`, lines of version 2 decode the usual reports into their fold-only
+    With `fold_only`, lines of version 2 or 3 decode the usual reports into their fold-only
     classes (`FOLD_ONLY`: `raw` left undecoded), for `ReplayFold` alone; the checks are the
     same."""
     if version == 1:
         return _decode_v1
     if version == 2:
         return _decode_v2_fold_only if fold_only else _decode_v2
+    if version == 3:
+        return _decode_v3_fold_only if fold_only else _decode_v3
     raise LogFormatError(f"log format version {_digits(version)} is not supported")
 
 
@@ -422,35 +561,47 @@ def decode_line(line: bytes | str, version: int = FORMAT_VERSION) -> tuple[int, 
     return line_decoder(version)(data)
 
 
-def _v2_decoder(decode: Callable[[bytes], _Line], *, fold_only: bool = False) -> LineDecoder:
-    """A version 2 line decoder whose one-pass decode is `decode` (`_FoldLine`'s with
-    `fold_only`): one body for the full and the fold-only decoder, with no call more per line."""
+def _v2_decoder(
+    decode: Callable[[bytes], _Line], *, fold_only: bool = False, version: int = 2
+) -> LineDecoder:
+    """A version 2 (or, with `version=3`, sealed) line decoder whose one-pass decode is
+    `decode` (`_FoldLine`'s with `fold_only`): one body for the full and the fold-only decoder
+    of each version, with no call more per line."""
+    sealed = version == 3
+    decode_parts = _decode_v3_parts if sealed else _decode_v2_parts
 
     def decode_v2(line: bytes) -> tuple[int, Event]:
         try:
             decoded = decode(line)
         except _INPUT_ERRORS:
             # Say precisely what is wrong (or upgrade an old schema version): the slow path.
-            return _guarded(_decode_v2_parts, line)
+            return _guarded(decode_parts, line)
         event = decoded.event
         cls = type(event)
         if decoded.v != 1 and decoded.v != _VERSION_OF[cls]:  # every type is at version 1 today
-            return _guarded(_decode_v2_parts, line)
+            return _guarded(decode_parts, line)
         if fold_only and cls in FULL_CLASS:
             # The fold-only `raw` takes any JSON value: refuse what the full decoder refuses
             # (a string or null, its first byte a quote or an `n`), as that decoder says it.
             raw: msgspec.Raw = event.raw  # type: ignore[assignment]
             if raw and memoryview(raw)[0] != 34 and bytes(raw) != b"null":
-                return _guarded(_decode_v2_parts, line)
-        # The checksum (`_check_crc`, inlined: this runs for every line replayed). The line is
-        # not empty: it decoded.
-        end = len(line) - (19 if line[-1] == 10 else 18)
-        try:
-            matches = line[end : end + 8] == _CRC_KEY and int(decoded.crc, 16) == _crc32(line[:end])
-        except ValueError:
-            matches = False
-        if not matches:
-            _check_crc(line, decoded.crc)
+                return _guarded(decode_parts, line)
+        if sealed:
+            # The seal: one CRC of the line as read (`_check_seal` says what is wrong).
+            if _crc32(line) != _SEAL_RESIDUE:
+                _check_seal(line)
+        else:
+            # The checksum (`_check_crc`, inlined: this runs for every line replayed). The
+            # line is not empty: it decoded.
+            end = len(line) - (19 if line[-1] == 10 else 18)
+            try:
+                matches = line[end : end + 8] == _CRC_KEY and int(decoded.crc, 16) == _crc32(
+                    line[:end]
+                )
+            except ValueError:
+                matches = False
+            if not matches:
+                _check_crc(line, decoded.crc)
         if cls in _TRADE_ID_CLASSES and not INT_MIN <= event.trade_id < INT_END:  # type: ignore[union-attr]
             # The one integer field wider than the decoder's own int64 check (`Int64`).
             raise LogFormatError(
@@ -459,10 +610,6 @@ def _v2_decoder(decode: Callable[[bytes], _Line], *, fold_only: bool = False) ->
         return decoded.seq, event
 
     return decode_v2
-
-
-_decode_v2 = _v2_decoder(_line_decoder.decode)
-_decode_v2_fold_only = _v2_decoder(_fold_line_decoder.decode, fold_only=True)  # type: ignore[arg-type]
 
 
 def _check_crc(line: bytes, crc: str) -> None:
@@ -493,6 +640,14 @@ def _guarded(decode: LineDecoder, line: bytes) -> tuple[int, Event]:
 
 
 def _decode_v2_parts(line: bytes) -> tuple[int, Event]:
+    return _decode_parts(line, 2)
+
+
+def _decode_v3_parts(line: bytes) -> tuple[int, Event]:
+    return _decode_parts(line, 3)
+
+
+def _decode_parts(line: bytes, version: int) -> tuple[int, Event]:
     try:
         parts = _parts_decoder.decode(line)
     except msgspec.DecodeError as exc:
@@ -503,11 +658,20 @@ def _decode_v2_parts(line: bytes) -> tuple[int, Event]:
     except msgspec.DecodeError as exc:
         raise LogFormatError(f"event: {_describe(exc)}") from None
     event = _decode_payload(name, parts.v, parts.event)
-    _check_crc(line, parts.crc)
+    if version == 3:
+        _check_seal(line)
+    else:
+        _check_crc(line, parts.crc)
     if parts.v != SCHEMA_VERSION[name]:
         # An upgraded payload was written by an older program: check it as a version 1 line.
         check_ranges(event)
     return parts.seq, event
+
+
+_decode_v2 = _v2_decoder(_line_decoder.decode)
+_decode_v2_fold_only = _v2_decoder(_fold_line_decoder.decode, fold_only=True)  # type: ignore[arg-type]
+_decode_v3 = _v2_decoder(_line_decoder.decode, version=3)
+_decode_v3_fold_only = _v2_decoder(_fold_line_decoder.decode, fold_only=True, version=3)  # type: ignore[arg-type]
 
 
 def _decode_v1(line: bytes) -> tuple[int, Event]:

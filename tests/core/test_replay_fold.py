@@ -34,6 +34,7 @@ from oms.core.serialization import (
     FOLD_ONLY,
     FORMAT_VERSION,
     LogFormatError,
+    decode_header,
     decode_line,
     encode_line,
     full_event,
@@ -172,10 +173,12 @@ test_replay_fold_of_fold_only_events_is_apply = CHECKS(_check(ReplayFold, fold_o
 def test_fold_only_events_are_their_events_without_the_venue_text() -> None:
     for path in sorted(REPLAY_DIR.glob("*.jsonl")):
         with path.open("rb") as handle:
-            lines = handle.readlines()[1:]
+            header, *lines = handle.readlines()
+        version = decode_header(header)
+        read_fold_only = line_decoder(version, fold_only=True)
         for line in lines:
-            seq, event = decode_line(line)
-            lean_seq, lean = _read_fold_only(line)
+            seq, event = decode_line(line, version)
+            lean_seq, lean = read_fold_only(line)
             assert lean_seq == seq
             assert isinstance(lean, type(event)) and type(lean).__name__ == type(event).__name__
             if type(event) in FOLD_ONLY:

@@ -67,6 +67,7 @@ from oms.core.values import (
     VenueStatus,
     decimal_in_range,
 )
+from tests.helpers import resealed
 
 D = Decimal
 T0 = 1_757_620_800_000_000
@@ -248,9 +249,10 @@ def test_round_trip_keeps_every_field_and_decimal_text(event: Event) -> None:
     assert decode_line(line.decode("utf-8")) == (42, event)  # text lines too
 
 
+@pytest.mark.parametrize("version", [2, 3])
 @pytest.mark.parametrize("event", EXAMPLES, ids=lambda e: type(e).__name__)
-def test_line_layout(event: Event) -> None:
-    line = encode_line(3, event)
+def test_line_layout(event: Event, version: int) -> None:
+    line = encode_line(3, event, version)
     document = json.loads(line)
     assert list(document) == ["seq", "v", "event", "crc"]
     assert document["seq"] == 3
@@ -267,9 +269,18 @@ def test_line_layout(event: Event) -> None:
             assert payload[field.name] == str(value)  # decimals are strings, never numbers
         elif isinstance(value, Enum):
             assert payload[field.name] == value.value
-    # The checksum covers every byte before `,"crc"`.
-    covered = line[: line.rindex(b',"crc":"')]
-    assert document["crc"] == f"{zlib.crc32(covered):08x}"
+    if version == 2:
+        # The checksum covers every byte before `,"crc"`.
+        covered = line[: line.rindex(b',"crc":"')]
+        assert document["crc"] == f"{zlib.crc32(covered):08x}"
+    else:
+        # The seal: nine characters from `@` to `O` that make the CRC-32 of the whole line,
+        # newline included, 0x6F6D7333 (the number is the format: never change it).
+        assert re.fullmatch("[@-O]{9}", document["crc"])
+        assert zlib.crc32(line) == 0x6F6D7333
+        assert line.endswith(b'"}\n')
+        assert resealed(line) == line  # the tests' resealing is the writer's
+    assert decode_line(line, version) == (3, event)
 
 
 @settings(max_examples=300, deadline=None)
@@ -307,14 +318,15 @@ def test_version_1_lines_still_read(event: Event) -> None:
 def test_header() -> None:
     header = encode_header()
     assert json.loads(header) == {"format": FORMAT, "version": FORMAT_VERSION}
-    assert FORMAT_VERSION == 2
+    assert FORMAT_VERSION == 3
     assert header.endswith(b"\n")
-    assert decode_header(header) == 2
+    assert decode_header(header) == 3
+    assert decode_header(encode_header(2)) == 2
     assert decode_header(encode_header(1)) == 1
     with pytest.raises(LogFormatError, match="not an oms event log"):
         decode_header(b'{"format":"something-else","version":1}\n')
-    with pytest.raises(LogFormatError, match="version 3 is not supported"):
-        decode_header(b'{"format":"oms-event-log","version":3}\n')
+    with pytest.raises(LogFormatError, match="version 4 is not supported"):
+        decode_header(b'{"format":"oms-event-log","version":4}\n')
     with pytest.raises(LogFormatError):
         decode_header(b"hello\n")
     with pytest.raises(LogFormatError):
@@ -324,39 +336,45 @@ def test_header() -> None:
 # --- strict decoding ------------------------------------------------------------------------
 
 FILL_V1 = encode_line(5, EXAMPLES[6], version=1).decode()
-FILL_V2 = encode_line(5, EXAMPLES[6]).decode()
+FILL_V2 = encode_line(5, EXAMPLES[6], version=2).decode()
+FILL_V3 = encode_line(5, EXAMPLES[6]).decode()
 
 
-def _signed(document: dict[str, Any]) -> str:
-    """A version 2 line written as the writer writes it, with a checksum that matches."""
+def _signed(document: dict[str, Any], version: int = 2) -> str:
+    """A version 2 line written as the writer writes it, with a checksum that matches (or,
+    with `version=3`, sealed as version 3 seals lines)."""
     body = {key: value for key, value in document.items() if key != "crc"}
     head = json.dumps(body, separators=(",", ":"))[:-1]
+    if version == 3:
+        return resealed(f'{head},"crc":"{"@" * 9}"}}'.encode()).decode()
     return f'{head},"crc":"{zlib.crc32(head.encode()):08x}"}}'
 
 
 def _edit(
     payload_change: dict[str, Any], drop: tuple[str, ...] = (), **envelope: Any
-) -> tuple[str, str]:
-    """The fill line edited, as (version 1 line, version 2 line with a valid checksum)."""
+) -> tuple[str, str, str]:
+    """The fill line edited, as (version 1 line, version 2 line with a valid checksum,
+    version 3 line with a valid seal)."""
     lines: list[str] = []
-    for line in (FILL_V1, FILL_V2):
+    for version, line in enumerate((FILL_V1, FILL_V2, FILL_V3), start=1):
         document = json.loads(line)
         document["event"].update(payload_change)
         for name in drop:
             del document["event"][name]
         if "type" in envelope and "type" not in document:
             document["event"]["type"] = envelope["type"]
-            lines.append(_signed(document | {k: v for k, v in envelope.items() if k != "type"}))
+            others = {k: v for k, v in envelope.items() if k != "type"}
+            lines.append(_signed(document | others, version))
             continue
         document.update(envelope)
-        lines.append(json.dumps(document) if line is FILL_V1 else _signed(document))
-    return lines[0], lines[1]
+        lines.append(json.dumps(document) if version == 1 else _signed(document, version))
+    return lines[0], lines[1], lines[2]
 
 
-_BAD_EDITS: list[tuple[tuple[str, str], str]] = [
-    (("{not json",) * 2, "malformed"),
-    (("[1, 2]",) * 2, "object"),
-    (('"just a string"',) * 2, "object"),
+_BAD_EDITS: list[tuple[tuple[str, ...], str]] = [
+    (("{not json",) * 3, "malformed"),
+    (("[1, 2]",) * 3, "object"),
+    (('"just a string"',) * 3, "object"),
     (_edit({}, type="OrderTeleported"), "unknown event type 'OrderTeleported'"),
     (_edit({}, v=2), "schema version 2 is newer"),
     (_edit({}, v=0), "schema version 0 is not known"),
@@ -373,6 +391,7 @@ _BAD_EDITS: list[tuple[tuple[str, str], str]] = [
         (
             json.dumps({"seq": 1, "type": "OrderFilled", "v": 1}),
             json.dumps({"seq": 1, "v": 1, "crc": "00000000"}),
+            json.dumps({"seq": 1, "v": 1, "crc": "@" * 9}),
         ),
         "event",
     ),
@@ -391,8 +410,10 @@ _OUT_OF_RANGE: list[tuple[dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("lines", "message"), _BAD_EDITS)
-@pytest.mark.parametrize("version", [1, 2])
-def test_bad_lines_say_what_is_wrong(lines: tuple[str, str], message: str, version: int) -> None:
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_bad_lines_say_what_is_wrong(
+    lines: tuple[str, str, str], message: str, version: int
+) -> None:
     with pytest.raises(LogFormatError, match="(?i)" + re.escape(message)):
         decode_line(lines[version - 1], version)
 
@@ -412,19 +433,29 @@ def test_the_writer_refuses_values_out_of_range(change: dict[str, Any], message:
         encode_line(1, event)
 
 
-def test_any_damage_to_a_version_2_line_fails_its_checksum() -> None:
-    line = FILL_V2.encode()
+@pytest.mark.parametrize("version", [2, 3])
+def test_any_damage_to_a_checksummed_line_fails_its_checksum(version: int) -> None:
+    text = FILL_V2 if version == 2 else FILL_V3
+    line = text.encode()
     for at in range(len(line)):
-        for replacement in (b"0", b"7", b"x", b" "):
+        for replacement in (b"0", b"7", b"x", b" ", b"@", b"O"):
             damaged = line[:at] + replacement + line[at + 1 :]
             if damaged == line:
                 continue
             with pytest.raises(LogFormatError):
-                decode_line(damaged)
-    price = FILL_V2.replace('"price":"4299.16"', '"price":"4299.17"')
-    assert price != FILL_V2
+                decode_line(damaged, version)
+    price = text.replace('"price":"4299.16"', '"price":"4299.17"')
+    assert price != text
     with pytest.raises(LogFormatError, match="checksum mismatch"):
-        decode_line(price)
+        decode_line(price, version)
+    # Every single bit flipped anywhere in the line is caught (a CRC-32 catches them all).
+    # Version 2 reads its checksum's hex digits in either case, so `a` -> `A` passes there.
+    for at in range(len(line) if version == 3 else line.rindex(b',"crc":"')):
+        for bit in range(8):
+            flipped = bytearray(line)
+            flipped[at] ^= 1 << bit
+            with pytest.raises(LogFormatError):
+                decode_line(bytes(flipped), version)
 
 
 def test_non_finite_balance_is_rejected() -> None:
@@ -439,13 +470,13 @@ def test_non_finite_balance_is_rejected() -> None:
         encode_line(1, msgspec.structs.replace(event, balances=(event.balances[0], infinite)))
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_every_schema_version_is_known(version: int) -> None:
     # Each type decodes at the version encode_line writes; nothing else is silently read.
     for event in EXAMPLES:
         document = json.loads(encode_line(1, event, version))
         document["v"] += 1
-        line = json.dumps(document) if version == 1 else _signed(document)
+        line = json.dumps(document) if version == 1 else _signed(document, version)
         with pytest.raises(LogFormatError, match="newer than this program knows"):
             decode_line(line, version)
 
@@ -534,8 +565,8 @@ def test_the_writer_refuses_an_int64_field_in_the_unsigned_half(field: str) -> N
 
 
 def _with_checksum(body: bytes) -> bytes:
-    """A line made of `body` (the envelope up to `,"crc":"`), checksummed as the writer does."""
-    return body + b',"crc":"%08x"}\n' % zlib.crc32(body)
+    """A line made of `body` (the envelope up to `,"crc":"`), sealed as the writer does."""
+    return resealed(body + b',"crc":"@@@@@@@@@"}\n')
 
 
 @pytest.mark.parametrize("raw", [b"5", b"{}", b"[1]", b"true", b"-0.5"])
@@ -551,11 +582,11 @@ def test_fold_only_reading_refuses_a_raw_the_full_reader_refuses(raw: bytes) -> 
     with pytest.raises(LogFormatError) as full:
         decode_line(crafted)
     with pytest.raises(LogFormatError) as lean:
-        line_decoder(2, fold_only=True)(crafted)
+        line_decoder(FORMAT_VERSION, fold_only=True)(crafted)
     assert str(lean.value) == str(full.value)
     # A string or null is read by both.
     for accepted in (b'"{\\"a\\":1}"', b"null"):
         good = _with_checksum(
             line[: line.rindex(b',"crc":"')].replace(b'"raw":"x"', b'"raw":' + accepted)
         )
-        assert decode_line(good)[0] == line_decoder(2, fold_only=True)(good)[0] == 9
+        assert decode_line(good)[0] == line_decoder(FORMAT_VERSION, fold_only=True)(good)[0] == 9

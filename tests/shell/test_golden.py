@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -566,27 +567,32 @@ def test_every_prefix_of_the_reordered_session_keeps_balances_whole() -> None:
             assert b.locked >= 0 and b.available >= 0
 
 
-# --- logs of format version 1 (written before 0.2) still replay ------------------------------
+# --- logs of older formats still replay: version 1 (written before 0.2), version 2 ----------
+# (checksummed lines, written before the seal of version 3). Each is appended to in its own
+# format.
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("name", NAMES)
-def test_version_1_sessions_replay_to_their_expected_hashes(
-    name: str, capsys: pytest.CaptureFixture[str]
+def test_older_format_sessions_replay_to_their_expected_hashes(
+    name: str, version: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    old = REPLAY_DIR / "v1" / f"{name}.jsonl"
-    assert old.read_bytes().startswith(b'{"format":"oms-event-log","version":1}\n')
+    old = REPLAY_DIR / f"v{version}" / f"{name}.jsonl"
+    header = b'{"format":"oms-event-log","version":%d}\n' % version
+    assert old.read_bytes().startswith(header)
     reader = LogReader(old)
     events = list(reader.events())
-    assert reader.version == 1
+    assert reader.version == version
     assert events == session_events(name)
     assert state_hash(replay(events)) == expected(name)["state_hash"]
     assert replay_main([str(old), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["state_hash"] == expected(name)["state_hash"]
 
 
-def test_a_version_1_log_is_appended_to_in_version_1(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_format_log_is_appended_to_in_its_format(tmp_path: Path, version: int) -> None:
     name = NAMES[0]
-    old = (REPLAY_DIR / "v1" / f"{name}.jsonl").read_bytes()
+    old = (REPLAY_DIR / f"v{version}" / f"{name}.jsonl").read_bytes()
     events = session_events(name)
     path = tmp_path / "old.jsonl"
     path.write_bytes(old)
@@ -595,7 +601,11 @@ def test_a_version_1_log_is_appended_to_in_version_1(tmp_path: Path) -> None:
     engine.close()
     written = path.read_bytes()
     assert written.startswith(old)
-    assert b'"type":' in written[len(old) :] and b'"crc"' not in written[len(old) :]
+    added = written[len(old) :]
+    if version == 1:
+        assert b'"type":' in added and b'"crc"' not in added
+    else:  # eight hex digits of a checksum, not nine characters of a seal
+        assert re.search(rb',"crc":"[0-9a-f]{8}"\}\n$', added)
     reader = LogReader(path)
     assert list(reader.events()) == [*events, events[-1]]
-    assert reader.version == 1
+    assert reader.version == version

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import tracemalloc
-import zlib
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +18,7 @@ from oms.core.events import Event, MessageNotUnderstood, OrderExpired, OrderFill
 from oms.core.serialization import LogFormatError, encode_header, encode_line
 from oms.core.values import Side, Source, VenueStatus
 from oms.log import EventLog, Fsync, LogReader, LogReadError
-from tests.helpers import REPLAY_DIR
+from tests.helpers import REPLAY_DIR, resealed
 
 T0 = 1_757_620_800_000_000
 
@@ -512,9 +511,8 @@ def test_a_huge_or_deep_value_in_a_line_is_a_log_read_error(
 
 
 def _resigned(line: bytes) -> bytes:
-    """A version 2 line with its checksum recomputed over its (edited) content."""
-    head = line[: line.rindex(b',"crc":"')]
-    return head + b',"crc":"%08x"}\n' % zlib.crc32(head)
+    """A line with its checksum (version 2) or seal (3) made anew for its (edited) content."""
+    return resealed(line)
 
 
 def test_a_damaged_line_fails_its_checksum(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import zlib
 from decimal import Decimal
 from pathlib import Path
 from typing import Final
@@ -28,12 +27,14 @@ from oms.engine import Engine
 from oms.log import LogReadError
 from oms.replay import main
 from tests.fuzz_settings import fuzz
-from tests.helpers import ROOT
+from tests.helpers import ROOT, resealed
 
-# The golden sessions in both line formats: version 2 (checksummed lines, the format written
-# now) and version 1 (read value by value).
-SESSIONS: Final = sorted((ROOT / "replay").glob("*.jsonl")) + sorted(
-    (ROOT / "replay" / "v1").glob("*.jsonl")
+# The golden sessions in every line format: version 3 (sealed lines, the format written now),
+# version 2 (checksummed lines) and version 1 (read value by value).
+SESSIONS: Final = (
+    sorted((ROOT / "replay").glob("*.jsonl"))
+    + sorted((ROOT / "replay" / "v2").glob("*.jsonl"))
+    + sorted((ROOT / "replay" / "v1").glob("*.jsonl"))
 )
 LOGS: Final = {path.relative_to(ROOT / "replay").as_posix(): path.read_bytes() for path in SESSIONS}
 
@@ -179,11 +180,11 @@ def _damage(draw: st.DrawFn, data: bytes) -> bytes:
 
 
 def _resigned(line: bytes) -> bytes:
-    """A version 2 line with its checksum recomputed over its content (others unchanged)."""
-    at = line.rfind(b',"crc":"')
-    if at < 0:
+    """A version 2 or 3 line with its checksum or seal made anew for its content (others
+    unchanged)."""
+    if line.rfind(b',"crc":"') < 0:
         return line
-    return line[:at] + b',"crc":"%08x"}\n' % zlib.crc32(line[:at])
+    return resealed(line)
 
 
 def _replay(path: Path) -> tuple[int, str, str]:
@@ -313,7 +314,7 @@ def test_damaged_logs_as_a_process_show_no_traceback(tmp_path: Path) -> None:
 
 
 def test_a_forged_line_the_reducer_cannot_apply_is_a_log_read_error(tmp_path: Path) -> None:
-    # A version 2 line with a matching checksum and a figure no decimal sum can take: the
+    # A sealed line (version 3) with a figure no decimal sum can take: the
     # replay CLI and Engine.open each say which line, and neither shows a traceback.
     lines = LOGS["perp_position_lifecycle.jsonl"].splitlines(keepends=True)
     at = next(i for i, line in enumerate(lines) if b'"type":"OrderFilled"' in line)

@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from oms.core.replay_fold import ReplayFold
 from oms.core.serialization import FOLD_ONLY
 from oms.log import LogReadError
 from oms.replay import main, replay_file
-from tests.helpers import REPLAY_DIR
+from tests.helpers import REPLAY_DIR, resealed
 
 TOP_KEYS = {
     "format",
@@ -195,8 +194,7 @@ def _lines(name: str) -> list[bytes]:
 
 
 def _resigned(line: bytes) -> bytes:
-    head = line[: line.rindex(b',"crc":"')]
-    return head + b',"crc":"%08x"}\n' % zlib.crc32(head)
+    return resealed(line)
 
 
 def _broken(kind: str) -> bytes:

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import tempfile
-import zlib
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
@@ -49,7 +48,7 @@ from oms.snapshot import (
 from oms.testing import strategies as s
 from oms.testing.waiting import wait_for
 from oms_backpack.bench import session_events
-from tests.helpers import REPLAY_DIR
+from tests.helpers import REPLAY_DIR, resealed
 
 GOLDEN = [
     "spot_limit_partial_cancel",
@@ -272,9 +271,7 @@ def _resigned(data: bytes, at: int) -> bytes:
     again: the log is changed, but every line still reads (as a rewritten log would)."""
     begin = data.rindex(b"\n", 0, at) + 1
     end = data.index(b"\n", at) + 1
-    line = data[begin:end]
-    head = line[: line.rindex(b',"crc":"')]
-    return data[:begin] + head + b',"crc":"%08x"}\n' % zlib.crc32(head) + data[end:]
+    return data[:begin] + resealed(data[begin:end]) + data[end:]
 
 
 def _covered_line_changed(path: Path, snap: Path) -> None:
@@ -788,13 +785,14 @@ def test_copying_a_log_and_its_snapshots_keeps_them_valid(tmp_path: Path) -> Non
         engine.close()
 
 
-def test_a_version_1_log_resumes_from_its_snapshot(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_format_log_resumes_from_its_snapshot(tmp_path: Path, version: int) -> None:
     # An old log is appended to in its own format; its snapshots name that format, and the
     # line they cover is read in it.
     path = tmp_path / "old.jsonl"
-    shutil.copyfile(REPLAY_DIR / "v1" / "perp_position_lifecycle.jsonl", path)
+    shutil.copyfile(REPLAY_DIR / f"v{version}" / "perp_position_lifecycle.jsonl", path)
     engine = Engine.open(path, fsync=Fsync.never(), snapshots=SnapshotPolicy(every=0))
-    assert engine.log is not None and engine.log.version == 1
+    assert engine.log is not None and engine.log.version == version
     assert engine.write_snapshot() is not None
     full = engine.state
     engine.close()
