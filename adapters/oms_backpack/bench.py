@@ -913,6 +913,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write(f"session file: {path}{'' if args.keep else ' (temporary)'}\n")
         out.flush()
 
+        # Submits first, in a process that has done nothing else yet, as a trading program's
+        # has not: timed after the other figures (gigabytes allocated and freed, the heap
+        # spread over pages taken back and given again), the same code took 195-268 µs p50
+        # where a fresh process took 166-185 within minutes (docs/speed.md).
+        submit = measure_submit(
+            args.submit_samples or (SUBMIT_QUICK_SAMPLES if args.quick else SUBMIT_SAMPLES)
+        )
+
         never, generated = _append(path, session_events(count, seed), Fsync.never(), "never()")
         making = generated - never.seconds
         out.write(
@@ -940,6 +948,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             rounds, [run_replay, run_json]
         )
         state = results[-1]
+        replayed = (
+            f"replayed state: last seq {state.last_seq:,}, {len(state.orders):,} orders kept "
+            f"({len(state.open_orders()):,} open), anomalies {state.anomaly_total}\n"
+        )
+        # The figures after this one time sessions of their own: the replayed state (tens of
+        # MB of objects) goes first, as other figures' files go before them (`_settle`). Kept,
+        # it made every part of a submit slower, by about 15% (docs/speed.md).
+        del state
+        results.clear()
+        gc.collect()
         replay_rate = count / replay_seconds
         json_rate = lines[0] / json_seconds
         ratio = replay_rate / json_rate
@@ -978,10 +996,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         out.flush()
         opening = _open_figure(scratch, open_small, seed, 3 if args.quick else OPEN_RUNS)
-        _settle()
-        submit = measure_submit(
-            args.submit_samples or (SUBMIT_QUICK_SAMPLES if args.quick else SUBMIT_SAMPLES)
-        )
 
         rows = [
             ["figure", "value", "target", ""],
@@ -1068,8 +1082,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\nreplay: {replay_seconds:.2f} s CPU ({replay_wall:.2f} s wall) for {count:,} "
             f"events; json: {json_seconds:.2f} s CPU ({json_wall:.2f} s wall) for "
             f"{lines[0]:,} lines (medians of {rounds} alternating rounds)\n"
-            f"replayed state: last seq {state.last_seq:,}, {len(state.orders):,} orders kept "
-            f"({len(state.open_orders()):,} open), anomalies {state.anomaly_total}\n"
+            f"{replayed}"
             f"append, Fsync.group(), each run: "
             f"{' / '.join(f'{run.rate:,.0f}' for run in groups)} events/s\n"
         )
