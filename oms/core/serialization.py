@@ -328,7 +328,7 @@ _SEAL_END: Final = b'"}\n'
 
 def _seal(line: bytearray) -> None:
     """Append version 3's sealed tail to `line` (an encoded envelope without its closing
-    brace): `,"crc":"<nine characters>"}` and the newline. (Written out in `encode_line_into`.)"""
+    brace): `,"crc":"<nine characters>"}` and the newline."""
     crc = _crc32(line)
     line += _CRC_KEY
     line += (
@@ -499,18 +499,10 @@ def encode_line_into(
     except (ValueError, TypeError, OverflowError, msgspec.EncodeError) as exc:
         raise LogFormatError(f"{type(event).__name__} cannot be written: {exc}") from None
     del line[-1]
-    crc = _crc32(line)
-    if version == 3:  # `_seal`, written out
-        line += _CRC_KEY
-        line += (
-            _SEAL_T0[crc & 255]
-            ^ _SEAL_T1[crc >> 8 & 255]
-            ^ _SEAL_T2[crc >> 16 & 255]
-            ^ _SEAL_T3[crc >> 24]
-        ).to_bytes(_SEAL_CHARS, "little")
-        line += _SEAL_END
+    if version == 3:
+        _seal(line)
     else:
-        line += _CRC_FIELD % crc
+        line += _CRC_FIELD % _crc32(line)
 
 
 def _encode_v1(seq: int, event: Event) -> bytes:
