@@ -913,10 +913,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.write(f"session file: {path}{'' if args.keep else ' (temporary)'}\n")
         out.flush()
 
-        # Submits first, in a process that has done nothing else yet, as a trading program's
-        # has not: timed after the other figures (gigabytes allocated and freed, the heap
-        # spread over pages taken back and given again), the same code took 195-268 µs p50
-        # where a fresh process took 166-185 within minutes (docs/speed.md).
+        # Submits first, in a process that has done nothing else yet, like a trading program
+        # that has just opened its session. Timed after the other figures (gigabytes of
+        # events made, replayed and freed), the same code took 195-268 µs p50 where a fresh
+        # process took 166-185 within minutes (docs/speed.md).
         submit = measure_submit(
             args.submit_samples or (SUBMIT_QUICK_SAMPLES if args.quick else SUBMIT_SAMPLES)
         )
