@@ -340,22 +340,6 @@ def _seal(line: bytearray) -> None:
     line += _SEAL_END
 
 
-def _resealed(line: bytes) -> bytes:
-    """A version 2 or 3 line (the version told by its checksum's length) with its checksum or
-    seal made anew for what it holds now: for tests that edit lines on purpose."""
-    at = line.rindex(_CRC_KEY)
-    head = bytearray(line[:at])
-    if line.endswith(b"\n"):
-        sealed = len(line) - at == len(_SEAL_BLANK)
-    else:
-        sealed = len(line) - at == len(_SEAL_BLANK) - 1
-    if sealed:
-        _seal(head)
-    else:
-        head += _CRC_FIELD % _crc32(head)
-    return bytes(head if line.endswith(b"\n") else head[:-1])
-
-
 def _check_seal(line: bytes) -> None:
     """Raise unless `line` is sealed as version 3 seals lines (a last line may lack its
     newline): saying what is wrong."""
