@@ -899,6 +899,7 @@ async def open_backpack_session(
                 nursery.start_soon(session.poll, poll_interval)
                 nursery.start_soon(session.chaser.run)
                 nursery.start_soon(session.guard)
+                nursery.start_soon(rest.keep_nonces)
                 if keep_warm:
                     nursery.start_soon(rest.keep_warm)
                 clean = False

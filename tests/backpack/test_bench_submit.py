@@ -25,6 +25,8 @@ def test_measure_submit_times_each_order_to_its_last_byte_at_the_socket() -> Non
     assert figures["sends_per_request"] == 1
     assert 400 < figures["request_bytes"] < 1000
     assert figures["failed_submits"] == 0  # every order was placed
+    # Signed as a user's session signs: with the nonces its task makes ahead.
+    assert 0 < figures["pooled_signatures"] <= 30
 
 
 def test_main_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,6 +39,7 @@ def test_main_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
         rf"gate, checks, request spec, p50\s+{NUMBER} µs",
         rf"engine record \(log append\), p50\s+{NUMBER} µs",
         rf"signing, p50\s+{NUMBER} µs",
+        r"signed with a nonce made ahead\s+\d+ of 25",
         rf"HTTP layer to the last byte, p50\s+{NUMBER} µs",
         r"send calls / bytes per request\s+1 / \d+",
     ]

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import copy
+import hashlib
 import json
+import os
 import pickle
+import threading
 from decimal import Decimal
 from typing import Any
 
+import nacl.bindings
+import nacl.exceptions
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from oms_backpack import signing
 from oms_backpack.signing import Credentials, CredentialsError, signing_string
 from tests.helpers import DATA
 
@@ -145,3 +155,126 @@ def test_an_api_key_that_does_not_match_the_secret_is_refused() -> None:
     other = VECTORS["rfc8032_test1_seed"]["public_key_b64 (X-API-Key)"]
     with pytest.raises(CredentialsError, match="does not belong"):
         Credentials(HB_SECRET, api_key=other)
+
+
+# --- nonces made ahead (the module doc) ---------------------------------------------------------
+
+
+def _public(credentials: Credentials) -> bytes:
+    return base64.b64decode(credentials.api_key)
+
+
+def _verifies(credentials: Credentials, message: str, signature_b64: str) -> bool:
+    data = message.encode()
+    signature = base64.b64decode(signature_b64)
+    try:
+        return nacl.bindings.crypto_sign_open(signature + data, _public(credentials)) == data
+    except nacl.exceptions.BadSignatureError:
+        return False
+
+
+@given(seed=st.binary(min_size=32, max_size=32), message=st.binary(max_size=300))
+def test_the_pooled_signing_steps_give_libsodiums_signature_from_libsodiums_nonce(
+    seed: bytes, message: bytes
+) -> None:
+    """The steps `sign` takes with a pooled nonce, given the nonce RFC 8032 derives from the
+    message, give byte for byte what libsodium's `crypto_sign` gives: the arithmetic is
+    right, and only where the nonce comes from differs."""
+    public, secret_key = nacl.bindings.crypto_sign_seed_keypair(seed)
+    digest = hashlib.sha512(seed).digest()
+    clamped = bytearray(digest[:32])
+    clamped[0] &= 248
+    clamped[31] &= 127
+    clamped[31] |= 64
+    scalar = nacl.bindings.crypto_core_ed25519_scalar_reduce(bytes(clamped) + bytes(32))
+    nonce = nacl.bindings.crypto_core_ed25519_scalar_reduce(
+        hashlib.sha512(digest[32:] + message).digest()
+    )
+    point = nacl.bindings.crypto_scalarmult_ed25519_base_noclamp(nonce)
+    ours = point + signing._response(nonce, point + public + message, scalar)
+    assert ours == nacl.bindings.crypto_sign(message, secret_key)[:64]
+
+
+def test_pooled_signatures_verify_spend_one_nonce_each_and_never_repeat_one() -> None:
+    credentials = Credentials(HB_SECRET)
+    vector = VECTORS["hummingbot_test_secret"]["vectors"][3]
+    assert credentials.nonces_left == 0
+    assert credentials.add_nonces(40) == 40
+    pooled = []
+    for left in range(39, -1, -1):
+        pooled.append(credentials.sign(vector["message"]))
+        assert credentials.nonces_left == left
+    assert all(_verifies(credentials, vector["message"], sig) for sig in pooled)
+    # The same message each time, yet 40 different `R`s: a random nonce per signature.
+    assert len({base64.b64decode(sig)[:32] for sig in pooled}) == 40
+    assert vector["signature_b64 (X-Signature)"] not in pooled
+    # The pool spent: libsodium's deterministic signature, as before the pool existed.
+    assert credentials.sign(vector["message"]) == vector["signature_b64 (X-Signature)"]
+    assert not _verifies(credentials, vector["message"] + " ", pooled[0])
+
+
+def test_nonces_made_in_another_process_are_thrown_away_unused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    credentials = Credentials(HB_SECRET)
+    vector = VECTORS["hummingbot_test_secret"]["vectors"][3]
+    credentials.add_nonces(5)
+    real = os.getpid()
+    monkeypatch.setattr(signing.os, "getpid", lambda: real + 1)
+    assert credentials.sign(vector["message"]) == vector["signature_b64 (X-Signature)"]
+    assert credentials.nonces_left == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_never_signs_with_its_parents_nonces() -> None:
+    credentials = Credentials(HB_SECRET)
+    vector = VECTORS["hummingbot_test_secret"]["vectors"][3]
+    credentials.add_nonces(3)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's side, reported through the pipe
+        try:
+            os.write(write_end, credentials.sign(vector["message"]).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        in_child = pipe.read().decode()
+    os.waitpid(child, 0)
+    assert in_child == vector["signature_b64 (X-Signature)"]  # made in full
+    in_parent = credentials.sign(vector["message"])
+    assert credentials.nonces_left == 2  # the parent still spends its own
+    assert _verifies(credentials, vector["message"], in_parent)
+    assert in_parent != in_child
+
+
+def test_threads_signing_at_once_never_share_a_nonce() -> None:
+    credentials = Credentials(HB_SECRET)
+    message = VECTORS["hummingbot_test_secret"]["vectors"][3]["message"]
+    credentials.add_nonces(1200)
+    found: list[list[str]] = [[] for _ in range(4)]
+
+    def work(into: list[str]) -> None:
+        for _ in range(300):
+            into.append(credentials.sign(message))
+
+    refill = threading.Thread(target=credentials.add_nonces, args=(200,))
+    threads = [threading.Thread(target=work, args=(into,)) for into in found]
+    for thread in [refill, *threads]:
+        thread.start()
+    for thread in [refill, *threads]:
+        thread.join()
+    signatures = [sig for into in found for sig in into]
+    assert credentials.nonces_left == 200
+    assert len({base64.b64decode(sig)[:32] for sig in signatures}) == 1200
+    assert all(_verifies(credentials, message, sig) for sig in signatures)
+
+
+def test_credentials_cannot_be_copied_so_no_copy_shares_the_nonces() -> None:
+    credentials = Credentials(HB_SECRET)
+    credentials.add_nonces(2)
+    for duplicate in (copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError):
+            duplicate(credentials)
+    assert credentials.nonces_left == 2
+    assert "nonce" not in repr(credentials)

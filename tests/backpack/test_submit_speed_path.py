@@ -41,7 +41,7 @@ from oms.engine import Engine
 from oms.log import Fsync, LogReader
 from oms.testing.books import SPOT
 from oms.testing.harness import open_harness
-from oms_backpack import endpoints, rest
+from oms_backpack import endpoints, rest, signing
 from oms_backpack.clock import VenueClock
 from oms_backpack.rest import BackpackRest, OutcomeUnknown, VenueUnavailable
 from oms_backpack.session import BackpackSession
@@ -681,6 +681,59 @@ async def test_a_session_keeps_its_connections_warm(
             await h.submit(SPOT, Side.BID, OrderType.LIMIT, quantity="0.1", price="100")
             assert len(connects) == before == 1
             await h.finish()
+
+
+async def test_a_session_signs_with_nonces_made_ahead_and_keeps_them_stocked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`open_backpack_session` fills the credentials' nonce pool at once and refills it
+    whenever a signed request leaves it low; the venue accepts what is signed with them."""
+    monkeypatch.setattr(rest, "NONCE_POOL", 6)
+    monkeypatch.setattr(rest, "NONCE_LOW", 3)
+    made: list[int] = []
+    original = Credentials.add_nonces
+
+    def add_nonces(credentials: Credentials, count: int) -> int:
+        made.append(original(credentials, count))
+        return made[-1]
+
+    monkeypatch.setattr(Credentials, "add_nonces", add_nonces)
+    with trio.fail_after(30):
+        async with open_harness(tmp_path / "s.jsonl") as h:
+            credentials = h.session.rest._credentials
+            assert credentials is not None
+            # The first fill, in a worker thread: nothing to wait on but the count. (A
+            # subscription signed since may have taken one of them already.)
+            while not made:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            for _ in range(8):
+                # A bid that rests (inside the venue's price band, below the market).
+                order = await h.submit(SPOT, Side.BID, OrderType.LIMIT, quantity="0.1", price="120")
+                assert order.status is OrderStatus.NEW  # a bad signature is refused
+            await trio.sleep(0.2)
+            # Every order took a nonce: the first fill's 6, then refills of 4 each.
+            assert sum(made) - credentials.nonces_left >= 8
+            assert made[0] == 6 and len(made) >= 3
+            assert credentials.nonces_left > 3
+            await h.finish()
+
+
+async def test_the_nonce_task_fills_the_pool_then_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    credentials = Credentials(SECRET)
+    api = BackpackRest("http://127.0.0.1:9", credentials)  # never opened: nothing is sent
+    with trio.move_on_after(0.5) as waited:
+        await api.keep_nonces()
+    assert waited.cancelled_caught  # it waits for requests to spend them
+    assert credentials.nonces_left == rest.NONCE_POOL
+    # A pynacl without the primitives: the task ends rather than spin on a pool it cannot fill.
+    monkeypatch.setattr(signing, "_POOLED", False)
+    other = Credentials(SECRET)
+    with trio.fail_after(5):
+        await BackpackRest("http://127.0.0.1:9", other).keep_nonces()
+    assert other.nonces_left == 0
+    # Nor does a client without credentials have anything to fill.
+    with trio.fail_after(5):
+        await BackpackRest("http://127.0.0.1:9").keep_nonces()
 
 
 @pytest.mark.parametrize("idle", [0, -1, rest.KEEPALIVE_EXPIRY, 60])
