@@ -766,8 +766,9 @@ class BackpackRest:
         whenever a signed request leaves fewer than `NONCE_LOW`, make up to `NONCE_POOL` in a
         worker thread (about 20 µs each, libsodium's, with the GIL let go), so that signing
         takes about 2 µs instead of 20 (`oms_backpack.signing`). Without it every signature
-        is made in full. Returns at once for a client without credentials, and where pynacl
-        lacks the primitives."""
+        is made in full. Returns at once for a client without credentials, and where nonces
+        are not made ahead (`signing` module doc); returns, with a warning, if making them
+        fails (nothing is raised into the session)."""
         credentials = self._credentials
         if credentials is None:
             return
@@ -775,8 +776,17 @@ class BackpackRest:
             self._nonces_wanted = trio.Event()
             missing = NONCE_POOL - credentials.nonces_left
             if missing > NONCE_POOL - NONCE_LOW:
-                if not await trio.to_thread.run_sync(credentials.add_nonces, missing):
-                    return  # this pynacl cannot make them: every signature is made in full
+                try:
+                    made = await trio.to_thread.run_sync(credentials.add_nonces, missing)
+                except Exception as exc:  # the random source failing, say: never the session
+                    log.warning(
+                        "making signing nonces ahead failed (%s); every signature is made "
+                        "in full from now on",
+                        type(exc).__name__,
+                    )
+                    return
+                if not made:
+                    return  # nonces are not made ahead here: every signature is made in full
             else:
                 await self._nonces_wanted.wait()
 

@@ -807,6 +807,7 @@ async def open_backpack_session(
     mark_source: MarkSource = mark_price,
     marks: MarkSampler | None = None,
     keep_warm: bool = True,
+    nonces_ahead: bool = True,
 ) -> AsyncIterator[BackpackSession]:
     """Connect, load markets, subscribe, reconcile; yield the session; shut down cleanly.
 
@@ -830,6 +831,11 @@ async def open_backpack_session(
     it and httpx's (cancels, queries) are kept open through quiet spells by a ping after 4 s
     without a request (`BackpackRest.keep_warm`), so that no order or cancel waits for a
     handshake.
+
+    With `nonces_ahead` (the default) requests are signed with nonces made ahead in a worker
+    thread (`BackpackRest.keep_nonces`; about 2 µs a signature instead of 20). Turn it off
+    where the process may be restored from a snapshot (a virtual machine's, a checkpoint
+    tool's): a restored pool would spend its nonces a second time (`oms_backpack.signing`).
 
     On the way out, within `shutdown_timeout` seconds and shielded from cancellation: open
     orders are cancelled if `cancel_on_shutdown`; then, only when the body exited normally,
@@ -899,7 +905,8 @@ async def open_backpack_session(
                 nursery.start_soon(session.poll, poll_interval)
                 nursery.start_soon(session.chaser.run)
                 nursery.start_soon(session.guard)
-                nursery.start_soon(rest.keep_nonces)
+                if nonces_ahead:
+                    nursery.start_soon(rest.keep_nonces)
                 if keep_warm:
                     nursery.start_soon(rest.keep_warm)
                 clean = False

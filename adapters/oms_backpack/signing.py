@@ -1,4 +1,5 @@
-"""Backpack request signing (ED25519). Pure: builds strings and signs them, no I/O.
+"""Backpack request signing (ED25519). Builds strings and signs them: no network or file I/O
+(nonces made ahead read `os.urandom`, below).
 
 The signing string (fact sheet §1.4): `instruction=<name>` first, then the request's
 parameters sorted by key as `&key=value` (values raw, not URL-encoded; booleans lowercase;
@@ -21,13 +22,25 @@ SHA-512 and two scalar operations, about 2 µs. Every step is a libsodium primit
 (constant-time scalar arithmetic); only the order of the steps is ours, and a test checks
 it against libsodium's own `crypto_sign` byte for byte when given libsodium's nonce.
 
-A nonce used for two messages gives the key away, so: a pair is taken off the pool exactly
-once (`list.pop`, atomic under the GIL, so threads cannot share one); each `r` hashes the
-secret prefix with 32 fresh bytes of `os.urandom`, the process id, a counter and the time
-(distinct even if the random source failed); a pair made in another process (after a `fork`)
-is thrown away, never used; `Credentials` cannot be copied or pickled. With an empty pool (a
-burst longer than it, or no task filling it) `sign` falls back to libsodium's deterministic
-`crypto_sign`.
+A nonce used for two messages gives the key away, so:
+- a pair is taken off the pool exactly once (`list.pop`, atomic under the GIL, so threads
+  cannot share one), before anything else that could fail;
+- a child process never uses its parent's pairs: `os.register_at_fork` empties every pool in
+  the child and starts a new generation, and each pair also carries the generation and the
+  process id it was made in (checked by `sign`, for a fork that runs no Python hooks);
+- each `r` hashes the secret nonce prefix with 32 fresh bytes of `os.urandom`, the process
+  id, a counter and the time: it stays secret and unpredictable even from a weak random
+  source, and the inputs never repeat within a process;
+- `Credentials` cannot be copied or pickled.
+With an empty pool (a burst longer than it, or no task filling it) `sign` falls back to
+libsodium's deterministic `crypto_sign`. One risk is outside what a process can see: a
+virtual machine restored from a snapshot, or a process restored by a checkpoint tool, runs
+again with a pool whose nonces it has already spent. Where that can happen, do not make
+nonces ahead (`open_backpack_session(nonces_ahead=False)`).
+
+The module checks at import that the steps give libsodium's own signature byte for byte
+(from libsodium's nonce, for a fixed key); if they do not, or pynacl lacks the primitives,
+no nonces are made and every signature is made in full.
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ import itertools
 import os
 import struct
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Final
@@ -69,13 +83,33 @@ try:
 except ImportError:  # pragma: no cover - a pynacl without it signs every message in full
     _ffi = _lib = None
 
-_POOLED: Final = (
+# Whether this pynacl has the primitives; `_POOLED` (at the end) also needs the self-check.
+_HAS_PRIMITIVES: Final = (
     _lib is not None
     and bool(nacl.bindings.has_crypto_core_ed25519)
     and bool(nacl.bindings.has_crypto_scalarmult_ed25519)
 )
 
 _NONCE_SALT: Final = struct.Struct("<QQQ")  # process id, counter, time (ns)
+
+
+class _Generation:
+    """This process's pairs: replaced in a child after every fork."""
+
+
+# The current generation (one item: replaced, not rebound, after a fork).
+_GENERATION: Final = [_Generation()]
+_ALL: weakref.WeakSet[Credentials] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    _GENERATION[0] = _Generation()
+    for credentials in list(_ALL):
+        credentials._forget_nonces()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 ParamValue = str | int | bool | Decimal | None
 
@@ -122,17 +156,27 @@ def signing_string(
     return f"{body}&timestamp={timestamp_ms}&window={window_ms}"
 
 
-def _response(nonce: bytes, challenge: bytes, scalar: bytes) -> bytes:
-    """`S = nonce + SHA-512(challenge)·scalar mod L`, the second half of an ED25519 signature
-    whose `challenge` is `R || A || message`."""
-    lib = _lib
-    digest = _ffi.new("unsigned char[32]")
-    product = _ffi.new("unsigned char[32]")
-    total = _ffi.new("unsigned char[32]")
-    lib.crypto_core_ed25519_scalar_reduce(digest, hashlib.sha512(challenge).digest())
-    lib.crypto_core_ed25519_scalar_mul(product, digest, scalar)
-    lib.crypto_core_ed25519_scalar_add(total, nonce, product)
-    return bytes(_ffi.buffer(total))
+def _derive(secret: str) -> tuple[bytes, bytes, bytes, bytes]:
+    """From the API secret: the public key, libsodium's 64-byte secret key (used as is by
+    every full signature), and the signing scalar (clamped, reduced mod L) and nonce prefix
+    as RFC 8032 §5.1.6 derives them from the seed."""
+    seed = _decode_key(secret, "API secret")
+    if len(seed) not in (32, 64):
+        raise CredentialsError(
+            f"the API secret decodes to {len(seed)} bytes; an ED25519 seed has 32"
+        )
+    public, secret_key = nacl.bindings.crypto_sign_seed_keypair(seed[:32])
+    digest = hashlib.sha512(seed[:32]).digest()
+    clamped = bytearray(digest[:32])
+    clamped[0] &= 248
+    clamped[31] &= 127
+    clamped[31] |= 64
+    scalar = (
+        nacl.bindings.crypto_core_ed25519_scalar_reduce(bytes(clamped) + bytes(32))
+        if _HAS_PRIMITIVES
+        else b""
+    )
+    return public, secret_key, scalar, digest[32:]
 
 
 def _decode_key(text: str, what: str) -> bytes:
@@ -155,17 +199,15 @@ class Credentials:
         "__public",
         "__scalar",
         "__secret_key",
+        "__weakref__",
         "api_key",
     )
 
     def __init__(self, secret: str, api_key: str | None = None) -> None:
-        seed = _decode_key(secret, "API secret")
-        if len(seed) not in (32, 64):
-            raise CredentialsError(
-                f"the API secret decodes to {len(seed)} bytes; an ED25519 seed has 32"
-            )
-        # libsodium's 64-byte secret key (seed and public key), used as is by every signature.
-        public, self.__secret_key = nacl.bindings.crypto_sign_seed_keypair(seed[:32])
+        try:
+            public, self.__secret_key, self.__scalar, self.__prefix = _derive(secret)
+        finally:
+            del secret  # out of this frame's locals, which a traceback may carry
         derived = base64.b64encode(public).decode("ascii")
         if api_key is not None and api_key.strip() != derived:
             raise CredentialsError(
@@ -173,25 +215,14 @@ class Credentials:
                 "public key of the secret's seed)"
             )
         self.api_key: str = derived
-        # The signing scalar (clamped, reduced mod L) and the nonce prefix, as RFC 8032 §5.1.6
-        # derives them from the seed.
-        digest = hashlib.sha512(seed[:32]).digest()
-        clamped = bytearray(digest[:32])
-        clamped[0] &= 248
-        clamped[31] &= 127
-        clamped[31] |= 64
-        self.__scalar = (
-            nacl.bindings.crypto_core_ed25519_scalar_reduce(bytes(clamped) + bytes(32))
-            if _POOLED
-            else b""
-        )
-        self.__prefix = digest[32:]
         self.__public = public
-        self.__nonces: list[tuple[int, bytes, bytes]] = []  # (process id, r, R)
+        self.__nonces: list[tuple[_Generation, int, bytes, bytes]] = []  # (.., pid, r, R)
         self.__counter = itertools.count()
+        _ALL.add(self)
 
     def __repr__(self) -> str:
-        return f"Credentials(api_key={self.api_key!r}, secret=<hidden>)"
+        # `api_key` is unset while `__init__` runs (a traceback may show the half-made object).
+        return f"Credentials(api_key={getattr(self, 'api_key', None)!r}, secret=<hidden>)"
 
     __str__ = __repr__
 
@@ -206,35 +237,57 @@ class Credentials:
     def add_nonces(self, count: int) -> int:
         """Make `count` nonces ahead (about 20 µs each, nearly all of it in libsodium with
         the GIL released: meant for a worker thread); returns how many were added (0 where
-        this pynacl lacks the primitives)."""
+        nonces are not made ahead: see the module doc)."""
         if not _POOLED or count <= 0:
             return 0
-        pid = os.getpid()
-        made: list[tuple[int, bytes, bytes]] = []
+        generation, pid = _GENERATION[0], os.getpid()
+        made: list[tuple[_Generation, int, bytes, bytes]] = []
+        nonce = _ffi.new("unsigned char[32]")
+        point = _ffi.new("unsigned char[32]")
         for _ in range(count):
-            salt = _NONCE_SALT.pack(pid, next(self.__counter), time.time_ns())
-            wide = hashlib.sha512(self.__prefix + os.urandom(32) + salt).digest()
-            nonce = _ffi.new("unsigned char[32]")
-            point = _ffi.new("unsigned char[32]")
-            _lib.crypto_core_ed25519_scalar_reduce(nonce, wide)
+            salt = _NONCE_SALT.pack(pid, next(self.__counter), time.time_ns() & (2**64 - 1))
+            _lib.crypto_core_ed25519_scalar_reduce(
+                nonce, hashlib.sha512(self.__prefix + os.urandom(32) + salt).digest()
+            )
             # Refuses only a nonce of 0 (a chance of 2^-252): that one is skipped.
             if _lib.crypto_scalarmult_ed25519_base_noclamp(point, nonce) == 0:
-                made.append((pid, bytes(_ffi.buffer(nonce)), bytes(_ffi.buffer(point))))
+                made.append((generation, pid, bytes(_ffi.buffer(nonce)), bytes(_ffi.buffer(point))))
+        _lib.sodium_memzero(nonce, 32)
         self.__nonces.extend(made)
         return len(made)
+
+    def _forget_nonces(self) -> None:
+        """Throw every pair away (in a child after a fork: they are its parent's)."""
+        self.__nonces.clear()
+
+    def _spend(self, nonce: bytes, point: bytes, data: bytes) -> bytes:
+        """The signature `R || S` of `data` for the pair (`nonce`, `point` = R):
+        `S = nonce + SHA-512(R || A || data)·a mod L`. The scalar `a` is read from the slot,
+        never held in a local a traceback could show; `k·a`, which would give `a` away, is
+        wiped once added."""
+        digest = _ffi.new("unsigned char[32]")
+        product = _ffi.new("unsigned char[32]")
+        total = _ffi.new("unsigned char[32]")
+        _lib.crypto_core_ed25519_scalar_reduce(
+            digest, hashlib.sha512(point + self.__public + data).digest()
+        )
+        _lib.crypto_core_ed25519_scalar_mul(product, digest, self.__scalar)
+        _lib.crypto_core_ed25519_scalar_add(total, nonce, product)
+        _lib.sodium_memzero(product, 32)
+        return point + bytes(_ffi.buffer(total))
 
     def sign(self, message: str) -> str:
         """base64 of the 64-byte ED25519 signature of `message` (UTF-8): with a nonce from
         the pool when it has one, else libsodium's deterministic signature."""
         data = message.encode("utf-8")
         try:
-            pid, nonce, point = self.__nonces.pop()
+            generation, pid, nonce, point = self.__nonces.pop()
         except IndexError:
-            pid = 0
-        if pid and pid == os.getpid():
-            signed = point + _response(nonce, point + self.__public + data, self.__scalar)
+            generation = None
+        if generation is _GENERATION[0] and pid == os.getpid():
+            signed = self._spend(nonce, point, data)
         else:
-            if pid:  # made before a fork, in another process: none of them may be used here
+            if generation is not None:  # made in another process: none may be used here
                 self.__nonces.clear()
             # crypto_sign returns the signature followed by the message; nacl.signing's
             # wrapper adds nothing but objects around the same call.
@@ -267,3 +320,27 @@ class Credentials:
             "params": list(streams),
             "signature": [self.api_key, signature, str(timestamp_ms), str(window_ms)],
         }
+
+
+def _steps_agree() -> bool:
+    """Whether `Credentials._spend`, given the nonce RFC 8032 derives, gives libsodium's own
+    signature, for a fixed (public) test key."""
+    if not _HAS_PRIMITIVES:
+        return False
+    seed = bytes(range(32))
+    message = b"instruction=orderExecute&clientId=1&timestamp=1&window=5000"
+    try:
+        probe = Credentials(base64.b64encode(seed).decode("ascii"))
+        _, secret_key = nacl.bindings.crypto_sign_seed_keypair(seed)
+        prefix = hashlib.sha512(seed).digest()[32:]
+        nonce = nacl.bindings.crypto_core_ed25519_scalar_reduce(
+            hashlib.sha512(prefix + message).digest()
+        )
+        point = nacl.bindings.crypto_scalarmult_ed25519_base_noclamp(nonce)
+        ours = probe._spend(nonce, point, message)
+    except Exception:  # a pynacl whose private module changed: sign in full
+        return False
+    return bool(ours == nacl.bindings.crypto_sign(message, secret_key)[:64])
+
+
+_POOLED: Final = _steps_agree()

@@ -173,26 +173,43 @@ def _verifies(credentials: Credentials, message: str, signature_b64: str) -> boo
         return False
 
 
+def _b64(seed: bytes) -> str:
+    return base64.b64encode(seed).decode()
+
+
 @given(seed=st.binary(min_size=32, max_size=32), message=st.binary(max_size=300))
-def test_the_pooled_signing_steps_give_libsodiums_signature_from_libsodiums_nonce(
+def test_the_pooled_steps_give_libsodiums_signature_from_libsodiums_nonce(
     seed: bytes, message: bytes
 ) -> None:
-    """The steps `sign` takes with a pooled nonce, given the nonce RFC 8032 derives from the
-    message, give byte for byte what libsodium's `crypto_sign` gives: the arithmetic is
-    right, and only where the nonce comes from differs."""
-    public, secret_key = nacl.bindings.crypto_sign_seed_keypair(seed)
-    digest = hashlib.sha512(seed).digest()
-    clamped = bytearray(digest[:32])
-    clamped[0] &= 248
-    clamped[31] &= 127
-    clamped[31] |= 64
-    scalar = nacl.bindings.crypto_core_ed25519_scalar_reduce(bytes(clamped) + bytes(32))
+    """`Credentials`' own pooled steps (its scalar, derived from the seed; its public key),
+    given the nonce RFC 8032 derives from the message, give byte for byte what libsodium's
+    `crypto_sign` gives: the arithmetic is right, and only where the nonce comes from
+    differs."""
+    credentials = Credentials(_b64(seed))
+    _, secret_key = nacl.bindings.crypto_sign_seed_keypair(seed)
+    prefix = hashlib.sha512(seed).digest()[32:]
     nonce = nacl.bindings.crypto_core_ed25519_scalar_reduce(
-        hashlib.sha512(digest[32:] + message).digest()
+        hashlib.sha512(prefix + message).digest()
     )
     point = nacl.bindings.crypto_scalarmult_ed25519_base_noclamp(nonce)
-    ours = point + signing._response(nonce, point + public + message, scalar)
-    assert ours == nacl.bindings.crypto_sign(message, secret_key)[:64]
+    assert (
+        credentials._spend(nonce, point, message)
+        == (nacl.bindings.crypto_sign(message, secret_key)[:64])
+    )
+
+
+@given(seed=st.binary(min_size=32, max_size=32), message=st.text(max_size=200))
+def test_signatures_from_the_pool_verify_for_any_key(seed: bytes, message: str) -> None:
+    credentials = Credentials(_b64(seed))
+    assert credentials.add_nonces(1) == 1
+    signature = credentials.sign(message)
+    assert credentials.nonces_left == 0
+    assert _verifies(credentials, message, signature)
+
+
+def test_the_module_checked_its_steps_at_import() -> None:
+    assert signing._POOLED  # this pynacl has the primitives, and they agreed
+    assert signing._steps_agree()
 
 
 def test_pooled_signatures_verify_spend_one_nonce_each_and_never_repeat_one() -> None:
@@ -213,16 +230,36 @@ def test_pooled_signatures_verify_spend_one_nonce_each_and_never_repeat_one() ->
     assert not _verifies(credentials, vector["message"] + " ", pooled[0])
 
 
+@pytest.mark.parametrize("how", ["another process id", "another generation"])
 def test_nonces_made_in_another_process_are_thrown_away_unused(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
+    """A pair made in another process is never used: one with another process id (a fork
+    that ran no Python hooks), or one from an earlier generation with the same process id (a
+    grandchild given its grandparent's recycled id)."""
     credentials = Credentials(HB_SECRET)
     vector = VECTORS["hummingbot_test_secret"]["vectors"][3]
     credentials.add_nonces(5)
-    real = os.getpid()
-    monkeypatch.setattr(signing.os, "getpid", lambda: real + 1)
+    if how == "another process id":
+        real = os.getpid()
+        monkeypatch.setattr(signing.os, "getpid", lambda: real + 1)
+    else:
+        monkeypatch.setattr(signing, "_GENERATION", [signing._Generation()])
     assert credentials.sign(vector["message"]) == vector["signature_b64 (X-Signature)"]
     assert credentials.nonces_left == 0
+
+
+def test_the_fork_hook_empties_every_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = Credentials(HB_SECRET), Credentials(HB_SECRET)
+    first.add_nonces(3)
+    second.add_nonces(2)
+    monkeypatch.setattr(signing, "_GENERATION", [signing._GENERATION[0]])  # restored after
+    before = signing._GENERATION[0]
+    signing._after_fork_in_child()
+    assert signing._GENERATION[0] is not before
+    assert first.nonces_left == second.nonces_left == 0
+    first.add_nonces(1)
+    assert _verifies(first, "x", first.sign("x"))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -268,6 +305,17 @@ def test_threads_signing_at_once_never_share_a_nonce() -> None:
     assert credentials.nonces_left == 200
     assert len({base64.b64decode(sig)[:32] for sig in signatures}) == 1200
     assert all(_verifies(credentials, message, sig) for sig in signatures)
+
+
+def test_a_mismatched_api_key_leaves_no_secret_in_the_traceback() -> None:
+    other = VECTORS["rfc8032_test1_seed"]["public_key_b64 (X-API-Key)"]
+    with pytest.raises(CredentialsError) as info:
+        Credentials(HB_SECRET, api_key=other)
+    for entry in info.traceback:
+        for value in entry.frame.f_locals.values():
+            assert HB_SECRET not in repr(value)
+            if isinstance(value, bytes):  # the public key only: no seed, secret key or scalar
+                assert value == base64.b64decode(Credentials(HB_SECRET).api_key)
 
 
 def test_credentials_cannot_be_copied_so_no_copy_shares_the_nonces() -> None:

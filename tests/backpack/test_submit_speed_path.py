@@ -40,12 +40,13 @@ from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, Ti
 from oms.engine import Engine
 from oms.log import Fsync, LogReader
 from oms.testing.books import SPOT
-from oms.testing.harness import open_harness
+from oms.testing.harness import open_harness, open_session
 from oms_backpack import endpoints, rest, signing
 from oms_backpack.clock import VenueClock
 from oms_backpack.rest import BackpackRest, OutcomeUnknown, VenueUnavailable
 from oms_backpack.session import BackpackSession
 from oms_backpack.signing import Credentials
+from oms_local_exchange import open_local_exchange
 
 SECRET = "sKmC5939f6W9/viyhwyaNHa0f7j5wSMvZsysW5BB9L4="
 API_KEY = "1dCOvaOfUlYl8m8gNNUUA2cs9VZyaSD9vuwNgi944uM="
@@ -734,6 +735,34 @@ async def test_the_nonce_task_fills_the_pool_then_waits(monkeypatch: pytest.Monk
     # Nor does a client without credentials have anything to fill.
     with trio.fail_after(5):
         await BackpackRest("http://127.0.0.1:9").keep_nonces()
+
+
+async def test_a_failure_to_make_nonces_is_logged_and_never_reaches_the_session(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(credentials: Credentials, count: int) -> int:
+        raise OSError("no randomness")
+
+    monkeypatch.setattr(Credentials, "add_nonces", broken)
+    credentials = Credentials(SECRET)
+    with caplog.at_level(logging.WARNING), trio.fail_after(5):
+        await BackpackRest("http://127.0.0.1:9", credentials).keep_nonces()  # returns
+    assert "making signing nonces ahead failed (OSError)" in caplog.text
+    assert SECRET not in caplog.text
+    assert credentials.sign("x")  # made in full
+
+
+async def test_a_session_can_sign_without_nonces_made_ahead(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            open_local_exchange() as exchange,
+            open_session(exchange, tmp_path / "t.jsonl", nonces_ahead=False) as h2,
+        ):
+            order = await h2.submit(SPOT, Side.BID, OrderType.LIMIT, quantity="0.1", price="120")
+            assert order.status is OrderStatus.NEW
+            credentials = h2.session.rest._credentials
+            assert credentials is not None and credentials.nonces_left == 0
+            await h2.finish()
 
 
 @pytest.mark.parametrize("idle", [0, -1, rest.KEEPALIVE_EXPIRY, 60])
