@@ -715,7 +715,7 @@ async def test_a_session_signs_with_nonces_made_ahead_and_keeps_them_stocked(
             # Every order took a nonce: the first fill's 6, then refills of 4 each.
             assert sum(made) - credentials.nonces_left >= 8
             assert made[0] == 6 and len(made) >= 3
-            assert credentials.nonces_left > 3
+            assert credentials.nonces_left >= 3  # refilled whenever it fell below 3
             await h.finish()
 
 
