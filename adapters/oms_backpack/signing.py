@@ -322,13 +322,14 @@ class Credentials:
         }
 
 
-def _steps_agree() -> bool:
-    """Whether `Credentials._spend`, given the nonce RFC 8032 derives, gives libsodium's own
-    signature, for a fixed (public) test key."""
+def _steps_agree(
+    seed: bytes = bytes(range(32)),
+    message: bytes = b"instruction=orderExecute&clientId=1&timestamp=1&window=5000",
+) -> bool:
+    """Whether `Credentials._spend` for the key of `seed`, given the nonce RFC 8032 derives
+    for `message`, gives libsodium's own signature (at import: a fixed, public test key)."""
     if not _HAS_PRIMITIVES:
         return False
-    seed = bytes(range(32))
-    message = b"instruction=orderExecute&clientId=1&timestamp=1&window=5000"
     try:
         probe = Credentials(base64.b64encode(seed).decode("ascii"))
         _, secret_key = nacl.bindings.crypto_sign_seed_keypair(seed)
