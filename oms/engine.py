@@ -2,10 +2,11 @@
 
 Log order is apply order, so `replay(log)` gives exactly the live state. Every producer (the
 WebSocket reader, reconciliation, the answers to commands, the embedding program's own
-commands) records through the engine's two synchronous entries, `record` (a fact to record)
-and `record_news` (facts that are recorded only if they are news to the state). Under trio
-there is one thread, and neither entry awaits, so no two records interleave: the engine is the
-single writer without a task of its own. `run` keeps a group-commit log synced on time (and
+commands) records through the engine's synchronous entries, `record` (a fact to record),
+`record_news` (facts that are recorded only if they are news to the state) and
+`record_pending` (a command logged before it is sent, applied once its bytes are on their way).
+Under trio there is one thread, and no entry awaits, so no two records interleave: the engine
+is the single writer without a task of its own. `run` keeps a group-commit log synced on time (and
 can drain a memory channel for programs that prefer to hand events over that way).
 
 Snapshots (docs/snapshots.md): `open` resumes from the newest valid snapshot beside the log
@@ -22,6 +23,7 @@ import functools
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -69,12 +71,16 @@ class Engine:
 
     def __init__(self, log: EventLog | None = None, state: State | None = None) -> None:
         self.log = log
-        self.state = state if state is not None else State()
-        if log is not None and log.last_seq != self.state.last_seq:
+        self._state = state if state is not None else State()
+        if log is not None and log.last_seq != self._state.last_seq:
             raise ValueError(
                 f"log {log.path} ends at seq {log.last_seq} but the state is at "
-                f"seq {self.state.last_seq}"
+                f"seq {self._state.last_seq}"
             )
+        # An event logged by `record_pending` and not yet applied, and the thread that
+        # logged it (the only one that may apply it).
+        self._pending: Event | None = None
+        self._pending_thread = 0
         self._listeners: list[Listener] = []
         self._unsynced = trio.Event()  # set when the log holds events not yet synced
         self._waiters: list[_Waiter] = []
@@ -204,12 +210,16 @@ class Engine:
         writes due snapshots from a worker thread itself. Raises what writing raises.
         """
         log = self.log
+        state = self.state
         mark = None if log is None else log.mark()
         if log is None or mark is None or mark.seq == self._snapshot_seq:
             return None
+        if mark.seq != state.last_seq:
+            # Called from another thread while an event is logged and not yet applied.
+            return None
         log.sync()
         keep = DEFAULT_KEEP if self.snapshots is None else self.snapshots.keep
-        path = write_snapshot(log.path, self.state, mark, keep=keep)
+        path = write_snapshot(log.path, state, mark, keep=keep)
         self._snapshot_written(path, mark.seq)
         return path
 
@@ -251,10 +261,24 @@ class Engine:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
+    @property
+    def state(self) -> State:
+        """The state with every recorded event applied (an immutable object).
+
+        An event logged by `record_pending` and not applied yet is applied first (see
+        `settle`), on the thread that logged it. Another thread (a metrics scraper, say)
+        reads the state as it was before that event: consistent, one event behind.
+        """
+        if self._pending is not None and threading.get_ident() == self._pending_thread:
+            self.settle()
+        return self._state
+
     def record(self, event: Event) -> State:
         """Append `event` to the log (durable per the fsync policy), then apply it."""
-        self._commit(event, apply(self.state, event))
-        return self.state
+        if self._pending is not None:
+            self.settle()
+        self._commit(event, apply(self._state, event))
+        return self._state
 
     def record_news(self, events: Iterable[Event]) -> list[Event]:
         """Record each of `events` that is news to the state (`oms.core.reducer.is_news`),
@@ -263,15 +287,49 @@ class Engine:
         For facts the engine may have already: reconciliation, a venue's answer to our own
         command. Each event is applied once: the state it was judged by is the one kept.
         """
+        if self._pending is not None:
+            self.settle()
         recorded: list[Event] = []
         for event in events:
-            after = apply(self.state, event)
-            if is_news(self.state, after):
+            after = apply(self._state, event)
+            if is_news(self._state, after):
                 recorded.append(self._commit(event, after))
         return recorded
 
+    def record_pending(self, event: Event) -> None:
+        """Append `event` to the log now; apply it (and call the listeners) at `settle`.
+
+        For a command that must be in the log before it is sent (the write-ahead) but need
+        not be applied before its bytes leave: a submit appends its `OrderSubmitted`, sends,
+        then settles, so applying the order and the listeners are not in the order's way to
+        the venue. The log's order stays the order of application, on every path: every
+        other record, and every read of `state` on this thread, settles first. Nothing
+        happens between the append and the settle but what the caller does without a
+        scheduling point, or what settles first.
+        """
+        if self._pending is not None:
+            self.settle()
+        self._pending = self._append(event)
+        self._pending_thread = threading.get_ident()
+
+    def settle(self) -> None:
+        """Apply the event `record_pending` logged, if any, and call the listeners."""
+        event = self._pending
+        if event is None:
+            return
+        self._pending = None
+        self._adopt(event, apply(self._state, event))
+
     def _commit(self, event: Event, after: State) -> Event:
         """Log `event`, then make `after` (the state with it applied) the state."""
+        logged = self._append(event)
+        if logged is not event:
+            after = apply(self._state, logged)
+        self._adopt(logged, after)
+        return logged
+
+    def _append(self, event: Event) -> Event:
+        """Log `event`; returns the event logged (`event`, or its repaired copy)."""
         if self.log is not None:
             try:
                 self.log.append(event)
@@ -279,11 +337,15 @@ class Engine:
                 # A string that is not valid Unicode (a lone surrogate from a venue's \u
                 # escape): log and apply the same repaired event, so replay stays exact.
                 event = scrub(event)
-                after = apply(self.state, event)
                 self.log.append(event)
             if self.log.unsynced:
                 self._unsynced.set()
-        self.state = after
+        return event
+
+    def _adopt(self, event: Event, after: State) -> None:
+        """Make `after` (the state with the logged `event` applied) the state; tell the
+        snapshot writer, the waiters and the listeners."""
+        self._state = after
         if after.last_seq >= self._snapshot_next:
             self._snapshot_next = _NEVER  # until this one is written
             self._snapshot_wanted.set()
@@ -305,7 +367,6 @@ class Engine:
                     after.last_seq,
                     exc_info=exc,
                 )
-        return event
 
     # --- waiting for outcomes (the caller owns the timeout: wrap in trio.fail_after) -------
 
@@ -418,10 +479,10 @@ class Engine:
             await self._snapshot_wanted.wait()
             self._snapshot_wanted = trio.Event()
             log = self.log
+            state = self.state  # immutable: the writer goes on while it is encoded
             mark = None if log is None or log.closed else log.mark()
             if log is None or mark is None or not self.snapshot_due:
                 continue
-            state = self.state  # immutable: the writer goes on while it is encoded
             keep = DEFAULT_KEEP if self.snapshots is None else self.snapshots.keep
             self._snapshot_writing = True
             try:
@@ -448,6 +509,7 @@ class Engine:
         """Close the log, writing a snapshot first if one is due, or if at least
         `snapshots.at_close` events came after the newest (a failure to write it is logged
         and counted, and the log is closed all the same)."""
+        state = self.state  # with an event `record_pending` logged applied
         if self.log is None:
             return
         policy = self.snapshots
@@ -455,7 +517,7 @@ class Engine:
             policy is not None
             and policy.every > 0
             and policy.at_close > 0
-            and self.state.last_seq - self._snapshot_seq >= policy.at_close
+            and state.last_seq - self._snapshot_seq >= policy.at_close
         )
         try:
             if (self.snapshot_due or at_close) and not self._snapshot_writing:

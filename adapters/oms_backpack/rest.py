@@ -486,15 +486,20 @@ class _Lane:
         self.last_used = -math.inf
 
     async def request(
-        self, head: _Head, headers: Mapping[str, str], body: bytes
+        self,
+        head: _Head,
+        headers: Mapping[str, str],
+        body: bytes,
+        sent: Callable[[], None] | None = None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Send one request (`head`, then `headers`, Content-Length and `body`); return
-        (status, raw response headers, raw body)."""
+        (status, raw response headers, raw body). `sent` is called once the request is
+        written (or its write failed), before the first scheduling point after it."""
         if self.busy:
             raise RuntimeError("the order lane carries one request at a time")
         self.busy = True
         try:
-            return await self._exchange(head, headers, body)
+            return await self._exchange(head, headers, body, sent)
         except BaseException:
             self._drop()  # its state is unknown: never reused
             raise
@@ -566,7 +571,11 @@ class _Lane:
         self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEADER_BYTES)
 
     async def _exchange(
-        self, head: _Head, headers: Mapping[str, str], body: bytes
+        self,
+        head: _Head,
+        headers: Mapping[str, str],
+        body: bytes,
+        sent: Callable[[], None] | None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         data = head.encode(headers, body)  # before connecting: a refused header sends nothing
         stream, conn = await self._connection()
@@ -579,6 +588,8 @@ class _Lane:
                 raise httpx.WriteTimeout(str(exc)) from exc
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the server may have answered before closing: read what it sent
+        if sent is not None:
+            sent()
         # h11 learns what was sent once it is on its way (its own copy of the bytes is not
         # needed); all it must know before it reads the answer.
         conn.send(head.shadow(len(body)))
@@ -847,14 +858,19 @@ class BackpackRest:
 
     # --- core --------------------------------------------------------------------------------
 
-    async def call(self, spec: RequestSpec) -> Any:
+    async def call(self, spec: RequestSpec, *, sent: Callable[[], None] | None = None) -> Any:
         """Send `spec`; return its parsed JSON (Decimal numbers), or None for an empty body.
+
+        `sent`, if given, is called after each attempt's request is written and before the
+        next scheduling point, on the order lane (for an order execute); through httpx, just
+        before the request is handed to it. (A submit applies its `OrderSubmitted` there:
+        `Engine.record_pending`.)
 
         Raises `VenueError` (or a subclass) when the venue refuses, `OutcomeUnknown` when the
         request may or may not have taken effect, `VenueUnavailable` when it got no answer and
         cannot have taken effect, `MissingCredentials` for a signed spec without credentials.
         """
-        return (await self._call(spec)).body
+        return (await self._call(spec, sent)).body
 
     async def sync_clock(self) -> int:
         """Measure the venue clock (`GET /api/v1/time`); store and return the offset in ms:
@@ -890,13 +906,13 @@ class BackpackRest:
         )
         await trio.sleep(delay)
 
-    async def _send(self, spec: RequestSpec) -> _Reply:
+    async def _send(self, spec: RequestSpec, sent: Callable[[], None] | None = None) -> _Reply:
         observer = self.observer
         if observer is None:
-            return await self._send_once(spec)
+            return await self._send_once(spec, sent)
         started = time.perf_counter()
         try:
-            reply = await self._send_once(spec)
+            reply = await self._send_once(spec, sent)
         except Exception as exc:
             observer(spec.path, time.perf_counter() - started, type(exc).__name__)
             raise
@@ -904,7 +920,7 @@ class BackpackRest:
         observer(spec.path, time.perf_counter() - started, error)
         return reply
 
-    async def _send_once(self, spec: RequestSpec) -> _Reply:
+    async def _send_once(self, spec: RequestSpec, sent: Callable[[], None] | None = None) -> _Reply:
         client = self._client
         if client is None:
             raise RuntimeError("BackpackRest is not open: use `async with BackpackRest(...)`")
@@ -935,10 +951,12 @@ class BackpackRest:
         ):
             head = self._lane_head(client, "POST", spec.path)
             sent_ms = self.clock.local_ms()
-            status, answer_headers, answer = await lane.request(head, headers, content)
+            status, answer_headers, answer = await lane.request(head, headers, content, sent)
             received_ms = self.clock.local_ms()
             return _lane_reply(status, answer_headers, answer, sent_ms, received_ms)
         params = _query_params(spec.query) if spec.query else None
+        if sent is not None:
+            sent()
         sent_ms = self.clock.local_ms()
         try:
             response = await client.request(
@@ -970,7 +988,7 @@ class BackpackRest:
             head = self._lane_heads[key] = _Head(method.encode("ascii"), built.url.raw_path, fixed)
         return head
 
-    async def _call(self, spec: RequestSpec) -> _Result:
+    async def _call(self, spec: RequestSpec, sent: Callable[[], None] | None = None) -> _Result:
         if spec.instruction is not None and self._credentials is None:
             raise MissingCredentials(
                 f"{spec.method} {spec.path} ({spec.instruction}) is signed, but this client "
@@ -992,7 +1010,7 @@ class BackpackRest:
         while True:
             sent_count += 1
             try:
-                reply = await self._send(spec)
+                reply = await self._send(spec, sent)
             except httpx.DecodingError as exc:
                 # An answer came, but its body does not decode (a bad Content-Encoding): the
                 # request reached the venue, so for a write the outcome is not known.

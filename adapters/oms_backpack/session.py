@@ -529,9 +529,13 @@ class BackpackSession:
         decision = risk.check(self.engine.state, command, self.limits, mark=self.mark_source)
         if isinstance(decision, risk.Denied):
             self._deny(command, decision)
-        self.engine.record(command)
+        # Logged before it is sent (the write-ahead); applied, and the listeners called, once
+        # its bytes are on their way (`Engine.record_pending`): the order's path to the venue
+        # carries no more than it must. Anything else that touches the engine applies it first.
+        engine = self.engine
+        engine.record_pending(command)
         try:
-            body = await self.rest.call(spec)
+            body = await self.rest.call(spec, sent=engine.settle)
         except OutcomeUnknown as exc:
             self.engine.record(
                 SubmitUnknown(
@@ -558,6 +562,8 @@ class BackpackSession:
         else:
             answer = codec.order_object(body, Source.REST, self.clock.local_us())
             self.engine.record_news([answer])
+        finally:
+            engine.settle()  # on every path, a cancelled caller's included
         order = self.engine.state.order(client_id=command.client_id)
         assert order is not None
         return order

@@ -21,6 +21,8 @@ def test_measure_submit_times_each_order_to_its_last_byte_at_the_socket() -> Non
     assert 0 < figures["p50_us"] <= figures["p99_us"]
     for part in ("before_record", "record", "signing", "http"):
         assert 0 < figures[f"{part}_p50_us"] < figures["p99_us"]
+    # The order is applied to the state (and the listeners called) after its bytes left.
+    assert figures["applied_after_send_p50_us"] > 0
     # One send carries the whole request: its headers and the order's JSON body.
     assert figures["sends_per_request"] == 1
     assert 400 < figures["request_bytes"] < 1000
@@ -37,10 +39,11 @@ def test_main_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
         r"(PASS|MISS)",
         rf"submit -> request bytes at the socket, p99\s+{NUMBER} µs",
         rf"gate, checks, request spec, p50\s+{NUMBER} µs",
-        rf"engine record \(log append\), p50\s+{NUMBER} µs",
+        rf"engine log append, p50\s+{NUMBER} µs",
         rf"signing, p50\s+{NUMBER} µs",
         r"signed with a nonce made ahead\s+\d+ of 25",
         rf"HTTP layer to the last byte, p50\s+{NUMBER} µs",
+        rf"after the span: the order applied, listeners, p50\s+{NUMBER} µs",
         r"send calls / bytes per request\s+1 / \d+",
     ]
     for pattern in expected:

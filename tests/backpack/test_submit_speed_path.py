@@ -35,6 +35,8 @@ from hypothesis import strategies as st
 
 from oms.core.errors import ConfigurationError
 from oms.core.events import OrderSubmitted, SubmitRejected, SubmitUnknown
+from oms.core.reducer import replay
+from oms.core.serialization import state_hash
 from oms.core.state import Market
 from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, TimeInForce
 from oms.engine import Engine
@@ -321,9 +323,9 @@ def spy_on_lane(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     carried: list[bytes] = []
     original = rest._Lane.request
 
-    async def request(self: rest._Lane, head: Any, headers: Any, body: bytes) -> Any:
+    async def request(self: rest._Lane, head: Any, headers: Any, body: bytes, *rest: Any) -> Any:
         carried.append(body)
-        return await original(self, head, headers, body)
+        return await original(self, head, headers, body, *rest)
 
     monkeypatch.setattr(rest._Lane, "request", request)
     return carried
@@ -802,6 +804,81 @@ async def submit_and_record(url: str, path: Path, **options: Any) -> tuple[Any, 
         engine.close()
     events = [msgspec.structs.replace(e, recv_time_us=0) for _, e in LogReader(path)][1:]
     return placed, events
+
+
+def spot_engine(path: Path | None = None) -> Engine:
+    """An engine (logged to `path`, if given) that knows the SOL_USDC market."""
+    engine = Engine(None) if path is None else Engine.open(path, fsync=Fsync.group())
+    engine.record(
+        rest.codec.market(
+            {"symbol": "SOL_USDC", "baseSymbol": "SOL", "quoteSymbol": "USDC",
+             "marketType": "SPOT", "filters": {"price": {"tickSize": "0.01"},
+             "quantity": {"stepSize": "0.01", "minQuantity": "0.01"}}},
+            Source.REST, 1,
+        )
+    )  # fmt: skip
+    return engine
+
+
+async def test_a_submit_logs_its_order_before_the_bytes_leave_and_applies_it_right_after(
+    venue: Venue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log.jsonl"
+    engine = spot_engine(path)
+    timeline: list[tuple[str, int]] = []
+    engine.subscribe(lambda event, state: timeline.append((type(event).__name__, state.last_seq)))
+    write = rest._Lane._send_now
+
+    def send_now(lane: rest._Lane, data: bytes) -> int:
+        assert engine.log is not None
+        timeline.append(("write", engine.log.last_seq))
+        return write(lane, data)
+
+    monkeypatch.setattr(rest._Lane, "_send_now", send_now)
+    async with client(venue.url) as api:
+        session = BackpackSession(engine, api, perpetual=False)
+        session.reconciled.set()
+        placed = await session.submit(
+            "SOL_USDC", Side.BID, OrderType.LIMIT_MAKER, quantity=Decimal("0.01"),
+            price=Decimal("1"), client_id=42,
+        )  # fmt: skip
+        session.reconciler.close()
+    engine.close()
+    # In the log (seq 2) before the write; applied, and the listeners told, just after it,
+    # before the venue's answer (seq 3).
+    assert timeline == [("write", 2), ("OrderSubmitted", 2), ("OrderObserved", 3)]
+    assert placed.status is OrderStatus.NEW
+    assert state_hash(replay(e for _, e in LogReader(path))) == state_hash(engine.state)
+
+
+async def test_a_submit_cancelled_before_its_bytes_leave_still_applies_what_it_logged(
+    venue: Venue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def connect_forever(lane: rest._Lane) -> None:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(rest._Lane, "_connect", connect_forever)
+    path = tmp_path / "log.jsonl"
+    engine = spot_engine(path)
+    seen: list[str] = []
+    engine.subscribe(lambda event, state: seen.append(type(event).__name__))
+    async with client(venue.url) as api:
+        session = BackpackSession(engine, api, perpetual=False)
+        session.reconciled.set()
+        with trio.move_on_after(0.05) as scope:
+            await session.submit(
+                "SOL_USDC", Side.BID, OrderType.LIMIT_MAKER, quantity=Decimal("0.01"),
+                price=Decimal("1"), client_id=42,
+            )  # fmt: skip
+        assert scope.cancelled_caught
+        # Applied on the way out of the cancelled submit, not left for the next reader.
+        assert seen == ["OrderSubmitted"]
+        session.reconciler.close()
+    engine.close()
+    order = engine.state.order(client_id=42)
+    assert order is not None and order.status is OrderStatus.PENDING_NEW
+    assert venue.requests == []
+    assert state_hash(replay(e for _, e in LogReader(path))) == state_hash(engine.state)
 
 
 # With an answer whose body does not decode (a bad Content-Encoding), httpx leaves its

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from oms import engine as engine_module
 from oms.core.events import (
@@ -409,3 +412,124 @@ async def test_a_wait_times_out_where_the_caller_says_and_a_bad_predicate_raises
         await trio.testing.wait_all_tasks_blocked()
         engine.record(_submitted(1))  # the writer is not disturbed
     assert engine.state.last_seq == 1 and len(failures) == 1
+
+
+# --- an event logged now, applied after (`record_pending`, `settle`) ----------------------------
+
+GOLDEN = sorted(path.stem for path in REPLAY_DIR.glob("*.jsonl"))
+
+
+@given(
+    name=st.sampled_from(GOLDEN),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["record", "pending", "news"]),
+            st.sampled_from(["nothing", "read", "settle"]),
+        ),
+        min_size=1,
+        max_size=400,
+    ),
+)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_events_logged_first_and_applied_later_are_applied_in_log_order(
+    tmp_path: Path, name: str, steps: list[tuple[str, str]]
+) -> None:
+    """Whatever mix of `record`, `record_pending` and `record_news` a session's events come
+    through, and whatever reads the state in between, the listeners see the log's events in
+    the log's order, each with the state after it, and the state is the log's replay."""
+    events = session(name)
+    path = tmp_path / f"{name}-{len(list(tmp_path.iterdir()))}.jsonl"
+    engine = Engine.open(path, fsync=Fsync.never(), snapshots=None)
+    seen: list[tuple[Event, int]] = []
+    engine.subscribe(lambda event, state: seen.append((event, state.last_seq)))
+    for event, (how, then) in zip(events, steps * len(events), strict=False):
+        if how == "record":
+            engine.record(event)
+        elif how == "pending":
+            engine.record_pending(event)
+        else:
+            engine.record_news([event])
+        if then == "read":
+            assert engine.state.last_seq == engine.log.last_seq  # type: ignore[union-attr]
+        elif then == "settle":
+            engine.settle()
+    engine.close()
+    logged = list(LogReader(path))
+    assert [(event, seq) for seq, event in logged] == seen
+    assert engine.state.last_seq == len(logged)
+    assert state_hash(engine.state) == state_hash(replay(event for _, event in logged))
+
+
+def test_a_pending_event_is_logged_at_once_and_applied_before_anything_else() -> None:
+    events = session("spot_limit_partial_cancel")
+    engine = Engine()
+    seen: list[Event] = []
+    engine.subscribe(lambda event, state: seen.append(event))
+    engine.record(events[0])
+    engine.record_pending(events[1])
+    assert seen == [events[0]]  # not applied, no listener called
+    engine.record(events[2])  # another record applies it first
+    assert seen == events[:3]
+    engine.record_pending(events[3])
+    engine.record_pending(events[4])  # so does another pending one
+    assert seen == events[:4]
+    assert engine.state.last_seq == 5  # and a read of the state
+    assert seen == events[:5]
+    engine.settle()  # nothing left: nothing happens
+    assert seen == events[:5]
+    assert state_hash(engine.state) == state_hash(replay(events[:5]))
+
+
+async def test_a_pending_event_is_applied_before_a_waiter_or_a_snapshot_sees_the_state(
+    tmp_path: Path,
+) -> None:
+    events = session("spot_limit_partial_cancel")
+    engine = Engine.open(tmp_path / "s.jsonl", fsync=Fsync.never())
+    for event in events[:-1]:
+        engine.record(event)
+    engine.record_pending(events[-1])
+    # A waiter checks the state when it starts: with the pending event applied.
+    state = await engine.wait_until(lambda s: s.last_seq == len(events))
+    assert state.last_seq == len(events)
+    engine.record_pending(note(1))
+    path = engine.write_snapshot()
+    assert path is not None
+    engine.close()
+    reopened = Engine.open(tmp_path / "s.jsonl", fsync=Fsync.never())
+    assert reopened.resumed_from == path
+    assert reopened.replayed_at_open == 0
+    assert state_hash(reopened.state) == state_hash(engine.state)
+    reopened.close()
+
+
+def test_another_thread_reads_the_state_before_a_pending_event_and_applies_nothing() -> None:
+    events = session("spot_limit_partial_cancel")
+    engine = Engine()
+    threads_seen: list[str] = []
+    engine.subscribe(lambda event, state: threads_seen.append(threading.current_thread().name))
+    engine.record(events[0])
+    engine.record_pending(events[1])
+    read: list[State] = []
+    other = threading.Thread(target=lambda: read.append(engine.state), name="scraper")
+    other.start()
+    other.join()
+    assert read[0].last_seq == 1  # consistent, one event behind
+    assert threads_seen == ["MainThread"]  # the scraper applied nothing
+    assert engine.state.last_seq == 2  # this thread's read applies it
+    assert threads_seen == ["MainThread", "MainThread"]
+
+
+def test_closing_applies_a_pending_event(tmp_path: Path) -> None:
+    events = session("spot_limit_partial_cancel")
+    path = tmp_path / "s.jsonl"
+    engine = Engine.open(path, fsync=Fsync.never(), snapshots=None)
+    seen: list[Event] = []
+    engine.subscribe(lambda event, state: seen.append(event))
+    for event in events[:-1]:
+        engine.record(event)
+    engine.record_pending(events[-1])
+    engine.close()
+    assert seen == events
+    assert state_hash(replay_file(path)) == state_hash(engine._state)
