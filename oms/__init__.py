@@ -92,7 +92,7 @@ from oms.core.values import (
 )
 
 if TYPE_CHECKING:
-    from oms.engine import Engine
+    from oms.engine import Engine, EngineFailed
     from oms.log import EventLog, Fsync, LogReader, LogReadError
     from oms.replay import replay_file
     from oms.snapshot import SnapshotPolicy
@@ -175,11 +175,13 @@ __all__ = [
     "ConfigurationError",
     "ExternalError",
     "LogReadError",
+    "EngineFailed",
 ]
 
 # Shell names and the module each comes from, loaded by `__getattr__` on first access.
 _SHELL = {
     "Engine": "oms.engine",
+    "EngineFailed": "oms.engine",
     "EventLog": "oms.log",
     "Fsync": "oms.log",
     "LogReader": "oms.log",

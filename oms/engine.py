@@ -19,6 +19,7 @@ says so, and `close` writes one that is due.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import trio
 
+from oms.core.errors import OmsError
 from oms.core.events import Event
 from oms.core.reducer import apply, is_news
 from oms.core.replay_fold import ReplayFold
@@ -46,13 +48,21 @@ from oms.snapshot import (
     write_snapshot,
 )
 
-__all__ = ["Engine", "IgnoredSnapshot", "SnapshotPolicy"]
+__all__ = ["Engine", "EngineFailed", "IgnoredSnapshot", "SnapshotPolicy"]
 
 Listener = Callable[[Event, State], None]
 _log = logging.getLogger(__name__)
 _snapshot_log = logging.getLogger("oms.snapshot")
 _NEVER = sys.maxsize  # no snapshot due at any seq
 _DEFAULT_SNAPSHOTS = SnapshotPolicy()
+
+
+class EngineFailed(OmsError, RuntimeError):
+    """An event is in the log, but applying it raised: a bug, since the reducer is total on
+    every input its tests give it. Only an event logged ahead of its apply can get there
+    (`Engine.record_pending`: `record` applies first and logs nothing that fails). The state
+    no longer follows the log, so the engine records nothing more: every record raises this.
+    The log holds everything recorded; a version with the bug fixed replays it."""
 
 
 class Engine:
@@ -67,6 +77,10 @@ class Engine:
     `snapshot_report` the snapshots passed over at open, each with the reason;
     `last_snapshot` the newest written; `snapshot_errors` and `last_snapshot_error` count and
     keep the failures to write one (a failure is logged and the engine goes on).
+
+    `failed` is the `EngineFailed` once an event logged ahead of its apply could not be
+    applied (see `record_pending`), else None. The engine is used from one thread (trio's);
+    only `state` may be read from another.
     """
 
     def __init__(self, log: EventLog | None = None, state: State | None = None) -> None:
@@ -81,6 +95,7 @@ class Engine:
         # logged it (the only one that may apply it).
         self._pending: Event | None = None
         self._pending_thread = 0
+        self.failed: EngineFailed | None = None
         self._listeners: list[Listener] = []
         self._unsynced = trio.Event()  # set when the log holds events not yet synced
         self._waiters: list[_Waiter] = []
@@ -267,16 +282,19 @@ class Engine:
 
         An event logged by `record_pending` and not applied yet is applied first (see
         `settle`), on the thread that logged it. Another thread (a metrics scraper, say)
-        reads the state as it was before that event: consistent, one event behind.
+        reads the state as it was before that event: consistent, one event behind. Reading
+        never raises: after a failure to apply (`failed`), it is the last state applied.
         """
         if self._pending is not None and threading.get_ident() == self._pending_thread:
-            self.settle()
+            # A failure is logged, kept in `failed` and raised by every record from now on.
+            with contextlib.suppress(EngineFailed):
+                self.settle()
         return self._state
 
     def record(self, event: Event) -> State:
         """Append `event` to the log (durable per the fsync policy), then apply it."""
-        if self._pending is not None:
-            self.settle()
+        if self._pending is not None or self.failed is not None:
+            self._catch_up()
         self._commit(event, apply(self._state, event))
         return self._state
 
@@ -287,8 +305,8 @@ class Engine:
         For facts the engine may have already: reconciliation, a venue's answer to our own
         command. Each event is applied once: the state it was judged by is the one kept.
         """
-        if self._pending is not None:
-            self.settle()
+        if self._pending is not None or self.failed is not None:
+            self._catch_up()
         recorded: list[Event] = []
         for event in events:
             after = apply(self._state, event)
@@ -306,19 +324,44 @@ class Engine:
         other record, and every read of `state` on this thread, settles first. Nothing
         happens between the append and the settle but what the caller does without a
         scheduling point, or what settles first.
+
+        The event is applied after it is logged, where `record` applies before: if applying
+        it raised (a bug: the reducer is total on every input its tests give it), the log
+        would hold an event the state lacks. The engine then stops recording (`failed`,
+        `EngineFailed`) rather than let the state drift from its log.
         """
-        if self._pending is not None:
-            self.settle()
+        if self._pending is not None or self.failed is not None:
+            self._catch_up()
         self._pending = self._append(event)
         self._pending_thread = threading.get_ident()
 
     def settle(self) -> None:
-        """Apply the event `record_pending` logged, if any, and call the listeners."""
+        """Apply the event `record_pending` logged, if any, and call the listeners.
+
+        Raises `EngineFailed` if applying it raises (and from then on, every record does).
+        """
         event = self._pending
         if event is None:
             return
         self._pending = None
-        self._adopt(event, apply(self._state, event))
+        try:
+            after = apply(self._state, event)
+        except Exception as exc:
+            seq = self._state.last_seq + 1
+            self.failed = EngineFailed(
+                f"seq {seq} ({type(event).__name__}) is in the log, but applying it raised "
+                f"{type(exc).__name__}: {_one_line(str(exc))}; the state no longer follows "
+                "the log, so the engine records nothing more"
+            )
+            _log.critical("%s", self.failed, exc_info=exc)
+            raise self.failed from exc
+        self._adopt(event, after)
+
+    def _catch_up(self) -> None:
+        """Before a record: apply a pending event; refuse if the engine has failed."""
+        self.settle()
+        if self.failed is not None:
+            raise EngineFailed(str(self.failed)) from self.failed
 
     def _commit(self, event: Event, after: State) -> Event:
         """Log `event`, then make `after` (the state with it applied) the state."""

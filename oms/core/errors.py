@@ -7,7 +7,9 @@
     │   ├── DuplicateClientId   a client id already used in the log (also a ValueError)
     │   ├── RiskDenied          the pre-trade risk check or the kill switch refused an order
     │   └── ConfigurationError  unusable settings: keys, URLs, limits, symbols (also a ValueError)
-    └── ExternalError       the outside world's: the venue, the network or an input file
+    ├── ExternalError       the outside world's: the venue, the network or an input file
+    └── EngineFailed        (`oms.engine`) an event logged ahead of its apply could not be
+                            applied: a bug; the engine records nothing more
 
 A `ProgramError` is raised at once, before anything is logged or sent: fixing the call fixes
 it, and retrying the same call fails the same way. An `ExternalError` is about something the

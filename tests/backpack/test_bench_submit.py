@@ -22,6 +22,7 @@ def test_measure_submit_times_each_order_to_its_last_byte_at_the_socket() -> Non
     for part in ("before_record", "record", "signing", "http"):
         assert 0 < figures[f"{part}_p50_us"] < figures["p99_us"]
     # The order is applied to the state (and the listeners called) after its bytes left.
+    assert figures["applied_after_write"] == 30
     assert figures["applied_after_send_p50_us"] > 0
     # One send carries the whole request: its headers and the order's JSON body.
     assert figures["sends_per_request"] == 1
@@ -44,6 +45,7 @@ def test_main_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
         r"signed with a nonce made ahead\s+\d+ of 25",
         rf"HTTP layer to the last byte, p50\s+{NUMBER} µs",
         rf"after the span: the order applied, listeners, p50\s+{NUMBER} µs",
+        r"applied after the write\s+25 of 25",
         r"send calls / bytes per request\s+1 / \d+",
     ]
     for pattern in expected:

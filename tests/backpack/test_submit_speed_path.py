@@ -39,7 +39,7 @@ from oms.core.reducer import replay
 from oms.core.serialization import state_hash
 from oms.core.state import Market
 from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, TimeInForce
-from oms.engine import Engine
+from oms.engine import Engine, EngineFailed
 from oms.log import Fsync, LogReader
 from oms.testing.books import SPOT
 from oms.testing.harness import open_harness, open_session
@@ -879,6 +879,41 @@ async def test_a_submit_cancelled_before_its_bytes_leave_still_applies_what_it_l
     assert order is not None and order.status is OrderStatus.PENDING_NEW
     assert venue.requests == []
     assert state_hash(replay(e for _, e in LogReader(path))) == state_hash(engine.state)
+
+
+async def test_a_submit_whose_order_cannot_be_applied_after_the_send_stops_the_engine(
+    venue: Venue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oms import engine as engine_module
+
+    real_apply = engine_module.apply
+
+    def failing(state: Any, event: Any) -> Any:  # a stand-in for a reducer bug
+        if isinstance(event, OrderSubmitted):
+            raise ArithmeticError("injected")
+        return real_apply(state, event)
+
+    path = tmp_path / "log.jsonl"
+    engine = spot_engine(path)
+    monkeypatch.setattr(engine_module, "apply", failing)
+    async with client(venue.url) as api:
+        session = BackpackSession(engine, api, perpetual=False)
+        session.reconciled.set()
+        with pytest.raises(EngineFailed, match=r"seq 2 \(OrderSubmitted\)"):
+            await session.submit(
+                "SOL_USDC", Side.BID, OrderType.LIMIT_MAKER, quantity=Decimal("0.01"),
+                price=Decimal("1"), client_id=42,
+            )  # fmt: skip
+        session.reconciler.close()
+        await trio.testing.wait_all_tasks_blocked()
+    # The order was sent and logged (the write-ahead held); the engine says so and stops,
+    # instead of recording what follows onto a state that lacks it.
+    assert len(venue.requests) == 1
+    assert [type(e).__name__ for _, e in LogReader(path)] == ["MarketInfo", "OrderSubmitted"]
+    assert engine.failed is not None and engine.state.last_seq == 1
+    with pytest.raises(EngineFailed):
+        engine.record(order(43))
+    engine.close()
 
 
 # With an answer whose body does not decode (a bad Content-Encoding), httpx leaves its

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -26,7 +27,7 @@ from oms.core.reducer import replay
 from oms.core.serialization import state_hash
 from oms.core.state import Order, State
 from oms.core.values import MarketType, OrderStatus, OrderType, Side, Source, VenueStatus
-from oms.engine import Engine
+from oms.engine import Engine, EngineFailed
 from oms.log import EventLog, Fsync, LogReader
 from tests.helpers import REPLAY_DIR
 
@@ -533,3 +534,63 @@ def test_closing_applies_a_pending_event(tmp_path: Path) -> None:
     engine.close()
     assert seen == events
     assert state_hash(replay_file(path)) == state_hash(engine._state)
+
+
+def _apply_failing_on(
+    monkeypatch: pytest.MonkeyPatch, kind: type[Event]
+) -> Callable[[State, Event], State]:
+    """Make the engine's `apply` raise on events of `kind` (a stand-in for a reducer bug)."""
+    real_apply = engine_module.apply
+
+    def failing(state: State, event: Event) -> State:
+        if isinstance(event, kind):
+            raise ArithmeticError("injected")
+        return real_apply(state, event)
+
+    monkeypatch.setattr(engine_module, "apply", failing)
+    return real_apply
+
+
+def test_an_event_logged_ahead_that_cannot_be_applied_stops_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "s.jsonl"
+    engine = Engine.open(path, fsync=Fsync.never(), snapshots=None)
+    engine.record(note(1))
+    _apply_failing_on(monkeypatch, OrderSubmitted)
+    # `record` applies first: a failure logs nothing, and the engine goes on.
+    with pytest.raises(ArithmeticError):
+        engine.record(_submitted(7))
+    assert engine.failed is None and engine.log is not None and engine.log.last_seq == 1
+    # Logged ahead, the event is in the log before the failure shows.
+    engine.record_pending(_submitted(7))
+    assert engine.log.last_seq == 2
+    with caplog.at_level(logging.CRITICAL, logger="oms.engine"):
+        before = engine.state  # reading never raises: the last state applied
+    assert before.last_seq == 1
+    assert isinstance(engine.failed, EngineFailed)
+    assert "seq 2 (OrderSubmitted)" in str(engine.failed)
+    assert "records nothing more" in caplog.text
+    # Nothing more is recorded: the state would drift from the log.
+    for attempt in (
+        lambda: engine.record(note(3)),
+        lambda: engine.record_news([note(3)]),
+        lambda: engine.record_pending(note(3)),
+    ):
+        with pytest.raises(EngineFailed, match="seq 2"):
+            attempt()
+    assert engine.log.last_seq == 2
+    engine.close()  # closes the log all the same
+    assert engine.log.closed
+    assert [type(e) for _, e in LogReader(path)] == [MessageNotUnderstood, OrderSubmitted]
+
+
+def test_the_first_settle_after_a_failed_apply_raises_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = Engine()
+    _apply_failing_on(monkeypatch, OrderSubmitted)
+    engine.record_pending(_submitted(7))
+    with pytest.raises(EngineFailed) as raised:
+        engine.settle()
+    assert isinstance(raised.value.__cause__, ArithmeticError)
+    engine.settle()  # nothing pending any more
+    assert engine.state.last_seq == 0
