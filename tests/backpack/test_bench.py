@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -79,6 +81,21 @@ def test_too_few_events_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
         main(["--events", "10"])
     assert exit_info.value.code == 2
     assert "--events" in capsys.readouterr().err
+
+
+def test_python_m_oms_bench_is_the_bench() -> None:
+    # The speed issue names `python -m oms.bench`: it runs the adapter's bench, arguments and
+    # all (here a usage error, which the bench itself reports).
+    result = subprocess.run(
+        [sys.executable, "-m", "oms.bench", "--events", "10"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "--events must be at least" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_session_is_deterministic_per_seed() -> None:
