@@ -779,33 +779,6 @@ async def test_an_idle_time_the_connections_would_outlive_is_refused(
 # --- the session's submit ----------------------------------------------------------------------
 
 
-async def submit_and_record(url: str, path: Path, **options: Any) -> tuple[Any, list[Any]]:
-    """One `submit` through a session on `url`; the order and the events logged after the
-    market, with receive times left out."""
-    engine = Engine.open(path, fsync=Fsync.group())
-    engine.record(
-        rest.codec.market(
-            {"symbol": "SOL_USDC", "baseSymbol": "SOL", "quoteSymbol": "USDC",
-             "marketType": "SPOT", "filters": {"price": {"tickSize": "0.01"},
-             "quantity": {"stepSize": "0.01", "minQuantity": "0.01"}}},
-            Source.REST, 1,
-        )
-    )  # fmt: skip
-    try:
-        async with client(url, **options) as api:
-            session = BackpackSession(engine, api, perpetual=False)
-            session.reconciled.set()
-            placed = await session.submit(
-                "SOL_USDC", Side.BID, OrderType.LIMIT_MAKER, quantity=Decimal("0.01"),
-                price=Decimal("1"), client_id=42,
-            )  # fmt: skip
-            session.reconciler.close()
-    finally:
-        engine.close()
-    events = [msgspec.structs.replace(e, recv_time_us=0) for _, e in LogReader(path)][1:]
-    return placed, events
-
-
 def spot_engine(path: Path | None = None) -> Engine:
     """An engine (logged to `path`, if given) that knows the SOL_USDC market."""
     engine = Engine(None) if path is None else Engine.open(path, fsync=Fsync.group())
@@ -818,6 +791,32 @@ def spot_engine(path: Path | None = None) -> Engine:
         )
     )  # fmt: skip
     return engine
+
+
+async def submit_42(engine: Engine, url: str, **options: Any) -> Any:
+    """One `submit` (a post-only bid, client id 42) through a session of `engine` on `url`."""
+    async with client(url, **options) as api:
+        session = BackpackSession(engine, api, perpetual=False)
+        session.reconciled.set()
+        try:
+            return await session.submit(
+                "SOL_USDC", Side.BID, OrderType.LIMIT_MAKER, quantity=Decimal("0.01"),
+                price=Decimal("1"), client_id=42,
+            )  # fmt: skip
+        finally:
+            session.reconciler.close()
+
+
+async def submit_and_record(url: str, path: Path, **options: Any) -> tuple[Any, list[Any]]:
+    """One `submit` through a session on `url`; the order and the events logged after the
+    market, with receive times left out."""
+    engine = spot_engine(path)
+    try:
+        placed = await submit_42(engine, url, **options)
+    finally:
+        engine.close()
+    events = [msgspec.structs.replace(e, recv_time_us=0) for _, e in LogReader(path)][1:]
+    return placed, events
 
 
 async def test_a_submit_logs_its_order_before_the_bytes_leave_and_applies_it_right_after(
@@ -835,14 +834,7 @@ async def test_a_submit_logs_its_order_before_the_bytes_leave_and_applies_it_rig
         return write(lane, data)
 
     monkeypatch.setattr(rest._Lane, "_send_now", send_now)
-    async with client(venue.url) as api:
-        session = BackpackSession(engine, api, perpetual=False)
-        session.reconciled.set()
-        placed = await session.submit(
-            "SOL_USDC", Side.BID, OrderType.LIMIT_MAKER, quantity=Decimal("0.01"),
-            price=Decimal("1"), client_id=42,
-        )  # fmt: skip
-        session.reconciler.close()
+    placed = await submit_42(engine, venue.url)
     engine.close()
     # In the log (seq 2) before the write; applied, and the listeners told, just after it,
     # before the venue's answer (seq 3).
@@ -862,18 +854,11 @@ async def test_a_submit_cancelled_before_its_bytes_leave_still_applies_what_it_l
     engine = spot_engine(path)
     seen: list[str] = []
     engine.subscribe(lambda event, state: seen.append(type(event).__name__))
-    async with client(venue.url) as api:
-        session = BackpackSession(engine, api, perpetual=False)
-        session.reconciled.set()
-        with trio.move_on_after(0.05) as scope:
-            await session.submit(
-                "SOL_USDC", Side.BID, OrderType.LIMIT_MAKER, quantity=Decimal("0.01"),
-                price=Decimal("1"), client_id=42,
-            )  # fmt: skip
-        assert scope.cancelled_caught
-        # Applied on the way out of the cancelled submit, not left for the next reader.
-        assert seen == ["OrderSubmitted"]
-        session.reconciler.close()
+    with trio.move_on_after(0.05) as scope:
+        await submit_42(engine, venue.url)
+    assert scope.cancelled_caught
+    # Applied on the way out of the cancelled submit, not left for the next reader.
+    assert seen == ["OrderSubmitted"]
     engine.close()
     order = engine.state.order(client_id=42)
     assert order is not None and order.status is OrderStatus.PENDING_NEW
@@ -896,16 +881,9 @@ async def test_a_submit_whose_order_cannot_be_applied_after_the_send_stops_the_e
     path = tmp_path / "log.jsonl"
     engine = spot_engine(path)
     monkeypatch.setattr(engine_module, "apply", failing)
-    async with client(venue.url) as api:
-        session = BackpackSession(engine, api, perpetual=False)
-        session.reconciled.set()
-        with pytest.raises(EngineFailed, match=r"seq 2 \(OrderSubmitted\)"):
-            await session.submit(
-                "SOL_USDC", Side.BID, OrderType.LIMIT_MAKER, quantity=Decimal("0.01"),
-                price=Decimal("1"), client_id=42,
-            )  # fmt: skip
-        session.reconciler.close()
-        await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(EngineFailed, match=r"seq 2 \(OrderSubmitted\)"):
+        await submit_42(engine, venue.url)
+    await trio.testing.wait_all_tasks_blocked()
     # The order was sent and logged (the write-ahead held); the engine says so and stops,
     # instead of recording what follows onto a state that lacks it.
     assert len(venue.requests) == 1
@@ -956,15 +934,7 @@ async def test_a_refused_submit_records_the_refusal(venue: Venue, tmp_path: Path
 async def test_a_submit_cancelled_before_it_starts_records_and_sends_nothing(
     venue: Venue, tmp_path: Path
 ) -> None:
-    engine = Engine(None)
-    engine.record(
-        rest.codec.market(
-            {"symbol": "SOL_USDC", "baseSymbol": "SOL", "quoteSymbol": "USDC",
-             "marketType": "SPOT", "filters": {"price": {"tickSize": "0.01"},
-             "quantity": {"stepSize": "0.01", "minQuantity": "0.01"}}},
-            Source.REST, 1,
-        )
-    )  # fmt: skip
+    engine = spot_engine()
     async with client(venue.url) as api:
         session = BackpackSession(engine, api, perpetual=False)
         session.reconciled.set()
