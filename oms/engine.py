@@ -217,7 +217,9 @@ class Engine:
 
     def write_snapshot(self) -> Path | None:
         """Write a snapshot of the state now, in the calling thread; returns its path (None
-        if there is nothing to cover: no log, no event, or a snapshot of this seq already).
+        if there is nothing to cover: no log, no event, or a snapshot of this seq already;
+        or if the state lags the log: called from another thread while an event logged by
+        `record_pending` waits to be applied, or after `failed`).
 
         It syncs the log first (a snapshot never names a position the disk may not hold),
         then encodes the state and writes the file atomically: tens of milliseconds to about
