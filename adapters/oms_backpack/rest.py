@@ -863,8 +863,8 @@ class BackpackRest:
 
         `sent`, if given, is called after each attempt's request is written and before the
         next scheduling point, on the order lane (for an order execute); through httpx, just
-        before the request is handed to it. (A submit applies its `OrderSubmitted` there:
-        `Engine.record_pending`.)
+        before the request is handed to it. (A submit passes `Engine.settle`, which applies
+        the `OrderSubmitted` it logged with `Engine.record_pending`.)
 
         Raises `VenueError` (or a subclass) when the venue refuses, `OutcomeUnknown` when the
         request may or may not have taken effect, `VenueUnavailable` when it got no answer and
